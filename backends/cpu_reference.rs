@@ -1,0 +1,141 @@
+//! `cpu-reference`: plain loops with f64 accumulation. Supports every mask,
+//! head ratio, head_dim and dtype; it is the oracle every other backend is
+//! tested against, not a fast path.
+
+use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
+use crate::capabilities::{Capabilities, HeadDims};
+use crate::device::DeviceKind;
+use crate::dtype::DType;
+use crate::problem::{AttentionProblem, MaskKind};
+use crate::tensor::{HostData, Tensor};
+
+pub struct CpuReference;
+
+inventory::submit! { BackendRegistration { create: || Box::new(CpuReference) } }
+
+impl AttentionBackend for CpuReference {
+    fn name(&self) -> &'static str {
+        "cpu-reference"
+    }
+
+    fn priority(&self) -> i32 {
+        0
+    }
+
+    fn description(&self) -> &'static str {
+        "naive loops, f64 accumulation; the test oracle"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            device: DeviceKind::Cpu,
+            dtypes: &DType::ALL,
+            head_dims: HeadDims::Range { min: 1, max: usize::MAX },
+            max_seq_q: None,
+            max_seq_kv: None,
+            masks: &MaskKind::ALL,
+            max_group_size: None,
+            softcap: true,
+            deterministic: true,
+            workspace: "one row of seq_kv f64 scores",
+        }
+    }
+
+    fn forward(
+        &self,
+        p: &AttentionProblem,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<(), BackendError> {
+        check_call(self, p, q, k, v, out)?;
+        let host = |t: &Tensor| t.host().cloned().expect("check_call verified host placement");
+        let (q, k, v) = (host(q), host(k), host(v));
+        let result = reference_attention(p, &q, &k, &v);
+        let rounded: Vec<f32> = result.iter().map(|&x| x as f32).collect();
+        *out.host_mut().expect("check_call verified host placement") = HostData::from_f32(p.dtype, &rounded);
+        Ok(())
+    }
+}
+
+/// Attention in f64, without rounding the result to the problem's dtype.
+/// Inputs are read in their own dtype and widened exactly.
+pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: &HostData) -> Vec<f64> {
+    let (d, hq, hkv) = (p.head_dim, p.num_q_heads, p.num_kv_heads);
+    let group = p.group_size();
+    let scale = p.effective_scale() as f64;
+    let softcap = p.softcap.map(|c| c as f64);
+    let mut out = vec![0.0f64; p.batch * p.seq_q * hq * d];
+    let mut scores = vec![0.0f64; p.seq_kv];
+    for b in 0..p.batch {
+        for h in 0..hq {
+            let kvh = h / group;
+            for i in 0..p.seq_q {
+                let (lo, hi) = p.mask.key_range(i, p.seq_q, p.seq_kv);
+                let q_off = ((b * p.seq_q + i) * hq + h) * d;
+                let o_off = q_off;
+                if lo >= hi {
+                    continue; // fully masked row: zeros
+                }
+                let mut max = f64::NEG_INFINITY;
+                for j in lo..hi {
+                    let k_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
+                    let dot: f64 = (0..d).map(|x| q.get_f32(q_off + x) as f64 * k.get_f32(k_off + x) as f64).sum();
+                    let mut s = dot * scale;
+                    if let Some(c) = softcap {
+                        s = c * (s / c).tanh();
+                    }
+                    scores[j] = s;
+                    max = max.max(s);
+                }
+                let mut sum = 0.0;
+                for s in &mut scores[lo..hi] {
+                    *s = (*s - max).exp();
+                    sum += *s;
+                }
+                for j in lo..hi {
+                    let w = scores[j] / sum;
+                    let v_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
+                    for x in 0..d {
+                        out[o_off + x] += w * v.get_f32(v_off + x) as f64;
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::Mask;
+
+    #[test]
+    fn single_key_returns_its_value() {
+        let p = AttentionProblem::new(1, 1, 1, 1, 1, 2, DType::F32);
+        let q = HostData::F32(vec![0.3, -0.2]);
+        let k = HostData::F32(vec![0.5, 0.1]);
+        let v = HostData::F32(vec![1.5, -2.0]);
+        assert_eq!(reference_attention(&p, &q, &k, &v), vec![1.5, -2.0]);
+    }
+
+    #[test]
+    fn two_keys_hand_computed() {
+        // q·k0 = 1, q·k1 = 0, scale 1: weights e/(e+1), 1/(e+1).
+        let mut p = AttentionProblem::new(1, 1, 2, 1, 1, 1, DType::F32);
+        p.scale = Some(1.0);
+        let out = reference_attention(&p, &HostData::F32(vec![1.0]), &HostData::F32(vec![1.0, 0.0]), &HostData::F32(vec![2.0, 4.0]));
+        let e = std::f64::consts::E;
+        let expected = (2.0 * e + 4.0) / (e + 1.0);
+        assert!((out[0] - expected).abs() < 1e-12, "{} vs {expected}", out[0]);
+    }
+
+    #[test]
+    fn fully_masked_rows_are_zero() {
+        let p = AttentionProblem::new(1, 3, 1, 1, 1, 1, DType::F32).with_mask(Mask::Causal);
+        let out = reference_attention(&p, &HostData::F32(vec![1.0; 3]), &HostData::F32(vec![1.0]), &HostData::F32(vec![7.0]));
+        assert_eq!(out, vec![0.0, 0.0, 7.0]);
+    }
+}

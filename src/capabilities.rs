@@ -1,0 +1,167 @@
+//! What a backend can run, and the typed reasons it cannot run a problem.
+//! The same data drives `check`, `explain` and the generated docs matrix.
+
+use crate::device::{Device, DeviceKind};
+use crate::dtype::DType;
+use crate::problem::{AttentionProblem, MaskKind};
+use std::fmt;
+
+/// Head dimensions a backend accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HeadDims {
+    /// Every head_dim from `min` to `max` inclusive.
+    Range { min: usize, max: usize },
+    /// Only the listed values.
+    List(&'static [usize]),
+}
+
+impl HeadDims {
+    pub fn contains(&self, d: usize) -> bool {
+        match *self {
+            HeadDims::Range { min, max } => (min..=max).contains(&d),
+            HeadDims::List(list) => list.contains(&d),
+        }
+    }
+}
+
+impl fmt::Display for HeadDims {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeadDims::Range { min, max } if *max == usize::MAX => write!(f, ">= {min}"),
+            HeadDims::Range { min, max } => write!(f, "{min}..={max}"),
+            HeadDims::List(list) => write!(f, "{{{}}}", join(list.iter())),
+        }
+    }
+}
+
+/// Everything a backend declares about itself.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Capabilities {
+    pub device: DeviceKind,
+    pub dtypes: &'static [DType],
+    pub head_dims: HeadDims,
+    pub max_seq_q: Option<usize>,
+    pub max_seq_kv: Option<usize>,
+    pub masks: &'static [MaskKind],
+    /// Largest num_q_heads / num_kv_heads; `None` means any.
+    pub max_group_size: Option<usize>,
+    pub softcap: bool,
+    /// Same inputs give bit-identical outputs run after run.
+    pub deterministic: bool,
+    /// Extra device memory, in words for the docs ("none", "O(tile) per thread").
+    pub workspace: &'static str,
+}
+
+impl Capabilities {
+    /// Every reason this capability set rejects `p` on `device` (empty = fits).
+    pub fn reasons(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
+        let mut out = Vec::new();
+        if device.kind() != self.device {
+            out.push(Unsupported::Device { needs: self.device, got: device.kind() });
+        }
+        if !self.dtypes.contains(&p.dtype) {
+            out.push(Unsupported::DType { got: p.dtype, supported: self.dtypes });
+        }
+        if !self.head_dims.contains(p.head_dim) {
+            out.push(Unsupported::HeadDim { got: p.head_dim, supported: self.head_dims });
+        }
+        if let Some(max) = self.max_seq_q.filter(|&m| p.seq_q > m) {
+            out.push(Unsupported::SeqQ { got: p.seq_q, max });
+        }
+        if let Some(max) = self.max_seq_kv.filter(|&m| p.seq_kv > m) {
+            out.push(Unsupported::SeqKv { got: p.seq_kv, max });
+        }
+        if !self.masks.contains(&p.mask.kind()) {
+            out.push(Unsupported::Mask { got: p.mask.kind(), supported: self.masks });
+        }
+        if let Some(max) = self.max_group_size.filter(|&m| p.group_size() > m) {
+            out.push(Unsupported::GroupSize { got: p.group_size(), max });
+        }
+        if p.softcap.is_some() && !self.softcap {
+            out.push(Unsupported::Softcap);
+        }
+        out
+    }
+}
+
+/// Why a backend cannot run a problem. `Display` gives the human sentence
+/// used by `explain`, by errors and by logs.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Unsupported {
+    Device { needs: DeviceKind, got: DeviceKind },
+    DType { got: DType, supported: &'static [DType] },
+    HeadDim { got: usize, supported: HeadDims },
+    SeqQ { got: usize, max: usize },
+    SeqKv { got: usize, max: usize },
+    Mask { got: MaskKind, supported: &'static [MaskKind] },
+    GroupSize { got: usize, max: usize },
+    Softcap,
+    /// The problem is invalid, so no backend can take it.
+    InvalidProblem(String),
+    /// A device-specific limit, e.g. workspace or index range.
+    Limit(String),
+}
+
+impl fmt::Display for Unsupported {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Unsupported::Device { needs, got } => write!(f, "runs on {needs}, problem is on {got}"),
+            Unsupported::DType { got, supported } => write!(f, "dtype {got} not in {{{}}}", join(supported.iter())),
+            Unsupported::HeadDim { got, supported } => write!(f, "head_dim {got} not in {supported}"),
+            Unsupported::SeqQ { got, max } => write!(f, "seq_q {got} exceeds {max}"),
+            Unsupported::SeqKv { got, max } => write!(f, "seq_kv {got} exceeds {max}"),
+            Unsupported::Mask { got, supported } => write!(f, "mask {got} not in {{{}}}", join(supported.iter())),
+            Unsupported::GroupSize { got, max } => write!(f, "q/kv head ratio {got} exceeds {max}"),
+            Unsupported::Softcap => f.write_str("logit soft-cap not supported"),
+            Unsupported::InvalidProblem(why) => write!(f, "invalid problem: {why}"),
+            Unsupported::Limit(why) => f.write_str(why),
+        }
+    }
+}
+
+pub(crate) fn join<T: fmt::Display>(items: impl Iterator<Item = T>) -> String {
+    items.map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::problem::Mask;
+
+    const CAPS: Capabilities = Capabilities {
+        device: DeviceKind::Cpu,
+        dtypes: &[DType::F32],
+        head_dims: HeadDims::List(&[64, 128]),
+        max_seq_q: Some(16),
+        max_seq_kv: None,
+        masks: &[MaskKind::None],
+        max_group_size: Some(1),
+        softcap: false,
+        deterministic: true,
+        workspace: "none",
+    };
+
+    #[test]
+    fn every_reason_is_listed() {
+        let mut p = AttentionProblem::new(1, 32, 32, 4, 2, 96, DType::BF16).with_mask(Mask::Causal);
+        p.softcap = Some(30.0);
+        let reasons: Vec<String> = CAPS.reasons(&p, &Device::Cpu).iter().map(|r| r.to_string()).collect();
+        assert_eq!(
+            reasons,
+            [
+                "dtype bf16 not in {f32}",
+                "head_dim 96 not in {64, 128}",
+                "seq_q 32 exceeds 16",
+                "mask causal not in {none}",
+                "q/kv head ratio 2 exceeds 1",
+                "logit soft-cap not supported",
+            ]
+        );
+    }
+
+    #[test]
+    fn fitting_problem_has_no_reasons() {
+        let p = AttentionProblem::new(1, 8, 32, 4, 4, 64, DType::F32);
+        assert!(CAPS.reasons(&p, &Device::Cpu).is_empty());
+    }
+}
