@@ -2,3 +2,4 @@
 //! `inventory::submit!`; adding a backend is a new file plus one `mod` line.
 
 pub mod cpu_reference;
+pub mod gpu_unfused;

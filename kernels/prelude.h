@@ -30,6 +30,9 @@ static_assert(RF_WARP_SIZE == __AMDGCN_WAVEFRONT_SIZE, "RF_WARP_SIZE disagrees w
 
 typedef unsigned short rf_u16;
 
+// No <math.h> here: infinity from its bit pattern.
+#define RF_NEG_INF __int_as_float(0xff800000)
+
 // 16-bit floats travel as raw bits; these convert them.
 RF_DEVICE float rf_bf16_to_float(rf_u16 h) {
     return __uint_as_float(((unsigned int)h) << 16);

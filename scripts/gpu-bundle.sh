@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Builds everything a GPU machine needs into gpu-bundle/ (git-ignored):
+# the CLI, the integration-test binary (every GPU test), the criterion
+# bench, the torch comparison script and run.sh. Binaries are
+# self-contained: kernels are embedded, CUDA/HIP libraries load at run time.
+#
+#   scripts/gpu-bundle.sh            # then ship gpu-bundle/ and run:
+#   gpu-bundle/run.sh OUTDIR [step...]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=gpu-bundle
+rm -rf "$out"
+mkdir -p "$out"
+
+# Print the executable cargo built for target $1 from JSON messages on stdin.
+executable_of() {
+    python3 -c '
+import json, sys
+want = sys.argv[1]
+for line in sys.stdin:
+    try:
+        m = json.loads(line)
+    except ValueError:
+        continue
+    if m.get("reason") == "compiler-artifact" and m.get("executable") and m["target"]["name"] == want:
+        print(m["executable"])
+' "$1"
+}
+
+cargo build --release --bin rocmforge
+cp target/release/rocmforge "$out/"
+suite=$(cargo test --release --test suite --no-run --message-format=json | executable_of suite)
+cp "$suite" "$out/suite"
+bench=$(cargo bench --bench attention --no-run --message-format=json | executable_of attention)
+cp "$bench" "$out/attention-bench"
+cp scripts/gpu-run.sh "$out/run.sh"
+cp scripts/compare_torch.py "$out/"
+chmod +x "$out/run.sh"
+strip "$out/rocmforge" "$out/suite" "$out/attention-bench" 2>/dev/null || true
+
+size=$(du -sm "$out" | cut -f1)
+echo "gpu-bundle: ${size} MiB"
+ls -l "$out"
+if [ "$size" -ge 60 ]; then
+    echo "error: gpu-bundle is ${size} MiB, over the 60 MiB budget" >&2
+    exit 1
+fi

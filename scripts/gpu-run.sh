@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine, from inside the bundle folder:
+#   ./run.sh OUTDIR [step...]
+# Steps (default: all, in this order): devices tests check memcheck
+# racecheck bench compare. Each step's log goes to OUTDIR/<step>.log; the
+# script exits non-zero if any step failed. GPU tests run with
+# ROCMFORGE_REQUIRE_GPU=1, so a missing GPU is a failure, never a skip.
+set -uo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+out=${1:?usage: run.sh OUTDIR [step...]}
+shift
+mkdir -p "$out"
+steps=("$@")
+[ ${#steps[@]} -gt 0 ] || steps=(devices tests check memcheck racecheck bench compare)
+
+# NVRTC and cuBLAS load at run time; find them wherever this machine keeps them.
+for lib in libnvrtc.so libcublas.so; do
+    if ! ldconfig -p | grep -q "$lib"; then
+        dir=$(find /usr/local/cuda* /opt /usr/lib -name "$lib*" -print -quit 2>/dev/null | xargs -r dirname)
+        [ -n "$dir" ] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
+    fi
+done
+export ROCMFORGE_REQUIRE_GPU=1
+cd "$here"
+
+failed=0
+run_step() {
+    local name=$1
+    shift
+    echo "== $name: $*"
+    local start=$SECONDS
+    "$@" >"$out/$name.log" 2>&1
+    local rc=$?
+    echo "   rc=$rc in $((SECONDS - start)) s"
+    tail -n 8 "$out/$name.log" | sed 's/^/   | /'
+    [ $rc -eq 0 ] || failed=1
+}
+
+for step in "${steps[@]}"; do
+    case $step in
+    devices) run_step devices ./rocmforge devices ;;
+    tests) run_step tests ./suite --test-threads=1 ;;
+    check)
+        run_step check-f32 ./rocmforge run --backend gpu-unfused --check
+        run_step check-bf16 ./rocmforge run --backend gpu-unfused --dtype bf16 --check
+        run_step check-default ./rocmforge run
+        ;;
+    memcheck)
+        PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
+            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 gpu
+        ;;
+    racecheck)
+        PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
+            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 gpu
+        ;;
+    bench) run_step bench ./attention-bench --bench gpu_vs_cpu ;;
+    compare) run_step compare python3 compare_torch.py --rocmforge ./rocmforge --json "$out/compare.json" ;;
+    *) echo "unknown step $step" >&2; failed=1 ;;
+    esac
+done
+exit $failed
