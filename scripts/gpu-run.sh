@@ -16,7 +16,7 @@ steps=("$@")
 # NVRTC and cuBLAS load at run time; find them wherever this machine keeps them.
 for lib in libnvrtc.so libcublas.so; do
     if ! ldconfig -p | grep -q "$lib"; then
-        dir=$(find /usr/local/cuda* /opt /usr/lib -name "$lib*" -print -quit 2>/dev/null | xargs -r dirname)
+        dir=$(find /usr/local/cuda* /opt /usr/lib -name "$lib*" -not -path "*stubs*" -print -quit 2>/dev/null | xargs -r dirname)
         [ -n "$dir" ] && export LD_LIBRARY_PATH="$dir:${LD_LIBRARY_PATH:-}"
     fi
 done

@@ -3,7 +3,7 @@
 
 use crate::common::{assert_matches_reference, device_for};
 use rocmforge::backends::gpu_unfused::GpuUnfused;
-use rocmforge::device::{DeviceError, GemmDesc, GpuDevice, LaunchConfig, Vendor};
+use rocmforge::device::{DeviceError, GemmDesc, GpuDevice, KernelArg, LaunchConfig, Vendor};
 use rocmforge::kernels::KernelSpec;
 use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, Mask, Tensor};
 use serial_test::serial;
@@ -79,10 +79,21 @@ fn bad_launch_is_an_error() {
     let Some(g) = gpu() else { return };
     let spec = GpuUnfused::with_workspace_cap(1 << 20).kernels().remove(0);
     let kernel = g.kernel(&spec).unwrap();
+    let buf = g.alloc(4096).unwrap();
+    let args = [
+        KernelArg::Ptr(buf.ptr()),
+        KernelArg::Ptr(buf.ptr()),
+        KernelArg::I32(1),
+        KernelArg::I32(1),
+        KernelArg::F32(0.0),
+        KernelArg::I64(-1),
+        KernelArg::I64(-1),
+    ];
     // More threads per block than any GPU allows.
     let cfg = LaunchConfig { grid: (1, 1, 1), block: (4096, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: the launch is rejected before the kernel runs; no pointer is read.
-    let r = unsafe { g.launch(&kernel, &cfg, &[]) };
+    // SAFETY: the arguments match softmax_rows and address a live buffer
+    // large enough for one row of one element; the launch is rejected anyway.
+    let r = unsafe { g.launch(&kernel, &cfg, &args) };
     assert!(matches!(r, Err(DeviceError::Launch { .. })), "{r:?}");
     g.synchronize().unwrap();
 }

@@ -1,1 +1,6 @@
+//! One integration-test binary for everything (the GPU bundle ships it as a
+//! single file).
+
+mod common;
+mod gpu_device;
 mod kernels_offline;
