@@ -35,9 +35,7 @@ pub fn assert_matches_reference(backend: &dyn AttentionBackend, p: &AttentionPro
     let expected = reference_attention(p, q.host().unwrap(), k.host().unwrap(), v.host().unwrap());
     let (dq, dk, dv) = (q.to_device(device).unwrap(), k.to_device(device).unwrap(), v.to_device(device).unwrap());
     let mut out = Tensor::nan(p.out_shape(), p.dtype, device).unwrap();
-    backend
-        .forward(p, &dq, &dk, &dv, &mut out)
-        .unwrap_or_else(|e| panic!("{} on {p}: {e}", backend.name()));
+    backend.forward(p, &dq, &dk, &dv, &mut out).unwrap_or_else(|e| panic!("{} on {p}: {e}", backend.name()));
     let got = out.to_f32_vec().unwrap();
     let tol = p.dtype.tolerance();
     let mut worst = (0usize, 0.0f64);

@@ -152,9 +152,8 @@ fn strided_batched_gemm_matches_host() {
         for bi in 0..batch {
             for j in 0..n {
                 for i in 0..m {
-                    let want: f64 = (0..k)
-                        .map(|x| ha[bi * k * m + i * k + x] as f64 * hb[bi * k * n + j * k + x] as f64)
-                        .sum();
+                    let want: f64 =
+                        (0..k).map(|x| ha[bi * k * m + i * k + x] as f64 * hb[bi * k * n + j * k + x] as f64).sum();
                     let got = hc[bi * m * n + j * m + i] as f64;
                     assert!((got - want).abs() < 1e-4, "{dtype} batch {bi} ({i},{j}): {got} vs {want}");
                 }

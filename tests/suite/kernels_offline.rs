@@ -16,7 +16,9 @@ fn every_kernel_compiles_for_sm80_and_sm90_with_nvrtc() {
                 assert_eq!(reports.len(), specs.len());
                 assert!(reports.iter().all(|r| r.bytes > 0));
             }
-            Err(rocmforge::DeviceError::NoDevice(why)) if std::env::var("ROCMFORGE_REQUIRE_NVRTC").as_deref() != Ok("1") => {
+            Err(rocmforge::DeviceError::NoDevice(why))
+                if std::env::var("ROCMFORGE_REQUIRE_NVRTC").as_deref() != Ok("1") =>
+            {
                 println!("SKIP: NVRTC not available ({why})");
                 return;
             }
