@@ -15,13 +15,16 @@ fn main() {
         .collect();
     files.sort();
     let mut out = String::new();
-    let mut all = String::from("/// Every kernel file (not the prelude), by file name.\npub const ALL_SOURCES: &[(&str, &str)] = &[\n");
+    let mut all = String::from(
+        "/// Every kernel file (not the prelude), by file name.\npub const ALL_SOURCES: &[(&str, &str)] = &[\n",
+    );
     for path in &files {
         println!("cargo:rerun-if-changed={}", path.display());
         let file = path.file_name().unwrap().to_string_lossy().to_string();
         let stem = path.file_stem().unwrap().to_string_lossy().to_uppercase().replace(['-', '.'], "_");
         let abs = std::fs::canonicalize(path).unwrap();
-        writeln!(out, "/// Text of `kernels/{file}`.\npub const {stem}: &str = include_str!({:?});", abs.display()).unwrap();
+        writeln!(out, "/// Text of `kernels/{file}`.\npub const {stem}: &str = include_str!({:?});", abs.display())
+            .unwrap();
         if file.ends_with(".hip") {
             writeln!(all, "    ({file:?}, {stem}),").unwrap();
         }
