@@ -79,14 +79,14 @@ pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: 
                     continue; // fully masked row: zeros
                 }
                 let mut max = f64::NEG_INFINITY;
-                for j in lo..hi {
+                for (j, score) in scores.iter_mut().enumerate().take(hi).skip(lo) {
                     let k_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
                     let dot: f64 = (0..d).map(|x| q.get_f32(q_off + x) as f64 * k.get_f32(k_off + x) as f64).sum();
                     let mut s = dot * scale;
                     if let Some(c) = softcap {
                         s = c * (s / c).tanh();
                     }
-                    scores[j] = s;
+                    *score = s;
                     max = max.max(s);
                 }
                 let mut sum = 0.0;
@@ -94,8 +94,8 @@ pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: 
                     *s = (*s - max).exp();
                     sum += *s;
                 }
-                for j in lo..hi {
-                    let w = scores[j] / sum;
+                for (j, score) in scores.iter().enumerate().take(hi).skip(lo) {
+                    let w = score / sum;
                     let v_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
                     for x in 0..d {
                         out[o_off + x] += w * v.get_f32(v_off + x) as f64;
@@ -126,7 +126,12 @@ mod tests {
         // q·k0 = 1, q·k1 = 0, scale 1: weights e/(e+1), 1/(e+1).
         let mut p = AttentionProblem::new(1, 1, 2, 1, 1, 1, DType::F32);
         p.scale = Some(1.0);
-        let out = reference_attention(&p, &HostData::F32(vec![1.0]), &HostData::F32(vec![1.0, 0.0]), &HostData::F32(vec![2.0, 4.0]));
+        let out = reference_attention(
+            &p,
+            &HostData::F32(vec![1.0]),
+            &HostData::F32(vec![1.0, 0.0]),
+            &HostData::F32(vec![2.0, 4.0]),
+        );
         let e = std::f64::consts::E;
         let expected = (2.0 * e + 4.0) / (e + 1.0);
         assert!((out[0] - expected).abs() < 1e-12, "{} vs {expected}", out[0]);
@@ -135,7 +140,8 @@ mod tests {
     #[test]
     fn fully_masked_rows_are_zero() {
         let p = AttentionProblem::new(1, 3, 1, 1, 1, 1, DType::F32).with_mask(Mask::Causal);
-        let out = reference_attention(&p, &HostData::F32(vec![1.0; 3]), &HostData::F32(vec![1.0]), &HostData::F32(vec![7.0]));
+        let out =
+            reference_attention(&p, &HostData::F32(vec![1.0; 3]), &HostData::F32(vec![1.0]), &HostData::F32(vec![7.0]));
         assert_eq!(out, vec![0.0, 0.0, 7.0]);
     }
 }

@@ -88,13 +88,34 @@ impl Capabilities {
 /// used by `explain`, by errors and by logs.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Unsupported {
-    Device { needs: DeviceKind, got: DeviceKind },
-    DType { got: DType, supported: &'static [DType] },
-    HeadDim { got: usize, supported: HeadDims },
-    SeqQ { got: usize, max: usize },
-    SeqKv { got: usize, max: usize },
-    Mask { got: MaskKind, supported: &'static [MaskKind] },
-    GroupSize { got: usize, max: usize },
+    Device {
+        needs: DeviceKind,
+        got: DeviceKind,
+    },
+    DType {
+        got: DType,
+        supported: &'static [DType],
+    },
+    HeadDim {
+        got: usize,
+        supported: HeadDims,
+    },
+    SeqQ {
+        got: usize,
+        max: usize,
+    },
+    SeqKv {
+        got: usize,
+        max: usize,
+    },
+    Mask {
+        got: MaskKind,
+        supported: &'static [MaskKind],
+    },
+    GroupSize {
+        got: usize,
+        max: usize,
+    },
     Softcap,
     /// The problem is invalid, so no backend can take it.
     InvalidProblem(String),

@@ -12,7 +12,10 @@ pub enum Mask {
     None,
     Causal,
     /// Keys in `[pos - left, pos + right]` around the aligned position `pos`.
-    SlidingWindow { left: usize, right: usize },
+    SlidingWindow {
+        left: usize,
+        right: usize,
+    },
 }
 
 /// The mask family without its parameters, used in capability lists.
@@ -204,7 +207,7 @@ impl AttentionProblem {
                 return Err(ProblemError::Zero { field });
             }
         }
-        if self.num_q_heads % self.num_kv_heads != 0 {
+        if !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ProblemError::HeadRatio { q: self.num_q_heads, kv: self.num_kv_heads });
         }
         for (tensor, shape) in [("q", self.q_shape()), ("k", self.kv_shape()), ("v", self.kv_shape())] {
@@ -249,9 +252,7 @@ impl AttentionProblem {
 
 /// Bytes held by a tensor of this shape, or `None` on overflow.
 pub fn checked_bytes(shape: [usize; 4], dtype: DType) -> Option<usize> {
-    shape
-        .iter()
-        .try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d))
+    shape.iter().try_fold(dtype.size_in_bytes(), |acc, &d| acc.checked_mul(d))
 }
 
 impl fmt::Display for AttentionProblem {

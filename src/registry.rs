@@ -109,11 +109,7 @@ pub enum SelectError {
 }
 
 fn reasons_block(rejected: &[(&'static str, Vec<Unsupported>)]) -> String {
-    rejected
-        .iter()
-        .map(|(name, reasons)| format!("  {name}: {}", join(reasons.iter())))
-        .collect::<Vec<_>>()
-        .join("\n")
+    rejected.iter().map(|(name, reasons)| format!("  {name}: {}", join(reasons.iter()))).collect::<Vec<_>>().join("\n")
 }
 
 /// One backend's verdict for one problem.
@@ -212,10 +208,7 @@ impl Registry {
     ) -> Result<Selection<'_>, SelectError> {
         match choice {
             BackendChoice::Prefer(names) => {
-                let listed = names
-                    .iter()
-                    .map(|n| self.lookup(n, source))
-                    .collect::<Result<Vec<_>, _>>()?;
+                let listed = names.iter().map(|n| self.lookup(n, source)).collect::<Result<Vec<_>, _>>()?;
                 let mut rejected = Vec::new();
                 for backend in listed {
                     let reasons = Registry::reasons(backend, p, device);
@@ -237,11 +230,8 @@ impl Registry {
                 for backend in self.backends() {
                     let reasons = Registry::reasons(backend, p, device);
                     if reasons.is_empty() {
-                        let reason = format!(
-                            "auto: highest priority ({}) runnable on {}",
-                            backend.priority(),
-                            device.label()
-                        );
+                        let reason =
+                            format!("auto: highest priority ({}) runnable on {}", backend.priority(), device.label());
                         return Ok(Selection { backend, source, reason });
                     }
                     rejected.push((backend.name(), reasons));

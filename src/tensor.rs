@@ -112,10 +112,7 @@ pub struct Tensor {
 }
 
 fn element_count(shape: [usize; 4]) -> Result<usize, TensorError> {
-    shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .ok_or(TensorError::Overflow(shape))
+    shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or(TensorError::Overflow(shape))
 }
 
 impl Tensor {

@@ -9,12 +9,15 @@ use std::ffi::c_void;
 use std::fmt;
 use std::sync::{Arc, Mutex};
 
+/// Compiled-kernel cache key: (entry, defines).
+type KernelKey = (String, Vec<(String, String)>);
+
 /// One opened GPU. Shared as `Arc<GpuDevice>`; opened once per process.
 pub struct GpuDevice {
     driver: Box<dyn Driver>,
     /// Compiled kernels keyed by (entry, defines); the arch is the device's,
     /// so each specialization compiles once per process and device.
-    kernels: Mutex<HashMap<(String, Vec<(String, String)>), FunctionHandle>>,
+    kernels: Mutex<HashMap<KernelKey, FunctionHandle>>,
 }
 
 impl fmt::Debug for GpuDevice {

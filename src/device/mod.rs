@@ -71,9 +71,9 @@ impl Device {
     /// GPU number `ordinal`, or the reason there is none.
     pub fn gpu(ordinal: usize) -> DeviceResult<Device> {
         let list = gpus()?;
-        list.get(ordinal).map(|g| Device::Gpu(g.clone())).ok_or_else(|| {
-            DeviceError::NoDevice(format!("GPU {ordinal} requested, {} present", list.len()))
-        })
+        list.get(ordinal)
+            .map(|g| Device::Gpu(g.clone()))
+            .ok_or_else(|| DeviceError::NoDevice(format!("GPU {ordinal} requested, {} present", list.len())))
     }
 }
 

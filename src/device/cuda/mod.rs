@@ -197,34 +197,33 @@ impl Driver for CudaDriver {
         // SAFETY: caller guarantees the matrices lie in live allocations; the
         // scalars are host f32 matching CUBLAS_COMPUTE_32F; the handle is ours.
         let r = unsafe {
-            cudarc::cublas::result::set_stream(*handle, self.stream() as blas_sys::cudaStream_t)
-                .and_then(|_| {
-                    cudarc::cublas::result::gemm_strided_batched_ex(
-                        *handle,
-                        op(g.trans_a),
-                        op(g.trans_b),
-                        g.m,
-                        g.n,
-                        g.k,
-                        &alpha as *const f32 as *const c_void,
-                        g.a as *const c_void,
-                        cuda_type(g.ab_type),
-                        g.lda,
-                        g.stride_a,
-                        g.b as *const c_void,
-                        cuda_type(g.ab_type),
-                        g.ldb,
-                        g.stride_b,
-                        &beta as *const f32 as *const c_void,
-                        g.c as *mut c_void,
-                        cuda_type(g.c_type),
-                        g.ldc,
-                        g.stride_c,
-                        g.batch,
-                        blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-                        blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
-                    )
-                })
+            cudarc::cublas::result::set_stream(*handle, self.stream() as blas_sys::cudaStream_t).and_then(|_| {
+                cudarc::cublas::result::gemm_strided_batched_ex(
+                    *handle,
+                    op(g.trans_a),
+                    op(g.trans_b),
+                    g.m,
+                    g.n,
+                    g.k,
+                    &alpha as *const f32 as *const c_void,
+                    g.a as *const c_void,
+                    cuda_type(g.ab_type),
+                    g.lda,
+                    g.stride_a,
+                    g.b as *const c_void,
+                    cuda_type(g.ab_type),
+                    g.ldb,
+                    g.stride_b,
+                    &beta as *const f32 as *const c_void,
+                    g.c as *mut c_void,
+                    cuda_type(g.c_type),
+                    g.ldc,
+                    g.stride_c,
+                    g.batch,
+                    blas_sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                    blas_sys::cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+                )
+            })
         };
         blas("cublasGemmStridedBatchedEx", r)
     }
