@@ -115,7 +115,15 @@ fn head_batches(h0: usize, h1: usize, g: usize) -> Vec<HeadBatch> {
     }
     // Whole groups: one batch per position t within the group.
     (0..g)
-        .map(|t| HeadBatch { q_head: h0 + t, q_step: g, kv_head: h0 / g, kv_step: 1, slot: t, slot_step: g, count: n / g })
+        .map(|t| HeadBatch {
+            q_head: h0 + t,
+            q_step: g,
+            kv_head: h0 / g,
+            kv_step: 1,
+            slot: t,
+            slot_step: g,
+            count: n / g,
+        })
         .collect()
 }
 
@@ -199,7 +207,9 @@ impl AttentionBackend for GpuUnfused {
                 reasons: vec![Unsupported::Device { needs: DeviceKind::Gpu, got: DeviceKind::Cpu }],
             });
         };
-        let buffer = |t: &Tensor| t.gpu_buffer().map(|b| b.ptr()).ok_or_else(|| DeviceError::Invalid("tensor is not on the GPU".into()));
+        let buffer = |t: &Tensor| {
+            t.gpu_buffer().map(|b| b.ptr()).ok_or_else(|| DeviceError::Invalid("tensor is not on the GPU".into()))
+        };
         let (qp, kp, vp, op) = (buffer(q)?, buffer(k)?, buffer(v)?, buffer(out)?);
 
         let hpc = heads_per_chunk(p, self.workspace_cap).ok_or(BackendError::Unsupported {
@@ -258,7 +268,8 @@ impl AttentionBackend for GpuUnfused {
                     unsafe { gpu.gemm(&qk)? };
                 }
                 let rows = (h1 - h0) * sq;
-                let cfg = LaunchConfig { grid: (rows as u32, 1, 1), block: (SOFTMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
+                let cfg =
+                    LaunchConfig { grid: (rows as u32, 1, 1), block: (SOFTMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
                 let args = [
                     KernelArg::Ptr(scores),
                     KernelArg::Ptr(probs),
@@ -326,7 +337,10 @@ mod tests {
         // (query head, kv head, slot) triples the batches address.
         let mut v: Vec<_> = head_batches(h0, h1, g)
             .iter()
-            .flat_map(|b| (0..b.count).map(move |i| (b.q_head + i * b.q_step, b.kv_head + i * b.kv_step, b.slot + i * b.slot_step)))
+            .flat_map(|b| {
+                (0..b.count)
+                    .map(move |i| (b.q_head + i * b.q_step, b.kv_head + i * b.kv_step, b.slot + i * b.slot_step))
+            })
             .collect();
         v.sort();
         v
