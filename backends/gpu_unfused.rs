@@ -78,7 +78,8 @@ fn bytes_per_head(p: &AttentionProblem) -> Option<usize> {
 /// How many query heads one chunk holds: whole KV groups when several fit,
 /// else a piece of one group. `None` when not even one head fits.
 fn heads_per_chunk(p: &AttentionProblem, cap: usize) -> Option<usize> {
-    let fit = cap / bytes_per_head(p)?;
+    // The softmax grid has one block per score row: keep rows within i32.
+    let fit = (cap / bytes_per_head(p)?).min(i32::MAX as usize / p.seq_q);
     let g = p.group_size();
     match fit {
         0 => None,
