@@ -9,6 +9,7 @@ pub mod backend;
 pub mod capabilities;
 pub mod device;
 pub mod dtype;
+pub mod io;
 pub mod kernels;
 pub mod problem;
 pub mod registry;
