@@ -7,6 +7,7 @@
 
 pub mod backend;
 pub mod capabilities;
+pub mod cli;
 pub mod device;
 pub mod dtype;
 pub mod io;
