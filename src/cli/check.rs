@@ -42,7 +42,13 @@ impl CheckReport {
 
 /// Compares `out` with the f64 reference for `p`. The reference is computed
 /// per (batch, kv head) group in parallel, covering every element.
-pub fn against_reference(p: &AttentionProblem, q: &HostData, k: &HostData, v: &HostData, out: &HostData) -> CheckReport {
+pub fn against_reference(
+    p: &AttentionProblem,
+    q: &HostData,
+    k: &HostData,
+    v: &HostData,
+    out: &HostData,
+) -> CheckReport {
     let (d, hq, hkv, group) = (p.head_dim, p.num_q_heads, p.num_kv_heads, p.group_size());
     let (sq, skv) = (p.seq_q, p.seq_kv);
     let tolerance = p.dtype.tolerance();
@@ -68,8 +74,12 @@ pub fn against_reference(p: &AttentionProblem, q: &HostData, k: &HostData, v: &H
                 }
                 out
             };
-            let reference =
-                reference_attention(&sub, &HostData::F32(qs), &HostData::F32(gather(k)), &HostData::F32(gather(v)));
+            let reference = reference_attention(
+                &sub,
+                &HostData::F32(qs),
+                &HostData::F32(gather(k)),
+                &HostData::F32(gather(v)),
+            );
             let (mut max_abs, mut max_rel, mut outside, mut nan) = (0.0f64, 0.0f64, 0, 0);
             for s in 0..sq {
                 for g in 0..group {
@@ -119,11 +129,19 @@ mod tests {
     #[test]
     fn reference_against_itself_is_exact_and_nan_fails() {
         let p = AttentionProblem::new(2, 3, 5, 4, 2, 8, DType::F32).with_mask(Mask::Causal);
-        let r = |shape: [usize; 4], seed| HostData::F32(
-            crate::tensor::Tensor::random(shape, DType::F32, seed).unwrap().to_f32_vec().unwrap(),
-        );
+        let r = |shape: [usize; 4], seed| {
+            HostData::F32(
+                crate::tensor::Tensor::random(shape, DType::F32, seed)
+                    .unwrap()
+                    .to_f32_vec()
+                    .unwrap(),
+            )
+        };
         let (q, k, v) = (r(p.q_shape(), 1), r(p.kv_shape(), 2), r(p.kv_shape(), 3));
-        let full: Vec<f32> = reference_attention(&p, &q, &k, &v).iter().map(|&x| x as f32).collect();
+        let full: Vec<f32> = reference_attention(&p, &q, &k, &v)
+            .iter()
+            .map(|&x| x as f32)
+            .collect();
         let rep = against_reference(&p, &q, &k, &v, &HostData::F32(full.clone()));
         assert!(rep.passed(), "{}", rep.summary());
         assert!(rep.max_abs < 1e-6);

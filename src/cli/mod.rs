@@ -15,7 +15,9 @@ use crate::backend::BackendError;
 use crate::device::{Device, DeviceError, DeviceKind};
 use crate::io::IoError;
 use crate::problem::ProblemError;
-use crate::registry::{AttentionConfig, BackendChoice, ChoiceSource, Registry, SelectError, Selection};
+use crate::registry::{
+    AttentionConfig, BackendChoice, ChoiceSource, Registry, SelectError, Selection,
+};
 use crate::tensor::TensorError;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -116,9 +118,20 @@ fn clap_exit(e: clap::Error) -> ExitCode {
             ExitCode::from(2)
         }
         _ => {
+            // The first paragraph, joined into one line (a missing-argument
+            // error lists the arguments on the lines below its first).
             let text = e.to_string();
-            let first = text.lines().find(|l| !l.trim().is_empty()).unwrap_or("error: invalid arguments");
-            let first = first.trim_end();
+            let first: Vec<&str> = text
+                .lines()
+                .skip_while(|l| l.trim().is_empty())
+                .take_while(|l| !l.trim().is_empty())
+                .map(str::trim)
+                .collect();
+            let first = if first.is_empty() {
+                "error: invalid arguments".to_string()
+            } else {
+                first.join(" ")
+            };
             if first.starts_with("error:") {
                 eprintln!("{first} (see --help)");
             } else {
@@ -188,7 +201,13 @@ pub struct Resolved {
 
 impl SelectArgs {
     pub fn config(&self) -> Result<AttentionConfig, CliError> {
-        Ok(AttentionConfig { backend: self.backend.as_deref().map(BackendChoice::parse).transpose()? })
+        Ok(AttentionConfig {
+            backend: self
+                .backend
+                .as_deref()
+                .map(BackendChoice::parse)
+                .transpose()?,
+        })
     }
 
     pub fn resolve(&self) -> Result<Resolved, CliError> {
@@ -197,7 +216,11 @@ impl SelectArgs {
     }
 
     /// Devices to try, in order of preference.
-    pub fn candidates(&self, registry: &Registry, choice: &BackendChoice) -> Result<Vec<Device>, CliError> {
+    pub fn candidates(
+        &self,
+        registry: &Registry,
+        choice: &BackendChoice,
+    ) -> Result<Vec<Device>, CliError> {
         let auto_gpu = || Device::gpu(0).ok();
         match self.device {
             DeviceArg::Cpu | DeviceArg::Gpu(_) => Ok(vec![self.device.open()?]),
@@ -210,7 +233,11 @@ impl SelectArgs {
                 };
                 match choice {
                     BackendChoice::Prefer(names) => {
-                        for kind in names.iter().filter_map(|n| registry.get(n)).map(|b| b.capabilities().device) {
+                        for kind in names
+                            .iter()
+                            .filter_map(|n| registry.get(n))
+                            .map(|b| b.capabilities().device)
+                        {
                             // A GPU backend with no GPU present is tried on the CPU,
                             // so the error says "runs on gpu, problem is on cpu".
                             push(match kind {
@@ -268,7 +295,8 @@ pub fn source_label(source: ChoiceSource) -> String {
 /// Registry messages call the explicit choice "config"; on the command line
 /// that is the --backend flag.
 pub fn cli_wording(text: &str) -> String {
-    text.replace("(from config)", "(from --backend)").replace("by config", "by --backend")
+    text.replace("(from config)", "(from --backend)")
+        .replace("by config", "by --backend")
 }
 
 /// The global registry, or the error that prevented building it.
