@@ -106,7 +106,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             for _ in 0..warmup {
                 backend.forward(&p, &q, &k, &v, &mut o)?;
             }
-            for _ in 0..args.repeats {
+            for _ in 0..args.repeats.max(1) {
                 o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
                 let t = Instant::now();
                 backend.forward(&p, &q, &k, &v, &mut o)?;
@@ -128,7 +128,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             // Poison again so the timed run must write every element.
             o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
             let (start, end) = (gpu.event()?, gpu.event()?);
-            for _ in 0..args.repeats {
+            for _ in 0..args.repeats.max(1) {
                 start.record()?;
                 backend.forward(&p, &dq, &dk, &dv, &mut o)?;
                 end.record()?;
