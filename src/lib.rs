@@ -7,8 +7,10 @@
 
 pub mod backend;
 pub mod capabilities;
+pub mod cli;
 pub mod device;
 pub mod dtype;
+pub mod io;
 pub mod kernels;
 pub mod problem;
 pub mod registry;

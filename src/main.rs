@@ -1,3 +1,5 @@
-fn main() {
-    println!("rocmforge: CLI under construction");
+//! The `rocmforge` binary; all logic lives in `rocmforge::cli`.
+
+fn main() -> std::process::ExitCode {
+    rocmforge::cli::main()
 }
