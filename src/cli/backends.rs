@@ -40,11 +40,7 @@ const HEADERS: [&str; 12] = [
 ];
 
 fn list<T: std::fmt::Display>(items: &[T]) -> String {
-    items
-        .iter()
-        .map(|x| x.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+    items.iter().map(|x| x.to_string()).collect::<Vec<_>>().join(", ")
 }
 
 fn yes_no(b: bool) -> &'static str {
@@ -71,8 +67,7 @@ fn row(b: &dyn AttentionBackend) -> [String; 12] {
         c.head_dims.to_string(),
         format!("{}/{}", max(c.max_seq_q), max(c.max_seq_kv)),
         list(c.masks),
-        c.max_group_size
-            .map_or("any".to_string(), |g| format!("<= {g}")),
+        c.max_group_size.map_or("any".to_string(), |g| format!("<= {g}")),
         yes_no(c.softcap).to_string(),
         yes_no(c.deterministic).to_string(),
         c.workspace.to_string(),
@@ -90,12 +85,7 @@ pub fn table(registry: &Registry) -> String {
         }
     }
     let line = |cells: Vec<&str>| {
-        let mut s = cells
-            .iter()
-            .zip(&widths)
-            .map(|(c, w)| format!("{c:<w$}"))
-            .collect::<Vec<_>>()
-            .join("  ");
+        let mut s = cells.iter().zip(&widths).map(|(c, w)| format!("{c:<w$}")).collect::<Vec<_>>().join("  ");
         s.truncate(s.trim_end().len());
         s.push('\n');
         s

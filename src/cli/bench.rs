@@ -14,13 +14,11 @@ use std::time::Instant;
 /// Times every eligible backend (cpu-reference only when named in
 /// --backends) on each shape, each backend on the device it runs on.
 #[derive(clap::Args, Debug, Clone)]
-#[command(
-    after_help = "GFLOP/s counts the two matrix products over the (query, key) pairs the mask \
+#[command(after_help = "GFLOP/s counts the two matrix products over the (query, key) pairs the mask \
     lets through: FLOPs = 4 * batch * q_heads * head_dim * (number of unmasked query-key pairs). \
     That is 4*b*hq*sq*skv*d for no mask and about half of it for causal \
     (4*b*hq*d*s*(s+1)/2 when seq_q = seq_kv = s).\n\
-    Default shapes: 1,32,32,1024,1024,128 with no mask and 1,32,8,1024,1024,128 causal."
-)]
+    Default shapes: 1,32,32,1024,1024,128 with no mask and 1,32,8,1024,1024,128 causal.")]
 pub struct Args {
     /// Shape batch,q_heads,kv_heads,seq_q,seq_kv,head_dim; repeat for several.
     #[arg(long = "shape", value_name = "B,HQ,HKV,SQ,SKV,D")]
@@ -72,62 +70,31 @@ impl FromStr for Shape {
             .collect::<Result<_, _>>()
             .map_err(|e| format!("'{s}': {e}; expected six integers b,hq,hkv,sq,skv,d"))?;
         match nums[..] {
-            [batch, q_heads, kv_heads, seq_q, seq_kv, head_dim] => Ok(Shape {
-                batch,
-                q_heads,
-                kv_heads,
-                seq_q,
-                seq_kv,
-                head_dim,
-            }),
-            _ => Err(format!(
-                "'{s}' has {} numbers; expected six: b,hq,hkv,sq,skv,d",
-                nums.len()
-            )),
+            [batch, q_heads, kv_heads, seq_q, seq_kv, head_dim] => {
+                Ok(Shape { batch, q_heads, kv_heads, seq_q, seq_kv, head_dim })
+            }
+            _ => Err(format!("'{s}' has {} numbers; expected six: b,hq,hkv,sq,skv,d", nums.len())),
         }
     }
 }
 
 impl std::fmt::Display for Shape {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{},{},{},{},{},{}",
-            self.batch, self.q_heads, self.kv_heads, self.seq_q, self.seq_kv, self.head_dim
-        )
+        write!(f, "{},{},{},{},{},{}", self.batch, self.q_heads, self.kv_heads, self.seq_q, self.seq_kv, self.head_dim)
     }
 }
 
 /// The problems to time: the given shapes, or the two defaults.
 pub fn problems(args: &Args) -> Vec<AttentionProblem> {
     let make = |s: Shape, mask: Mask| {
-        AttentionProblem::new(
-            s.batch, s.seq_q, s.seq_kv, s.q_heads, s.kv_heads, s.head_dim, args.dtype,
-        )
-        .with_mask(mask)
+        AttentionProblem::new(s.batch, s.seq_q, s.seq_kv, s.q_heads, s.kv_heads, s.head_dim, args.dtype).with_mask(mask)
     };
     if args.shapes.is_empty() {
-        let dense = Shape {
-            batch: 1,
-            q_heads: 32,
-            kv_heads: 32,
-            seq_q: 1024,
-            seq_kv: 1024,
-            head_dim: 128,
-        };
-        let gqa = Shape {
-            kv_heads: 8,
-            ..dense
-        };
-        vec![
-            make(dense, args.mask.unwrap_or(Mask::None)),
-            make(gqa, args.mask.unwrap_or(Mask::Causal)),
-        ]
+        let dense = Shape { batch: 1, q_heads: 32, kv_heads: 32, seq_q: 1024, seq_kv: 1024, head_dim: 128 };
+        let gqa = Shape { kv_heads: 8, ..dense };
+        vec![make(dense, args.mask.unwrap_or(Mask::None)), make(gqa, args.mask.unwrap_or(Mask::Causal))]
     } else {
-        args.shapes
-            .iter()
-            .map(|&s| make(s, args.mask.unwrap_or(Mask::None)))
-            .collect()
+        args.shapes.iter().map(|&s| make(s, args.mask.unwrap_or(Mask::None))).collect()
     }
 }
 
@@ -141,10 +108,7 @@ struct Row {
 }
 
 fn shape_of(p: &AttentionProblem) -> String {
-    format!(
-        "{},{},{},{},{},{}",
-        p.batch, p.num_q_heads, p.num_kv_heads, p.seq_q, p.seq_kv, p.head_dim
-    )
+    format!("{},{},{},{},{},{}", p.batch, p.num_q_heads, p.num_kv_heads, p.seq_q, p.seq_kv, p.head_dim)
 }
 
 fn device_for(arg: DeviceArg, kind: DeviceKind) -> Result<Device, String> {
@@ -179,11 +143,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             };
             let reasons = Registry::reasons(b, p, &device);
             if !reasons.is_empty() {
-                let why = reasons
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect::<Vec<_>>()
-                    .join("; ");
+                let why = reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ");
                 skipped.push((b.name().to_string(), shape_of(p), why));
                 continue;
             }
@@ -213,25 +173,17 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     }
 }
 
-fn chosen_backends<'r>(
-    registry: &'r Registry,
-    args: &Args,
-) -> Result<Vec<&'r dyn AttentionBackend>, CliError> {
+fn chosen_backends<'r>(registry: &'r Registry, args: &Args) -> Result<Vec<&'r dyn AttentionBackend>, CliError> {
     if args.backends.is_empty() {
-        return Ok(registry
-            .backends()
-            .filter(|b| b.name() != "cpu-reference")
-            .collect());
+        return Ok(registry.backends().filter(|b| b.name() != "cpu-reference").collect());
     }
     let mut list = Vec::new();
     for name in &args.backends {
-        let b = registry
-            .get(name)
-            .ok_or_else(|| crate::registry::SelectError::UnknownName {
-                name: name.clone(),
-                source_: crate::registry::ChoiceSource::Config,
-                valid: registry.names(),
-            })?;
+        let b = registry.get(name).ok_or_else(|| crate::registry::SelectError::UnknownName {
+            name: name.clone(),
+            source_: crate::registry::ChoiceSource::Config,
+            valid: registry.names(),
+        })?;
         if b.name() == "cpu-reference" {
             eprintln!("warning: cpu-reference is the naive f64 oracle and is slow at large shapes");
         }
@@ -249,11 +201,7 @@ fn time_one(
     args: &Args,
 ) -> Result<(f64, f64), CliError> {
     // Inputs are uploaded once per backend and shape, outside the timing.
-    let (q, k, v) = (
-        q.to_device(device)?,
-        k.to_device(device)?,
-        v.to_device(device)?,
-    );
+    let (q, k, v) = (q.to_device(device)?, k.to_device(device)?, v.to_device(device)?);
     let mut o = Tensor::nan(p.out_shape(), p.dtype, device)?;
     for _ in 0..args.warmup {
         b.forward(p, &q, &k, &v, &mut o)?;
@@ -281,22 +229,11 @@ fn time_one(
     Ok((times[times.len() / 2], times[0]))
 }
 
-fn write_table(
-    out: &mut dyn Write,
-    rows: &[Row],
-    skipped: &[(String, String, String)],
-) -> Result<(), CliError> {
+fn write_table(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, String)]) -> Result<(), CliError> {
     writeln!(
         out,
         "{:<18} {:<8} {:<26} {:<14} {:<5} {:>11} {:>11} {:>10}",
-        "backend",
-        "device",
-        "shape b,hq,hkv,sq,skv,d",
-        "mask",
-        "dtype",
-        "median ms",
-        "min ms",
-        "GFLOP/s"
+        "backend", "device", "shape b,hq,hkv,sq,skv,d", "mask", "dtype", "median ms", "min ms", "GFLOP/s"
     )?;
     for r in rows {
         writeln!(
@@ -321,11 +258,7 @@ fn write_table(
     Ok(())
 }
 
-fn write_json(
-    out: &mut dyn Write,
-    rows: &[Row],
-    skipped: &[(String, String, String)],
-) -> Result<(), CliError> {
+fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, String)]) -> Result<(), CliError> {
     use serde_json::json;
     let results: Vec<_> = rows
         .iter()
@@ -348,15 +281,10 @@ fn write_json(
             })
         })
         .collect();
-    let skipped: Vec<_> = skipped
-        .iter()
-        .map(|(b, s, why)| json!({"backend": b, "shape": s, "reason": why}))
-        .collect();
+    let skipped: Vec<_> = skipped.iter().map(|(b, s, why)| json!({"backend": b, "shape": s, "reason": why})).collect();
     let gpus: Vec<_> = crate::device::gpus()
         .map(|list| {
-            list.iter()
-                .map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch}))
-                .collect()
+            list.iter().map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch})).collect()
         })
         .unwrap_or_default();
     let doc = json!({
@@ -366,10 +294,6 @@ fn write_json(
         "results": results,
         "skipped": skipped,
     });
-    writeln!(
-        out,
-        "{}",
-        serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?
-    )?;
+    writeln!(out, "{}", serde_json::to_string_pretty(&doc).map_err(std::io::Error::other)?)?;
     Ok(())
 }

@@ -74,12 +74,8 @@ pub fn against_reference(
                 }
                 out
             };
-            let reference = reference_attention(
-                &sub,
-                &HostData::F32(qs),
-                &HostData::F32(gather(k)),
-                &HostData::F32(gather(v)),
-            );
+            let reference =
+                reference_attention(&sub, &HostData::F32(qs), &HostData::F32(gather(k)), &HostData::F32(gather(v)));
             let (mut max_abs, mut max_rel, mut outside, mut nan) = (0.0f64, 0.0f64, 0, 0);
             for s in 0..sq {
                 for g in 0..group {
@@ -103,15 +99,8 @@ pub fn against_reference(
             (max_abs, max_rel, outside, nan)
         })
         .collect();
-    let mut report = CheckReport {
-        max_abs: 0.0,
-        max_rel: 0.0,
-        outside: 0,
-        nan: 0,
-        total: out.len(),
-        dtype: p.dtype,
-        tolerance,
-    };
+    let mut report =
+        CheckReport { max_abs: 0.0, max_rel: 0.0, outside: 0, nan: 0, total: out.len(), dtype: p.dtype, tolerance };
     for (a, r, o, n) in parts {
         report.max_abs = report.max_abs.max(a);
         report.max_rel = report.max_rel.max(r);
@@ -130,18 +119,10 @@ mod tests {
     fn reference_against_itself_is_exact_and_nan_fails() {
         let p = AttentionProblem::new(2, 3, 5, 4, 2, 8, DType::F32).with_mask(Mask::Causal);
         let r = |shape: [usize; 4], seed| {
-            HostData::F32(
-                crate::tensor::Tensor::random(shape, DType::F32, seed)
-                    .unwrap()
-                    .to_f32_vec()
-                    .unwrap(),
-            )
+            HostData::F32(crate::tensor::Tensor::random(shape, DType::F32, seed).unwrap().to_f32_vec().unwrap())
         };
         let (q, k, v) = (r(p.q_shape(), 1), r(p.kv_shape(), 2), r(p.kv_shape(), 3));
-        let full: Vec<f32> = reference_attention(&p, &q, &k, &v)
-            .iter()
-            .map(|&x| x as f32)
-            .collect();
+        let full: Vec<f32> = reference_attention(&p, &q, &k, &v).iter().map(|&x| x as f32).collect();
         let rep = against_reference(&p, &q, &k, &v, &HostData::F32(full.clone()));
         assert!(rep.passed(), "{}", rep.summary());
         assert!(rep.max_abs < 1e-6);

@@ -24,23 +24,14 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let candidates = args.select.candidates(registry, &resolved.choice)?;
     let device = candidates
         .iter()
-        .find(|d| {
-            registry
-                .select_choice(&p, d, &resolved.choice, resolved.source)
-                .is_ok()
-        })
+        .find(|d| registry.select_choice(&p, d, &resolved.choice, resolved.source).is_ok())
         .or(candidates.first())
         .cloned()
         .unwrap_or(crate::device::Device::Cpu);
     let (verdicts, chosen) = registry.explain(&p, &device, &config);
     writeln!(out, "problem: {p}")?;
     writeln!(out, "device:  {}", device.label())?;
-    writeln!(
-        out,
-        "choice:  {} (from {})",
-        resolved.choice,
-        source_label(resolved.source)
-    )?;
+    writeln!(out, "choice:  {} (from {})", resolved.choice, source_label(resolved.source))?;
     let width = verdicts.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
     for (name, verdict) in &verdicts {
         let (word, detail) = match verdict {
@@ -60,9 +51,5 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 fn join(reasons: &[Unsupported]) -> String {
-    reasons
-        .iter()
-        .map(|r| r.to_string())
-        .collect::<Vec<_>>()
-        .join("; ")
+    reasons.iter().map(|r| r.to_string()).collect::<Vec<_>>().join("; ")
 }

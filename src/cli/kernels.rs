@@ -23,12 +23,7 @@ pub enum KernelsCommand {
 pub struct CheckArgs {
     /// Target architecture, e.g. sm_80, sm_90, gfx90a, gfx1030. Repeat the
     /// flag or give a comma-separated list.
-    #[arg(
-        long = "target",
-        value_name = "T",
-        required = true,
-        value_delimiter = ','
-    )]
+    #[arg(long = "target", value_name = "T", required = true, value_delimiter = ',')]
     pub targets: Vec<String>,
 }
 

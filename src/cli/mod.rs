@@ -15,9 +15,7 @@ use crate::backend::BackendError;
 use crate::device::{Device, DeviceError, DeviceKind};
 use crate::io::IoError;
 use crate::problem::ProblemError;
-use crate::registry::{
-    AttentionConfig, BackendChoice, ChoiceSource, Registry, SelectError, Selection,
-};
+use crate::registry::{AttentionConfig, BackendChoice, ChoiceSource, Registry, SelectError, Selection};
 use crate::tensor::TensorError;
 use clap::{Parser, Subcommand};
 use std::io::Write;
@@ -127,11 +125,7 @@ fn clap_exit(e: clap::Error) -> ExitCode {
                 .take_while(|l| !l.trim().is_empty())
                 .map(str::trim)
                 .collect();
-            let first = if first.is_empty() {
-                "error: invalid arguments".to_string()
-            } else {
-                first.join(" ")
-            };
+            let first = if first.is_empty() { "error: invalid arguments".to_string() } else { first.join(" ") };
             if first.starts_with("error:") {
                 eprintln!("{first} (see --help)");
             } else {
@@ -201,13 +195,7 @@ pub struct Resolved {
 
 impl SelectArgs {
     pub fn config(&self) -> Result<AttentionConfig, CliError> {
-        Ok(AttentionConfig {
-            backend: self
-                .backend
-                .as_deref()
-                .map(BackendChoice::parse)
-                .transpose()?,
-        })
+        Ok(AttentionConfig { backend: self.backend.as_deref().map(BackendChoice::parse).transpose()? })
     }
 
     pub fn resolve(&self) -> Result<Resolved, CliError> {
@@ -216,11 +204,7 @@ impl SelectArgs {
     }
 
     /// Devices to try, in order of preference.
-    pub fn candidates(
-        &self,
-        registry: &Registry,
-        choice: &BackendChoice,
-    ) -> Result<Vec<Device>, CliError> {
+    pub fn candidates(&self, registry: &Registry, choice: &BackendChoice) -> Result<Vec<Device>, CliError> {
         let auto_gpu = || Device::gpu(0).ok();
         match self.device {
             DeviceArg::Cpu | DeviceArg::Gpu(_) => Ok(vec![self.device.open()?]),
@@ -233,11 +217,7 @@ impl SelectArgs {
                 };
                 match choice {
                     BackendChoice::Prefer(names) => {
-                        for kind in names
-                            .iter()
-                            .filter_map(|n| registry.get(n))
-                            .map(|b| b.capabilities().device)
-                        {
+                        for kind in names.iter().filter_map(|n| registry.get(n)).map(|b| b.capabilities().device) {
                             // A GPU backend with no GPU present is tried on the CPU,
                             // so the error says "runs on gpu, problem is on cpu".
                             push(match kind {
@@ -277,9 +257,7 @@ impl SelectArgs {
                 }
             }
         }
-        Err(first_err
-            .map(CliError::from)
-            .unwrap_or_else(|| CliError::Usage("no device to run on".into())))
+        Err(first_err.map(CliError::from).unwrap_or_else(|| CliError::Usage("no device to run on".into())))
     }
 }
 
@@ -295,8 +273,7 @@ pub fn source_label(source: ChoiceSource) -> String {
 /// Registry messages call the explicit choice "config"; on the command line
 /// that is the --backend flag.
 pub fn cli_wording(text: &str) -> String {
-    text.replace("(from config)", "(from --backend)")
-        .replace("by config", "by --backend")
+    text.replace("(from config)", "(from --backend)").replace("by config", "by --backend")
 }
 
 /// The global registry, or the error that prevented building it.

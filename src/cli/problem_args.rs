@@ -52,11 +52,7 @@ impl ShapeArgs {
     /// The problem from the flags and the defaults.
     pub fn problem(&self) -> AttentionProblem {
         let heads = self.heads.unwrap_or(DEFAULT_HEADS);
-        let kv_heads = self.kv_heads.unwrap_or(if self.heads.is_some() {
-            heads
-        } else {
-            DEFAULT_KV_HEADS
-        });
+        let kv_heads = self.kv_heads.unwrap_or(if self.heads.is_some() { heads } else { DEFAULT_KV_HEADS });
         let seq_q = self.seq_q.unwrap_or(DEFAULT_SEQ);
         let mut p = AttentionProblem::new(
             self.batch.unwrap_or(DEFAULT_BATCH),
@@ -102,14 +98,10 @@ impl ShapeArgs {
         let [b, sq, hq, d] = qt.shape;
         let [bk, skv, hkv, dk] = kt.shape;
         if b != bk {
-            return Err(CliError::Usage(format!(
-                "batch mismatch: {qn} has batch {b}, {kn} has {bk}"
-            )));
+            return Err(CliError::Usage(format!("batch mismatch: {qn} has batch {b}, {kn} has {bk}")));
         }
         if d != dk {
-            return Err(CliError::Usage(format!(
-                "head_dim mismatch: {qn} has head_dim {d}, {kn} has {dk}"
-            )));
+            return Err(CliError::Usage(format!("head_dim mismatch: {qn} has head_dim {d}, {kn} has {dk}")));
         }
         let from_files = [
             ("--batch", self.batch, b),
@@ -121,19 +113,14 @@ impl ShapeArgs {
         ];
         for (flag, given, file) in from_files {
             if let Some(given) = given.filter(|&g| g != file) {
-                return Err(CliError::Usage(format!(
-                    "{flag} {given} conflicts with the input files ({file})"
-                )));
+                return Err(CliError::Usage(format!("{flag} {given} conflicts with the input files ({file})")));
             }
         }
         if let Some(dt) = self.dtype.filter(|&dt| dt != qt.dtype()) {
-            return Err(CliError::Usage(format!(
-                "--dtype {dt} conflicts with the input files ({})",
-                qt.dtype()
-            )));
+            return Err(CliError::Usage(format!("--dtype {dt} conflicts with the input files ({})", qt.dtype())));
         }
-        let mut p = AttentionProblem::new(b, sq, skv, hq, hkv, d, qt.dtype())
-            .with_mask(self.mask.unwrap_or(Mask::Causal));
+        let mut p =
+            AttentionProblem::new(b, sq, skv, hq, hkv, d, qt.dtype()).with_mask(self.mask.unwrap_or(Mask::Causal));
         p.scale = self.scale;
         p.softcap = self.softcap;
         Ok(p)

@@ -17,12 +17,10 @@ use std::time::Instant;
 /// problem's shape and dtype are taken from the files). A `.safetensors`
 /// file holding several tensors is read by role name: `q`, `k`, `v`.
 #[derive(clap::Args, Debug, Clone, Default)]
-#[command(
-    after_help = "Time: on a GPU, kernel time is measured with device events and reported \
+#[command(after_help = "Time: on a GPU, kernel time is measured with device events and reported \
     apart from the upload/download time; on the CPU with a wall clock.\n\
     --check compares with cpu-reference in f64: max abs error, and max relative error \
-    |got - ref| / max(|ref|, 1e-3); it fails (exit 1) if any element is outside the dtype's tolerance."
-)]
+    |got - ref| / max(|ref|, 1e-3); it fails (exit 1) if any element is outside the dtype's tolerance.")]
 pub struct Args {
     #[command(flatten)]
     pub shape: ShapeArgs,
@@ -57,11 +55,7 @@ pub struct Args {
 impl Args {
     /// What `rocmforge` with no command runs: the Llama-like default, checked.
     pub fn default_main() -> Args {
-        Args {
-            check: true,
-            repeats: 1,
-            ..Args::default()
-        }
+        Args { check: true, repeats: 1, ..Args::default() }
     }
 }
 
@@ -82,26 +76,13 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let backend = selection.backend;
     writeln!(out, "problem: {p}")?;
     writeln!(out, "device:  {}", device_description(&device))?;
-    writeln!(
-        out,
-        "backend: {} ({})",
-        backend.name(),
-        super::cli_wording(&selection.reason)
-    )?;
+    writeln!(out, "backend: {} ({})", backend.name(), super::cli_wording(&selection.reason))?;
 
-    let warmup = args.warmup.unwrap_or(if matches!(device, Device::Gpu(_)) {
-        1
-    } else {
-        0
-    });
+    let warmup = args.warmup.unwrap_or(if matches!(device, Device::Gpu(_)) { 1 } else { 0 });
     let mut times = Vec::with_capacity(args.repeats as usize);
     let output = match &device {
         Device::Cpu => {
-            let (q, k, v) = (
-                q.clone().into_tensor()?,
-                k.clone().into_tensor()?,
-                v.clone().into_tensor()?,
-            );
+            let (q, k, v) = (q.clone().into_tensor()?, k.clone().into_tensor()?, v.clone().into_tensor()?);
             let mut o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
             for _ in 0..warmup {
                 backend.forward(&p, &q, &k, &v, &mut o)?;
@@ -144,16 +125,8 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     times.sort_by(|a, b| a.total_cmp(b));
     let median = times[times.len() / 2];
     let gflops = p.flops() / (median * 1e-3) / 1e9;
-    let what = if matches!(device, Device::Gpu(_)) {
-        "kernel time (device events)"
-    } else {
-        "time"
-    };
-    let of = if times.len() > 1 {
-        format!(", median of {}", times.len())
-    } else {
-        String::new()
-    };
+    let what = if matches!(device, Device::Gpu(_)) { "kernel time (device events)" } else { "time" };
+    let of = if times.len() > 1 { format!(", median of {}", times.len()) } else { String::new() };
     writeln!(out, "{what}: {median:.3} ms{of} ({gflops:.1} GFLOP/s)")?;
 
     if let Some(path) = &args.out {
@@ -196,17 +169,11 @@ fn problem(args: &Args) -> Result<(AttentionProblem, Option<Inputs>), CliError> 
         (Some(qp), Some(kp), Some(vp)) => {
             let (q, k, v) = (load(qp, "q")?, load(kp, "k")?, load(vp, "v")?);
             let names = |p: &PathBuf| p.display().to_string();
-            let p = args.shape.problem_from_tensors(
-                (&names(qp), &q),
-                (&names(kp), &k),
-                (&names(vp), &v),
-            )?;
+            let p = args.shape.problem_from_tensors((&names(qp), &q), (&names(kp), &k), (&names(vp), &v))?;
             Ok((p, Some((q, k, v))))
         }
         (None, None, None) => Ok((args.shape.problem(), None)),
-        _ => Err(CliError::Usage(
-            "--q, --k and --v must be given together".into(),
-        )),
+        _ => Err(CliError::Usage("--q, --k and --v must be given together".into())),
     }
 }
 
@@ -214,10 +181,7 @@ fn problem(args: &Args) -> Result<(AttentionProblem, Option<Inputs>), CliError> 
 fn random_inputs(p: &AttentionProblem, seed: u64) -> Result<Inputs, CliError> {
     let random = |shape, seed| -> Result<HostTensor, CliError> {
         let t = Tensor::random(shape, p.dtype, seed)?;
-        Ok(HostTensor {
-            shape,
-            data: t.download()?,
-        })
+        Ok(HostTensor { shape, data: t.download()? })
     };
     Ok((
         random(p.q_shape(), seed)?,

@@ -28,11 +28,7 @@ pub enum Format {
 impl Format {
     /// The format named by `path`'s extension (`.npy`, `.safetensors`).
     pub fn from_path(path: &Path) -> Result<Format, IoError> {
-        match path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(|e| e.to_ascii_lowercase())
-        {
+        match path.extension().and_then(|e| e.to_str()).map(|e| e.to_ascii_lowercase()) {
             Some(e) if e == "npy" => Ok(Format::Npy),
             Some(e) if e == "safetensors" => Ok(Format::Safetensors),
             _ => Err(IoError::new(path, IoErrorKind::UnknownFormat)),
@@ -57,23 +53,14 @@ pub enum IoErrorKind {
     BadHeader(String),
     #[error("unsupported dtype {got}: expected {expected}")]
     UnsupportedDType { got: String, expected: &'static str },
-    #[error(
-        "bf16 cannot be stored in .npy (NumPy has no bfloat16 dtype); use a .safetensors file"
-    )]
+    #[error("bf16 cannot be stored in .npy (NumPy has no bfloat16 dtype); use a .safetensors file")]
     Bf16Npy,
     #[error("Fortran-order (column-major) arrays are not supported; save a C-order array")]
     FortranOrder,
     #[error("tensor must be 4-d [batch, seq, heads, head_dim], got shape {0:?}")]
     NotFourD(Vec<usize>),
-    #[error(
-        "data length mismatch: shape {shape:?} of {dtype} needs {expected} bytes, file holds {got}"
-    )]
-    DataLength {
-        shape: Vec<usize>,
-        dtype: DType,
-        expected: usize,
-        got: usize,
-    },
+    #[error("data length mismatch: shape {shape:?} of {dtype} needs {expected} bytes, file holds {got}")]
+    DataLength { shape: Vec<usize>, dtype: DType, expected: usize, got: usize },
     #[error("holds {} tensors ({}); expected exactly one, or one named '{}'", .names.len(), .names.join(", "), .wanted)]
     Ambiguous { names: Vec<String>, wanted: String },
     #[error("holds no tensors")]
@@ -93,10 +80,7 @@ pub struct IoError {
 
 impl IoError {
     pub fn new(path: &Path, kind: IoErrorKind) -> IoError {
-        IoError {
-            path: path.to_path_buf(),
-            kind,
-        }
+        IoError { path: path.to_path_buf(), kind }
     }
 }
 
@@ -140,12 +124,7 @@ pub(crate) fn check_len(shape: &[usize], dtype: DType, data: &[u8]) -> Result<()
         )));
     }
     if data.len() > expected {
-        return Err(IoErrorKind::DataLength {
-            shape: shape.to_vec(),
-            dtype,
-            expected,
-            got: data.len(),
-        });
+        return Err(IoErrorKind::DataLength { shape: shape.to_vec(), dtype, expected, got: data.len() });
     }
     Ok(())
 }
@@ -153,23 +132,14 @@ pub(crate) fn check_len(shape: &[usize], dtype: DType, data: &[u8]) -> Result<()
 /// Decodes little-endian elements of `dtype` from `bytes` (any alignment).
 pub(crate) fn host_from_le(dtype: DType, bytes: &[u8]) -> HostData {
     match dtype {
-        DType::F32 => HostData::F32(
-            bytes
-                .chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect(),
-        ),
+        DType::F32 => {
+            HostData::F32(bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect())
+        }
         DType::F16 => HostData::F16(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
+            bytes.chunks_exact(2).map(|c| half::f16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect(),
         ),
         DType::BF16 => HostData::BF16(
-            bytes
-                .chunks_exact(2)
-                .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])))
-                .collect(),
+            bytes.chunks_exact(2).map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]]))).collect(),
         ),
     }
 }
@@ -197,12 +167,7 @@ pub fn read_tensor(path: &Path, name: Option<&str>) -> Result<HostTensor, IoErro
 
 /// Writes `data` with `shape` to `path` in the format its extension names;
 /// `.safetensors` files get one tensor called `name`.
-pub fn write_host(
-    path: &Path,
-    name: &str,
-    shape: [usize; 4],
-    data: &HostData,
-) -> Result<(), IoError> {
+pub fn write_host(path: &Path, name: &str, shape: [usize; 4], data: &HostData) -> Result<(), IoError> {
     let format = Format::from_path(path)?;
     let bytes = match format {
         Format::Npy => encode_npy(shape, data),
@@ -214,9 +179,7 @@ pub fn write_host(
 
 /// Writes a tensor (downloading it first if it lives on a GPU).
 pub fn write_tensor(path: &Path, name: &str, tensor: &Tensor) -> Result<(), IoError> {
-    let data = tensor
-        .download()
-        .map_err(|e| IoError::new(path, IoErrorKind::Tensor(e)))?;
+    let data = tensor.download().map_err(|e| IoError::new(path, IoErrorKind::Tensor(e)))?;
     write_host(path, name, tensor.shape(), &data)
 }
 
@@ -227,10 +190,7 @@ mod tests {
     fn sample(dtype: DType) -> HostTensor {
         let shape = [1, 3, 2, 5];
         let values: Vec<f32> = (0..30).map(|i| (i as f32 - 12.5) / 7.0).collect();
-        HostTensor {
-            shape,
-            data: HostData::from_f32(dtype, &values),
-        }
+        HostTensor { shape, data: HostData::from_f32(dtype, &values) }
     }
 
     #[test]

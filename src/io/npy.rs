@@ -11,10 +11,7 @@ const MAGIC: &[u8] = b"\x93NUMPY";
 pub fn decode_npy(bytes: &[u8]) -> Result<HostTensor, IoErrorKind> {
     if bytes.len() < MAGIC.len() {
         if MAGIC.starts_with(bytes) {
-            return Err(IoErrorKind::Truncated(format!(
-                "{} bytes, shorter than the .npy magic",
-                bytes.len()
-            )));
+            return Err(IoErrorKind::Truncated(format!("{} bytes, shorter than the .npy magic", bytes.len())));
         }
         return Err(bad_magic());
     }
@@ -23,34 +20,24 @@ pub fn decode_npy(bytes: &[u8]) -> Result<HostTensor, IoErrorKind> {
     }
     let (major, minor) = match (bytes.get(6), bytes.get(7)) {
         (Some(&a), Some(&b)) => (a, b),
-        _ => {
-            return Err(IoErrorKind::Truncated(
-                "file ends inside the version bytes".into(),
-            ))
-        }
+        _ => return Err(IoErrorKind::Truncated("file ends inside the version bytes".into())),
     };
     let (len_bytes, utf8) = match major {
         1 => (2usize, false),
         2 => (4, false),
         3 => (4, true),
-        _ => {
-            return Err(IoErrorKind::BadHeader(format!(
-                "unsupported .npy version {major}.{minor}"
-            )))
-        }
+        _ => return Err(IoErrorKind::BadHeader(format!("unsupported .npy version {major}.{minor}"))),
     };
     let len_end = 8 + len_bytes;
-    let len_field = bytes
-        .get(8..len_end)
-        .ok_or_else(|| IoErrorKind::Truncated("file ends inside the header length".into()))?;
+    let len_field =
+        bytes.get(8..len_end).ok_or_else(|| IoErrorKind::Truncated("file ends inside the header length".into()))?;
     let header_len = if len_bytes == 2 {
         u16::from_le_bytes([len_field[0], len_field[1]]) as usize
     } else {
         u32::from_le_bytes([len_field[0], len_field[1], len_field[2], len_field[3]]) as usize
     };
-    let header_end = len_end
-        .checked_add(header_len)
-        .ok_or_else(|| IoErrorKind::BadHeader("header length overflows".into()))?;
+    let header_end =
+        len_end.checked_add(header_len).ok_or_else(|| IoErrorKind::BadHeader("header length overflows".into()))?;
     let header = bytes.get(len_end..header_end).ok_or_else(|| {
         IoErrorKind::Truncated(format!(
             "header says {header_len} bytes, file has {} after the preamble",
@@ -58,16 +45,12 @@ pub fn decode_npy(bytes: &[u8]) -> Result<HostTensor, IoErrorKind> {
         ))
     })?;
     let header = if utf8 {
-        std::str::from_utf8(header)
-            .map_err(|_| IoErrorKind::BadHeader("header is not UTF-8".into()))?
+        std::str::from_utf8(header).map_err(|_| IoErrorKind::BadHeader("header is not UTF-8".into()))?
     } else if header.is_ascii() {
         // ASCII is valid UTF-8.
-        std::str::from_utf8(header)
-            .map_err(|_| IoErrorKind::BadHeader("header is not ASCII".into()))?
+        std::str::from_utf8(header).map_err(|_| IoErrorKind::BadHeader("header is not ASCII".into()))?
     } else {
-        return Err(IoErrorKind::BadHeader(
-            "header is not ASCII (versions 1 and 2)".into(),
-        ));
+        return Err(IoErrorKind::BadHeader("header is not ASCII (versions 1 and 2)".into()));
     };
     let dict = parse_header(header)?;
     if dict.fortran_order {
@@ -86,17 +69,11 @@ pub fn decode_npy(bytes: &[u8]) -> Result<HostTensor, IoErrorKind> {
     let shape = four_d(&dict.shape)?;
     let data = &bytes[header_end..];
     check_len(&dict.shape, dtype, data)?;
-    Ok(HostTensor {
-        shape,
-        data: host_from_le(dtype, data),
-    })
+    Ok(HostTensor { shape, data: host_from_le(dtype, data) })
 }
 
 fn bad_magic() -> IoErrorKind {
-    IoErrorKind::BadMagic {
-        format: ".npy",
-        why: "it does not start with \\x93NUMPY".into(),
-    }
+    IoErrorKind::BadMagic { format: ".npy", why: "it does not start with \\x93NUMPY".into() }
 }
 
 /// Serializes a tensor as a version 1.0 `.npy` file.
@@ -106,19 +83,14 @@ pub fn encode_npy(shape: [usize; 4], data: &HostData) -> Result<Vec<u8>, IoError
         DType::F16 => "<f2",
         DType::BF16 => return Err(IoErrorKind::Bf16Npy),
     };
-    let shape_text = shape
-        .iter()
-        .map(|d| d.to_string())
-        .collect::<Vec<_>>()
-        .join(", ");
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape_text}), }}");
+    let shape_text = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape_text}), }}");
     // Pad with spaces so the data starts on a 64-byte boundary; end with '\n'.
     let unpadded = MAGIC.len() + 2 + 2 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
     header.push('\n');
-    let header_len = u16::try_from(header.len())
-        .map_err(|_| IoErrorKind::BadHeader("header longer than 65535 bytes".into()))?;
+    let header_len =
+        u16::try_from(header.len()).map_err(|_| IoErrorKind::BadHeader("header longer than 65535 bytes".into()))?;
     let mut out = Vec::with_capacity(10 + header.len() + data.len() * data.dtype().size_in_bytes());
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
@@ -140,10 +112,7 @@ struct Header {
 /// `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
 fn parse_header(text: &str) -> Result<Header, IoErrorKind> {
     let bad = |why: &str| IoErrorKind::BadHeader(format!("{why} in {:?}", text.trim_end()));
-    let mut p = Parser {
-        s: text.as_bytes(),
-        i: 0,
-    };
+    let mut p = Parser { s: text.as_bytes(), i: 0 };
     let (mut descr, mut fortran, mut shape) = (None, None, None);
     p.expect(b'{').map_err(|_| bad("expected '{'"))?;
     loop {
@@ -157,18 +126,8 @@ fn parse_header(text: &str) -> Result<Header, IoErrorKind> {
         p.skip_ws();
         match key.as_str() {
             "descr" => descr = Some(p.string().ok_or_else(|| bad("descr is not a string"))?),
-            "fortran_order" => {
-                fortran = Some(
-                    p.boolean()
-                        .ok_or_else(|| bad("fortran_order is not True/False"))?,
-                )
-            }
-            "shape" => {
-                shape = Some(
-                    p.tuple()
-                        .ok_or_else(|| bad("shape is not a tuple of integers"))?,
-                )
-            }
+            "fortran_order" => fortran = Some(p.boolean().ok_or_else(|| bad("fortran_order is not True/False"))?),
+            "shape" => shape = Some(p.tuple().ok_or_else(|| bad("shape is not a tuple of integers"))?),
             _ => return Err(bad(&format!("unexpected key '{key}'"))),
         }
         p.skip_ws();
@@ -225,9 +184,7 @@ impl Parser<'_> {
         while self.peek()? != quote {
             self.i += 1;
         }
-        let out = std::str::from_utf8(&self.s[start..self.i])
-            .ok()?
-            .to_string();
+        let out = std::str::from_utf8(&self.s[start..self.i]).ok()?.to_string();
         self.i += 1;
         Some(out)
     }
@@ -287,9 +244,7 @@ mod tests {
     }
 
     fn f32_bytes(n: usize) -> Vec<u8> {
-        (0..n)
-            .flat_map(|i| (i as f32 * 0.5).to_le_bytes())
-            .collect()
+        (0..n).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect()
     }
 
     #[test]
@@ -309,13 +264,7 @@ mod tests {
             let bytes = encode_npy([1, 1, 2, 2], &data).unwrap();
             let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
             assert_eq!((10 + header_len) % 64, 0);
-            assert_eq!(
-                decode_npy(&bytes).unwrap(),
-                HostTensor {
-                    shape: [1, 1, 2, 2],
-                    data
-                }
-            );
+            assert_eq!(decode_npy(&bytes).unwrap(), HostTensor { shape: [1, 1, 2, 2], data });
         }
     }
 
@@ -330,15 +279,8 @@ mod tests {
 
     #[test]
     fn bad_magic_and_headers() {
-        assert!(matches!(
-            decode_npy(b"PK\x03\x04 not numpy at all"),
-            Err(IoErrorKind::BadMagic { .. })
-        ));
-        let bad = file(
-            1,
-            "{'descr': '<f4', 'shape': (1, 1, 1, 1), }",
-            &f32_bytes(1),
-        );
+        assert!(matches!(decode_npy(b"PK\x03\x04 not numpy at all"), Err(IoErrorKind::BadMagic { .. })));
+        let bad = file(1, "{'descr': '<f4', 'shape': (1, 1, 1, 1), }", &f32_bytes(1));
         assert!(matches!(decode_npy(&bad), Err(IoErrorKind::BadHeader(_))));
         let bad = file(1, "not a dict", &f32_bytes(1));
         assert!(matches!(decode_npy(&bad), Err(IoErrorKind::BadHeader(_))));
@@ -349,29 +291,15 @@ mod tests {
     #[test]
     fn wrong_rank_dtype_order_and_length() {
         let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
-        assert!(
-            matches!(decode_npy(&file(1, h, &f32_bytes(6))), Err(IoErrorKind::NotFourD(s)) if s == [2, 3])
-        );
+        assert!(matches!(decode_npy(&file(1, h, &f32_bytes(6))), Err(IoErrorKind::NotFourD(s)) if s == [2, 3]));
         let h = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1, 1, 1), }";
-        assert!(matches!(
-            decode_npy(&file(1, h, &[0; 8])),
-            Err(IoErrorKind::UnsupportedDType { .. })
-        ));
+        assert!(matches!(decode_npy(&file(1, h, &[0; 8])), Err(IoErrorKind::UnsupportedDType { .. })));
         let h = "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1, 1, 1), }";
-        assert!(matches!(
-            decode_npy(&file(1, h, &[0; 4])),
-            Err(IoErrorKind::UnsupportedDType { .. })
-        ));
+        assert!(matches!(decode_npy(&file(1, h, &[0; 4])), Err(IoErrorKind::UnsupportedDType { .. })));
         let h = "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1, 1, 1), }";
-        assert!(matches!(
-            decode_npy(&file(1, h, &[0; 4])),
-            Err(IoErrorKind::FortranOrder)
-        ));
+        assert!(matches!(decode_npy(&file(1, h, &[0; 4])), Err(IoErrorKind::FortranOrder)));
         let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 1, 2), }";
-        assert!(matches!(
-            decode_npy(&file(1, h, &f32_bytes(3))),
-            Err(IoErrorKind::DataLength { .. })
-        ));
+        assert!(matches!(decode_npy(&file(1, h, &f32_bytes(3))), Err(IoErrorKind::DataLength { .. })));
     }
 
     #[test]

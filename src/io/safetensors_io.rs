@@ -18,10 +18,7 @@ pub fn decode_safetensors(bytes: &[u8], name: Option<&str>) -> Result<HostTensor
         ([only], _) => only.clone(),
         (_, Some(wanted)) if names.iter().any(|n| n == wanted) => wanted.to_string(),
         (_, wanted) => {
-            return Err(IoErrorKind::Ambiguous {
-                names,
-                wanted: wanted.unwrap_or("<none given>").to_string(),
-            })
+            return Err(IoErrorKind::Ambiguous { names, wanted: wanted.unwrap_or("<none given>").to_string() })
         }
     };
     let view = file.tensor(&chosen).map_err(|e| map_error(e, bytes))?;
@@ -38,20 +35,14 @@ pub fn decode_safetensors(bytes: &[u8], name: Option<&str>) -> Result<HostTensor
     };
     let shape = four_d(view.shape())?;
     check_len(view.shape(), dtype, view.data())?;
-    Ok(HostTensor {
-        shape,
-        data: host_from_le(dtype, view.data()),
-    })
+    Ok(HostTensor { shape, data: host_from_le(dtype, view.data()) })
 }
 
 /// Catches the cases the crate reports vaguely: a file too short for its
 /// header, and a file that is not safetensors at all.
 fn precheck(bytes: &[u8]) -> Result<(), IoErrorKind> {
     let Some(len_field) = bytes.get(..8) else {
-        return Err(IoErrorKind::Truncated(format!(
-            "{} bytes, shorter than the 8-byte header length",
-            bytes.len()
-        )));
+        return Err(IoErrorKind::Truncated(format!("{} bytes, shorter than the 8-byte header length", bytes.len())));
     };
     let mut n = [0u8; 8];
     n.copy_from_slice(len_field);
@@ -64,11 +55,7 @@ fn precheck(bytes: &[u8]) -> Result<(), IoErrorKind> {
                 why: "the header does not start with '{'".into(),
             })
         }
-        None => {
-            return Err(IoErrorKind::Truncated(
-                "file ends before the JSON header".into(),
-            ))
-        }
+        None => return Err(IoErrorKind::Truncated("file ends before the JSON header".into())),
     }
     if header_len > (bytes.len() - 8) as u64 {
         return Err(IoErrorKind::Truncated(format!(
@@ -81,19 +68,14 @@ fn precheck(bytes: &[u8]) -> Result<(), IoErrorKind> {
 
 fn map_error(e: SafeTensorError, bytes: &[u8]) -> IoErrorKind {
     match e {
-        SafeTensorError::HeaderTooSmall | SafeTensorError::InvalidHeaderLength => {
-            IoErrorKind::Truncated(e.to_string())
-        }
+        SafeTensorError::HeaderTooSmall | SafeTensorError::InvalidHeaderLength => IoErrorKind::Truncated(e.to_string()),
         SafeTensorError::MetadataIncompleteBuffer => {
             let end = data_end(bytes);
             match end {
-                Some(end) if end > bytes.len() => IoErrorKind::Truncated(format!(
-                    "tensor data ends at byte {end}, file has {} bytes",
-                    bytes.len()
-                )),
-                _ => {
-                    IoErrorKind::BadHeader("tensor data does not match the header's offsets".into())
+                Some(end) if end > bytes.len() => {
+                    IoErrorKind::Truncated(format!("tensor data ends at byte {end}, file has {} bytes", bytes.len()))
                 }
+                _ => IoErrorKind::BadHeader("tensor data does not match the header's offsets".into()),
             }
         }
         other => IoErrorKind::BadHeader(other.to_string()),
@@ -115,11 +97,7 @@ fn data_end(bytes: &[u8]) -> Option<usize> {
 }
 
 /// Serializes one tensor named `name`.
-pub fn encode_safetensors(
-    name: &str,
-    shape: [usize; 4],
-    data: &HostData,
-) -> Result<Vec<u8>, IoErrorKind> {
+pub fn encode_safetensors(name: &str, shape: [usize; 4], data: &HostData) -> Result<Vec<u8>, IoErrorKind> {
     let dtype = match data.dtype() {
         DType::F32 => Dtype::F32,
         DType::F16 => Dtype::F16,
@@ -148,13 +126,7 @@ mod tests {
             let data = HostData::from_f32(dtype, &[1.0, -2.0, 0.5, 3.0, 4.0, -0.25]);
             let bytes = encode_safetensors("q", [1, 3, 1, 2], &data).unwrap();
             let t = decode_safetensors(&bytes, None).unwrap();
-            assert_eq!(
-                t,
-                HostTensor {
-                    shape: [1, 3, 1, 2],
-                    data
-                }
-            );
+            assert_eq!(t, HostTensor { shape: [1, 3, 1, 2], data });
         }
     }
 
@@ -163,8 +135,7 @@ mod tests {
         let a = HostData::F32(vec![1.0; 4]);
         let b = HostData::F32(vec![2.0; 4]);
         let ab_bytes = host_to_le(&a);
-        let ab =
-            safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 1, 1, 4], &ab_bytes).unwrap();
+        let ab = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 1, 1, 4], &ab_bytes).unwrap();
         let bb = host_to_le(&b);
         let bv = safetensors::tensor::TensorView::new(Dtype::F32, vec![1, 1, 1, 4], &bb).unwrap();
         let bytes = safetensors::serialize([("k", ab), ("v", bv)], &None).unwrap();
@@ -191,23 +162,11 @@ mod tests {
     #[test]
     fn wrong_rank_and_dtype() {
         let h = r#"{"x":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]}}"#;
-        assert!(matches!(
-            decode_safetensors(&raw(h, &[0; 16]), None),
-            Err(IoErrorKind::NotFourD(_))
-        ));
+        assert!(matches!(decode_safetensors(&raw(h, &[0; 16]), None), Err(IoErrorKind::NotFourD(_))));
         let h = r#"{"x":{"dtype":"I32","shape":[1,1,1,4],"data_offsets":[0,16]}}"#;
-        assert!(matches!(
-            decode_safetensors(&raw(h, &[0; 16]), None),
-            Err(IoErrorKind::UnsupportedDType { .. })
-        ));
+        assert!(matches!(decode_safetensors(&raw(h, &[0; 16]), None), Err(IoErrorKind::UnsupportedDType { .. })));
         let h = r#"{"x":{"dtype":"F64","shape":[1,1,1,2],"data_offsets":[0,16]}}"#;
-        assert!(matches!(
-            decode_safetensors(&raw(h, &[0; 16]), None),
-            Err(IoErrorKind::UnsupportedDType { .. })
-        ));
-        assert!(matches!(
-            decode_safetensors(&raw("{}", &[]), None),
-            Err(IoErrorKind::Empty)
-        ));
+        assert!(matches!(decode_safetensors(&raw(h, &[0; 16]), None), Err(IoErrorKind::UnsupportedDType { .. })));
+        assert!(matches!(decode_safetensors(&raw("{}", &[]), None), Err(IoErrorKind::Empty)));
     }
 }

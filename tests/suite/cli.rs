@@ -7,18 +7,7 @@ use rocmforge::{DType, HostData, BACKEND_ENV};
 use std::path::Path;
 use std::process::{Command, Output};
 
-const TINY: &[&str] = &[
-    "--batch",
-    "1",
-    "--seq-q",
-    "4",
-    "--heads",
-    "2",
-    "--kv-heads",
-    "1",
-    "--head-dim",
-    "8",
-];
+const TINY: &[&str] = &["--batch", "1", "--seq-q", "4", "--heads", "2", "--kv-heads", "1", "--head-dim", "8"];
 
 fn rocmforge(args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_rocmforge"));
@@ -31,27 +20,15 @@ fn run(args: &[&str]) -> Output {
 }
 
 fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
 }
 
 /// A failure with one `error: ...` line, a non-zero exit and no panic.
 fn assert_clean_error(o: &Output, needle: &str) {
     let (out, err) = text(o);
-    assert!(
-        !o.status.success(),
-        "expected failure; stdout:\n{out}\nstderr:\n{err}"
-    );
-    assert!(
-        !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
-        "panic: {err}"
-    );
-    let line = err
-        .lines()
-        .find(|l| l.starts_with("error:"))
-        .unwrap_or_else(|| panic!("no error line: {err}"));
+    assert!(!o.status.success(), "expected failure; stdout:\n{out}\nstderr:\n{err}");
+    assert!(!err.contains("panicked") && !err.contains("RUST_BACKTRACE"), "panic: {err}");
+    let line = err.lines().find(|l| l.starts_with("error:")).unwrap_or_else(|| panic!("no error line: {err}"));
     assert!(err.contains(needle), "'{needle}' not in: {err}");
     assert!(!line.is_empty());
 }
@@ -74,10 +51,7 @@ fn help_works_for_every_command() {
         assert!(out.contains("Usage:"), "{cmd:?}: {out}");
     }
     let (out, _) = text(&run(&["bench", "--help"]));
-    assert!(
-        out.contains("4 * batch * q_heads * head_dim"),
-        "bench help documents FLOPs: {out}"
-    );
+    assert!(out.contains("4 * batch * q_heads * head_dim"), "bench help documents FLOPs: {out}");
 }
 
 #[test]
@@ -85,33 +59,19 @@ fn backend_flag_and_env_change_the_choice() {
     let mut args = vec!["run", "--backend", "cpu-reference"];
     args.extend_from_slice(TINY);
     let (out, err) = text(&run(&args));
-    assert!(
-        out.contains("backend: cpu-reference (requested by --backend)"),
-        "{out}{err}"
-    );
+    assert!(out.contains("backend: cpu-reference (requested by --backend)"), "{out}{err}");
 
     let mut args = vec!["run"];
     args.extend_from_slice(TINY);
-    let o = rocmforge(&args)
-        .env(BACKEND_ENV, "cpu-reference")
-        .output()
-        .unwrap();
+    let o = rocmforge(&args).env(BACKEND_ENV, "cpu-reference").output().unwrap();
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
-    assert!(
-        out.contains(&format!(
-            "backend: cpu-reference (requested by {BACKEND_ENV})"
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&format!("backend: cpu-reference (requested by {BACKEND_ENV})")), "{out}");
 
     // The flag beats the environment.
     let mut args = vec!["run", "--backend", "cpu-reference"];
     args.extend_from_slice(TINY);
-    let o = rocmforge(&args)
-        .env(BACKEND_ENV, "no-such-backend")
-        .output()
-        .unwrap();
+    let o = rocmforge(&args).env(BACKEND_ENV, "no-such-backend").output().unwrap();
     assert!(o.status.success(), "{}", text(&o).1);
 }
 
@@ -147,24 +107,11 @@ fn forced_backend_that_cannot_run_lists_reasons() {
         "4",
     ]);
     assert_clean_error(&o, "cpu-reference: invalid problem");
-    assert!(text(&o)
-        .1
-        .contains("num_q_heads (3) must be a multiple of num_kv_heads (2)"));
+    assert!(text(&o).1.contains("num_q_heads (3) must be a multiple of num_kv_heads (2)"));
     // Every registered backend rejected on an impossible device kind or shape.
     for b in Registry::global().unwrap().backends() {
-        let o = run(&[
-            "run",
-            "--backend",
-            b.name(),
-            "--heads",
-            "2",
-            "--kv-heads",
-            "2",
-            "--seq-q",
-            "1",
-            "--head-dim",
-            "0",
-        ]);
+        let o =
+            run(&["run", "--backend", b.name(), "--heads", "2", "--kv-heads", "2", "--seq-q", "1", "--head-dim", "0"]);
         assert_clean_error(&o, b.name());
     }
 }
@@ -178,22 +125,11 @@ fn bad_input_gives_one_line_errors() {
     assert_clean_error(&run(&["run", "--device", "tpu"]), "tpu");
     assert_clean_error(&run(&["bench", "--shape", "1,2,3"]), "six");
     assert_clean_error(
-        &run(&[
-            "run",
-            "--q",
-            "/nonexistent/q.npy",
-            "--k",
-            "/nonexistent/k.npy",
-            "--v",
-            "/nonexistent/v.npy",
-        ]),
+        &run(&["run", "--q", "/nonexistent/q.npy", "--k", "/nonexistent/k.npy", "--v", "/nonexistent/v.npy"]),
         "/nonexistent/q.npy",
     );
     assert_clean_error(&run(&["run", "--q", "q.npy"]), "--k");
-    for o in [
-        run(&["run", "--batch", "many"]),
-        run(&["explain", "--heads", "-1"]),
-    ] {
+    for o in [run(&["run", "--batch", "many"]), run(&["explain", "--heads", "-1"])] {
         let (_, err) = text(&o);
         assert_eq!(err.trim_end().lines().count(), 1, "one line: {err}");
     }
@@ -201,10 +137,7 @@ fn bad_input_gives_one_line_errors() {
 
 fn tensor(shape: [usize; 4], dtype: DType, seed: u64) -> HostTensor {
     let t = rocmforge::Tensor::random(shape, dtype, seed).unwrap();
-    HostTensor {
-        shape,
-        data: t.download().unwrap(),
-    }
+    HostTensor { shape, data: t.download().unwrap() }
 }
 
 fn write(dir: &Path, name: &str, t: &HostTensor) -> String {
@@ -216,17 +149,11 @@ fn write(dir: &Path, name: &str, t: &HostTensor) -> String {
 #[test]
 fn file_round_trip_npy_and_safetensors() {
     let dir = tempfile::tempdir().unwrap();
-    for (ext, dtype) in [
-        ("npy", DType::F32),
-        ("npy", DType::F16),
-        ("safetensors", DType::F32),
-        ("safetensors", DType::BF16),
-    ] {
-        let (q, k, v) = (
-            tensor([1, 3, 4, 8], dtype, 1),
-            tensor([1, 5, 2, 8], dtype, 2),
-            tensor([1, 5, 2, 8], dtype, 3),
-        );
+    for (ext, dtype) in
+        [("npy", DType::F32), ("npy", DType::F16), ("safetensors", DType::F32), ("safetensors", DType::BF16)]
+    {
+        let (q, k, v) =
+            (tensor([1, 3, 4, 8], dtype, 1), tensor([1, 5, 2, 8], dtype, 2), tensor([1, 5, 2, 8], dtype, 3));
         let (qp, kp, vp) = (
             write(dir.path(), &format!("q.{ext}"), &q),
             write(dir.path(), &format!("k.{ext}"), &k),
@@ -249,10 +176,7 @@ fn file_round_trip_npy_and_safetensors() {
         ]);
         let (out, err) = text(&o);
         assert!(o.status.success(), "{ext} {dtype}: {out}{err}");
-        assert!(
-            out.contains("seq_q=3 seq_kv=5 heads=4/2 head_dim=8"),
-            "{out}"
-        );
+        assert!(out.contains("seq_q=3 seq_kv=5 heads=4/2 head_dim=8"), "{out}");
         assert!(out.contains("check: PASS"), "{out}");
         let written = read_tensor(&op, None).unwrap();
         assert_eq!(written.shape, [1, 3, 4, 8]);
@@ -273,64 +197,31 @@ fn bad_files_are_clean_errors() {
     let truncated = dir.path().join("t.npy");
     std::fs::write(&truncated, &bytes[..bytes.len() - 3]).unwrap();
     let tp = truncated.display().to_string();
-    assert_clean_error(
-        &run(&["run", "--q", &qp, "--k", &kp, "--v", &tp]),
-        "truncated",
-    );
+    assert_clean_error(&run(&["run", "--q", &qp, "--k", &kp, "--v", &tp]), "truncated");
     // Mismatched: k and v shapes differ.
     let v2 = write(dir.path(), "v2.npy", &tensor([1, 3, 1, 4], DType::F32, 3));
-    assert_clean_error(
-        &run(&["run", "--q", &qp, "--k", &kp, "--v", &v2]),
-        "shapes differ",
-    );
+    assert_clean_error(&run(&["run", "--q", &qp, "--k", &kp, "--v", &v2]), "shapes differ");
     // Mismatched head_dim.
     let v3 = write(dir.path(), "k3.npy", &tensor([1, 2, 1, 5], DType::F32, 3));
-    assert_clean_error(
-        &run(&["run", "--q", &qp, "--k", &v3, "--v", &v3]),
-        "head_dim mismatch",
-    );
+    assert_clean_error(&run(&["run", "--q", &qp, "--k", &v3, "--v", &v3]), "head_dim mismatch");
     // Wrong dtype: an f16 v next to f32 q and k.
     let vh = write(dir.path(), "vh.npy", &tensor([1, 2, 1, 4], DType::F16, 3));
-    assert_clean_error(
-        &run(&["run", "--q", &qp, "--k", &kp, "--v", &vh]),
-        "dtype mismatch",
-    );
+    assert_clean_error(&run(&["run", "--q", &qp, "--k", &kp, "--v", &vh]), "dtype mismatch");
     // Flag conflicting with the files.
-    assert_clean_error(
-        &run(&["run", "--q", &qp, "--k", &kp, "--v", &kp, "--heads", "8"]),
-        "--heads 8 conflicts",
-    );
+    assert_clean_error(&run(&["run", "--q", &qp, "--k", &kp, "--v", &kp, "--heads", "8"]), "--heads 8 conflicts");
     // Not a tensor file at all.
     let junk = dir.path().join("junk.npy");
     std::fs::write(&junk, b"hello world, not numpy").unwrap();
     let jp = junk.display().to_string();
-    assert_clean_error(
-        &run(&["run", "--q", &jp, "--k", &kp, "--v", &kp]),
-        "not a .npy file",
-    );
+    assert_clean_error(&run(&["run", "--q", &jp, "--k", &kp, "--v", &kp]), "not a .npy file");
     // bf16 output to .npy.
     let qb = dir.path().join("qb.safetensors");
-    write_host(
-        &qb,
-        "q",
-        [1, 2, 2, 4],
-        &HostData::from_f32(DType::BF16, &[0.5; 16]),
-    )
-    .unwrap();
+    write_host(&qb, "q", [1, 2, 2, 4], &HostData::from_f32(DType::BF16, &[0.5; 16])).unwrap();
     let kb = dir.path().join("kb.safetensors");
-    write_host(
-        &kb,
-        "k",
-        [1, 2, 1, 4],
-        &HostData::from_f32(DType::BF16, &[0.25; 8]),
-    )
-    .unwrap();
+    write_host(&kb, "k", [1, 2, 1, 4], &HostData::from_f32(DType::BF16, &[0.25; 8])).unwrap();
     let (qb, kb) = (qb.display().to_string(), kb.display().to_string());
     let out = dir.path().join("o.npy").display().to_string();
-    assert_clean_error(
-        &run(&["run", "--q", &qb, "--k", &kb, "--v", &kb, "--out", &out]),
-        "safetensors",
-    );
+    assert_clean_error(&run(&["run", "--q", &qb, "--k", &kb, "--v", &kb, "--out", &out]), "safetensors");
 }
 
 #[test]
@@ -341,10 +232,7 @@ fn explain_lists_every_backend() {
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     for name in Registry::global().unwrap().names() {
-        assert!(
-            out.lines().any(|l| l.trim_start().starts_with(name)),
-            "{name} missing: {out}"
-        );
+        assert!(out.lines().any(|l| l.trim_start().starts_with(name)), "{name} missing: {out}");
     }
     assert!(out.contains("chosen"), "{out}");
 }
@@ -362,22 +250,10 @@ fn backends_devices_kernels_bench_run() {
     if o.status.success() {
         assert!(out.contains("specializations"), "{out}");
     } else {
-        assert!(
-            err.starts_with("error:") && !err.contains("panicked"),
-            "{err}"
-        );
+        assert!(err.starts_with("error:") && !err.contains("panicked"), "{err}");
     }
     assert_clean_error(&run(&["kernels", "check", "--target", "vax11"]), "vax11");
-    let o = run(&[
-        "bench",
-        "--shape",
-        "1,2,1,4,4,8",
-        "--backends",
-        "cpu-reference",
-        "--repeats",
-        "2",
-        "--json",
-    ]);
+    let o = run(&["bench", "--shape", "1,2,1,4,4,8", "--backends", "cpu-reference", "--repeats", "2", "--json"]);
     let (out, err) = text(&o);
     assert!(o.status.success(), "{err}");
     let json: serde_json::Value = serde_json::from_str(&out).unwrap();
