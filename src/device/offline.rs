@@ -80,6 +80,19 @@ fn compile_one(spec: &KernelSpec, target: &str, warp: u32) -> DeviceResult<usize
     }
 }
 
+/// Whether NVRTC can be loaded (built with the `cuda` feature and
+/// `libnvrtc` on the loader path, e.g. from the `nvidia-cuda-nvrtc` wheel).
+pub fn nvrtc_available() -> bool {
+    #[cfg(feature = "cuda")]
+    {
+        super::cuda::nvrtc::available()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        false
+    }
+}
+
 #[cfg(feature = "cuda")]
 fn compile_nvrtc(spec: &KernelSpec, target: &str, options: &[String]) -> DeviceResult<usize> {
     super::cuda::nvrtc::compile_cubin(spec.entry, &spec.full_source(), options, target).map(|c| c.len())
