@@ -244,6 +244,21 @@ pub fn check_backend(
     Ok(out)
 }
 
+/// Runs `backend` on `device` with inputs from `seed` and panics with the
+/// full report unless every element is within tolerance of the oracle.
+pub fn assert_matches_reference(
+    backend: &dyn AttentionBackend,
+    p: &AttentionProblem,
+    device: &Device,
+    seed: u64,
+) {
+    let inputs = Inputs::random(p, seed);
+    let expected = reference(p, &inputs);
+    if let Err(e) = check_backend(backend, p, &inputs, device, &expected) {
+        panic!("{e}");
+    }
+}
+
 /// For fixed-case tests: the backends (with their devices) that accept `p`.
 /// Backends that reject it are listed on stdout, so a reader sees what ran.
 pub fn accepting<'a>(

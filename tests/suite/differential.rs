@@ -6,9 +6,7 @@
 //! shared fixture in `common`), so backends merged later join with no edits.
 //! Every test may touch the GPU, so every test is `#[serial]`.
 
-mod common;
-
-use common::{
+use crate::common::{
     accepting, backend_targets, check_backend, reference, run_backend, unflatten, Inputs,
 };
 use proptest::prelude::*;
@@ -266,7 +264,7 @@ fn large_logits_stay_finite_and_accurate() {
                 unflatten(p, i)
             );
         }
-        common::compare(backend.name(), p, &out, &expected)
+        crate::common::compare(backend.name(), p, &out, &expected)
             .unwrap_or_else(|e| panic!("q, k x30: {e}"));
     });
 }
