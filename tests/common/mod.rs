@@ -6,6 +6,7 @@
 #![allow(dead_code)]
 
 use rocmforge::backends::cpu_reference::reference_attention;
+use rocmforge::dtype::Tolerance;
 use rocmforge::{
     AttentionBackend, AttentionProblem, DType, Device, DeviceKind, HostData, Registry, Tensor,
 };
@@ -183,6 +184,18 @@ pub fn compare(
     got: &[f32],
     expected: &[f64],
 ) -> Result<(), String> {
+    compare_with(backend, p, got, expected, p.dtype.tolerance())
+}
+
+/// `compare` with an explicit tolerance, for tests whose inputs are
+/// deliberately ill-conditioned.
+pub fn compare_with(
+    backend: &str,
+    p: &AttentionProblem,
+    got: &[f32],
+    expected: &[f64],
+    tol: Tolerance,
+) -> Result<(), String> {
     if got.len() != expected.len() {
         return Err(format!(
             "backend {backend} on {p}: {} output elements, expected {}",
@@ -190,7 +203,6 @@ pub fn compare(
             expected.len()
         ));
     }
-    let tol = p.dtype.tolerance();
     let mut first_bad = None;
     let mut bad = 0usize;
     let mut max_err = 0.0f64;
