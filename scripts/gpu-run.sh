@@ -47,11 +47,11 @@ for step in "${steps[@]}"; do
         ;;
     memcheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
-            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 gpu
+            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 gpu_device differential
         ;;
     racecheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
-            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 gpu
+            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 gpu_device differential
         ;;
     bench) run_step bench ./attention-bench --bench gpu_vs_cpu ;;
     compare) run_step compare python3 compare_torch.py --rocmforge ./rocmforge --json "$out/compare.json" ;;

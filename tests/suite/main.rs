@@ -1,7 +1,10 @@
-//! One integration-test binary for everything (the GPU bundle ships it as a
-//! single file).
+//! One integration-test binary for everything, so the GPU bundle ships a
+//! single file. GPU tests print SKIP without a GPU and fail instead under
+//! ROCMFORGE_REQUIRE_GPU=1.
 
 mod cli;
 mod common;
+mod differential;
 mod gpu_device;
 mod kernels_offline;
+mod selection;
