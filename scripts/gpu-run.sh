@@ -21,6 +21,7 @@ for lib in libnvrtc.so libcublas.so; do
     fi
 done
 export ROCMFORGE_REQUIRE_GPU=1
+export ROCMFORGE_BIN="$here/rocmforge"
 cd "$here"
 
 failed=0
