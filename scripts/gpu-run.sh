@@ -57,7 +57,10 @@ for step in "${steps[@]}"; do
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
             compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 gpu_device differential $deliberate_errors
         ;;
-    bench) run_step bench ./attention-bench --bench gpu_vs_cpu ;;
+    bench)
+        ROCMFORGE_BENCH_SHAPES=${BENCH_SHAPES:-"1,32,8,1024,128,causal;4,32,32,2048,128"} \
+            run_step bench ./attention-bench --bench gpu_vs_cpu
+        ;;
     compare) run_step compare python3 compare_torch.py --rocmforge ./rocmforge --json "$out/compare.json" ;;
     *) echo "unknown step $step" >&2; failed=1 ;;
     esac
