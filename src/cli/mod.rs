@@ -221,7 +221,13 @@ impl SelectArgs {
                             // A GPU backend with no GPU present is tried on the CPU,
                             // so the error says "runs on gpu, problem is on cpu".
                             push(match kind {
-                                DeviceKind::Gpu => auto_gpu().unwrap_or(Device::Cpu),
+                                DeviceKind::Gpu => match Device::gpu(0) {
+                                    Ok(g) => g,
+                                    Err(why) => {
+                                        eprintln!("note: {why}");
+                                        Device::Cpu
+                                    }
+                                },
                                 DeviceKind::Cpu => Device::Cpu,
                             });
                         }
