@@ -91,12 +91,12 @@ fn open_all() -> DeviceResult<Vec<Arc<GpuDevice>>> {
     #[cfg(feature = "cuda")]
     match cuda::open_all() {
         Ok(list) => found.extend(list.into_iter().map(GpuDevice::new)),
-        Err(e) => why_not.push(format!("CUDA: {e}")),
+        Err(e) => why_not.push(format!("CUDA: {}", reason_text(e))),
     }
     #[cfg(feature = "rocm")]
     match hip::open_all() {
         Ok(list) => found.extend(list.into_iter().map(GpuDevice::new)),
-        Err(e) => why_not.push(format!("HIP: {e}")),
+        Err(e) => why_not.push(format!("HIP: {}", reason_text(e))),
     }
     if found.is_empty() {
         if why_not.is_empty() {
@@ -105,4 +105,13 @@ fn open_all() -> DeviceResult<Vec<Arc<GpuDevice>>> {
         return Err(DeviceError::NoDevice(why_not.join("; ")));
     }
     Ok(found)
+}
+
+/// The bare reason inside a `NoDevice`, so messages do not say it twice.
+#[allow(dead_code)] // unused when built with neither driver
+fn reason_text(e: DeviceError) -> String {
+    match e {
+        DeviceError::NoDevice(why) => why,
+        other => other.to_string(),
+    }
 }
