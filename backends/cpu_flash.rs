@@ -40,9 +40,11 @@ use rayon::prelude::*;
 const BQ: usize = 64;
 /// Keys per tile.
 const BK: usize = 64;
-/// Row padding: every micro-kernel's row block divides it.
+/// Query-row padding: every P·V kernel's row block divides it.
 const ROW_ALIGN: usize = 8;
-/// Column padding of S: every QK^T kernel's column block divides it.
+/// Key padding: every QK^T kernel's key block divides it.
+const KEY_ALIGN: usize = 8;
+/// Query padding of S^T: every QK^T kernel's query block divides it.
 const COL_ALIGN: usize = 32;
 /// Head-dim padding of V and O: every P·V kernel's narrowest block.
 const DIM_ALIGN: usize = 16;
@@ -193,6 +195,11 @@ pub fn forward_with_isa(
 trait Elem: Copy + Send + Sync + 'static {
     fn widen(src: &[Self], dst: &mut [f32]);
     fn narrow(src: &[f32], dst: &mut [Self]);
+    /// The slice itself when it already holds f32 (read in place).
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        let _ = src;
+        None
+    }
 }
 
 impl Elem for f32 {
@@ -203,6 +210,10 @@ impl Elem for f32 {
     #[inline(always)]
     fn narrow(src: &[f32], dst: &mut [f32]) {
         dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(src: &[f32]) -> Option<&[f32]> {
+        Some(src)
     }
 }
 
@@ -257,35 +268,30 @@ struct Ctx<'a, T> {
 
 /// A worker's reusable buffers, all f32.
 struct Scratch {
-    /// Q block, `[BQ][d]`, pre-scaled.
-    q: Vec<f32>,
+    /// Q block transposed, `[d][BQ]`, pre-scaled; padding queries are zero.
+    qt: Vec<f32>,
     /// Unnormalised output block, `[BQ][dp]`.
     o: Vec<f32>,
-    /// K tile transposed, `[d][BK]`.
-    kt: Vec<f32>,
-    /// V tile, `[BK][dp]`.
+    /// K tile rows `[BK][d]`, used when K cannot be read in place.
+    k: Vec<f32>,
+    /// V tile rows `[BK][dp]`, used when V cannot be read in place.
     v: Vec<f32>,
-    /// Scores, then probabilities, `[BQ][BK]`.
+    /// Scores, then probabilities, transposed: `[BK][BQ]` (key-major), so
+    /// the per-query softmax runs down columns with vertical vector ops.
     s: Vec<f32>,
-    /// One widened K row.
+    /// One widened Q row.
     row: Vec<f32>,
-    m: [f32; BQ],
-    l: [f32; BQ],
-    range: [(usize, usize); BQ],
 }
 
 impl Scratch {
     fn new(d: usize, dp: usize) -> Scratch {
         Scratch {
-            q: vec![0.0; BQ * d],
+            qt: vec![0.0; d * BQ],
             o: vec![0.0; BQ * dp],
-            kt: vec![0.0; d * BK],
+            k: vec![0.0; BK * d],
             v: vec![0.0; BK * dp],
-            s: vec![0.0; BQ * BK],
+            s: vec![0.0; BK * BQ],
             row: vec![0.0; d],
-            m: [f32::NEG_INFINITY; BQ],
-            l: [0.0; BQ],
-            range: [(0, 0); BQ],
         }
     }
 }
@@ -342,16 +348,19 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
     let i0 = qb * BQ;
     let rows = BQ.min(c.sq - i0);
     let rows_p = rows.next_multiple_of(ROW_ALIGN);
+    let cols = rows.next_multiple_of(COL_ALIGN);
 
-    // Union of the rows' key ranges; ranges are monotone in the row index,
-    // so every key block outside it is masked for the whole query block.
+    // Key range per query. Ranges are monotone in the row index, so the
+    // union is one interval and every key block outside it is skipped.
+    let mut lo = [0usize; BQ];
+    let mut hi = [0usize; BQ];
     let (mut kv_lo, mut kv_hi) = (usize::MAX, 0);
     for r in 0..rows {
-        let (lo, hi) = c.mask.key_range(i0 + r, c.sq, c.skv);
-        sc.range[r] = (lo, hi);
-        if lo < hi {
-            kv_lo = kv_lo.min(lo);
-            kv_hi = kv_hi.max(hi);
+        let (l, h) = c.mask.key_range(i0 + r, c.sq, c.skv);
+        (lo[r], hi[r]) = (l, h);
+        if l < h {
+            kv_lo = kv_lo.min(l);
+            kv_hi = kv_hi.max(h);
         }
     }
 
@@ -363,95 +372,142 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         return;
     }
 
-    // Q block, widened and pre-scaled; padding rows are zero.
+    // Q block, widened, pre-scaled and transposed to [d][BQ].
+    sc.qt.fill(0.0);
     for r in 0..rows {
-        let src = &c.q[out_row(r)..out_row(r) + d];
-        let dst = &mut sc.q[r * d..(r + 1) * d];
-        T::widen(src, dst);
-        for x in dst.iter_mut() {
-            *x *= c.scale;
+        T::widen(&c.q[out_row(r)..out_row(r) + d], &mut sc.row);
+        for (x, &val) in sc.row.iter().enumerate() {
+            sc.qt[x * BQ + r] = val * c.scale;
         }
     }
-    sc.q[rows * d..rows_p * d].fill(0.0);
     sc.o[..rows_p * dp].fill(0.0);
-    sc.m[..rows].fill(f32::NEG_INFINITY);
-    sc.l[..rows].fill(0.0);
+    let mut m = [f32::NEG_INFINITY; BQ];
+    let mut l = [0.0f32; BQ];
 
+    let k_stride = c.hkv * d;
+    let head_base = (b * c.skv * c.hkv + kvh) * d;
     let mut j0 = kv_lo;
     while j0 < kv_hi {
         let n = BK.min(kv_hi - j0);
-        // K tile transposed to [d][BK]; V tile to [BK][dp] (pad columns stay 0).
-        for jj in 0..n {
-            let off = ((b * c.skv + j0 + jj) * c.hkv + kvh) * d;
-            T::widen(&c.k[off..off + d], &mut sc.row);
-            for (x, &val) in sc.row.iter().enumerate() {
-                sc.kt[x * BK + jj] = val;
+        let n_p = n.next_multiple_of(KEY_ALIGN);
+        let base = head_base + j0 * k_stride;
+
+        // f32 K/V are read in place (K needs n_p rows to exist, V needs its
+        // rows to be whole DIM_ALIGN blocks); otherwise the tile is widened
+        // into scratch, zero-padded.
+        let (kp, ks) = match T::as_f32(c.k) {
+            Some(k) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
+            _ => {
+                for jj in 0..n {
+                    let off = base + jj * k_stride;
+                    T::widen(&c.k[off..off + d], &mut sc.k[jj * d..(jj + 1) * d]);
+                }
+                sc.k[n * d..n_p * d].fill(0.0);
+                (sc.k.as_ptr(), d)
             }
-            T::widen(&c.v[off..off + d], &mut sc.v[jj * dp..jj * dp + d]);
+        };
+        let (vp, vs) = match T::as_f32(c.v) {
+            Some(v) if d == dp => (v[base..].as_ptr(), k_stride),
+            _ => {
+                for jj in 0..n {
+                    let off = base + jj * k_stride;
+                    T::widen(&c.v[off..off + d], &mut sc.v[jj * dp..jj * dp + d]);
+                }
+                (sc.v.as_ptr(), dp)
+            }
+        };
+
+        // SAFETY: kp has n_p rows of d floats at stride ks (in place: keys
+        // j0..j0+n_p < seq_kv; else scratch of BK*d); qt is d*BQ; s is
+        // BK*BQ; n_p % KEY_ALIGN == 0, cols % COL_ALIGN == 0, cols <= BQ.
+        K::qk(kp, ks, sc.qt.as_ptr(), d, sc.s.as_mut_ptr(), n_p, cols);
+
+        // Per-query live key interval inside this tile, relative to j0.
+        let mut a = [0i32; BQ];
+        let mut e = [0i32; BQ];
+        let mut full = true;
+        for r in 0..rows {
+            a[r] = (lo[r].clamp(j0, j0 + n) - j0) as i32;
+            e[r] = (hi[r].clamp(j0, j0 + n) - j0) as i32;
+            full &= a[r] == 0 && e[r] == n as i32;
         }
 
-        let cols = n.next_multiple_of(COL_ALIGN);
-        // SAFETY: q holds rows_p*d, kt d*BK, s rows_p*BK floats (BQ ≥ rows_p,
-        // BK ≥ cols); rows_p is a multiple of ROW_ALIGN and cols of COL_ALIGN.
-        K::qk(
-            sc.q.as_ptr(),
-            d,
-            sc.kt.as_ptr(),
-            sc.s.as_mut_ptr(),
-            rows_p,
-            cols,
-        );
-
-        for r in 0..rows {
-            let (lo, hi) = sc.range[r];
-            let srow = &mut sc.s[r * BK..r * BK + n];
-            let a = lo.max(j0).min(j0 + n) - j0;
-            let e = hi.min(j0 + n).max(j0) - j0;
-            if a >= e {
-                srow.fill(0.0);
-                continue;
-            }
-            srow[..a].fill(0.0);
-            srow[e..].fill(0.0);
-            let live = &mut srow[a..e];
+        let mut tile_max = [f32::NEG_INFINITY; BQ];
+        for j in 0..n {
+            let srow: &mut [f32; BQ] = (&mut sc.s[j * BQ..(j + 1) * BQ])
+                .try_into()
+                .expect("BQ row");
             if let Some(cap) = c.softcap {
-                for x in live.iter_mut() {
+                for x in srow[..cols].iter_mut() {
                     *x = cap * (*x / cap).tanh();
                 }
             }
-            let m_old = sc.m[r];
-            let m_new = m_old.max(row_max(live));
-            let sum = exp_sub_sum(live, m_new);
-            let alpha = (m_old - m_new).exp();
-            sc.m[r] = m_new;
-            sc.l[r] = sc.l[r] * alpha + sum;
-            if alpha != 1.0 {
-                for x in sc.o[r * dp..r * dp + d].iter_mut() {
-                    *x *= alpha;
+            if !full {
+                let jj = j as i32;
+                for r in 0..BQ {
+                    let live = jj >= a[r] && jj < e[r];
+                    srow[r] = if live { srow[r] } else { f32::NEG_INFINITY };
+                }
+            }
+            for r in 0..BQ {
+                tile_max[r] = if srow[r] > tile_max[r] {
+                    srow[r]
+                } else {
+                    tile_max[r]
+                };
+            }
+        }
+        // A query with no live key so far keeps m = -inf; subtracting 0
+        // instead turns its -inf scores into exact zeros, never NaN.
+        let mut m_use = [0.0f32; BQ];
+        let mut alpha = [0.0f32; BQ];
+        for r in 0..BQ {
+            let m_new = if tile_max[r] > m[r] {
+                tile_max[r]
+            } else {
+                m[r]
+            };
+            m_use[r] = if m_new == f32::NEG_INFINITY {
+                0.0
+            } else {
+                m_new
+            };
+            alpha[r] = fast_exp(m[r] - m_use[r]);
+            m[r] = m_new;
+        }
+        let mut sum = [0.0f32; BQ];
+        for j in 0..n {
+            let srow: &mut [f32; BQ] = (&mut sc.s[j * BQ..(j + 1) * BQ])
+                .try_into()
+                .expect("BQ row");
+            for r in 0..BQ {
+                let p = fast_exp(srow[r] - m_use[r]);
+                srow[r] = p;
+                sum[r] += p;
+            }
+        }
+        for r in 0..BQ {
+            l[r] = l[r] * alpha[r] + sum[r];
+        }
+        for r in 0..rows {
+            if alpha[r] != 1.0 {
+                for x in sc.o[r * dp..(r + 1) * dp].iter_mut() {
+                    *x *= alpha[r];
                 }
             }
         }
-        // Padding rows of S must not feed NaN or stale values into O.
-        sc.s[rows * BK..rows_p * BK].fill(0.0);
 
-        // SAFETY: s holds rows_p*BK, v n*dp (n ≤ BK), o rows_p*dp floats;
-        // dp is a multiple of DIM_ALIGN.
-        K::pv(
-            sc.s.as_ptr(),
-            n,
-            sc.v.as_ptr(),
-            dp,
-            sc.o.as_mut_ptr(),
-            rows_p,
-        );
+        // SAFETY: s is BK*BQ with n ≤ BK live key rows; vp has n rows of dp
+        // floats at stride vs (in place only when d == dp); o is BQ*dp;
+        // rows_p % ROW_ALIGN == 0 and dp % DIM_ALIGN == 0.
+        K::pv(sc.s.as_ptr(), n, vp, vs, dp, sc.o.as_mut_ptr(), rows_p);
         j0 += n;
     }
 
-    for r in 0..rows {
-        let l = sc.l[r];
+    for (r, &lr) in l.iter().enumerate().take(rows) {
         let o = &mut sc.o[r * dp..r * dp + d];
-        if l > 0.0 {
-            let inv = 1.0 / l;
+        if lr > 0.0 {
+            let inv = 1.0 / lr;
             for x in o.iter_mut() {
                 *x *= inv;
             }
@@ -478,43 +534,6 @@ fn write_row<T: Elem>(c: &Ctx<T>, off: usize, row: Option<&[f32]>) {
             }
         }
     }
-}
-
-/// Maximum of a non-empty slice, in 16 independent lanes so it vectorises.
-#[inline(always)]
-fn row_max(s: &[f32]) -> f32 {
-    let mut acc = [f32::NEG_INFINITY; 16];
-    let mut chunks = s.chunks_exact(16);
-    for ch in &mut chunks {
-        for l in 0..16 {
-            acc[l] = if ch[l] > acc[l] { ch[l] } else { acc[l] };
-        }
-    }
-    let mut m = f32::NEG_INFINITY;
-    for &x in chunks.remainder().iter().chain(acc.iter()) {
-        m = if x > m { x } else { m };
-    }
-    m
-}
-
-/// Replaces each `x` by `exp(x - m)` and returns their sum.
-#[inline(always)]
-fn exp_sub_sum(s: &mut [f32], m: f32) -> f32 {
-    let mut acc = [0.0f32; 16];
-    let mut chunks = s.chunks_exact_mut(16);
-    for ch in &mut chunks {
-        for l in 0..16 {
-            let e = fast_exp(ch[l] - m);
-            ch[l] = e;
-            acc[l] += e;
-        }
-    }
-    let mut sum = 0.0;
-    for x in chunks.into_remainder() {
-        *x = fast_exp(*x - m);
-        sum += *x;
-    }
-    sum + acc.iter().sum::<f32>()
 }
 
 /// `exp(x)` for `x <= 0` (Cephes expf: Cody-Waite range reduction and a
@@ -558,71 +577,90 @@ trait Simd {
 
 /// The two micro-kernels of one ISA.
 trait Kernels {
-    /// `s[r][c] = Σ_x q[r][x] · kt[x][c]` for `r < rows`, `c < cols`, with
-    /// `q` `[rows][d]`, `kt` `[d][BK]` and `s` `[rows][BK]`.
+    /// `s[j][c] = Σ_x k[j][x] · qt[x][c]` for `j < keys`, `c < cols`, with
+    /// `k` rows of `d` floats at stride `ks`, `qt` `[d][BQ]`, `s` `[BK][BQ]`.
     ///
     /// # Safety
-    /// Buffers hold those sizes; `rows % ROW_ALIGN == 0`,
-    /// `cols % COL_ALIGN == 0`, `cols <= BK`; the ISA's features are present.
-    unsafe fn qk(q: *const f32, d: usize, kt: *const f32, s: *mut f32, rows: usize, cols: usize);
-    /// `o[r][c] += Σ_{j<n} p[r][j] · v[j][c]` for `r < rows`, `c < dp`, with
-    /// `p` `[rows][BK]`, `v` `[n][dp]` and `o` `[rows][dp]`.
+    /// Buffers hold those sizes; `keys % KEY_ALIGN == 0`, `keys <= BK`,
+    /// `cols % COL_ALIGN == 0`, `cols <= BQ`; the ISA's features are present.
+    unsafe fn qk(
+        k: *const f32,
+        ks: usize,
+        qt: *const f32,
+        d: usize,
+        s: *mut f32,
+        keys: usize,
+        cols: usize,
+    );
+    /// `o[r][c] += Σ_{j<n} p[j][r] · v[j][c]` for `r < rows`, `c < dp`, with
+    /// `p` `[BK][BQ]`, `v` rows of `dp` floats at stride `vs`, `o` `[BQ][dp]`.
     ///
     /// # Safety
-    /// Buffers hold those sizes; `rows % ROW_ALIGN == 0`,
+    /// Buffers hold those sizes; `rows % ROW_ALIGN == 0`, `rows <= BQ`,
     /// `dp % DIM_ALIGN == 0`; the ISA's features are present.
-    unsafe fn pv(p: *const f32, n: usize, v: *const f32, dp: usize, o: *mut f32, rows: usize);
+    unsafe fn pv(
+        p: *const f32,
+        n: usize,
+        v: *const f32,
+        vs: usize,
+        dp: usize,
+        o: *mut f32,
+        rows: usize,
+    );
 }
 
-/// Register-blocked `MR × (NV·LANES)` tiles of S = Q·Kt; the accumulators
-/// stay in registers across the whole d loop.
+/// Register-blocked `MR keys × (NV·LANES) queries` tiles of S^T = K·Q^T;
+/// the accumulators stay in registers across the whole d loop.
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
-    q: *const f32,
+    k: *const f32,
+    ks: usize,
+    qt: *const f32,
     d: usize,
-    kt: *const f32,
     s: *mut f32,
-    rows: usize,
+    keys: usize,
     cols: usize,
 ) {
     let w = NV * S::LANES;
-    let mut r0 = 0;
-    while r0 < rows {
+    let mut j0 = 0;
+    while j0 < keys {
         let mut c0 = 0;
         while c0 < cols {
             let mut acc = [[S::zero(); NV]; MR];
             for x in 0..d {
-                let kp = kt.add(x * BK + c0);
-                let mut kv = [S::zero(); NV];
-                for (u, kvu) in kv.iter_mut().enumerate() {
-                    *kvu = S::load(kp.add(u * S::LANES));
+                let qp = qt.add(x * BQ + c0);
+                let mut qv = [S::zero(); NV];
+                for (u, qu) in qv.iter_mut().enumerate() {
+                    *qu = S::load(qp.add(u * S::LANES));
                 }
                 for (r, accr) in acc.iter_mut().enumerate() {
-                    let qb = S::splat(*q.add((r0 + r) * d + x));
+                    let kb = S::splat(*k.add((j0 + r) * ks + x));
                     for u in 0..NV {
-                        accr[u] = S::fma(qb, kv[u], accr[u]);
+                        accr[u] = S::fma(kb, qv[u], accr[u]);
                     }
                 }
             }
             for (r, accr) in acc.iter().enumerate() {
                 for (u, &a) in accr.iter().enumerate() {
-                    S::store(s.add((r0 + r) * BK + c0 + u * S::LANES), a);
+                    S::store(s.add((j0 + r) * BQ + c0 + u * S::LANES), a);
                 }
             }
             c0 += w;
         }
-        r0 += MR;
+        j0 += MR;
     }
 }
 
-/// Register-blocked `MR × (NV·LANES)` tiles of O += P·V over columns
-/// `[c_begin, c_end)`; returns the first column it did not cover.
+/// Register-blocked `MR rows × (NV·LANES) dims` tiles of O += P·V over
+/// columns from `c_begin`; returns the first column it did not cover.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
     p: *const f32,
     n: usize,
     v: *const f32,
+    vs: usize,
     dp: usize,
     o: *mut f32,
     rows: usize,
@@ -641,13 +679,13 @@ unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
                 }
             }
             for j in 0..n {
-                let vp = v.add(j * dp + c0);
+                let vp = v.add(j * vs + c0);
                 let mut vv = [S::zero(); NV];
                 for (u, vu) in vv.iter_mut().enumerate() {
                     *vu = S::load(vp.add(u * S::LANES));
                 }
                 for (r, accr) in acc.iter_mut().enumerate() {
-                    let pb = S::splat(*p.add((r0 + r) * BK + j));
+                    let pb = S::splat(*p.add(j * BQ + r0 + r));
                     for u in 0..NV {
                         accr[u] = S::fma(pb, vv[u], accr[u]);
                     }
@@ -699,14 +737,30 @@ impl Simd for Portable {
 
 impl Kernels for Portable {
     #[inline(always)]
-    unsafe fn qk(q: *const f32, d: usize, kt: *const f32, s: *mut f32, rows: usize, cols: usize) {
+    unsafe fn qk(
+        k: *const f32,
+        ks: usize,
+        qt: *const f32,
+        d: usize,
+        s: *mut f32,
+        keys: usize,
+        cols: usize,
+    ) {
         // SAFETY: forwarded contract.
-        unsafe { qk_blocked::<Portable, 4, 2>(q, d, kt, s, rows, cols) }
+        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, keys, cols) }
     }
     #[inline(always)]
-    unsafe fn pv(p: *const f32, n: usize, v: *const f32, dp: usize, o: *mut f32, rows: usize) {
+    unsafe fn pv(
+        p: *const f32,
+        n: usize,
+        v: *const f32,
+        vs: usize,
+        dp: usize,
+        o: *mut f32,
+        rows: usize,
+    ) {
         // SAFETY: forwarded contract; dp is a multiple of 16 = 2 * LANES.
-        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, dp, o, rows, 0) };
+        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, vs, dp, o, rows, 0) };
     }
 }
 
@@ -750,25 +804,34 @@ mod x86 {
     impl Kernels for Avx512 {
         #[inline(always)]
         unsafe fn qk(
-            q: *const f32,
+            k: *const f32,
+            ks: usize,
+            qt: *const f32,
             d: usize,
-            kt: *const f32,
             s: *mut f32,
-            rows: usize,
+            keys: usize,
             cols: usize,
         ) {
-            // 8 rows × 32 keys: 16 zmm accumulators, 2 loads + 8 broadcasts
-            // per 16 FMAs. SAFETY: forwarded contract (ROW_ALIGN = 8,
+            // 8 keys × 32 queries: 16 zmm accumulators, 2 loads + 8 broadcasts
+            // per 16 FMAs. SAFETY: forwarded contract (KEY_ALIGN = 8,
             // COL_ALIGN = 32).
-            unsafe { qk_blocked::<Avx512, 8, 2>(q, d, kt, s, rows, cols) }
+            unsafe { qk_blocked::<Avx512, 8, 2>(k, ks, qt, d, s, keys, cols) }
         }
         #[inline(always)]
-        unsafe fn pv(p: *const f32, n: usize, v: *const f32, dp: usize, o: *mut f32, rows: usize) {
+        unsafe fn pv(
+            p: *const f32,
+            n: usize,
+            v: *const f32,
+            vs: usize,
+            dp: usize,
+            o: *mut f32,
+            rows: usize,
+        ) {
             // 4 rows × 64 dims (16 accumulators), then 16-wide leftovers.
             // SAFETY: forwarded contract; dp is a multiple of 16.
             unsafe {
-                let c = pv_blocked::<Avx512, 4, 4>(p, n, v, dp, o, rows, 0);
-                pv_blocked::<Avx512, 4, 1>(p, n, v, dp, o, rows, c);
+                let c = pv_blocked::<Avx512, 4, 4>(p, n, v, vs, dp, o, rows, 0);
+                pv_blocked::<Avx512, 4, 1>(p, n, v, vs, dp, o, rows, c);
             }
         }
     }
@@ -808,21 +871,30 @@ mod x86 {
     impl Kernels for Avx2 {
         #[inline(always)]
         unsafe fn qk(
-            q: *const f32,
+            k: *const f32,
+            ks: usize,
+            qt: *const f32,
             d: usize,
-            kt: *const f32,
             s: *mut f32,
-            rows: usize,
+            keys: usize,
             cols: usize,
         ) {
-            // 4 rows × 16 keys: 8 ymm accumulators of the 16 registers.
+            // 4 keys × 16 queries: 8 ymm accumulators of the 16 registers.
             // SAFETY: forwarded contract.
-            unsafe { qk_blocked::<Avx2, 4, 2>(q, d, kt, s, rows, cols) }
+            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, keys, cols) }
         }
         #[inline(always)]
-        unsafe fn pv(p: *const f32, n: usize, v: *const f32, dp: usize, o: *mut f32, rows: usize) {
+        unsafe fn pv(
+            p: *const f32,
+            n: usize,
+            v: *const f32,
+            vs: usize,
+            dp: usize,
+            o: *mut f32,
+            rows: usize,
+        ) {
             // SAFETY: forwarded contract; dp is a multiple of 16.
-            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, dp, o, rows, 0) };
+            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, vs, dp, o, rows, 0) };
         }
     }
 
