@@ -489,10 +489,10 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         for r in 0..BQ {
             l[r] = l[r] * alpha[r] + sum[r];
         }
-        for r in 0..rows {
-            if alpha[r] != 1.0 {
-                for x in sc.o[r * dp..(r + 1) * dp].iter_mut() {
-                    *x *= alpha[r];
+        for (orow, &ar) in sc.o.chunks_exact_mut(dp).zip(&alpha).take(rows) {
+            if ar != 1.0 {
+                for x in orow.iter_mut() {
+                    *x *= ar;
                 }
             }
         }
@@ -553,7 +553,7 @@ fn fast_exp(x: f32) -> f32 {
     y = y * r + 8.333_452e-3;
     y = y * r + 4.166_579_6e-2;
     y = y * r + 1.666_666_5e-1;
-    y = y * r + 5.000_000_1e-1;
+    y = y * r + 0.5;
     y = y * r * r + r + 1.0;
     let pow2 = f32::from_bits(((ni + 127) as u32) << 23);
     if x > LO {
@@ -949,6 +949,7 @@ mod tests {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn problem(
         b: usize,
         hq: usize,
