@@ -5,14 +5,14 @@
 //!
 //! ```text
 //! cargo run --release --example time_cpu_flash -- \
-//!     [--shape b,hq,hkv,sq,skv,d]... [--mask none|causal|window:L,R] \
+//!     [--shape b,hq,hkv,sq,skv,d[:MASK]]... [--mask none|causal|window:L,R] \
 //!     [--dtype f32] [--backends cpu-flash,cpu-reference] [--warmup N] \
 //!     [--repeats N] [--reference-repeats N] [--isa avx512|avx2|portable]
 //! ```
 //!
 //! Without `--shape` it runs the two target shapes, (1,32,32,1024,128)
 //! non-causal and (1,32,8,1024,128) causal. `--mask` applies to every
-//! `--shape` given after it. cpu-reference is single-threaded and slow, so it
+//! `--shape` without its own `:MASK` suffix. cpu-reference is single-threaded and slow, so it
 //! runs `--reference-repeats` times (default 1), always on the full shape.
 
 use rocmforge::backends::cpu_flash::{forward_with_isa, CpuIsa};
@@ -20,7 +20,7 @@ use rocmforge::{AttentionProblem, DType, Device, Mask, Registry, Tensor};
 use std::time::Instant;
 
 struct Args {
-    shapes: Vec<([usize; 6], Mask)>,
+    shapes: Vec<([usize; 6], Option<Mask>)>,
     dtype: DType,
     backends: Vec<String>,
     warmup: usize,
@@ -49,7 +49,14 @@ fn parse_args() -> Result<Args, String> {
         };
         match flag.as_str() {
             "--shape" => {
-                let v = value()?;
+                let full = value()?;
+                let (v, shape_mask) = match full.split_once(':') {
+                    Some((dims, m)) => (
+                        dims.to_string(),
+                        Some(m.parse::<Mask>().map_err(|e| format!("{e}"))?),
+                    ),
+                    None => (full.clone(), None),
+                };
                 let dims: Vec<usize> = v
                     .split(',')
                     .map(|x| num(x.trim().to_string()))
@@ -57,7 +64,7 @@ fn parse_args() -> Result<Args, String> {
                 let dims: [usize; 6] = dims
                     .try_into()
                     .map_err(|_| format!("--shape wants b,hq,hkv,sq,skv,d, got {v}"))?;
-                args.shapes.push((dims, mask));
+                args.shapes.push((dims, shape_mask));
             }
             "--mask" => mask = value()?.parse().map_err(|e| format!("{e}"))?,
             "--dtype" => args.dtype = value()?.parse().map_err(|e| format!("{e}"))?,
@@ -76,9 +83,12 @@ fn parse_args() -> Result<Args, String> {
     }
     if args.shapes.is_empty() {
         args.shapes = vec![
-            ([1, 32, 32, 1024, 1024, 128], Mask::None),
-            ([1, 32, 8, 1024, 1024, 128], Mask::Causal),
+            ([1, 32, 32, 1024, 1024, 128], Some(Mask::None)),
+            ([1, 32, 8, 1024, 1024, 128], Some(Mask::Causal)),
         ];
+    }
+    for (_, m) in args.shapes.iter_mut() {
+        m.get_or_insert(mask);
     }
     Ok(args)
 }
@@ -101,6 +111,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let registry = Registry::global()?;
     let mut results = Vec::new();
     for &([b, hq, hkv, sq, skv, d], mask) in &args.shapes {
+        let mask = mask.unwrap_or(Mask::None);
         let p = AttentionProblem::new(b, sq, skv, hq, hkv, d, args.dtype).with_mask(mask);
         p.validate()?;
         let q = Tensor::random(p.q_shape(), p.dtype, 1)?;
