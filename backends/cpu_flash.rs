@@ -40,6 +40,11 @@ use rayon::prelude::*;
 const BQ: usize = 64;
 /// Keys per tile.
 const BK: usize = 64;
+/// Largest per-thread copy of one kv head's V (in floats, = 1 MiB): when V
+/// must be copied (16-bit, or rows not 64-byte aligned) and a head fits, a
+/// worker converts the head once and reuses it for all its query blocks
+/// instead of re-copying every tile for every block.
+const VHEAD_MAX: usize = 1 << 18;
 /// Query-row padding: every P·V kernel's row block divides it.
 const ROW_ALIGN: usize = 8;
 /// Key padding: every QK^T kernel's key block divides it.
@@ -311,6 +316,10 @@ struct Scratch {
     s: AlignedBuf,
     /// One widened Q row.
     row: Vec<f32>,
+    /// V of the kv head `vhead_of` (batch, kv head), `[seq_kv][dp]`; empty
+    /// until first needed, at most `VHEAD_MAX` floats.
+    vhead: Option<AlignedBuf>,
+    vhead_of: Option<(usize, usize)>,
 }
 
 impl Scratch {
@@ -322,6 +331,8 @@ impl Scratch {
             v: AlignedBuf::new(BK * dp),
             s: AlignedBuf::new(BK * BQ),
             row: vec![0.0; d],
+            vhead: None,
+            vhead_of: None,
         }
     }
 }
@@ -416,6 +427,21 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
 
     let k_stride = c.hkv * d;
     let head_base = (b * c.skv * c.hkv + kvh) * d;
+    let v_in_place = match T::as_f32(c.v) {
+        Some(v) => {
+            d == dp && v[head_base..].as_ptr().align_offset(64) == 0 && k_stride.is_multiple_of(16)
+        }
+        None => false,
+    };
+    let use_vhead = !v_in_place && c.skv * dp <= VHEAD_MAX;
+    if use_vhead && sc.vhead_of != Some((b, kvh)) {
+        let vh = sc.vhead.get_or_insert_with(|| AlignedBuf::new(c.skv * dp));
+        for j in 0..c.skv {
+            let off = head_base + j * k_stride;
+            T::widen(&c.v[off..off + d], &mut vh[j * dp..j * dp + d]);
+        }
+        sc.vhead_of = Some((b, kvh));
+    }
     let mut j0 = kv_lo;
     while j0 < kv_hi {
         let n = BK.min(kv_hi - j0);
@@ -424,8 +450,9 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
 
         // f32 K/V are read in place (K needs n_p rows to exist; V needs its
         // rows to be whole DIM_ALIGN blocks on 64-byte boundaries, or every
-        // zmm load would split a cache line); otherwise the tile is widened
-        // into aligned scratch, zero-padded.
+        // zmm load would split a cache line); otherwise V comes from the
+        // per-thread head copy, and K (or V of a head too large for it) is
+        // widened per tile into aligned scratch, zero-padded.
         let (kp, ks) = match T::as_f32(c.k) {
             Some(k) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
             _ => {
@@ -437,14 +464,9 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
                 (sc.k.as_ptr(), d)
             }
         };
-        let (vp, vs) = match T::as_f32(c.v) {
-            Some(v)
-                if d == dp
-                    && v[base..].as_ptr().align_offset(64) == 0
-                    && k_stride.is_multiple_of(16) =>
-            {
-                (v[base..].as_ptr(), k_stride)
-            }
+        let (vp, vs) = match (&sc.vhead, T::as_f32(c.v)) {
+            (Some(vh), _) if use_vhead => (vh[j0 * dp..].as_ptr(), dp),
+            (_, Some(v)) if v_in_place => (v[base..].as_ptr(), k_stride),
             _ => {
                 for jj in 0..n {
                     let off = base + jj * k_stride;
@@ -1077,6 +1099,19 @@ mod tests {
             let mut p = problem(1, 2, 1, 5, 130, 3, dtype, Mask::Causal);
             p.softcap = Some(5.0);
             check(&p, 420);
+        }
+    }
+
+    #[test]
+    fn kv_head_too_large_for_the_head_copy() {
+        // seq_kv * dp > VHEAD_MAX: V goes through per-tile copies.
+        let skv = VHEAD_MAX / 64 + 5;
+        let window = Mask::SlidingWindow {
+            left: 300,
+            right: 2,
+        };
+        for dtype in DType::ALL {
+            check(&problem(1, 2, 1, 3, skv, 64, dtype, window), 500);
         }
     }
 
