@@ -2,27 +2,33 @@
 //!
 //! Work is split by rayon into tasks of (batch, query head, block of `BQ`
 //! queries). A task walks the keys its block may see in tiles of `BK` keys
-//! and keeps, per query row, the running maximum `m`, the running sum `l` and
-//! an unnormalised f32 output row (online softmax). Nothing of size
-//! seq_q × seq_kv is ever allocated: a task's scratch is O(BQ·d + BK·d + BQ·BK)
-//! and is reused by every task a worker runs.
+//! and keeps, per query, the running maximum `m`, the running sum `l` and an
+//! unnormalised f32 output row (online softmax). Nothing of size
+//! seq_q × seq_kv is ever allocated: a worker's scratch is
+//! O(BQ·d + BK·d + BQ·BK) floats plus at most one 1 MiB V head copy
+//! (`VHEAD_MAX`), and is reused by every task the worker runs.
 //!
-//! * GQA: query head `h` reads kv head `h / group` in place; K/V are never
-//!   replicated.
+//! * Scores are kept key-major (`S^T`, `[BK][BQ]`): QK^T broadcasts K
+//!   elements against rows of a transposed, pre-scaled Q block (`[d][BQ]`,
+//!   built once per task), so f32 K is read in place with no packing, and
+//!   the per-query softmax is made of vertical vector ops.
+//! * GQA: query head `h` reads kv head `h / group`; K/V are never replicated.
 //! * Masks: query rows have monotone key ranges (`Mask::key_range`), so a
 //!   block only visits the union of its rows' ranges (fully masked key blocks
-//!   are skipped); inside a tile each row clips to its own range exactly.
-//!   Rows with an empty range are written as zeros.
-//! * 16-bit inputs are widened once per tile into the thread's f32 scratch
-//!   (Q once per block, pre-multiplied by the scale; K transposed to
-//!   `[d][BK]`; V to `[BK][dp]`). Per-tile packing keeps memory O(tile) and
-//!   costs ~1/BQ of the arithmetic; the K transpose is needed anyway for the
-//!   register-blocked QK^T micro-kernel, so f32 inputs are packed the same way.
+//!   are skipped); inside a tile each query is clipped to its own range
+//!   exactly. Queries with an empty range are written as zeros, never NaN.
+//! * 16-bit inputs are widened to f32 once per tile (K), once per head per
+//!   worker (V, when the head fits `VHEAD_MAX`) or once per tile (V
+//!   otherwise), into 64-byte-aligned scratch; f32 V is read in place only
+//!   when its rows are 64-byte aligned, because split zmm loads cost ~30 %
+//!   of the P·V kernel's speed. Converting all of K/V up front would add an
+//!   f32 copy of both, against the O(tile) memory goal.
 //! * Micro-kernels are written once over a tiny SIMD trait and instantiated
 //!   for AVX-512F, AVX2+FMA (picked at run time with
 //!   `is_x86_feature_detected!`) and a portable 8-lane fallback; the
 //!   softmax (a polynomial `exp`) is plain Rust that LLVM vectorises inside
 //!   the same `#[target_feature]` functions. No `-C target-cpu` is needed.
+//!   docs/perf.md has the assembly and profile evidence.
 //! * Deterministic: every output element is produced by one task, in a fixed
 //!   order, whatever the thread count.
 
@@ -87,7 +93,7 @@ impl AttentionBackend for CpuFlash {
             max_group_size: None,
             softcap: true,
             deterministic: true,
-            workspace: "O(tile) f32 scratch per thread",
+            workspace: "O(tile) f32 scratch + <= 1 MiB V head copy per thread",
         }
     }
 
