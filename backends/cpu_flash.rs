@@ -5,8 +5,8 @@
 //! and keeps, per query, the running maximum `m`, the running sum `l` and an
 //! unnormalised f32 output row (online softmax). Nothing of size
 //! seq_q × seq_kv is ever allocated: a worker's scratch is
-//! O(BQ·d + BK·d + BQ·BK) floats plus at most one 1 MiB V head copy
-//! (`VHEAD_MAX`), and is reused by every task the worker runs.
+//! O(BQ·d + BK·d + BQ·BK) floats plus at most one 1 MiB K and one V head
+//! copy (`VHEAD_MAX`), and is reused by every task the worker runs.
 //!
 //! * Scores are kept key-major (`S^T`, `[BK][BQ]`): QK^T broadcasts K
 //!   elements against rows of a transposed, pre-scaled Q block (`[d][BQ]`,
@@ -17,11 +17,10 @@
 //!   block only visits the union of its rows' ranges (fully masked key blocks
 //!   are skipped); inside a tile each query is clipped to its own range
 //!   exactly. Queries with an empty range are written as zeros, never NaN.
-//! * 16-bit inputs are widened to f32 once per tile (K), once per head per
-//!   worker (V, when the head fits `VHEAD_MAX`) or once per tile (V
-//!   otherwise), into 64-byte-aligned scratch; f32 V is read in place only
-//!   when its rows are 64-byte aligned, because split zmm loads cost ~30 %
-//!   of the P·V kernel's speed. Converting all of K/V up front would add an
+//! * K and V are widened to f32 once per head per worker when the head fits
+//!   `VHEAD_MAX`, else once per tile, into 64-byte-aligned scratch; for f32
+//!   inputs with long heads K is read in place and V too when its rows are
+//!   64-byte aligned (split zmm loads cost ~30 % of the P·V kernel's speed). Converting all of K/V up front would add an
 //!   f32 copy of both, against the O(tile) memory goal.
 //! * Micro-kernels are written once over a tiny SIMD trait and instantiated
 //!   for AVX-512F, AVX2+FMA (picked at run time with
@@ -46,10 +45,10 @@ use rayon::prelude::*;
 const BQ: usize = 64;
 /// Keys per tile.
 const BK: usize = 64;
-/// Largest per-thread copy of one kv head's V (in floats, = 1 MiB): when V
-/// must be copied (16-bit, or rows not 64-byte aligned) and a head fits, a
-/// worker converts the head once and reuses it for all its query blocks
-/// instead of re-copying every tile for every block.
+/// Largest per-thread copy of one kv head's K or V (in floats, = 1 MiB):
+/// when a head fits, a worker converts it once and reuses it for all its
+/// query blocks of that head instead of re-copying every tile for every
+/// block (V must be copied when 16-bit or not 64-byte aligned).
 const VHEAD_MAX: usize = 1 << 18;
 /// Query-row padding: every P·V kernel's row block divides it.
 const ROW_ALIGN: usize = 8;
@@ -93,7 +92,7 @@ impl AttentionBackend for CpuFlash {
             max_group_size: None,
             softcap: true,
             deterministic: true,
-            workspace: "O(tile) f32 scratch + <= 1 MiB V head copy per thread",
+            workspace: "O(tile) f32 scratch + <= 1 MiB K and V head copies per thread",
         }
     }
 
@@ -323,9 +322,13 @@ struct Scratch {
     /// One widened Q row.
     row: Vec<f32>,
     /// V of the kv head `vhead_of` (batch, kv head), `[seq_kv][dp]`; empty
-    /// until first needed, at most `VHEAD_MAX` floats.
+    /// until first needed, at most `VHEAD_MAX` floats. `khead` likewise holds
+    /// K, `[seq_kv + KEY_ALIGN][d]` (zero pad rows): contiguous rows beat the
+    /// in-place rows at a stride of heads·d (~3 % in A/B runs).
     vhead: Option<AlignedBuf>,
     vhead_of: Option<(usize, usize)>,
+    khead: Option<AlignedBuf>,
+    khead_of: Option<(usize, usize)>,
 }
 
 impl Scratch {
@@ -339,6 +342,8 @@ impl Scratch {
             row: vec![0.0; d],
             vhead: None,
             vhead_of: None,
+            khead: None,
+            khead_of: None,
         }
     }
 }
@@ -448,19 +453,31 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         }
         sc.vhead_of = Some((b, kvh));
     }
+    let use_khead = (c.skv + KEY_ALIGN) * d <= VHEAD_MAX;
+    if use_khead && sc.khead_of != Some((b, kvh)) {
+        let kh = sc
+            .khead
+            .get_or_insert_with(|| AlignedBuf::new((c.skv + KEY_ALIGN) * d));
+        for j in 0..c.skv {
+            let off = head_base + j * k_stride;
+            T::widen(&c.k[off..off + d], &mut kh[j * d..(j + 1) * d]);
+        }
+        sc.khead_of = Some((b, kvh));
+    }
     let mut j0 = kv_lo;
     while j0 < kv_hi {
         let n = BK.min(kv_hi - j0);
         let n_p = n.next_multiple_of(KEY_ALIGN);
         let base = head_base + j0 * k_stride;
 
-        // f32 K/V are read in place (K needs n_p rows to exist; V needs its
-        // rows to be whole DIM_ALIGN blocks on 64-byte boundaries, or every
-        // zmm load would split a cache line); otherwise V comes from the
-        // per-thread head copy, and K (or V of a head too large for it) is
-        // widened per tile into aligned scratch, zero-padded.
-        let (kp, ks) = match T::as_f32(c.k) {
-            Some(k) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
+        // K and V come from the per-thread head copies when the head fits.
+        // Otherwise f32 K/V are read in place (K needs n_p rows to exist; V
+        // needs its rows to be whole DIM_ALIGN blocks on 64-byte boundaries,
+        // or every zmm load would split a cache line), or the tile is widened
+        // into aligned scratch, zero-padded.
+        let (kp, ks) = match (&sc.khead, T::as_f32(c.k)) {
+            (Some(kh), _) if use_khead => (kh[j0 * d..].as_ptr(), d),
+            (_, Some(k)) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
             _ => {
                 for jj in 0..n {
                     let off = base + jj * k_stride;
