@@ -30,10 +30,7 @@ impl AttentionBackend for CpuReference {
         Capabilities {
             device: DeviceKind::Cpu,
             dtypes: &DType::ALL,
-            head_dims: HeadDims::Range {
-                min: 1,
-                max: usize::MAX,
-            },
+            head_dims: HeadDims::Range { min: 1, max: usize::MAX },
             max_seq_q: None,
             max_seq_kv: None,
             masks: &MaskKind::ALL,
@@ -53,28 +50,18 @@ impl AttentionBackend for CpuReference {
         out: &mut Tensor,
     ) -> Result<(), BackendError> {
         check_call(self, p, q, k, v, out)?;
-        let host = |t: &Tensor| {
-            t.host()
-                .cloned()
-                .expect("check_call verified host placement")
-        };
+        let host = |t: &Tensor| t.host().cloned().expect("check_call verified host placement");
         let (q, k, v) = (host(q), host(k), host(v));
         let result = reference_attention(p, &q, &k, &v);
         let rounded: Vec<f32> = result.iter().map(|&x| x as f32).collect();
-        *out.host_mut().expect("check_call verified host placement") =
-            HostData::from_f32(p.dtype, &rounded);
+        *out.host_mut().expect("check_call verified host placement") = HostData::from_f32(p.dtype, &rounded);
         Ok(())
     }
 }
 
 /// Attention in f64, without rounding the result to the problem's dtype.
 /// Inputs are read in their own dtype and widened exactly.
-pub fn reference_attention(
-    p: &AttentionProblem,
-    q: &HostData,
-    k: &HostData,
-    v: &HostData,
-) -> Vec<f64> {
+pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: &HostData) -> Vec<f64> {
     let (d, hq, hkv) = (p.head_dim, p.num_q_heads, p.num_kv_heads);
     let group = p.group_size();
     let scale = p.effective_scale() as f64;
@@ -94,9 +81,7 @@ pub fn reference_attention(
                 let mut max = f64::NEG_INFINITY;
                 for j in lo..hi {
                     let k_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
-                    let dot: f64 = (0..d)
-                        .map(|x| q.get_f32(q_off + x) as f64 * k.get_f32(k_off + x) as f64)
-                        .sum();
+                    let dot: f64 = (0..d).map(|x| q.get_f32(q_off + x) as f64 * k.get_f32(k_off + x) as f64).sum();
                     let mut s = dot * scale;
                     if let Some(c) = softcap {
                         s = c * (s / c).tanh();
@@ -141,30 +126,16 @@ mod tests {
         // q·k0 = 1, q·k1 = 0, scale 1: weights e/(e+1), 1/(e+1).
         let mut p = AttentionProblem::new(1, 1, 2, 1, 1, 1, DType::F32);
         p.scale = Some(1.0);
-        let out = reference_attention(
-            &p,
-            &HostData::F32(vec![1.0]),
-            &HostData::F32(vec![1.0, 0.0]),
-            &HostData::F32(vec![2.0, 4.0]),
-        );
+        let out = reference_attention(&p, &HostData::F32(vec![1.0]), &HostData::F32(vec![1.0, 0.0]), &HostData::F32(vec![2.0, 4.0]));
         let e = std::f64::consts::E;
         let expected = (2.0 * e + 4.0) / (e + 1.0);
-        assert!(
-            (out[0] - expected).abs() < 1e-12,
-            "{} vs {expected}",
-            out[0]
-        );
+        assert!((out[0] - expected).abs() < 1e-12, "{} vs {expected}", out[0]);
     }
 
     #[test]
     fn fully_masked_rows_are_zero() {
         let p = AttentionProblem::new(1, 3, 1, 1, 1, 1, DType::F32).with_mask(Mask::Causal);
-        let out = reference_attention(
-            &p,
-            &HostData::F32(vec![1.0; 3]),
-            &HostData::F32(vec![1.0]),
-            &HostData::F32(vec![7.0]),
-        );
+        let out = reference_attention(&p, &HostData::F32(vec![1.0; 3]), &HostData::F32(vec![1.0]), &HostData::F32(vec![7.0]));
         assert_eq!(out, vec![0.0, 0.0, 7.0]);
     }
 }
