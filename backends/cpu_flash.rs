@@ -1,0 +1,1060 @@
+//! `cpu-flash`: FlashAttention-2 style attention on the CPU.
+//!
+//! Work is split by rayon into tasks of (batch, query head, block of `BQ`
+//! queries). A task walks the keys its block may see in tiles of `BK` keys
+//! and keeps, per query, the running maximum `m`, the running sum `l` and an
+//! unnormalised f32 output row (online softmax). Nothing of size
+//! seq_q × seq_kv is ever allocated: a worker's scratch is
+//! O(BQ·d + BK·d + BQ·BK) floats plus at most one 1 MiB K and one V head
+//! copy (`VHEAD_MAX`), and is reused by every task the worker runs.
+//!
+//! * Scores are kept key-major (`S^T`, `[BK][BQ]`): QK^T broadcasts K
+//!   elements against rows of a transposed, pre-scaled Q block (`[d][BQ]`,
+//!   built once per task), so f32 K is read in place with no packing, and
+//!   the per-query softmax is made of vertical vector ops.
+//! * GQA: query head `h` reads kv head `h / group`; K/V are never replicated.
+//! * Masks: query rows have monotone key ranges (`Mask::key_range`), so a
+//!   block only visits the union of its rows' ranges (fully masked key blocks
+//!   are skipped); inside a tile each query is clipped to its own range
+//!   exactly. Queries with an empty range are written as zeros, never NaN.
+//! * K and V are widened to f32 once per head per worker when the head fits
+//!   `VHEAD_MAX`, else once per tile, into 64-byte-aligned scratch; for f32
+//!   inputs with long heads K is read in place and V too when its rows are
+//!   64-byte aligned (split zmm loads cost ~30 % of the P·V kernel's speed). Converting all of K/V up front would add an
+//!   f32 copy of both, against the O(tile) memory goal.
+//! * Micro-kernels are written once over a tiny SIMD trait and instantiated
+//!   for AVX-512F, AVX2+FMA (picked at run time with
+//!   `is_x86_feature_detected!`) and a portable 8-lane fallback; the
+//!   softmax (a polynomial `exp`) is plain Rust that LLVM vectorises inside
+//!   the same `#[target_feature]` functions. No `-C target-cpu` is needed.
+//!   docs/perf.md has the assembly and profile evidence.
+//! * Deterministic: every output element is produced by one task, in a fixed
+//!   order, whatever the thread count.
+
+use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
+use crate::capabilities::{Capabilities, HeadDims, Unsupported};
+use crate::device::DeviceKind;
+use crate::dtype::DType;
+use crate::problem::{AttentionProblem, Mask, MaskKind};
+use crate::tensor::{HostData, Tensor};
+use half::slice::HalfFloatSliceExt;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+/// Query rows per task.
+const BQ: usize = 64;
+/// Keys per tile.
+const BK: usize = 64;
+/// Largest per-thread copy of one kv head's K or V (in floats, = 1 MiB):
+/// when a head fits, a worker converts it once and reuses it for all its
+/// query blocks of that head instead of re-copying every tile for every
+/// block (V must be copied when 16-bit or not 64-byte aligned).
+const VHEAD_MAX: usize = 1 << 18;
+/// Query-row padding: every P·V kernel's row block divides it.
+const ROW_ALIGN: usize = 8;
+/// Key padding: every QK^T kernel's key block divides it.
+const KEY_ALIGN: usize = 8;
+/// Query padding of S^T: every QK^T kernel's query block divides it.
+const COL_ALIGN: usize = 64;
+/// Head-dim padding of V and O: every P·V kernel's narrowest block.
+const DIM_ALIGN: usize = 16;
+
+pub struct CpuFlash;
+
+inventory::submit! { BackendRegistration { create: || Box::new(CpuFlash) } }
+
+impl AttentionBackend for CpuFlash {
+    fn name(&self) -> &'static str {
+        "cpu-flash"
+    }
+
+    fn priority(&self) -> i32 {
+        10
+    }
+
+    fn description(&self) -> &'static str {
+        "tiled online softmax (FlashAttention-2 style), rayon, AVX-512/AVX2 micro-kernels"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            device: DeviceKind::Cpu,
+            dtypes: &DType::ALL,
+            // Scratch grows linearly with head_dim and stays O(tile); there is
+            // no kernel-imposed limit.
+            head_dims: HeadDims::Range { min: 1, max: usize::MAX },
+            max_seq_q: None,
+            max_seq_kv: None,
+            masks: &MaskKind::ALL,
+            max_group_size: None,
+            softcap: true,
+            deterministic: true,
+            workspace: "O(tile) f32 scratch + <= 1 MiB K and V head copies per thread",
+        }
+    }
+
+    fn forward(
+        &self,
+        p: &AttentionProblem,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        out: &mut Tensor,
+    ) -> Result<(), BackendError> {
+        check_call(self, p, q, k, v, out)?;
+        forward_with_isa(p, q, k, v, out, CpuIsa::detect())
+    }
+}
+
+/// Which micro-kernel family runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CpuIsa {
+    Avx512,
+    Avx2Fma,
+    Portable,
+}
+
+impl CpuIsa {
+    /// The widest family this CPU supports.
+    pub fn detect() -> CpuIsa {
+        [CpuIsa::Avx512, CpuIsa::Avx2Fma].into_iter().find(|isa| isa.available()).unwrap_or(CpuIsa::Portable)
+    }
+
+    pub fn available(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx512 => is_x86_feature_detected!("avx512f"),
+            #[cfg(target_arch = "x86_64")]
+            CpuIsa::Avx2Fma => is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            #[cfg(not(target_arch = "x86_64"))]
+            CpuIsa::Avx512 | CpuIsa::Avx2Fma => false,
+            CpuIsa::Portable => true,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CpuIsa::Avx512 => "avx512",
+            CpuIsa::Avx2Fma => "avx2",
+            CpuIsa::Portable => "portable",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CpuIsa> {
+        [CpuIsa::Avx512, CpuIsa::Avx2Fma, CpuIsa::Portable].into_iter().find(|isa| isa.name() == s)
+    }
+}
+
+/// Runs cpu-flash with a chosen micro-kernel family (for tests and
+/// benchmarks). An `isa` the CPU lacks falls back to the detected one.
+pub fn forward_with_isa(
+    p: &AttentionProblem,
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    out: &mut Tensor,
+    isa: CpuIsa,
+) -> Result<(), BackendError> {
+    p.validate()?;
+    let isa = if isa.available() { isa } else { CpuIsa::detect() };
+    let not_host = || BackendError::Unsupported {
+        backend: "cpu-flash",
+        reasons: vec![Unsupported::Limit(
+            "q, k, v and out must be host tensors of the problem's dtype and shape".to_string(),
+        )],
+    };
+    let shapes_ok = q.shape() == p.q_shape()
+        && k.shape() == p.kv_shape()
+        && v.shape() == p.kv_shape()
+        && out.shape() == p.out_shape();
+    if !shapes_ok {
+        return Err(not_host());
+    }
+    let (Some(q), Some(k), Some(v)) = (q.host(), k.host(), v.host()) else {
+        return Err(not_host());
+    };
+    let out = out.host_mut().ok_or_else(not_host)?;
+    match (q, k, v, out) {
+        (HostData::F32(q), HostData::F32(k), HostData::F32(v), HostData::F32(o)) => run(p, q, k, v, o, isa),
+        (HostData::F16(q), HostData::F16(k), HostData::F16(v), HostData::F16(o)) => run(p, q, k, v, o, isa),
+        (HostData::BF16(q), HostData::BF16(k), HostData::BF16(v), HostData::BF16(o)) => run(p, q, k, v, o, isa),
+        _ => return Err(not_host()),
+    }
+    Ok(())
+}
+
+/// Element types the backend reads and writes; compute is always f32.
+trait Elem: Copy + Send + Sync + 'static {
+    fn widen(src: &[Self], dst: &mut [f32]);
+    fn narrow(src: &[f32], dst: &mut [Self]);
+    /// The slice itself when it already holds f32 (read in place).
+    fn as_f32(src: &[Self]) -> Option<&[f32]> {
+        let _ = src;
+        None
+    }
+}
+
+impl Elem for f32 {
+    #[inline(always)]
+    fn widen(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn narrow(src: &[f32], dst: &mut [f32]) {
+        dst.copy_from_slice(src);
+    }
+    #[inline(always)]
+    fn as_f32(src: &[f32]) -> Option<&[f32]> {
+        Some(src)
+    }
+}
+
+impl Elem for f16 {
+    fn widen(src: &[f16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn narrow(src: &[f32], dst: &mut [f16]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+impl Elem for bf16 {
+    fn widen(src: &[bf16], dst: &mut [f32]) {
+        src.convert_to_f32_slice(dst);
+    }
+    fn narrow(src: &[f32], dst: &mut [bf16]) {
+        dst.convert_from_f32_slice(src);
+    }
+}
+
+/// The output pointer shared by all tasks. Each task writes only the rows
+/// of its own (batch, head, query block), so writes never overlap.
+#[derive(Clone, Copy)]
+struct OutPtr<T>(*mut T);
+// SAFETY: tasks write disjoint rows through the pointer (see `OutPtr`), and
+// the buffer outlives the parallel loop that uses it.
+unsafe impl<T: Send> Send for OutPtr<T> {}
+// SAFETY: as above; no element is ever read or written by two tasks.
+unsafe impl<T: Send> Sync for OutPtr<T> {}
+
+/// Everything a task needs to know about the call.
+struct Ctx<'a, T> {
+    q: &'a [T],
+    k: &'a [T],
+    v: &'a [T],
+    out: OutPtr<T>,
+    out_len: usize,
+    sq: usize,
+    skv: usize,
+    hq: usize,
+    hkv: usize,
+    d: usize,
+    /// `d` rounded up to `DIM_ALIGN`.
+    dp: usize,
+    group: usize,
+    q_blocks: usize,
+    scale: f32,
+    softcap: Option<f32>,
+    mask: Mask,
+}
+
+/// A zeroed f32 buffer whose first element sits on a 64-byte boundary, so
+/// that zmm loads of rows whose stride is a multiple of 16 floats never
+/// straddle two cache lines (split loads cost ~30% of the kernels' speed).
+struct AlignedBuf {
+    buf: Vec<f32>,
+    off: usize,
+    len: usize,
+}
+
+impl AlignedBuf {
+    fn new(len: usize) -> AlignedBuf {
+        let buf = vec![0.0f32; len + 16];
+        let off = buf.as_ptr().align_offset(64).min(16);
+        AlignedBuf { buf, off, len }
+    }
+}
+
+impl std::ops::Deref for AlignedBuf {
+    type Target = [f32];
+    fn deref(&self) -> &[f32] {
+        &self.buf[self.off..self.off + self.len]
+    }
+}
+
+impl std::ops::DerefMut for AlignedBuf {
+    fn deref_mut(&mut self) -> &mut [f32] {
+        &mut self.buf[self.off..self.off + self.len]
+    }
+}
+
+/// A worker's reusable buffers, all f32 and 64-byte aligned.
+struct Scratch {
+    /// Q block transposed, `[d][BQ]`, pre-scaled; padding queries are zero.
+    qt: AlignedBuf,
+    /// Unnormalised output block, `[BQ][dp]`.
+    o: AlignedBuf,
+    /// K tile rows `[BK][d]`, used when K cannot be read in place.
+    k: AlignedBuf,
+    /// V tile rows `[BK][dp]`, used when V cannot be read in place.
+    v: AlignedBuf,
+    /// Scores, then probabilities, transposed: `[BK][BQ]` (key-major), so
+    /// the per-query softmax runs down columns with vertical vector ops.
+    s: AlignedBuf,
+    /// One widened Q row.
+    row: Vec<f32>,
+    /// V of the kv head `vhead_of` (batch, kv head), `[seq_kv][dp]`; empty
+    /// until first needed, at most `VHEAD_MAX` floats. `khead` likewise holds
+    /// K, `[seq_kv + KEY_ALIGN][d]` (zero pad rows): contiguous rows beat the
+    /// in-place rows at a stride of heads·d (~3 % in A/B runs).
+    vhead: Option<AlignedBuf>,
+    vhead_of: Option<(usize, usize)>,
+    khead: Option<AlignedBuf>,
+    khead_of: Option<(usize, usize)>,
+}
+
+impl Scratch {
+    fn new(d: usize, dp: usize) -> Scratch {
+        Scratch {
+            qt: AlignedBuf::new(d * BQ),
+            o: AlignedBuf::new(BQ * dp),
+            k: AlignedBuf::new(BK * d),
+            v: AlignedBuf::new(BK * dp),
+            s: AlignedBuf::new(BK * BQ),
+            row: vec![0.0; d],
+            vhead: None,
+            vhead_of: None,
+            khead: None,
+            khead_of: None,
+        }
+    }
+}
+
+fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], isa: CpuIsa) {
+    let d = p.head_dim;
+    let ctx = Ctx {
+        q,
+        k,
+        v,
+        out: OutPtr(out.as_mut_ptr()),
+        out_len: out.len(),
+        sq: p.seq_q,
+        skv: p.seq_kv,
+        hq: p.num_q_heads,
+        hkv: p.num_kv_heads,
+        d,
+        dp: d.next_multiple_of(DIM_ALIGN),
+        group: p.group_size(),
+        q_blocks: p.seq_q.div_ceil(BQ),
+        scale: p.effective_scale(),
+        softcap: p.softcap,
+        mask: p.mask,
+    };
+    let tasks = p.batch * p.num_q_heads * ctx.q_blocks;
+    (0..tasks).into_par_iter().for_each_init(
+        || Scratch::new(ctx.d, ctx.dp),
+        |sc, t| match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `forward_with_isa` only passes an ISA whose features
+            // `available()` confirmed at run time.
+            CpuIsa::Avx512 => unsafe { x86::task_avx512(&ctx, sc, t) },
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above, AVX2 and FMA were detected.
+            CpuIsa::Avx2Fma => unsafe { x86::task_avx2(&ctx, sc, t) },
+            // SAFETY: the portable kernels need no CPU feature.
+            _ => unsafe { task::<Portable, T>(&ctx, sc, t) },
+        },
+    );
+}
+
+/// One (batch, q head, query block) task.
+///
+/// # Safety
+/// `K`'s CPU features must be present; tasks running concurrently must have
+/// distinct `t` (they then write disjoint output rows).
+#[inline(always)]
+unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
+    let (d, dp) = (c.d, c.dp);
+    let qb = t % c.q_blocks;
+    let h = (t / c.q_blocks) % c.hq;
+    let b = t / (c.q_blocks * c.hq);
+    let kvh = h / c.group;
+    let i0 = qb * BQ;
+    let rows = BQ.min(c.sq - i0);
+    let rows_p = rows.next_multiple_of(ROW_ALIGN);
+    let cols = rows.next_multiple_of(COL_ALIGN);
+
+    // Key range per query. Ranges are monotone in the row index, so the
+    // union is one interval and every key block outside it is skipped.
+    let mut lo = [0usize; BQ];
+    let mut hi = [0usize; BQ];
+    let (mut kv_lo, mut kv_hi) = (usize::MAX, 0);
+    for r in 0..rows {
+        let (l, h) = c.mask.key_range(i0 + r, c.sq, c.skv);
+        (lo[r], hi[r]) = (l, h);
+        if l < h {
+            kv_lo = kv_lo.min(l);
+            kv_hi = kv_hi.max(h);
+        }
+    }
+
+    let out_row = |r: usize| ((b * c.sq + i0 + r) * c.hq + h) * d;
+    if kv_lo >= kv_hi {
+        for r in 0..rows {
+            write_row(c, out_row(r), None);
+        }
+        return;
+    }
+
+    // Q block, widened, pre-scaled and transposed to [d][BQ].
+    sc.qt.fill(0.0);
+    for r in 0..rows {
+        T::widen(&c.q[out_row(r)..out_row(r) + d], &mut sc.row);
+        for (x, &val) in sc.row.iter().enumerate() {
+            sc.qt[x * BQ + r] = val * c.scale;
+        }
+    }
+    sc.o[..rows_p * dp].fill(0.0);
+    let mut m = [f32::NEG_INFINITY; BQ];
+    let mut l = [0.0f32; BQ];
+
+    let k_stride = c.hkv * d;
+    let head_base = (b * c.skv * c.hkv + kvh) * d;
+    let v_in_place = match T::as_f32(c.v) {
+        Some(v) => d == dp && v[head_base..].as_ptr().align_offset(64) == 0 && k_stride.is_multiple_of(16),
+        None => false,
+    };
+    let use_vhead = !v_in_place && c.skv * dp <= VHEAD_MAX;
+    if use_vhead && sc.vhead_of != Some((b, kvh)) {
+        let vh = sc.vhead.get_or_insert_with(|| AlignedBuf::new(c.skv * dp));
+        for j in 0..c.skv {
+            let off = head_base + j * k_stride;
+            T::widen(&c.v[off..off + d], &mut vh[j * dp..j * dp + d]);
+        }
+        sc.vhead_of = Some((b, kvh));
+    }
+    let use_khead = (c.skv + KEY_ALIGN) * d <= VHEAD_MAX;
+    if use_khead && sc.khead_of != Some((b, kvh)) {
+        let kh = sc.khead.get_or_insert_with(|| AlignedBuf::new((c.skv + KEY_ALIGN) * d));
+        for j in 0..c.skv {
+            let off = head_base + j * k_stride;
+            T::widen(&c.k[off..off + d], &mut kh[j * d..(j + 1) * d]);
+        }
+        sc.khead_of = Some((b, kvh));
+    }
+    let mut j0 = kv_lo;
+    while j0 < kv_hi {
+        let n = BK.min(kv_hi - j0);
+        let n_p = n.next_multiple_of(KEY_ALIGN);
+        let base = head_base + j0 * k_stride;
+
+        // K and V come from the per-thread head copies when the head fits.
+        // Otherwise f32 K/V are read in place (K needs n_p rows to exist; V
+        // needs its rows to be whole DIM_ALIGN blocks on 64-byte boundaries,
+        // or every zmm load would split a cache line), or the tile is widened
+        // into aligned scratch, zero-padded.
+        let (kp, ks) = match (&sc.khead, T::as_f32(c.k)) {
+            (Some(kh), _) if use_khead => (kh[j0 * d..].as_ptr(), d),
+            (_, Some(k)) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
+            _ => {
+                for jj in 0..n {
+                    let off = base + jj * k_stride;
+                    T::widen(&c.k[off..off + d], &mut sc.k[jj * d..(jj + 1) * d]);
+                }
+                sc.k[n * d..n_p * d].fill(0.0);
+                (sc.k.as_ptr(), d)
+            }
+        };
+        let (vp, vs) = match (&sc.vhead, T::as_f32(c.v)) {
+            (Some(vh), _) if use_vhead => (vh[j0 * dp..].as_ptr(), dp),
+            (_, Some(v)) if v_in_place => (v[base..].as_ptr(), k_stride),
+            _ => {
+                for jj in 0..n {
+                    let off = base + jj * k_stride;
+                    T::widen(&c.v[off..off + d], &mut sc.v[jj * dp..jj * dp + d]);
+                }
+                (sc.v.as_ptr(), dp)
+            }
+        };
+
+        // SAFETY: kp has n_p rows of d floats at stride ks (in place: keys
+        // j0..j0+n_p < seq_kv; else scratch of BK*d); qt is d*BQ; s is
+        // BK*BQ; n_p % KEY_ALIGN == 0, cols % COL_ALIGN == 0, cols <= BQ.
+        K::qk(kp, ks, sc.qt.as_ptr(), d, sc.s.as_mut_ptr(), n_p, cols);
+
+        // Per-query live key interval inside this tile, relative to j0.
+        let mut a = [0i32; BQ];
+        let mut e = [0i32; BQ];
+        let mut full = true;
+        for r in 0..rows {
+            a[r] = (lo[r].clamp(j0, j0 + n) - j0) as i32;
+            e[r] = (hi[r].clamp(j0, j0 + n) - j0) as i32;
+            full &= a[r] == 0 && e[r] == n as i32;
+        }
+
+        let mut tile_max = [f32::NEG_INFINITY; BQ];
+        for j in 0..n {
+            let srow: &mut [f32; BQ] = (&mut sc.s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
+            if let Some(cap) = c.softcap {
+                for x in srow[..cols].iter_mut() {
+                    *x = cap * (*x / cap).tanh();
+                }
+            }
+            if !full {
+                let jj = j as i32;
+                for r in 0..BQ {
+                    let live = jj >= a[r] && jj < e[r];
+                    srow[r] = if live { srow[r] } else { f32::NEG_INFINITY };
+                }
+            }
+            for r in 0..BQ {
+                tile_max[r] = if srow[r] > tile_max[r] { srow[r] } else { tile_max[r] };
+            }
+        }
+        // A query with no live key so far keeps m = -inf; subtracting 0
+        // instead turns its -inf scores into exact zeros, never NaN.
+        let mut m_use = [0.0f32; BQ];
+        let mut alpha = [0.0f32; BQ];
+        for r in 0..BQ {
+            let m_new = if tile_max[r] > m[r] { tile_max[r] } else { m[r] };
+            m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+            alpha[r] = fast_exp(m[r] - m_use[r]);
+            m[r] = m_new;
+        }
+        let mut sum = [0.0f32; BQ];
+        for j in 0..n {
+            let srow: &mut [f32; BQ] = (&mut sc.s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
+            for r in 0..BQ {
+                let p = fast_exp(srow[r] - m_use[r]);
+                srow[r] = p;
+                sum[r] += p;
+            }
+        }
+        for r in 0..BQ {
+            l[r] = l[r] * alpha[r] + sum[r];
+        }
+        for (orow, &ar) in sc.o.chunks_exact_mut(dp).zip(&alpha).take(rows) {
+            if ar != 1.0 {
+                for x in orow.iter_mut() {
+                    *x *= ar;
+                }
+            }
+        }
+
+        // SAFETY: s is BK*BQ with n ≤ BK live key rows; vp has n rows of dp
+        // floats at stride vs (in place only when d == dp); o is BQ*dp;
+        // rows_p % ROW_ALIGN == 0 and dp % DIM_ALIGN == 0.
+        K::pv(sc.s.as_ptr(), n, vp, vs, dp, sc.o.as_mut_ptr(), rows_p);
+        j0 += n;
+    }
+
+    for (r, &lr) in l.iter().enumerate().take(rows) {
+        let o = &mut sc.o[r * dp..r * dp + d];
+        if lr > 0.0 {
+            let inv = 1.0 / lr;
+            for x in o.iter_mut() {
+                *x *= inv;
+            }
+            write_row(c, out_row(r), Some(o));
+        } else {
+            write_row(c, out_row(r), None);
+        }
+    }
+}
+
+/// Writes one output row (`None` = zeros) at element offset `off`.
+#[inline(always)]
+fn write_row<T: Elem>(c: &Ctx<T>, off: usize, row: Option<&[f32]>) {
+    assert!(off + c.d <= c.out_len, "output row out of bounds");
+    // SAFETY: the range is in bounds (checked above) and belongs to exactly
+    // one (batch, row, head), which only the current task writes.
+    let dst = unsafe { std::slice::from_raw_parts_mut(c.out.0.add(off), c.d) };
+    match row {
+        Some(src) => T::narrow(src, dst),
+        None => {
+            let zeros = [0.0f32; 64];
+            for chunk in dst.chunks_mut(64) {
+                T::narrow(&zeros[..chunk.len()], chunk);
+            }
+        }
+    }
+}
+
+/// `exp(x)` for `x <= 0` (Cephes expf: Cody-Waite range reduction and a
+/// degree-6 polynomial, ~1 ulp), branch-free so loops over it vectorise.
+/// Inputs below ln(2^-126) give 0, so `-inf` maps to 0.
+#[inline(always)]
+fn fast_exp(x: f32) -> f32 {
+    const LO: f32 = -87.336_55;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = if x > LO { x } else { LO };
+    let t = xc * std::f32::consts::LOG2_E + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let r = xc - n * 0.693_359_4 - n * -2.121_944_4e-4;
+    let mut y = 1.987_569_1e-4f32;
+    y = y * r + 1.398_199_9e-3;
+    y = y * r + 8.333_452e-3;
+    y = y * r + 4.166_579_6e-2;
+    y = y * r + 1.666_666_5e-1;
+    y = y * r + 0.5;
+    y = y * r * r + r + 1.0;
+    let pow2 = f32::from_bits(((ni + 127) as u32) << 23);
+    if x > LO {
+        y * pow2
+    } else {
+        0.0
+    }
+}
+
+/// The tiny vector API the micro-kernels are written against.
+trait Simd {
+    type V: Copy;
+    const LANES: usize;
+    unsafe fn zero() -> Self::V;
+    unsafe fn splat(x: f32) -> Self::V;
+    unsafe fn load(p: *const f32) -> Self::V;
+    unsafe fn store(p: *mut f32, v: Self::V);
+    /// `a * b + c`.
+    unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+}
+
+/// The two micro-kernels of one ISA.
+trait Kernels {
+    /// `s[j][c] = Σ_x k[j][x] · qt[x][c]` for `j < keys`, `c < cols`, with
+    /// `k` rows of `d` floats at stride `ks`, `qt` `[d][BQ]`, `s` `[BK][BQ]`.
+    ///
+    /// # Safety
+    /// Buffers hold those sizes; `keys % KEY_ALIGN == 0`, `keys <= BK`,
+    /// `cols % COL_ALIGN == 0`, `cols <= BQ`; the ISA's features are present.
+    unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize);
+    /// `o[r][c] += Σ_{j<n} p[j][r] · v[j][c]` for `r < rows`, `c < dp`, with
+    /// `p` `[BK][BQ]`, `v` rows of `dp` floats at stride `vs`, `o` `[BQ][dp]`.
+    ///
+    /// # Safety
+    /// Buffers hold those sizes; `rows % ROW_ALIGN == 0`, `rows <= BQ`,
+    /// `dp % DIM_ALIGN == 0`; the ISA's features are present.
+    unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize);
+}
+
+/// Register-blocked `MR keys × (NV·LANES) queries` tiles of S^T = K·Q^T;
+/// the accumulators stay in registers across the whole d loop.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
+    k: *const f32,
+    ks: usize,
+    qt: *const f32,
+    d: usize,
+    s: *mut f32,
+    keys: usize,
+    cols: usize,
+) {
+    let w = NV * S::LANES;
+    let mut j0 = 0;
+    while j0 < keys {
+        let mut c0 = 0;
+        while c0 < cols {
+            let mut acc = [[S::zero(); NV]; MR];
+            for x in 0..d {
+                let qp = qt.add(x * BQ + c0);
+                let mut qv = [S::zero(); NV];
+                for (u, qu) in qv.iter_mut().enumerate() {
+                    *qu = S::load(qp.add(u * S::LANES));
+                }
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let kb = S::splat(*k.add((j0 + r) * ks + x));
+                    for u in 0..NV {
+                        accr[u] = S::fma(kb, qv[u], accr[u]);
+                    }
+                }
+            }
+            for (r, accr) in acc.iter().enumerate() {
+                for (u, &a) in accr.iter().enumerate() {
+                    S::store(s.add((j0 + r) * BQ + c0 + u * S::LANES), a);
+                }
+            }
+            c0 += w;
+        }
+        j0 += MR;
+    }
+}
+
+/// Register-blocked `MR rows × (NV·LANES) dims` tiles of O += P·V over
+/// columns from `c_begin`; returns the first column it did not cover.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
+    p: *const f32,
+    n: usize,
+    v: *const f32,
+    vs: usize,
+    dp: usize,
+    o: *mut f32,
+    rows: usize,
+    c_begin: usize,
+) -> usize {
+    let w = NV * S::LANES;
+    let c_end = c_begin + (dp - c_begin) / w * w;
+    let mut r0 = 0;
+    while r0 < rows {
+        let mut c0 = c_begin;
+        while c0 < c_end {
+            let mut acc = [[S::zero(); NV]; MR];
+            for (r, accr) in acc.iter_mut().enumerate() {
+                for (u, a) in accr.iter_mut().enumerate() {
+                    *a = S::load(o.add((r0 + r) * dp + c0 + u * S::LANES));
+                }
+            }
+            for j in 0..n {
+                let vp = v.add(j * vs + c0);
+                let mut vv = [S::zero(); NV];
+                for (u, vu) in vv.iter_mut().enumerate() {
+                    *vu = S::load(vp.add(u * S::LANES));
+                }
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let pb = S::splat(*p.add(j * BQ + r0 + r));
+                    for u in 0..NV {
+                        accr[u] = S::fma(pb, vv[u], accr[u]);
+                    }
+                }
+            }
+            for (r, accr) in acc.iter().enumerate() {
+                for (u, &a) in accr.iter().enumerate() {
+                    S::store(o.add((r0 + r) * dp + c0 + u * S::LANES), a);
+                }
+            }
+            c0 += w;
+        }
+        r0 += MR;
+    }
+    c_end
+}
+
+/// Eight plain f32 lanes; LLVM maps them to whatever SIMD the baseline has.
+struct Portable;
+
+impl Simd for Portable {
+    type V = [f32; 8];
+    const LANES: usize = 8;
+    #[inline(always)]
+    unsafe fn zero() -> [f32; 8] {
+        [0.0; 8]
+    }
+    #[inline(always)]
+    unsafe fn splat(x: f32) -> [f32; 8] {
+        [x; 8]
+    }
+    #[inline(always)]
+    unsafe fn load(p: *const f32) -> [f32; 8] {
+        // SAFETY: the caller guarantees 8 readable floats at `p`.
+        unsafe { p.cast::<[f32; 8]>().read_unaligned() }
+    }
+    #[inline(always)]
+    unsafe fn store(p: *mut f32, v: [f32; 8]) {
+        // SAFETY: the caller guarantees 8 writable floats at `p`.
+        unsafe { p.cast::<[f32; 8]>().write_unaligned(v) }
+    }
+    #[inline(always)]
+    unsafe fn fma(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+        // Separate multiply and add: `mul_add` without hardware FMA is a
+        // slow libm call.
+        std::array::from_fn(|i| a[i] * b[i] + c[i])
+    }
+}
+
+impl Kernels for Portable {
+    #[inline(always)]
+    unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
+        // SAFETY: forwarded contract.
+        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, keys, cols) }
+    }
+    #[inline(always)]
+    unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
+        // SAFETY: forwarded contract; dp is a multiple of 16 = 2 * LANES.
+        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, vs, dp, o, rows, 0) };
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    pub(super) struct Avx512;
+
+    impl Simd for Avx512 {
+        type V = __m512;
+        const LANES: usize = 16;
+        #[inline(always)]
+        unsafe fn zero() -> __m512 {
+            // SAFETY: only reached from `task_avx512`, where avx512f is enabled.
+            unsafe { _mm512_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m512 {
+            // SAFETY: as for `zero`.
+            unsafe { _mm512_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m512 {
+            // SAFETY: avx512f as for `zero`; the caller guarantees 16 floats at `p`.
+            unsafe { _mm512_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m512) {
+            // SAFETY: avx512f as for `zero`; the caller guarantees 16 writable floats.
+            unsafe { _mm512_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m512, b: __m512, c: __m512) -> __m512 {
+            // SAFETY: as for `zero`.
+            unsafe { _mm512_fmadd_ps(a, b, c) }
+        }
+    }
+
+    impl Kernels for Avx512 {
+        #[inline(always)]
+        unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
+            // 4 keys × 64 queries: 16 zmm accumulators, 4 aligned loads + 4
+            // broadcasts per 16 FMAs (measured ~90% of FMA peak on aligned
+            // data). SAFETY: forwarded contract (KEY_ALIGN = 8, COL_ALIGN = 64).
+            unsafe { qk_blocked::<Avx512, 4, 4>(k, ks, qt, d, s, keys, cols) }
+        }
+        #[inline(always)]
+        unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
+            // 4 rows × 64 dims (16 accumulators), then 16-wide leftovers.
+            // SAFETY: forwarded contract; dp is a multiple of 16.
+            unsafe {
+                let c = pv_blocked::<Avx512, 4, 4>(p, n, v, vs, dp, o, rows, 0);
+                pv_blocked::<Avx512, 4, 1>(p, n, v, vs, dp, o, rows, c);
+            }
+        }
+    }
+
+    pub(super) struct Avx2;
+
+    impl Simd for Avx2 {
+        type V = __m256;
+        const LANES: usize = 8;
+        #[inline(always)]
+        unsafe fn zero() -> __m256 {
+            // SAFETY: only reached from `task_avx2`, where avx2 and fma are enabled.
+            unsafe { _mm256_setzero_ps() }
+        }
+        #[inline(always)]
+        unsafe fn splat(x: f32) -> __m256 {
+            // SAFETY: as for `zero`.
+            unsafe { _mm256_set1_ps(x) }
+        }
+        #[inline(always)]
+        unsafe fn load(p: *const f32) -> __m256 {
+            // SAFETY: avx as for `zero`; the caller guarantees 8 floats at `p`.
+            unsafe { _mm256_loadu_ps(p) }
+        }
+        #[inline(always)]
+        unsafe fn store(p: *mut f32, v: __m256) {
+            // SAFETY: avx as for `zero`; the caller guarantees 8 writable floats.
+            unsafe { _mm256_storeu_ps(p, v) }
+        }
+        #[inline(always)]
+        unsafe fn fma(a: __m256, b: __m256, c: __m256) -> __m256 {
+            // SAFETY: fma as for `zero`.
+            unsafe { _mm256_fmadd_ps(a, b, c) }
+        }
+    }
+
+    impl Kernels for Avx2 {
+        #[inline(always)]
+        unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
+            // 4 keys × 16 queries: 8 ymm accumulators of the 16 registers.
+            // SAFETY: forwarded contract.
+            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, keys, cols) }
+        }
+        #[inline(always)]
+        unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
+            // SAFETY: forwarded contract; dp is a multiple of 16.
+            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, vs, dp, o, rows, 0) };
+        }
+    }
+
+    /// # Safety
+    /// The CPU must support avx512f; see `task`.
+    #[target_feature(enable = "avx512f,avx2,fma")]
+    pub(super) unsafe fn task_avx512<T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
+        // SAFETY: the features `Avx512` needs are enabled on this function.
+        unsafe { task::<Avx512, T>(c, sc, t) }
+    }
+
+    /// # Safety
+    /// The CPU must support avx2 and fma; see `task`.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn task_avx2<T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
+        // SAFETY: the features `Avx2` needs are enabled on this function.
+        unsafe { task::<Avx2, T>(c, sc, t) }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backends::cpu_reference::reference_attention;
+    use crate::device::Device;
+
+    fn isas() -> Vec<CpuIsa> {
+        [CpuIsa::Avx512, CpuIsa::Avx2Fma, CpuIsa::Portable].into_iter().filter(|i| i.available()).collect()
+    }
+
+    /// Runs every available ISA on `p` and compares with the f64 oracle.
+    fn check(p: &AttentionProblem, seed: u64) {
+        let q = Tensor::random(p.q_shape(), p.dtype, seed).unwrap();
+        let k = Tensor::random(p.kv_shape(), p.dtype, seed + 1).unwrap();
+        let v = Tensor::random(p.kv_shape(), p.dtype, seed + 2).unwrap();
+        let expected = reference_attention(p, q.host().unwrap(), k.host().unwrap(), v.host().unwrap());
+        let tol = p.dtype.tolerance();
+        for isa in isas() {
+            let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+            forward_with_isa(p, &q, &k, &v, &mut out, isa).unwrap();
+            let got = out.to_f32_vec().unwrap();
+            for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
+                assert!(tol.accepts(g as f64, e), "{p} isa {isa:?}: element {i}: got {g}, expected {e}");
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn problem(
+        b: usize,
+        hq: usize,
+        hkv: usize,
+        sq: usize,
+        skv: usize,
+        d: usize,
+        dtype: DType,
+        mask: Mask,
+    ) -> AttentionProblem {
+        AttentionProblem::new(b, sq, skv, hq, hkv, d, dtype).with_mask(mask)
+    }
+
+    const MASKS: [Mask; 5] = [
+        Mask::None,
+        Mask::Causal,
+        Mask::SlidingWindow { left: 5, right: 0 },
+        Mask::SlidingWindow { left: 3, right: 7 },
+        Mask::SlidingWindow { left: 0, right: 0 },
+    ];
+
+    #[test]
+    fn seq_one_and_odd_head_dims() {
+        for (i, d) in [1, 3, 16, 96, 256].into_iter().enumerate() {
+            check(&problem(1, 2, 1, 1, 1, d, DType::F32, Mask::None), 10 + i as u64);
+            check(&problem(1, 2, 2, 1, 70, d, DType::F32, Mask::Causal), 20 + i as u64);
+            check(&problem(1, 1, 1, 9, 13, d, DType::F32, Mask::None), 30 + i as u64);
+        }
+    }
+
+    #[test]
+    fn every_mask_both_length_orders() {
+        let mut seed = 100;
+        for mask in MASKS {
+            // seq_q > seq_kv leaves the first causal rows fully masked.
+            for (sq, skv) in [(70, 140), (140, 70), (65, 65), (3, 200), (200, 3)] {
+                check(&problem(1, 2, 1, sq, skv, 24, DType::F32, mask), seed);
+                seed += 3;
+            }
+        }
+    }
+
+    #[test]
+    fn gqa_ratios_and_batches() {
+        for (i, (hq, hkv)) in [(4, 4), (4, 2), (6, 2), (8, 1)].into_iter().enumerate() {
+            check(&problem(2, hq, hkv, 33, 77, 40, DType::F32, Mask::Causal), 200 + i as u64);
+        }
+    }
+
+    #[test]
+    fn softcap_and_custom_scale() {
+        let mut p = problem(1, 4, 2, 50, 90, 32, DType::F32, Mask::SlidingWindow { left: 20, right: 4 });
+        p.softcap = Some(2.5);
+        p.scale = Some(1.7);
+        check(&p, 300);
+        p.mask = Mask::None;
+        p.softcap = Some(30.0);
+        check(&p, 301);
+    }
+
+    #[test]
+    fn sixteen_bit_dtypes() {
+        for dtype in [DType::F16, DType::BF16] {
+            for (i, mask) in MASKS.into_iter().enumerate() {
+                check(&problem(1, 4, 2, 40, 75, 48, dtype, mask), 400 + i as u64);
+            }
+            let mut p = problem(1, 2, 1, 5, 130, 3, dtype, Mask::Causal);
+            p.softcap = Some(5.0);
+            check(&p, 420);
+        }
+    }
+
+    #[test]
+    fn kv_head_too_large_for_the_head_copy() {
+        // seq_kv * dp > VHEAD_MAX: V goes through per-tile copies.
+        let skv = VHEAD_MAX / 64 + 5;
+        let window = Mask::SlidingWindow { left: 300, right: 2 };
+        for dtype in DType::ALL {
+            check(&problem(1, 2, 1, 3, skv, 64, dtype, window), 500);
+        }
+    }
+
+    #[test]
+    fn fully_masked_rows_are_zero_not_nan() {
+        let p = problem(1, 1, 1, 100, 10, 8, DType::F32, Mask::Causal);
+        let q = Tensor::random(p.q_shape(), p.dtype, 1).unwrap();
+        let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
+        let v = Tensor::random(p.kv_shape(), p.dtype, 3).unwrap();
+        let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+        CpuFlash.forward(&p, &q, &k, &v, &mut out).unwrap();
+        let got = out.to_f32_vec().unwrap();
+        assert!(got[..90 * 8].iter().all(|&x| x == 0.0));
+        assert!(got[90 * 8..].iter().all(|x| x.is_finite() && *x != 0.0));
+    }
+
+    #[test]
+    fn deterministic_across_runs() {
+        let p = problem(1, 4, 2, 130, 150, 64, DType::F32, Mask::Causal);
+        let q = Tensor::random(p.q_shape(), p.dtype, 5).unwrap();
+        let k = Tensor::random(p.kv_shape(), p.dtype, 6).unwrap();
+        let v = Tensor::random(p.kv_shape(), p.dtype, 7).unwrap();
+        let mut a = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+        let mut b = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+        CpuFlash.forward(&p, &q, &k, &v, &mut a).unwrap();
+        CpuFlash.forward(&p, &q, &k, &v, &mut b).unwrap();
+        assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
+    }
+
+    #[test]
+    fn fast_exp_is_accurate() {
+        let mut worst = 0.0f64;
+        let mut x = -100.0f32;
+        while x <= 0.0 {
+            let got = fast_exp(x) as f64;
+            let want = (x as f64).exp();
+            if want > 1e-37 {
+                worst = worst.max((got - want).abs() / want);
+            }
+            x += 0.0137;
+        }
+        assert!(worst < 1e-6, "worst relative error {worst}");
+        assert_eq!(fast_exp(f32::NEG_INFINITY), 0.0);
+        assert_eq!(fast_exp(0.0), 1.0);
+    }
+
+    #[test]
+    fn wrong_placement_is_an_error_not_a_panic() {
+        let p = problem(1, 1, 1, 4, 4, 8, DType::F32, Mask::None);
+        let q = Tensor::random(p.q_shape(), DType::F16, 1).unwrap();
+        let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
+        let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+        assert!(CpuFlash.forward(&p, &q, &k, &k, &mut out).is_err());
+        assert!(forward_with_isa(&p, &q, &k, &k, &mut out, CpuIsa::Portable).is_err());
+    }
+}
