@@ -47,7 +47,7 @@ for step in "${steps[@]}"; do
     check)
         run_step check-f32 ./rocmforge run --backend gpu-unfused --check
         run_step check-bf16 ./rocmforge run --backend gpu-unfused --dtype bf16 --check
-        run_step check-default ./rocmforge run
+        run_step check-default ./rocmforge
         ;;
     memcheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
