@@ -46,6 +46,10 @@ pub struct LaunchConfig {
     pub shared_mem_bytes: u32,
 }
 
+/// Opaque handle of a stream (an in-order work queue) created by a driver.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StreamHandle(pub usize);
+
 /// Opaque handle of a loaded kernel; valid while its driver lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FunctionHandle(pub usize);
@@ -76,43 +80,56 @@ pub struct GemmDesc {
     pub batch: i32,
 }
 
-/// What a driver provides. All work goes onto one in-order queue per device
-/// (the default stream), so callers never need extra synchronization between
-/// copies, launches and GEMMs.
+/// What a driver provides. Work is queued on streams the driver creates;
+/// operations on one stream run in submission order. Host copies return
+/// only once they are complete, so borrowed host memory is safe to reuse.
 pub(crate) trait Driver: Send + Sync {
     fn info(&self) -> &DeviceInfo;
+    fn stream_create(&self) -> DeviceResult<StreamHandle>;
+    /// # Safety
+    /// `stream` came from `stream_create` and is not used afterwards.
+    unsafe fn stream_destroy(&self, stream: StreamHandle);
+    /// Waits until everything queued on `stream` has finished.
+    fn stream_synchronize(&self, stream: StreamHandle) -> DeviceResult<()>;
     fn alloc(&self, bytes: usize) -> DeviceResult<u64>;
     /// # Safety
     /// `ptr` came from `alloc` on this driver and is not used afterwards.
     unsafe fn free(&self, ptr: u64);
     /// # Safety
     /// `dst` points to at least `src.len()` bytes of device memory.
-    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> DeviceResult<()>;
+    unsafe fn copy_to_device(&self, stream: StreamHandle, dst: u64, src: &[u8]) -> DeviceResult<()>;
     /// # Safety
     /// `src` points to at least `dst.len()` bytes of device memory.
-    unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> DeviceResult<()>;
+    unsafe fn copy_to_host(&self, stream: StreamHandle, dst: &mut [u8], src: u64) -> DeviceResult<()>;
     /// # Safety
     /// Both pointers address at least `bytes` bytes of device memory.
-    unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> DeviceResult<()>;
+    unsafe fn copy_device(&self, stream: StreamHandle, dst: u64, src: u64, bytes: usize) -> DeviceResult<()>;
     /// # Safety
     /// `dst` points to at least `bytes` bytes of device memory.
-    unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> DeviceResult<()>;
+    unsafe fn fill_bytes(&self, stream: StreamHandle, dst: u64, value: u8, bytes: usize) -> DeviceResult<()>;
     /// Compiles `source` for this device with the runtime compiler and loads
     /// `entry` from it. The module stays loaded until the driver drops.
     fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle>;
     /// # Safety
     /// `params` point to values matching the kernel's signature, and every
     /// buffer the kernel touches is large enough for `cfg`.
-    unsafe fn launch(&self, f: FunctionHandle, cfg: &LaunchConfig, params: &mut [*mut c_void]) -> DeviceResult<()>;
+    unsafe fn launch(
+        &self,
+        stream: StreamHandle,
+        f: FunctionHandle,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> DeviceResult<()>;
     /// # Safety
     /// Every matrix described by `g` lies inside live device allocations.
-    unsafe fn gemm(&self, g: &GemmDesc) -> DeviceResult<()>;
+    unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()>;
     fn event_create(&self) -> DeviceResult<usize>;
     /// # Safety
     /// `event` came from `event_create` and is not used afterwards.
     unsafe fn event_destroy(&self, event: usize);
-    fn event_record(&self, event: usize) -> DeviceResult<()>;
+    fn event_record(&self, stream: StreamHandle, event: usize) -> DeviceResult<()>;
     /// Milliseconds between two recorded events; waits for `end`.
     fn event_elapsed_ms(&self, start: usize, end: usize) -> DeviceResult<f32>;
+    /// Waits until all work on the device has finished.
     fn synchronize(&self) -> DeviceResult<()>;
 }

@@ -1,7 +1,7 @@
 //! The vendor-neutral GPU API: a device, its buffers, events and kernel
 //! cache. Safe RAII types over whichever `Driver` opened the device.
 
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, Vendor};
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use crate::kernels::KernelSpec;
 use std::collections::HashMap;
@@ -13,8 +13,15 @@ use std::sync::{Arc, Mutex};
 type KernelKey = (String, Vec<(String, String)>);
 
 /// One opened GPU. Shared as `Arc<GpuDevice>`; opened once per process.
+///
+/// The device owns one work stream, created at open and destroyed with the
+/// device: every copy, fill, launch, GEMM and event of this device goes
+/// there, in submission order, so callers never synchronize between steps.
+/// It is a stream of our own rather than the legacy default stream, so work
+/// of other libraries in the process does not serialize with ours.
 pub struct GpuDevice {
     driver: Box<dyn Driver>,
+    stream: StreamHandle,
     /// Compiled kernels keyed by (entry, defines); the arch is the device's,
     /// so each specialization compiles once per process and device.
     kernels: Mutex<HashMap<KernelKey, FunctionHandle>>,
@@ -36,8 +43,9 @@ pub enum KernelArg {
 }
 
 impl GpuDevice {
-    pub(crate) fn new(driver: Box<dyn Driver>) -> Arc<GpuDevice> {
-        Arc::new(GpuDevice { driver, kernels: Mutex::new(HashMap::new()) })
+    pub(crate) fn new(driver: Box<dyn Driver>) -> DeviceResult<Arc<GpuDevice>> {
+        let stream = driver.stream_create()?;
+        Ok(Arc::new(GpuDevice { driver, stream, kernels: Mutex::new(HashMap::new()) }))
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -71,7 +79,7 @@ impl GpuDevice {
     pub fn upload(self: &Arc<Self>, data: &[u8]) -> DeviceResult<DeviceBuffer> {
         let buf = self.alloc(data.len())?;
         // SAFETY: `buf` was just allocated with `data.len()` bytes.
-        unsafe { self.driver.copy_to_device(buf.ptr, data)? };
+        unsafe { self.driver.copy_to_device(self.stream, buf.ptr, data)? };
         Ok(buf)
     }
 
@@ -112,7 +120,7 @@ impl GpuDevice {
             .collect();
         let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
         // SAFETY: forwarded from this function's contract; `values` outlives the call.
-        unsafe { self.driver.launch(kernel.handle, cfg, &mut params) }.map_err(|e| match e {
+        unsafe { self.driver.launch(self.stream, kernel.handle, cfg, &mut params) }.map_err(|e| match e {
             DeviceError::Launch { detail, .. } | DeviceError::Driver { detail, .. } => {
                 DeviceError::Launch { kernel: kernel.entry.to_string(), detail }
             }
@@ -126,16 +134,25 @@ impl GpuDevice {
     /// Every matrix `g` describes lies inside live allocations of this device.
     pub unsafe fn gemm(&self, g: &GemmDesc) -> DeviceResult<()> {
         // SAFETY: forwarded from this function's contract.
-        unsafe { self.driver.gemm(g) }
+        unsafe { self.driver.gemm(self.stream, g) }
     }
 
     pub fn event(self: &Arc<Self>) -> DeviceResult<Event> {
         Ok(Event { device: self.clone(), handle: self.driver.event_create()? })
     }
 
-    /// Waits until all queued work has finished.
+    /// Waits until all work queued on this device's stream has finished.
     pub fn synchronize(&self) -> DeviceResult<()> {
-        self.driver.synchronize()
+        self.driver.stream_synchronize(self.stream)
+    }
+}
+
+impl Drop for GpuDevice {
+    fn drop(&mut self) {
+        // Buffers and events hold an `Arc` to the device, so none outlives it.
+        let _ = self.driver.synchronize();
+        // SAFETY: the stream was created in `new` and dies with the device.
+        unsafe { self.driver.stream_destroy(self.stream) }
     }
 }
 
@@ -182,7 +199,7 @@ impl DeviceBuffer {
             )));
         }
         // SAFETY: the buffer holds exactly `dst.len()` bytes and is alive.
-        unsafe { self.device.driver.copy_to_host(dst, self.ptr) }
+        unsafe { self.device.driver.copy_to_host(self.device.stream, dst, self.ptr) }
     }
 
     pub fn copy_from_host(&mut self, src: &[u8]) -> DeviceResult<()> {
@@ -190,20 +207,20 @@ impl DeviceBuffer {
             return Err(DeviceError::Invalid(format!("upload of {} bytes into a buffer of {}", src.len(), self.bytes)));
         }
         // SAFETY: the buffer holds exactly `src.len()` bytes and is alive.
-        unsafe { self.device.driver.copy_to_device(self.ptr, src) }
+        unsafe { self.device.driver.copy_to_device(self.device.stream, self.ptr, src) }
     }
 
     /// Sets every byte to `value` (0xFF poisons f32/f16/bf16 with NaN).
     pub fn fill_bytes(&self, value: u8) -> DeviceResult<()> {
         // SAFETY: the fill covers exactly this live allocation.
-        unsafe { self.device.driver.fill_bytes(self.ptr, value, self.bytes) }
+        unsafe { self.device.driver.fill_bytes(self.device.stream, self.ptr, value, self.bytes) }
     }
 
     /// A new buffer on the same device with the same contents.
     pub fn duplicate(&self) -> DeviceResult<DeviceBuffer> {
         let copy = self.device.alloc(self.bytes)?;
         // SAFETY: both allocations are live and `self.bytes` long.
-        unsafe { self.device.driver.copy_device(copy.ptr, self.ptr, self.bytes)? };
+        unsafe { self.device.driver.copy_device(self.device.stream, copy.ptr, self.ptr, self.bytes)? };
         Ok(copy)
     }
 }
@@ -222,9 +239,9 @@ pub struct Event {
 }
 
 impl Event {
-    /// Marks the current point of the device's queue.
+    /// Marks the current point of the device's stream.
     pub fn record(&self) -> DeviceResult<()> {
-        self.device.driver.event_record(self.handle)
+        self.device.driver.event_record(self.device.stream, self.handle)
     }
 
     /// Milliseconds from `self` to `later`; waits for `later` to complete.

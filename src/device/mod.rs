@@ -90,12 +90,26 @@ fn open_all() -> DeviceResult<Vec<Arc<GpuDevice>>> {
     let mut why_not: Vec<String> = Vec::new();
     #[cfg(feature = "cuda")]
     match cuda::open_all() {
-        Ok(list) => found.extend(list.into_iter().map(GpuDevice::new)),
+        Ok(list) => {
+            for driver in list {
+                match GpuDevice::new(driver) {
+                    Ok(d) => found.push(d),
+                    Err(e) => why_not.push(format!("CUDA: {e}")),
+                }
+            }
+        }
         Err(e) => why_not.push(format!("CUDA: {}", reason_text(e))),
     }
     #[cfg(feature = "rocm")]
     match hip::open_all() {
-        Ok(list) => found.extend(list.into_iter().map(GpuDevice::new)),
+        Ok(list) => {
+            for driver in list {
+                match GpuDevice::new(driver) {
+                    Ok(d) => found.push(d),
+                    Err(e) => why_not.push(format!("HIP: {e}")),
+                }
+            }
+        }
         Err(e) => why_not.push(format!("HIP: {}", reason_text(e))),
     }
     if found.is_empty() {

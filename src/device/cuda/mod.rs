@@ -8,7 +8,7 @@
 mod checked;
 pub(crate) mod nvrtc;
 
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, Vendor};
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use crate::dtype::DType;
 use checked::{blas, drv};
@@ -17,8 +17,8 @@ use cudarc::driver::{result as cu, sys};
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
 
-/// One CUDA device with its primary context and cuBLAS handle. All work goes
-/// to the legacy default stream, so it runs in submission order.
+/// One CUDA device with its primary context and cuBLAS handle. Work goes to
+/// the streams the caller passes (created by `stream_create`).
 pub(crate) struct CudaDriver {
     info: DeviceInfo,
     device: sys::CUdevice,
@@ -86,10 +86,10 @@ impl CudaDriver {
         // SAFETY: `ctx` stays retained for the driver's lifetime.
         drv("cuCtxSetCurrent", unsafe { cu::ctx::set_current(self.ctx) })
     }
+}
 
-    fn stream(&self) -> sys::CUstream {
-        cu::stream::null()
-    }
+fn raw(stream: StreamHandle) -> sys::CUstream {
+    stream.0 as sys::CUstream
 }
 
 impl Drop for CudaDriver {
@@ -123,6 +123,26 @@ impl Driver for CudaDriver {
         &self.info
     }
 
+    fn stream_create(&self) -> DeviceResult<StreamHandle> {
+        self.bind()?;
+        // Non-blocking: no implicit ordering with the legacy default stream.
+        let s = drv("cuStreamCreate", cu::stream::create(cu::stream::StreamKind::NonBlocking))?;
+        Ok(StreamHandle(s as usize))
+    }
+
+    unsafe fn stream_destroy(&self, stream: StreamHandle) {
+        if self.bind().is_ok() {
+            // SAFETY: caller guarantees the stream came from `stream_create`.
+            let _ = unsafe { cu::stream::destroy(raw(stream)) };
+        }
+    }
+
+    fn stream_synchronize(&self, stream: StreamHandle) -> DeviceResult<()> {
+        self.bind()?;
+        // SAFETY: the stream is live (owned by the device).
+        drv("cuStreamSynchronize", unsafe { cu::stream::synchronize(raw(stream)) })
+    }
+
     fn alloc(&self, bytes: usize) -> DeviceResult<u64> {
         self.bind()?;
         // SAFETY: plain allocation in the bound context.
@@ -136,29 +156,36 @@ impl Driver for CudaDriver {
         }
     }
 
-    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> DeviceResult<()> {
+    unsafe fn copy_to_device(&self, stream: StreamHandle, dst: u64, src: &[u8]) -> DeviceResult<()> {
         self.bind()?;
-        // SAFETY: caller guarantees `dst` holds `src.len()` bytes; the copy is
-        // synchronous, so `src` outlives it.
-        drv("cuMemcpyHtoD", unsafe { cu::memcpy_htod_sync(dst, src) })
+        // SAFETY: caller guarantees `dst` holds `src.len()` bytes; we wait for
+        // the stream before returning, so `src` outlives the copy.
+        unsafe {
+            drv("cuMemcpyHtoDAsync", cu::memcpy_htod_async(dst, src, raw(stream)))?;
+            drv("cuStreamSynchronize", cu::stream::synchronize(raw(stream)))
+        }
     }
 
-    unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> DeviceResult<()> {
+    unsafe fn copy_to_host(&self, stream: StreamHandle, dst: &mut [u8], src: u64) -> DeviceResult<()> {
         self.bind()?;
-        // SAFETY: caller guarantees `src` holds `dst.len()` bytes; synchronous.
-        drv("cuMemcpyDtoH", unsafe { cu::memcpy_dtoh_sync(dst, src) })
+        // SAFETY: caller guarantees `src` holds `dst.len()` bytes; queued
+        // after earlier work on the stream, and complete when we return.
+        unsafe {
+            drv("cuMemcpyDtoHAsync", cu::memcpy_dtoh_async(dst, src, raw(stream)))?;
+            drv("cuStreamSynchronize", cu::stream::synchronize(raw(stream)))
+        }
     }
 
-    unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> DeviceResult<()> {
+    unsafe fn copy_device(&self, stream: StreamHandle, dst: u64, src: u64, bytes: usize) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: caller guarantees both ranges are live device memory.
-        drv("cuMemcpyDtoDAsync", unsafe { cu::memcpy_dtod_async(dst, src, bytes, self.stream()) })
+        drv("cuMemcpyDtoDAsync", unsafe { cu::memcpy_dtod_async(dst, src, bytes, raw(stream)) })
     }
 
-    unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> DeviceResult<()> {
+    unsafe fn fill_bytes(&self, stream: StreamHandle, dst: u64, value: u8, bytes: usize) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: caller guarantees `dst` holds `bytes` bytes.
-        drv("cuMemsetD8Async", unsafe { cu::memset_d8_async(dst, value, bytes, self.stream()) })
+        drv("cuMemsetD8Async", unsafe { cu::memset_d8_async(dst, value, bytes, raw(stream)) })
     }
 
     fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle> {
@@ -173,17 +200,23 @@ impl Driver for CudaDriver {
         Ok(FunctionHandle(f as usize))
     }
 
-    unsafe fn launch(&self, f: FunctionHandle, cfg: &LaunchConfig, params: &mut [*mut c_void]) -> DeviceResult<()> {
+    unsafe fn launch(
+        &self,
+        stream: StreamHandle,
+        f: FunctionHandle,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: the handle came from `compile_and_load`; caller guarantees
         // the parameters match the kernel signature.
         let r = unsafe {
-            cu::launch_kernel(f.0 as sys::CUfunction, cfg.grid, cfg.block, cfg.shared_mem_bytes, self.stream(), params)
+            cu::launch_kernel(f.0 as sys::CUfunction, cfg.grid, cfg.block, cfg.shared_mem_bytes, raw(stream), params)
         };
         drv("cuLaunchKernel", r)
     }
 
-    unsafe fn gemm(&self, g: &GemmDesc) -> DeviceResult<()> {
+    unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {
         self.bind()?;
         let handle = self.cublas.lock().map_err(|_| DeviceError::Invalid("cuBLAS handle poisoned".into()))?;
         let op = |t: bool| {
@@ -197,7 +230,7 @@ impl Driver for CudaDriver {
         // SAFETY: caller guarantees the matrices lie in live allocations; the
         // scalars are host f32 matching CUBLAS_COMPUTE_32F; the handle is ours.
         let r = unsafe {
-            cudarc::cublas::result::set_stream(*handle, self.stream() as blas_sys::cudaStream_t).and_then(|_| {
+            cudarc::cublas::result::set_stream(*handle, raw(stream) as blas_sys::cudaStream_t).and_then(|_| {
                 cudarc::cublas::result::gemm_strided_batched_ex(
                     *handle,
                     op(g.trans_a),
@@ -241,10 +274,10 @@ impl Driver for CudaDriver {
         }
     }
 
-    fn event_record(&self, event: usize) -> DeviceResult<()> {
+    fn event_record(&self, stream: StreamHandle, event: usize) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: events are created by `event_create` and live in `Event`.
-        drv("cuEventRecord", unsafe { cu::event::record(event as sys::CUevent, self.stream()) })
+        drv("cuEventRecord", unsafe { cu::event::record(event as sys::CUevent, raw(stream)) })
     }
 
     fn event_elapsed_ms(&self, start: usize, end: usize) -> DeviceResult<f32> {

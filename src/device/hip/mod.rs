@@ -7,8 +7,8 @@
 //! `HipDriver`, on which `gpu.rs` builds the safe RAII types.
 //!
 //! HIP keeps the current device per host thread, so every method first calls
-//! `hipSetDevice` for its ordinal. All work goes to the null stream, so it
-//! runs in submission order, as the `Driver` trait requires.
+//! `hipSetDevice` for its ordinal. Work goes to the streams the caller passes
+//! (created by `stream_create`), in submission order per stream.
 //!
 //! Nothing here has run on an AMD GPU (none is available to the project):
 //! this file is type-checked in CI (`cargo check --features rocm`) and every
@@ -18,7 +18,7 @@
 mod checked;
 pub(crate) mod hiprtc;
 
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, Vendor};
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use super::offline::split_target_id;
 use crate::dtype::DType;
@@ -122,13 +122,6 @@ impl HipDriver {
         let mut handle: blas_sys::hipblasHandle_t = std::ptr::null_mut();
         // SAFETY: `handle` is a valid out-pointer; the device is current.
         blas("hipblasCreate", unsafe { blas_sys::hipblasCreate(&mut handle) })?;
-        // SAFETY: `handle` was just created; the null stream is always valid.
-        let on_null = blas("hipblasSetStream", unsafe { blas_sys::hipblasSetStream(handle, std::ptr::null_mut()) });
-        if let Err(e) = on_null {
-            // SAFETY: created above, destroyed once on this error path.
-            let _ = unsafe { blas_sys::hipblasDestroy(handle) };
-            return Err(e);
-        }
         Ok(HipDriver {
             info,
             ordinal,
@@ -148,11 +141,6 @@ impl HipDriver {
     fn bind(&self) -> DeviceResult<()> {
         // SAFETY: `ordinal` was valid at open and devices do not disappear.
         hip("hipSetDevice", unsafe { sys::hipSetDevice(self.ordinal) })
-    }
-
-    /// The null stream: implicit, in-order, synchronizing with host copies.
-    fn stream(&self) -> sys::hipStream_t {
-        std::ptr::null_mut()
     }
 
     fn entry_name(&self, f: FunctionHandle) -> String {
@@ -176,6 +164,10 @@ impl Drop for HipDriver {
     }
 }
 
+fn raw(stream: StreamHandle) -> sys::hipStream_t {
+    stream.0 as sys::hipStream_t
+}
+
 fn hipblas_type(d: DType) -> blas_sys::hipblasDatatype_t {
     match d {
         DType::F32 => blas_sys::hipblasDatatype_t::HIPBLAS_R_32F,
@@ -197,6 +189,30 @@ impl Driver for HipDriver {
         &self.info
     }
 
+    fn stream_create(&self) -> DeviceResult<StreamHandle> {
+        self.bind()?;
+        let mut stream: sys::hipStream_t = std::ptr::null_mut();
+        // SAFETY: `stream` is a valid out-pointer. Non-blocking: no implicit
+        // ordering with the null stream.
+        hip("hipStreamCreateWithFlags", unsafe {
+            sys::hipStreamCreateWithFlags(&mut stream, sys::hipStreamNonBlocking)
+        })?;
+        Ok(StreamHandle(stream as usize))
+    }
+
+    unsafe fn stream_destroy(&self, stream: StreamHandle) {
+        if self.bind().is_ok() {
+            // SAFETY: caller guarantees the stream came from `stream_create`.
+            let _ = unsafe { sys::hipStreamDestroy(raw(stream)) };
+        }
+    }
+
+    fn stream_synchronize(&self, stream: StreamHandle) -> DeviceResult<()> {
+        self.bind()?;
+        // SAFETY: the stream is live (owned by the device).
+        hip("hipStreamSynchronize", unsafe { sys::hipStreamSynchronize(raw(stream)) })
+    }
+
     fn alloc(&self, bytes: usize) -> DeviceResult<u64> {
         self.bind()?;
         let mut ptr: *mut c_void = std::ptr::null_mut();
@@ -213,50 +229,63 @@ impl Driver for HipDriver {
         }
     }
 
-    unsafe fn copy_to_device(&self, dst: u64, src: &[u8]) -> DeviceResult<()> {
+    unsafe fn copy_to_device(&self, stream: StreamHandle, dst: u64, src: &[u8]) -> DeviceResult<()> {
         self.bind()?;
-        // SAFETY: caller guarantees `dst` holds `src.len()` bytes; hipMemcpy
-        // from pageable memory returns after the source has been read.
-        let r = unsafe {
-            sys::hipMemcpy(
-                dst as *mut c_void,
-                src.as_ptr() as *const c_void,
-                src.len(),
-                sys::hipMemcpyKind::hipMemcpyHostToDevice,
-            )
-        };
-        hip("hipMemcpy(HtoD)", r)
+        // SAFETY: caller guarantees `dst` holds `src.len()` bytes; we wait for
+        // the stream before returning, so `src` outlives the copy.
+        unsafe {
+            hip(
+                "hipMemcpyAsync(HtoD)",
+                sys::hipMemcpyAsync(
+                    dst as *mut c_void,
+                    src.as_ptr() as *const c_void,
+                    src.len(),
+                    sys::hipMemcpyKind::hipMemcpyHostToDevice,
+                    raw(stream),
+                ),
+            )?;
+            hip("hipStreamSynchronize", sys::hipStreamSynchronize(raw(stream)))
+        }
     }
 
-    unsafe fn copy_to_host(&self, dst: &mut [u8], src: u64) -> DeviceResult<()> {
+    unsafe fn copy_to_host(&self, stream: StreamHandle, dst: &mut [u8], src: u64) -> DeviceResult<()> {
         self.bind()?;
-        // SAFETY: caller guarantees `src` holds `dst.len()` bytes; the copy is
-        // complete when hipMemcpy returns.
-        let r = unsafe {
-            sys::hipMemcpy(
-                dst.as_mut_ptr() as *mut c_void,
-                src as *const c_void,
-                dst.len(),
-                sys::hipMemcpyKind::hipMemcpyDeviceToHost,
-            )
-        };
-        hip("hipMemcpy(DtoH)", r)
+        // SAFETY: caller guarantees `src` holds `dst.len()` bytes; queued
+        // after earlier work on the stream, and complete when we return.
+        unsafe {
+            hip(
+                "hipMemcpyAsync(DtoH)",
+                sys::hipMemcpyAsync(
+                    dst.as_mut_ptr() as *mut c_void,
+                    src as *const c_void,
+                    dst.len(),
+                    sys::hipMemcpyKind::hipMemcpyDeviceToHost,
+                    raw(stream),
+                ),
+            )?;
+            hip("hipStreamSynchronize", sys::hipStreamSynchronize(raw(stream)))
+        }
     }
 
-    unsafe fn copy_device(&self, dst: u64, src: u64, bytes: usize) -> DeviceResult<()> {
+    unsafe fn copy_device(&self, stream: StreamHandle, dst: u64, src: u64, bytes: usize) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: caller guarantees both ranges are live device memory.
         let r = unsafe {
-            sys::hipMemcpy(dst as *mut c_void, src as *const c_void, bytes, sys::hipMemcpyKind::hipMemcpyDeviceToDevice)
+            sys::hipMemcpyAsync(
+                dst as *mut c_void,
+                src as *const c_void,
+                bytes,
+                sys::hipMemcpyKind::hipMemcpyDeviceToDevice,
+                raw(stream),
+            )
         };
-        hip("hipMemcpy(DtoD)", r)
+        hip("hipMemcpyAsync(DtoD)", r)
     }
 
-    unsafe fn fill_bytes(&self, dst: u64, value: u8, bytes: usize) -> DeviceResult<()> {
+    unsafe fn fill_bytes(&self, stream: StreamHandle, dst: u64, value: u8, bytes: usize) -> DeviceResult<()> {
         self.bind()?;
-        // SAFETY: caller guarantees `dst` holds `bytes` bytes; queued on the
-        // null stream like every other operation.
-        let r = unsafe { sys::hipMemsetAsync(dst as *mut c_void, c_int::from(value), bytes, self.stream()) };
+        // SAFETY: caller guarantees `dst` holds `bytes` bytes.
+        let r = unsafe { sys::hipMemsetAsync(dst as *mut c_void, c_int::from(value), bytes, raw(stream)) };
         hip("hipMemsetAsync", r)
     }
 
@@ -280,7 +309,13 @@ impl Driver for HipDriver {
         Ok(handle)
     }
 
-    unsafe fn launch(&self, f: FunctionHandle, cfg: &LaunchConfig, params: &mut [*mut c_void]) -> DeviceResult<()> {
+    unsafe fn launch(
+        &self,
+        stream: StreamHandle,
+        f: FunctionHandle,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: the handle came from `compile_and_load` on this driver;
         // caller guarantees `params` match the kernel signature. No `extra`
@@ -295,7 +330,7 @@ impl Driver for HipDriver {
                 cfg.block.1,
                 cfg.block.2,
                 cfg.shared_mem_bytes,
-                self.stream(),
+                raw(stream),
                 params.as_mut_ptr(),
                 std::ptr::null_mut(),
             )
@@ -303,14 +338,15 @@ impl Driver for HipDriver {
         checked::launch(&self.entry_name(f), r)
     }
 
-    unsafe fn gemm(&self, g: &GemmDesc) -> DeviceResult<()> {
+    unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {
         self.bind()?;
         let handle = self.hipblas.lock().map_err(|_| DeviceError::Invalid("hipBLAS handle poisoned".into()))?;
+        // SAFETY: the handle is ours and the stream is live.
+        blas("hipblasSetStream", unsafe { blas_sys::hipblasSetStream(*handle, raw(stream) as _) })?;
         let (alpha, beta) = (g.alpha, g.beta);
         // SAFETY: caller guarantees the matrices lie in live allocations; the
         // scalars are host f32 matching the f32 compute type (hipBLAS's
-        // default host pointer mode); the handle is ours and bound to the
-        // null stream.
+        // default host pointer mode); the handle is ours, bound to `stream`.
         let r = unsafe {
             blas_sys::hipblasGemmStridedBatchedEx(
                 *handle,
@@ -356,10 +392,10 @@ impl Driver for HipDriver {
         }
     }
 
-    fn event_record(&self, event: usize) -> DeviceResult<()> {
+    fn event_record(&self, stream: StreamHandle, event: usize) -> DeviceResult<()> {
         self.bind()?;
         // SAFETY: events are created by `event_create` and live in `Event`.
-        hip("hipEventRecord", unsafe { sys::hipEventRecord(event as sys::hipEvent_t, self.stream()) })
+        hip("hipEventRecord", unsafe { sys::hipEventRecord(event as sys::hipEvent_t, raw(stream)) })
     }
 
     fn event_elapsed_ms(&self, start: usize, end: usize) -> DeviceResult<f32> {
