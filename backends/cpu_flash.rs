@@ -301,7 +301,7 @@ struct Scratch {
     /// Scores, then probabilities, transposed: `[BK][BQ]` (key-major), so
     /// the per-query softmax runs down columns with vertical vector ops.
     s: AlignedBuf,
-    /// One widened Q row.
+    /// The Q block widened, row-major `[BQ][d]` (staging for the transpose).
     row: Vec<f32>,
     /// V of the kv head `vhead_of` (batch, kv head), `[seq_kv][dp]`; empty
     /// until first needed, at most `VHEAD_MAX` floats. `khead` likewise holds
@@ -321,7 +321,7 @@ impl Scratch {
             k: AlignedBuf::new(BK * d),
             v: AlignedBuf::new(BK * dp),
             s: AlignedBuf::new(BK * BQ),
-            row: vec![0.0; d],
+            row: vec![0.0; BQ * d],
             vhead: None,
             vhead_of: None,
             khead: None,
@@ -351,9 +351,18 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
         mask: p.mask,
     };
     let tasks = p.batch * p.num_q_heads * ctx.q_blocks;
-    (0..tasks).into_par_iter().for_each_init(
-        || Scratch::new(ctx.d, ctx.dp),
-        |sc, t| match isa {
+    // One scratch per worker for the whole call. (`for_each_init` would
+    // build a fresh one, and redo the K/V head copies, for every rayon job
+    // split: that cost ~7-17 % of the run time in page faults and copies.)
+    // A worker holds its own slot's lock only while it runs one task, and a
+    // task never re-enters rayon, so the locks are never contended.
+    let slots: Vec<std::sync::Mutex<Option<Scratch>>> =
+        (0..rayon::current_num_threads().max(1)).map(|_| std::sync::Mutex::new(None)).collect();
+    (0..tasks).into_par_iter().for_each(|t| {
+        let slot = rayon::current_thread_index().unwrap_or(0) % slots.len();
+        let mut guard = slots[slot].lock().unwrap_or_else(|e| e.into_inner());
+        let sc = guard.get_or_insert_with(|| Scratch::new(ctx.d, ctx.dp));
+        match isa {
             #[cfg(target_arch = "x86_64")]
             // SAFETY: `forward_with_isa` only passes an ISA whose features
             // `available()` confirmed at run time.
@@ -363,8 +372,8 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
             CpuIsa::Avx2Fma => unsafe { x86::task_avx2(&ctx, sc, t) },
             // SAFETY: the portable kernels need no CPU feature.
             _ => unsafe { task::<Portable, T>(&ctx, sc, t) },
-        },
-    );
+        }
+    });
 }
 
 /// One (batch, q head, query block) task.
@@ -407,11 +416,27 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
     }
 
     // Q block, widened, pre-scaled and transposed to [d][BQ].
-    sc.qt.fill(0.0);
+    // Rows are widened first, then transposed in 8-column strips so the
+    // strided stores stay within a few L1 lines at a time.
+    if rows < BQ {
+        sc.qt.fill(0.0);
+    }
     for r in 0..rows {
-        T::widen(&c.q[out_row(r)..out_row(r) + d], &mut sc.row);
-        for (x, &val) in sc.row.iter().enumerate() {
-            sc.qt[x * BQ + r] = val * c.scale;
+        if r + PREFETCH_ROWS < rows {
+            prefetch_row(&c.q[out_row(r + PREFETCH_ROWS)..out_row(r + PREFETCH_ROWS) + d]);
+        }
+        T::widen(&c.q[out_row(r)..out_row(r) + d], &mut sc.row[r * d..(r + 1) * d]);
+    }
+    assert!(sc.row.len() >= rows * d && sc.qt.len() >= d * BQ);
+    let (src, qt) = (sc.row.as_ptr(), sc.qt.as_mut_ptr());
+    for x0 in (0..d).step_by(8) {
+        let xn = 8.min(d - x0);
+        for r in 0..rows {
+            for xx in 0..xn {
+                // SAFETY: r < rows <= BQ and x0 + xx < d, so both offsets are
+                // inside the buffers (length checked above).
+                unsafe { *qt.add((x0 + xx) * BQ + r) = *src.add(r * d + x0 + xx) * c.scale };
+            }
         }
     }
     sc.o[..rows_p * dp].fill(0.0);
@@ -429,6 +454,10 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         let vh = sc.vhead.get_or_insert_with(|| AlignedBuf::new(c.skv * dp));
         for j in 0..c.skv {
             let off = head_base + j * k_stride;
+            if j + PREFETCH_ROWS < c.skv {
+                let pf = off + PREFETCH_ROWS * k_stride;
+                prefetch_row(&c.v[pf..pf + d]);
+            }
             T::widen(&c.v[off..off + d], &mut vh[j * dp..j * dp + d]);
         }
         sc.vhead_of = Some((b, kvh));
@@ -438,6 +467,10 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         let kh = sc.khead.get_or_insert_with(|| AlignedBuf::new((c.skv + KEY_ALIGN) * d));
         for j in 0..c.skv {
             let off = head_base + j * k_stride;
+            if j + PREFETCH_ROWS < c.skv {
+                let pf = off + PREFETCH_ROWS * k_stride;
+                prefetch_row(&c.k[pf..pf + d]);
+            }
             T::widen(&c.k[off..off + d], &mut kh[j * d..(j + 1) * d]);
         }
         sc.khead_of = Some((b, kvh));
@@ -562,6 +595,32 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
     }
 }
 
+/// How many rows ahead the strided row copies (Q rows, K/V head copies)
+/// prefetch: rows sit a whole token stride apart (often another 4 KiB
+/// page), where the hardware prefetchers do not follow, so without this the
+/// copies wait on DRAM latency row by row.
+const PREFETCH_ROWS: usize = 6;
+
+/// Hints the CPU to fetch every cache line of `row` into the caches.
+#[inline(always)]
+fn prefetch_row<T>(row: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let bytes = std::mem::size_of_val(row);
+        let p = row.as_ptr().cast::<i8>();
+        let mut off = 0;
+        while off < bytes {
+            // SAFETY: SSE is part of the x86-64 baseline; a prefetch never
+            // faults, and `p + off` stays inside `row` anyway.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(p.add(off)) };
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = row;
+}
+
 /// Writes one output row (`None` = zeros) at element offset `off`.
 #[inline(always)]
 fn write_row<T: Elem>(c: &Ctx<T>, off: usize, row: Option<&[f32]>) {
@@ -637,8 +696,9 @@ trait Kernels {
     unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize);
 }
 
-/// Register-blocked `MR keys × (NV·LANES) queries` tiles of S^T = K·Q^T;
-/// the accumulators stay in registers across the whole d loop.
+/// Register-blocked `MR keys × (NV·LANES) queries` tiles of S^T = K·Q^T
+/// for keys from `j_begin`; the accumulators stay in registers across the
+/// whole d loop. Returns the first key it did not cover.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
@@ -649,10 +709,12 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
     s: *mut f32,
     keys: usize,
     cols: usize,
-) {
+    j_begin: usize,
+) -> usize {
     let w = NV * S::LANES;
-    let mut j0 = 0;
-    while j0 < keys {
+    let j_end = j_begin + (keys - j_begin) / MR * MR;
+    let mut j0 = j_begin;
+    while j0 < j_end {
         let mut c0 = 0;
         while c0 < cols {
             let mut acc = [[S::zero(); NV]; MR];
@@ -678,10 +740,13 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
         }
         j0 += MR;
     }
+    j_end
 }
 
 /// Register-blocked `MR rows × (NV·LANES) dims` tiles of O += P·V over
-/// columns from `c_begin`; returns the first column it did not cover.
+/// rows `r_begin..` (whole `MR` blocks that fit in `rows`) and columns
+/// `c_begin..` (whole `NV·LANES` blocks that fit in `c_stop <= dp`); returns the
+/// first row and the first column it did not cover.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
 unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
@@ -692,14 +757,17 @@ unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
     dp: usize,
     o: *mut f32,
     rows: usize,
+    r_begin: usize,
     c_begin: usize,
-) -> usize {
+    c_stop: usize,
+) -> (usize, usize) {
     let w = NV * S::LANES;
-    let c_end = c_begin + (dp - c_begin) / w * w;
-    let mut r0 = 0;
-    while r0 < rows {
-        let mut c0 = c_begin;
-        while c0 < c_end {
+    let c_end = c_begin + (c_stop - c_begin) / w * w;
+    let r_end = r_begin + (rows - r_begin) / MR * MR;
+    let mut c0 = c_begin;
+    while c0 < c_end {
+        let mut r0 = r_begin;
+        while r0 < r_end {
             let mut acc = [[S::zero(); NV]; MR];
             for (r, accr) in acc.iter_mut().enumerate() {
                 for (u, a) in accr.iter_mut().enumerate() {
@@ -724,11 +792,11 @@ unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
                     S::store(o.add((r0 + r) * dp + c0 + u * S::LANES), a);
                 }
             }
-            c0 += w;
+            r0 += MR;
         }
-        r0 += MR;
+        c0 += w;
     }
-    c_end
+    (r_end, c_end)
 }
 
 /// Eight plain f32 lanes; LLVM maps them to whatever SIMD the baseline has.
@@ -767,12 +835,12 @@ impl Kernels for Portable {
     #[inline(always)]
     unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
         // SAFETY: forwarded contract.
-        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, keys, cols) }
+        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, keys, cols, 0) };
     }
     #[inline(always)]
     unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
         // SAFETY: forwarded contract; dp is a multiple of 16 = 2 * LANES.
-        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, vs, dp, o, rows, 0) };
+        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, vs, dp, o, rows, 0, 0, dp) };
     }
 }
 
@@ -816,18 +884,27 @@ mod x86 {
     impl Kernels for Avx512 {
         #[inline(always)]
         unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
-            // 4 keys × 64 queries: 16 zmm accumulators, 4 aligned loads + 4
-            // broadcasts per 16 FMAs (measured ~90% of FMA peak on aligned
-            // data). SAFETY: forwarded contract (KEY_ALIGN = 8, COL_ALIGN = 64).
-            unsafe { qk_blocked::<Avx512, 4, 4>(k, ks, qt, d, s, keys, cols) }
+            // 12 keys × 32 queries: 24 zmm accumulators, 2 aligned Q^T loads
+            // + 12 broadcasts per 24 FMAs, so the Q^T stream (L1/L2) costs a
+            // third of a 4 × 64 block's; leftover keys (a multiple of 4) in
+            // 4 × 64 blocks. SAFETY: forwarded contract (KEY_ALIGN = 8,
+            // COL_ALIGN = 64).
+            unsafe {
+                let j = qk_blocked::<Avx512, 12, 2>(k, ks, qt, d, s, keys, cols, 0);
+                qk_blocked::<Avx512, 4, 4>(k, ks, qt, d, s, keys, cols, j);
+            }
         }
         #[inline(always)]
         unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
-            // 4 rows × 64 dims (16 accumulators), then 16-wide leftovers.
-            // SAFETY: forwarded contract; dp is a multiple of 16.
+            // 12 rows × 32 dims (24 zmm accumulators: each V load feeds 12
+            // FMAs), then leftover rows (a multiple of 4) as 4 × 32, then a
+            // 16-wide leftover column block.
+            // SAFETY: forwarded contract; dp is a multiple of 16, rows of 8.
             unsafe {
-                let c = pv_blocked::<Avx512, 4, 4>(p, n, v, vs, dp, o, rows, 0);
-                pv_blocked::<Avx512, 4, 1>(p, n, v, vs, dp, o, rows, c);
+                let (r, c) = pv_blocked::<Avx512, 12, 2>(p, n, v, vs, dp, o, rows, 0, 0, dp);
+                pv_blocked::<Avx512, 4, 2>(p, n, v, vs, dp, o, rows, r, 0, c);
+                let (r, _) = pv_blocked::<Avx512, 12, 1>(p, n, v, vs, dp, o, rows, 0, c, dp);
+                pv_blocked::<Avx512, 4, 1>(p, n, v, vs, dp, o, rows, r, c, dp);
             }
         }
     }
@@ -869,12 +946,12 @@ mod x86 {
         unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
             // 4 keys × 16 queries: 8 ymm accumulators of the 16 registers.
             // SAFETY: forwarded contract.
-            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, keys, cols) }
+            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, keys, cols, 0) };
         }
         #[inline(always)]
         unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
             // SAFETY: forwarded contract; dp is a multiple of 16.
-            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, vs, dp, o, rows, 0) };
+            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, vs, dp, o, rows, 0, 0, dp) };
         }
     }
 
