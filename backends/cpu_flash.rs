@@ -41,8 +41,13 @@ use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
 
-/// Query rows per task.
+/// Query rows per block.
 const BQ: usize = 64;
+/// (q head, query block) units per task. A task's units share one kv head
+/// and each K/V tile is used by all of them while it is hot in L1/L2: a
+/// GQA group's heads for one query block, or consecutive query blocks of
+/// one head (each unit still skips the tiles its mask hides).
+const SUB: usize = 4;
 /// Keys per tile.
 const BK: usize = 64;
 /// Largest per-thread copy of one kv head's K or V (in floats, = 1 MiB):
@@ -253,6 +258,8 @@ struct Ctx<'a, T> {
     dp: usize,
     group: usize,
     q_blocks: usize,
+    /// Tasks per (batch, kv head): `ceil(q_blocks * group / SUB)`.
+    kv_tasks: usize,
     scale: f32,
     softcap: Option<f32>,
     mask: Mask,
@@ -290,10 +297,11 @@ impl std::ops::DerefMut for AlignedBuf {
 
 /// A worker's reusable buffers, all f32 and 64-byte aligned.
 struct Scratch {
-    /// Q block transposed, `[d][BQ]`, pre-scaled; padding queries are zero.
-    qt: AlignedBuf,
-    /// Unnormalised output block, `[BQ][dp]`.
-    o: AlignedBuf,
+    /// Per unit of the task: Q block transposed, `[d][BQ]`, pre-scaled;
+    /// padding queries are zero.
+    qt: Vec<AlignedBuf>,
+    /// Per unit of the task: unnormalised output block, `[BQ][dp]`.
+    o: Vec<AlignedBuf>,
     /// K tile rows `[BK][d]`, used when K cannot be read in place.
     k: AlignedBuf,
     /// V tile rows `[BK][dp]`, used when V cannot be read in place.
@@ -316,8 +324,8 @@ struct Scratch {
 impl Scratch {
     fn new(d: usize, dp: usize) -> Scratch {
         Scratch {
-            qt: AlignedBuf::new(d * BQ),
-            o: AlignedBuf::new(BQ * dp),
+            qt: (0..SUB).map(|_| AlignedBuf::new(d * BQ)).collect(),
+            o: (0..SUB).map(|_| AlignedBuf::new(BQ * dp)).collect(),
             k: AlignedBuf::new(BK * d),
             v: AlignedBuf::new(BK * dp),
             s: AlignedBuf::new(BK * BQ),
@@ -346,11 +354,12 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
         dp: d.next_multiple_of(DIM_ALIGN),
         group: p.group_size(),
         q_blocks: p.seq_q.div_ceil(BQ),
+        kv_tasks: (p.seq_q.div_ceil(BQ) * p.group_size()).div_ceil(SUB),
         scale: p.effective_scale(),
         softcap: p.softcap,
         mask: p.mask,
     };
-    let tasks = p.batch * p.num_q_heads * ctx.q_blocks;
+    let tasks = p.batch * p.num_kv_heads * ctx.kv_tasks;
     // One scratch per worker for the whole call. (`for_each_init` would
     // build a fresh one, and redo the K/V head copies, for every rayon job
     // split: that cost ~7-17 % of the run time in page faults and copies.)
@@ -376,7 +385,27 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
     });
 }
 
-/// One (batch, q head, query block) task.
+/// The running state of one (q head, query block) unit of a task.
+struct Unit {
+    h: usize,
+    i0: usize,
+    rows: usize,
+    rows_p: usize,
+    cols: usize,
+    /// Per query: its key range.
+    lo: [usize; BQ],
+    hi: [usize; BQ],
+    /// Union of the rows' key ranges (empty: the unit is done).
+    kv_lo: usize,
+    kv_hi: usize,
+    /// Online softmax: running max and sum per query.
+    m: [f32; BQ],
+    l: [f32; BQ],
+}
+
+/// One task: up to `SUB` (q head, query block) units of one (batch, kv
+/// head). Units are numbered query block major, GQA head minor, so a task
+/// holds a group's heads for a block, or consecutive blocks of one head.
 ///
 /// # Safety
 /// `K`'s CPU features must be present; tasks running concurrently must have
@@ -384,64 +413,84 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
 #[inline(always)]
 unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
     let (d, dp) = (c.d, c.dp);
-    let qb = t % c.q_blocks;
-    let h = (t / c.q_blocks) % c.hq;
-    let b = t / (c.q_blocks * c.hq);
-    let kvh = h / c.group;
-    let i0 = qb * BQ;
-    let rows = BQ.min(c.sq - i0);
-    let rows_p = rows.next_multiple_of(ROW_ALIGN);
-    let cols = rows.next_multiple_of(COL_ALIGN);
+    let tk = t % c.kv_tasks;
+    let kvh = (t / c.kv_tasks) % c.hkv;
+    let b = t / (c.kv_tasks * c.hkv);
+    let u_begin = tk * SUB;
+    let nu = SUB.min(c.q_blocks * c.group - u_begin);
+    let out_row = |h: usize, i: usize| ((b * c.sq + i) * c.hq + h) * d;
 
-    // Key range per query. Ranges are monotone in the row index, so the
-    // union is one interval and every key block outside it is skipped.
-    let mut lo = [0usize; BQ];
-    let mut hi = [0usize; BQ];
-    let (mut kv_lo, mut kv_hi) = (usize::MAX, 0);
-    for r in 0..rows {
-        let (l, h) = c.mask.key_range(i0 + r, c.sq, c.skv);
-        (lo[r], hi[r]) = (l, h);
-        if l < h {
-            kv_lo = kv_lo.min(l);
-            kv_hi = kv_hi.max(h);
-        }
-    }
-
-    let out_row = |r: usize| ((b * c.sq + i0 + r) * c.hq + h) * d;
-    if kv_lo >= kv_hi {
+    let mut units: [Option<Unit>; SUB] = std::array::from_fn(|_| None);
+    for (ui, slot) in units.iter_mut().enumerate().take(nu) {
+        let u = u_begin + ui;
+        let (qb, g) = (u / c.group, u % c.group);
+        let h = kvh * c.group + g;
+        let i0 = qb * BQ;
+        let rows = BQ.min(c.sq - i0);
+        // Key range per query. Ranges are monotone in the row index, so the
+        // union is one interval and every key block outside it is skipped.
+        let mut un = Unit {
+            h,
+            i0,
+            rows,
+            rows_p: rows.next_multiple_of(ROW_ALIGN),
+            cols: rows.next_multiple_of(COL_ALIGN),
+            lo: [0; BQ],
+            hi: [0; BQ],
+            kv_lo: usize::MAX,
+            kv_hi: 0,
+            m: [f32::NEG_INFINITY; BQ],
+            l: [0.0; BQ],
+        };
         for r in 0..rows {
-            write_row(c, out_row(r), None);
-        }
-        return;
-    }
-
-    // Q block, widened, pre-scaled and transposed to [d][BQ].
-    // Rows are widened first, then transposed in 8-column strips so the
-    // strided stores stay within a few L1 lines at a time.
-    if rows < BQ {
-        sc.qt.fill(0.0);
-    }
-    for r in 0..rows {
-        if r + PREFETCH_ROWS < rows {
-            prefetch_row(&c.q[out_row(r + PREFETCH_ROWS)..out_row(r + PREFETCH_ROWS) + d]);
-        }
-        T::widen(&c.q[out_row(r)..out_row(r) + d], &mut sc.row[r * d..(r + 1) * d]);
-    }
-    assert!(sc.row.len() >= rows * d && sc.qt.len() >= d * BQ);
-    let (src, qt) = (sc.row.as_ptr(), sc.qt.as_mut_ptr());
-    for x0 in (0..d).step_by(8) {
-        let xn = 8.min(d - x0);
-        for r in 0..rows {
-            for xx in 0..xn {
-                // SAFETY: r < rows <= BQ and x0 + xx < d, so both offsets are
-                // inside the buffers (length checked above).
-                unsafe { *qt.add((x0 + xx) * BQ + r) = *src.add(r * d + x0 + xx) * c.scale };
+            let (lo, hi) = c.mask.key_range(i0 + r, c.sq, c.skv);
+            (un.lo[r], un.hi[r]) = (lo, hi);
+            if lo < hi {
+                un.kv_lo = un.kv_lo.min(lo);
+                un.kv_hi = un.kv_hi.max(hi);
             }
         }
+        if un.kv_lo >= un.kv_hi {
+            for r in 0..rows {
+                write_row(c, out_row(h, i0 + r), None);
+            }
+            continue;
+        }
+
+        // Q block, widened, pre-scaled and transposed to [d][BQ]. Rows are
+        // widened first, then transposed in 8-column strips so the strided
+        // stores stay within a few L1 lines at a time.
+        let qt_buf = &mut sc.qt[ui];
+        if rows < BQ {
+            qt_buf.fill(0.0);
+        }
+        for r in 0..rows {
+            if r + PREFETCH_ROWS < rows {
+                let pf = out_row(h, i0 + r + PREFETCH_ROWS);
+                prefetch_row(&c.q[pf..pf + d]);
+            }
+            T::widen(&c.q[out_row(h, i0 + r)..out_row(h, i0 + r) + d], &mut sc.row[r * d..(r + 1) * d]);
+        }
+        assert!(sc.row.len() >= rows * d && qt_buf.len() >= d * BQ);
+        let (src, qt) = (sc.row.as_ptr(), qt_buf.as_mut_ptr());
+        for x0 in (0..d).step_by(8) {
+            let xn = 8.min(d - x0);
+            for r in 0..rows {
+                for xx in 0..xn {
+                    // SAFETY: r < rows <= BQ and x0 + xx < d, so both offsets
+                    // are inside the buffers (lengths checked above).
+                    unsafe { *qt.add((x0 + xx) * BQ + r) = *src.add(r * d + x0 + xx) * c.scale };
+                }
+            }
+        }
+        sc.o[ui][..un.rows_p * dp].fill(0.0);
+        *slot = Some(un);
     }
-    sc.o[..rows_p * dp].fill(0.0);
-    let mut m = [f32::NEG_INFINITY; BQ];
-    let mut l = [0.0f32; BQ];
+    let g_lo = units.iter().flatten().map(|u| u.kv_lo).min();
+    let g_hi = units.iter().flatten().map(|u| u.kv_hi).max();
+    let (Some(g_lo), Some(g_hi)) = (g_lo, g_hi) else {
+        return;
+    };
 
     let k_stride = c.hkv * d;
     let head_base = (b * c.skv * c.hkv + kvh) * d;
@@ -475,124 +524,167 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         }
         sc.khead_of = Some((b, kvh));
     }
-    let mut j0 = kv_lo;
-    while j0 < kv_hi {
-        let n = BK.min(kv_hi - j0);
-        let n_p = n.next_multiple_of(KEY_ALIGN);
-        let base = head_base + j0 * k_stride;
 
-        // K and V come from the per-thread head copies when the head fits.
-        // Otherwise f32 K/V are read in place (K needs n_p rows to exist; V
-        // needs its rows to be whole DIM_ALIGN blocks on 64-byte boundaries,
-        // or every zmm load would split a cache line), or the tile is widened
-        // into aligned scratch, zero-padded.
-        let (kp, ks) = match (&sc.khead, T::as_f32(c.k)) {
-            (Some(kh), _) if use_khead => (kh[j0 * d..].as_ptr(), d),
-            (_, Some(k)) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
-            _ => {
-                for jj in 0..n {
-                    let off = base + jj * k_stride;
-                    T::widen(&c.k[off..off + d], &mut sc.k[jj * d..(jj + 1) * d]);
-                }
-                sc.k[n * d..n_p * d].fill(0.0);
-                (sc.k.as_ptr(), d)
+    // Tiles of BK keys over the union of the units' ranges; each unit takes
+    // the part of the tile inside its own range (often all or nothing).
+    let mut t0 = g_lo;
+    while t0 < g_hi {
+        let t1 = (t0 + BK).min(g_hi);
+        for (ui, un) in units.iter_mut().enumerate() {
+            let Some(un) = un else { continue };
+            let j0 = t0.max(un.kv_lo);
+            let j1 = t1.min(un.kv_hi);
+            if j0 >= j1 {
+                continue;
             }
-        };
-        let (vp, vs) = match (&sc.vhead, T::as_f32(c.v)) {
-            (Some(vh), _) if use_vhead => (vh[j0 * dp..].as_ptr(), dp),
-            (_, Some(v)) if v_in_place => (v[base..].as_ptr(), k_stride),
-            _ => {
-                for jj in 0..n {
-                    let off = base + jj * k_stride;
-                    T::widen(&c.v[off..off + d], &mut sc.v[jj * dp..jj * dp + d]);
-                }
-                (sc.v.as_ptr(), dp)
-            }
-        };
+            let n = j1 - j0;
+            let n_p = n.next_multiple_of(KEY_ALIGN);
+            let base = head_base + j0 * k_stride;
 
-        // SAFETY: kp has n_p rows of d floats at stride ks (in place: keys
-        // j0..j0+n_p < seq_kv; else scratch of BK*d); qt is d*BQ; s is
-        // BK*BQ; n_p % KEY_ALIGN == 0, cols % COL_ALIGN == 0, cols <= BQ.
-        K::qk(kp, ks, sc.qt.as_ptr(), d, sc.s.as_mut_ptr(), n_p, cols);
-
-        // Per-query live key interval inside this tile, relative to j0.
-        let mut a = [0i32; BQ];
-        let mut e = [0i32; BQ];
-        let mut full = true;
-        for r in 0..rows {
-            a[r] = (lo[r].clamp(j0, j0 + n) - j0) as i32;
-            e[r] = (hi[r].clamp(j0, j0 + n) - j0) as i32;
-            full &= a[r] == 0 && e[r] == n as i32;
-        }
-
-        let mut tile_max = [f32::NEG_INFINITY; BQ];
-        for j in 0..n {
-            let srow: &mut [f32; BQ] = (&mut sc.s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
-            if let Some(cap) = c.softcap {
-                for x in srow[..cols].iter_mut() {
-                    *x = cap * (*x / cap).tanh();
+            // K and V come from the per-thread head copies when the head
+            // fits. Otherwise f32 K/V are read in place (K needs n_p rows to
+            // exist; V needs its rows to be whole DIM_ALIGN blocks on 64-byte
+            // boundaries, or every zmm load would split a cache line), or
+            // the tile is widened into aligned scratch, zero-padded.
+            let (kp, ks) = match (&sc.khead, T::as_f32(c.k)) {
+                (Some(kh), _) if use_khead => (kh[j0 * d..].as_ptr(), d),
+                (_, Some(k)) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
+                _ => {
+                    for jj in 0..n {
+                        let off = base + jj * k_stride;
+                        T::widen(&c.k[off..off + d], &mut sc.k[jj * d..(jj + 1) * d]);
+                    }
+                    sc.k[n * d..n_p * d].fill(0.0);
+                    (sc.k.as_ptr(), d)
                 }
-            }
-            if !full {
-                let jj = j as i32;
-                for r in 0..BQ {
-                    let live = jj >= a[r] && jj < e[r];
-                    srow[r] = if live { srow[r] } else { f32::NEG_INFINITY };
+            };
+            let (vp, vs) = match (&sc.vhead, T::as_f32(c.v)) {
+                (Some(vh), _) if use_vhead => (vh[j0 * dp..].as_ptr(), dp),
+                (_, Some(v)) if v_in_place => (v[base..].as_ptr(), k_stride),
+                _ => {
+                    for jj in 0..n {
+                        let off = base + jj * k_stride;
+                        T::widen(&c.v[off..off + d], &mut sc.v[jj * dp..jj * dp + d]);
+                    }
+                    (sc.v.as_ptr(), dp)
                 }
-            }
-            for r in 0..BQ {
-                tile_max[r] = if srow[r] > tile_max[r] { srow[r] } else { tile_max[r] };
-            }
+            };
+            // SAFETY: forwarded contract; the pointers are as `tile` needs
+            // (see the comments above).
+            unsafe { tile::<K>(c, un, &mut sc.s, &sc.qt[ui], &mut sc.o[ui], j0, n, kp, ks, vp, vs) };
         }
-        // A query with no live key so far keeps m = -inf; subtracting 0
-        // instead turns its -inf scores into exact zeros, never NaN.
-        let mut m_use = [0.0f32; BQ];
-        let mut alpha = [0.0f32; BQ];
-        for r in 0..BQ {
-            let m_new = if tile_max[r] > m[r] { tile_max[r] } else { m[r] };
-            m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
-            alpha[r] = fast_exp(m[r] - m_use[r]);
-            m[r] = m_new;
-        }
-        let mut sum = [0.0f32; BQ];
-        for j in 0..n {
-            let srow: &mut [f32; BQ] = (&mut sc.s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
-            for r in 0..BQ {
-                let p = fast_exp(srow[r] - m_use[r]);
-                srow[r] = p;
-                sum[r] += p;
-            }
-        }
-        for r in 0..BQ {
-            l[r] = l[r] * alpha[r] + sum[r];
-        }
-        for (orow, &ar) in sc.o.chunks_exact_mut(dp).zip(&alpha).take(rows) {
-            if ar != 1.0 {
-                for x in orow.iter_mut() {
-                    *x *= ar;
-                }
-            }
-        }
-
-        // SAFETY: s is BK*BQ with n ≤ BK live key rows; vp has n rows of dp
-        // floats at stride vs (in place only when d == dp); o is BQ*dp;
-        // rows_p % ROW_ALIGN == 0 and dp % DIM_ALIGN == 0.
-        K::pv(sc.s.as_ptr(), n, vp, vs, dp, sc.o.as_mut_ptr(), rows_p);
-        j0 += n;
+        t0 = t1;
     }
 
-    for (r, &lr) in l.iter().enumerate().take(rows) {
-        let o = &mut sc.o[r * dp..r * dp + d];
-        if lr > 0.0 {
-            let inv = 1.0 / lr;
-            for x in o.iter_mut() {
-                *x *= inv;
+    for (ui, un) in units.iter().enumerate() {
+        let Some(un) = un else { continue };
+        for (r, &lr) in un.l.iter().enumerate().take(un.rows) {
+            let o = &mut sc.o[ui][r * dp..r * dp + d];
+            if lr > 0.0 {
+                let inv = 1.0 / lr;
+                for x in o.iter_mut() {
+                    *x *= inv;
+                }
+                write_row(c, out_row(un.h, un.i0 + r), Some(o));
+            } else {
+                write_row(c, out_row(un.h, un.i0 + r), None);
             }
-            write_row(c, out_row(r), Some(o));
-        } else {
-            write_row(c, out_row(r), None);
         }
     }
+}
+
+/// One unit's step over keys `j0..j0 + n` (n ≤ BK): S^T = K·Q^T, online
+/// softmax update, O = alpha·O + P·V.
+///
+/// # Safety
+/// `K`'s CPU features must be present; `kp` has `n` rounded up to
+/// `KEY_ALIGN` rows of `d` floats at stride `ks` (in place: those keys
+/// exist; else scratch of BK·d); `vp` has `n` rows of `dp` floats at stride
+/// `vs` (in place only when d == dp).
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn tile<K: Kernels>(
+    c: &Ctx<impl Elem>,
+    un: &mut Unit,
+    s: &mut [f32],
+    qt: &[f32],
+    o: &mut [f32],
+    j0: usize,
+    n: usize,
+    kp: *const f32,
+    ks: usize,
+    vp: *const f32,
+    vs: usize,
+) {
+    let (d, dp, rows, rows_p, cols) = (c.d, c.dp, un.rows, un.rows_p, un.cols);
+    let n_p = n.next_multiple_of(KEY_ALIGN);
+    assert!(s.len() >= BK * BQ && qt.len() >= d * BQ && o.len() >= BQ * dp && n <= BK);
+    // SAFETY: kp as documented; qt is d*BQ; s is BK*BQ (checked above);
+    // n_p % KEY_ALIGN == 0, n_p <= BK, cols % COL_ALIGN == 0, cols <= BQ.
+    unsafe { K::qk(kp, ks, qt.as_ptr(), d, s.as_mut_ptr(), n_p, cols) };
+
+    // Per-query live key interval inside this tile, relative to j0.
+    let mut a = [0i32; BQ];
+    let mut e = [0i32; BQ];
+    let mut full = true;
+    for r in 0..rows {
+        a[r] = (un.lo[r].clamp(j0, j0 + n) - j0) as i32;
+        e[r] = (un.hi[r].clamp(j0, j0 + n) - j0) as i32;
+        full &= a[r] == 0 && e[r] == n as i32;
+    }
+
+    let mut tile_max = [f32::NEG_INFINITY; BQ];
+    for j in 0..n {
+        let srow: &mut [f32; BQ] = (&mut s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
+        if let Some(cap) = c.softcap {
+            for x in srow[..cols].iter_mut() {
+                *x = cap * (*x / cap).tanh();
+            }
+        }
+        if !full {
+            let jj = j as i32;
+            for r in 0..BQ {
+                let live = jj >= a[r] && jj < e[r];
+                srow[r] = if live { srow[r] } else { f32::NEG_INFINITY };
+            }
+        }
+        for r in 0..BQ {
+            tile_max[r] = if srow[r] > tile_max[r] { srow[r] } else { tile_max[r] };
+        }
+    }
+    // A query with no live key so far keeps m = -inf; subtracting 0
+    // instead turns its -inf scores into exact zeros, never NaN.
+    let mut m_use = [0.0f32; BQ];
+    let mut alpha = [0.0f32; BQ];
+    for r in 0..BQ {
+        let m_new = if tile_max[r] > un.m[r] { tile_max[r] } else { un.m[r] };
+        m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
+        alpha[r] = fast_exp(un.m[r] - m_use[r]);
+        un.m[r] = m_new;
+    }
+    let mut sum = [0.0f32; BQ];
+    for j in 0..n {
+        let srow: &mut [f32; BQ] = (&mut s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
+        for r in 0..BQ {
+            let p = fast_exp(srow[r] - m_use[r]);
+            srow[r] = p;
+            sum[r] += p;
+        }
+    }
+    for r in 0..BQ {
+        un.l[r] = un.l[r] * alpha[r] + sum[r];
+    }
+    for (orow, &ar) in o.chunks_exact_mut(dp).zip(&alpha).take(rows) {
+        if ar != 1.0 {
+            for x in orow.iter_mut() {
+                *x *= ar;
+            }
+        }
+    }
+
+    // SAFETY: s is BK*BQ with n ≤ BK live key rows; vp as documented; o is
+    // BQ*dp; rows_p % ROW_ALIGN == 0 and dp % DIM_ALIGN == 0.
+    unsafe { K::pv(s.as_ptr(), n, vp, vs, dp, o.as_mut_ptr(), rows_p) };
 }
 
 /// How many rows ahead the strided row copies (Q rows, K/V head copies)
