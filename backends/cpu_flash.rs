@@ -674,17 +674,11 @@ unsafe fn tile<K: Kernels>(
     for r in 0..BQ {
         un.l[r] = un.l[r] * alpha[r] + sum[r];
     }
-    for (orow, &ar) in o.chunks_exact_mut(dp).zip(&alpha).take(rows) {
-        if ar != 1.0 {
-            for x in orow.iter_mut() {
-                *x *= ar;
-            }
-        }
-    }
 
+    // O = alpha·O + P·V; the rescale happens as the kernel loads O.
     // SAFETY: s is BK*BQ with n ≤ BK live key rows; vp as documented; o is
-    // BQ*dp; rows_p % ROW_ALIGN == 0 and dp % DIM_ALIGN == 0.
-    unsafe { K::pv(s.as_ptr(), n, vp, vs, dp, o.as_mut_ptr(), rows_p) };
+    // BQ*dp; alpha is BQ; rows_p % ROW_ALIGN == 0 and dp % DIM_ALIGN == 0.
+    unsafe { K::pv(s.as_ptr(), n, vp, vs, dp, o.as_mut_ptr(), alpha.as_ptr(), rows_p) };
 }
 
 /// How many rows ahead the strided row copies (Q rows, K/V head copies)
@@ -768,6 +762,8 @@ trait Simd {
     unsafe fn store(p: *mut f32, v: Self::V);
     /// `a * b + c`.
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
+    /// `a * b`.
+    unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
 }
 
 /// The two micro-kernels of one ISA.
@@ -779,13 +775,24 @@ trait Kernels {
     /// Buffers hold those sizes; `keys % KEY_ALIGN == 0`, `keys <= BK`,
     /// `cols % COL_ALIGN == 0`, `cols <= BQ`; the ISA's features are present.
     unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize);
-    /// `o[r][c] += Σ_{j<n} p[j][r] · v[j][c]` for `r < rows`, `c < dp`, with
-    /// `p` `[BK][BQ]`, `v` rows of `dp` floats at stride `vs`, `o` `[BQ][dp]`.
+    /// `o[r][c] = alpha[r] · o[r][c] + Σ_{j<n} p[j][r] · v[j][c]` for
+    /// `r < rows`, `c < dp`, with `p` `[BK][BQ]`, `v` rows of `dp` floats at
+    /// stride `vs`, `o` `[BQ][dp]`, `alpha` `[BQ]`.
     ///
     /// # Safety
     /// Buffers hold those sizes; `rows % ROW_ALIGN == 0`, `rows <= BQ`,
     /// `dp % DIM_ALIGN == 0`; the ISA's features are present.
-    unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pv(
+        p: *const f32,
+        n: usize,
+        v: *const f32,
+        vs: usize,
+        dp: usize,
+        o: *mut f32,
+        alpha: *const f32,
+        rows: usize,
+    );
 }
 
 /// Register-blocked `MR keys × (NV·LANES) queries` tiles of S^T = K·Q^T
@@ -848,6 +855,7 @@ unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
     vs: usize,
     dp: usize,
     o: *mut f32,
+    alpha: *const f32,
     rows: usize,
     r_begin: usize,
     c_begin: usize,
@@ -862,8 +870,9 @@ unsafe fn pv_blocked<S: Simd, const MR: usize, const NV: usize>(
         while r0 < r_end {
             let mut acc = [[S::zero(); NV]; MR];
             for (r, accr) in acc.iter_mut().enumerate() {
+                let al = S::splat(*alpha.add(r0 + r));
                 for (u, a) in accr.iter_mut().enumerate() {
-                    *a = S::load(o.add((r0 + r) * dp + c0 + u * S::LANES));
+                    *a = S::mul(al, S::load(o.add((r0 + r) * dp + c0 + u * S::LANES)));
                 }
             }
             for j in 0..n {
@@ -921,6 +930,10 @@ impl Simd for Portable {
         // slow libm call.
         std::array::from_fn(|i| a[i] * b[i] + c[i])
     }
+    #[inline(always)]
+    unsafe fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| a[i] * b[i])
+    }
 }
 
 impl Kernels for Portable {
@@ -930,9 +943,19 @@ impl Kernels for Portable {
         unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, keys, cols, 0) };
     }
     #[inline(always)]
-    unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn pv(
+        p: *const f32,
+        n: usize,
+        v: *const f32,
+        vs: usize,
+        dp: usize,
+        o: *mut f32,
+        alpha: *const f32,
+        rows: usize,
+    ) {
         // SAFETY: forwarded contract; dp is a multiple of 16 = 2 * LANES.
-        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, vs, dp, o, rows, 0, 0, dp) };
+        unsafe { pv_blocked::<Portable, 4, 2>(p, n, v, vs, dp, o, alpha, rows, 0, 0, dp) };
     }
 }
 
@@ -971,6 +994,11 @@ mod x86 {
             // SAFETY: as for `zero`.
             unsafe { _mm512_fmadd_ps(a, b, c) }
         }
+        #[inline(always)]
+        unsafe fn mul(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: as for `zero`.
+            unsafe { _mm512_mul_ps(a, b) }
+        }
     }
 
     impl Kernels for Avx512 {
@@ -987,16 +1015,26 @@ mod x86 {
             }
         }
         #[inline(always)]
-        unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn pv(
+            p: *const f32,
+            n: usize,
+            v: *const f32,
+            vs: usize,
+            dp: usize,
+            o: *mut f32,
+            alpha: *const f32,
+            rows: usize,
+        ) {
             // 12 rows × 32 dims (24 zmm accumulators: each V load feeds 12
             // FMAs), then leftover rows (a multiple of 4) as 4 × 32, then a
             // 16-wide leftover column block.
             // SAFETY: forwarded contract; dp is a multiple of 16, rows of 8.
             unsafe {
-                let (r, c) = pv_blocked::<Avx512, 12, 2>(p, n, v, vs, dp, o, rows, 0, 0, dp);
-                pv_blocked::<Avx512, 4, 2>(p, n, v, vs, dp, o, rows, r, 0, c);
-                let (r, _) = pv_blocked::<Avx512, 12, 1>(p, n, v, vs, dp, o, rows, 0, c, dp);
-                pv_blocked::<Avx512, 4, 1>(p, n, v, vs, dp, o, rows, r, c, dp);
+                let (r, c) = pv_blocked::<Avx512, 12, 2>(p, n, v, vs, dp, o, alpha, rows, 0, 0, dp);
+                pv_blocked::<Avx512, 4, 2>(p, n, v, vs, dp, o, alpha, rows, r, 0, c);
+                let (r, _) = pv_blocked::<Avx512, 12, 1>(p, n, v, vs, dp, o, alpha, rows, 0, c, dp);
+                pv_blocked::<Avx512, 4, 1>(p, n, v, vs, dp, o, alpha, rows, r, c, dp);
             }
         }
     }
@@ -1031,6 +1069,11 @@ mod x86 {
             // SAFETY: fma as for `zero`.
             unsafe { _mm256_fmadd_ps(a, b, c) }
         }
+        #[inline(always)]
+        unsafe fn mul(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: avx as for `zero`.
+            unsafe { _mm256_mul_ps(a, b) }
+        }
     }
 
     impl Kernels for Avx2 {
@@ -1041,9 +1084,19 @@ mod x86 {
             unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, keys, cols, 0) };
         }
         #[inline(always)]
-        unsafe fn pv(p: *const f32, n: usize, v: *const f32, vs: usize, dp: usize, o: *mut f32, rows: usize) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn pv(
+            p: *const f32,
+            n: usize,
+            v: *const f32,
+            vs: usize,
+            dp: usize,
+            o: *mut f32,
+            alpha: *const f32,
+            rows: usize,
+        ) {
             // SAFETY: forwarded contract; dp is a multiple of 16.
-            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, vs, dp, o, rows, 0, 0, dp) };
+            unsafe { pv_blocked::<Avx2, 4, 2>(p, n, v, vs, dp, o, alpha, rows, 0, 0, dp) };
         }
     }
 
