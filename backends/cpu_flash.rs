@@ -619,9 +619,13 @@ unsafe fn tile<K: Kernels>(
     let (d, dp, rows, rows_p, cols) = (c.d, c.dp, un.rows, un.rows_p, un.cols);
     let n_p = n.next_multiple_of(KEY_ALIGN);
     assert!(s.len() >= BK * BQ && qt.len() >= d * BQ && o.len() >= BQ * dp && n <= BK);
+    // The kernel also leaves each query's maximum over the n_p keys in
+    // `tile_max`, which is the tile maximum when no key is masked or padded.
+    let mut tile_max = [f32::NEG_INFINITY; BQ];
     // SAFETY: kp as documented; qt is d*BQ; s is BK*BQ (checked above);
-    // n_p % KEY_ALIGN == 0, n_p <= BK, cols % COL_ALIGN == 0, cols <= BQ.
-    unsafe { K::qk(kp, ks, qt.as_ptr(), d, s.as_mut_ptr(), n_p, cols) };
+    // tile_max is BQ; n_p % KEY_ALIGN == 0, n_p <= BK, cols % COL_ALIGN ==
+    // 0, cols <= BQ.
+    unsafe { K::qk(kp, ks, qt.as_ptr(), d, s.as_mut_ptr(), tile_max.as_mut_ptr(), n_p, cols) };
 
     // Per-query live key interval inside this tile, relative to j0.
     let mut a = [0i32; BQ];
@@ -633,8 +637,11 @@ unsafe fn tile<K: Kernels>(
         full &= a[r] == 0 && e[r] == n as i32;
     }
 
-    let mut tile_max = [f32::NEG_INFINITY; BQ];
-    for j in 0..n {
+    let max_done = full && n == n_p && c.softcap.is_none();
+    if !max_done {
+        tile_max = [f32::NEG_INFINITY; BQ];
+    }
+    for j in 0..if max_done { 0 } else { n } {
         let srow: &mut [f32; BQ] = (&mut s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
         if let Some(cap) = c.softcap {
             for x in srow[..cols].iter_mut() {
@@ -764,17 +771,30 @@ trait Simd {
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     /// `a * b`.
     unsafe fn mul(a: Self::V, b: Self::V) -> Self::V;
+    /// Lane-wise maximum.
+    unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
 }
 
 /// The two micro-kernels of one ISA.
 trait Kernels {
     /// `s[j][c] = Σ_x k[j][x] · qt[x][c]` for `j < keys`, `c < cols`, with
-    /// `k` rows of `d` floats at stride `ks`, `qt` `[d][BQ]`, `s` `[BK][BQ]`.
+    /// `k` rows of `d` floats at stride `ks`, `qt` `[d][BQ]`, `s` `[BK][BQ]`;
+    /// also `mx[c] = max(mx[c], max_{j<keys} s[j][c])` (`mx` `[BQ]`).
     ///
     /// # Safety
     /// Buffers hold those sizes; `keys % KEY_ALIGN == 0`, `keys <= BK`,
     /// `cols % COL_ALIGN == 0`, `cols <= BQ`; the ISA's features are present.
-    unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize);
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn qk(
+        k: *const f32,
+        ks: usize,
+        qt: *const f32,
+        d: usize,
+        s: *mut f32,
+        mx: *mut f32,
+        keys: usize,
+        cols: usize,
+    );
     /// `o[r][c] = alpha[r] · o[r][c] + Σ_{j<n} p[j][r] · v[j][c]` for
     /// `r < rows`, `c < dp`, with `p` `[BK][BQ]`, `v` rows of `dp` floats at
     /// stride `vs`, `o` `[BQ][dp]`, `alpha` `[BQ]`.
@@ -806,6 +826,7 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
     qt: *const f32,
     d: usize,
     s: *mut f32,
+    mx: *mut f32,
     keys: usize,
     cols: usize,
     j_begin: usize,
@@ -834,6 +855,14 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
                 for (u, &a) in accr.iter().enumerate() {
                     S::store(s.add((j0 + r) * BQ + c0 + u * S::LANES), a);
                 }
+            }
+            for u in 0..NV {
+                let mut m = acc[0][u];
+                for accr in &acc[1..] {
+                    m = S::max(m, accr[u]);
+                }
+                let mp = mx.add(c0 + u * S::LANES);
+                S::store(mp, S::max(S::load(mp), m));
             }
             c0 += w;
         }
@@ -934,13 +963,27 @@ impl Simd for Portable {
     unsafe fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
         std::array::from_fn(|i| a[i] * b[i])
     }
+    #[inline(always)]
+    unsafe fn max(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+        std::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
+    }
 }
 
 impl Kernels for Portable {
     #[inline(always)]
-    unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn qk(
+        k: *const f32,
+        ks: usize,
+        qt: *const f32,
+        d: usize,
+        s: *mut f32,
+        mx: *mut f32,
+        keys: usize,
+        cols: usize,
+    ) {
         // SAFETY: forwarded contract.
-        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, keys, cols, 0) };
+        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, mx, keys, cols, 0) };
     }
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -999,19 +1042,34 @@ mod x86 {
             // SAFETY: as for `zero`.
             unsafe { _mm512_mul_ps(a, b) }
         }
+        #[inline(always)]
+        unsafe fn max(a: __m512, b: __m512) -> __m512 {
+            // SAFETY: as for `zero`.
+            unsafe { _mm512_max_ps(a, b) }
+        }
     }
 
     impl Kernels for Avx512 {
         #[inline(always)]
-        unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn qk(
+            k: *const f32,
+            ks: usize,
+            qt: *const f32,
+            d: usize,
+            s: *mut f32,
+            mx: *mut f32,
+            keys: usize,
+            cols: usize,
+        ) {
             // 12 keys × 32 queries: 24 zmm accumulators, 2 aligned Q^T loads
             // + 12 broadcasts per 24 FMAs, so the Q^T stream (L1/L2) costs a
             // third of a 4 × 64 block's; leftover keys (a multiple of 4) in
             // 4 × 64 blocks. SAFETY: forwarded contract (KEY_ALIGN = 8,
             // COL_ALIGN = 64).
             unsafe {
-                let j = qk_blocked::<Avx512, 12, 2>(k, ks, qt, d, s, keys, cols, 0);
-                qk_blocked::<Avx512, 4, 4>(k, ks, qt, d, s, keys, cols, j);
+                let j = qk_blocked::<Avx512, 12, 2>(k, ks, qt, d, s, mx, keys, cols, 0);
+                qk_blocked::<Avx512, 4, 4>(k, ks, qt, d, s, mx, keys, cols, j);
             }
         }
         #[inline(always)]
@@ -1074,14 +1132,29 @@ mod x86 {
             // SAFETY: avx as for `zero`.
             unsafe { _mm256_mul_ps(a, b) }
         }
+        #[inline(always)]
+        unsafe fn max(a: __m256, b: __m256) -> __m256 {
+            // SAFETY: avx as for `zero`.
+            unsafe { _mm256_max_ps(a, b) }
+        }
     }
 
     impl Kernels for Avx2 {
         #[inline(always)]
-        unsafe fn qk(k: *const f32, ks: usize, qt: *const f32, d: usize, s: *mut f32, keys: usize, cols: usize) {
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn qk(
+            k: *const f32,
+            ks: usize,
+            qt: *const f32,
+            d: usize,
+            s: *mut f32,
+            mx: *mut f32,
+            keys: usize,
+            cols: usize,
+        ) {
             // 4 keys × 16 queries: 8 ymm accumulators of the 16 registers.
             // SAFETY: forwarded contract.
-            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, keys, cols, 0) };
+            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, mx, keys, cols, 0) };
         }
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
