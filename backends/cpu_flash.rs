@@ -55,6 +55,8 @@ const BK: usize = 64;
 /// query blocks of that head instead of re-copying every tile for every
 /// block (V must be copied when 16-bit or not 64-byte aligned).
 const VHEAD_MAX: usize = 1 << 18;
+/// Extra floats per row of the K/V head copies (see `task`).
+const HEAD_PAD: usize = 16;
 /// Query-row padding: every P·V kernel's row block divides it.
 const ROW_ALIGN: usize = 8;
 /// Key padding: every QK^T kernel's key block divides it.
@@ -311,9 +313,9 @@ struct Scratch {
     s: AlignedBuf,
     /// The Q block widened, row-major `[BQ][d]` (staging for the transpose).
     row: Vec<f32>,
-    /// V of the kv head `vhead_of` (batch, kv head), `[seq_kv][dp]`; empty
+    /// V of the kv head `vhead_of` (batch, kv head), `[seq_kv][dp + HEAD_PAD]`; empty
     /// until first needed, at most `VHEAD_MAX` floats. `khead` likewise holds
-    /// K, `[seq_kv + KEY_ALIGN][d]` (zero pad rows): contiguous rows beat the
+    /// K, `[seq_kv + KEY_ALIGN][d16 + HEAD_PAD]` (zero pad rows): contiguous rows beat the
     /// in-place rows at a stride of heads·d (~3 % in A/B runs).
     vhead: Option<AlignedBuf>,
     vhead_of: Option<(usize, usize)>,
@@ -498,29 +500,35 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
         Some(v) => d == dp && v[head_base..].as_ptr().align_offset(64) == 0 && k_stride.is_multiple_of(16),
         None => false,
     };
-    let use_vhead = !v_in_place && c.skv * dp <= VHEAD_MAX;
+    // Head copies use a row stride of a multiple of 16 floats plus 16: rows
+    // then start on 64-byte boundaries but not all in the same few L1 sets
+    // (with a power-of-two stride, the 64 rows of a tile fight over 1/8 of
+    // the L1 sets and the V tile does not stay in L1 across row blocks).
+    let vhs = dp + HEAD_PAD;
+    let khs = d.next_multiple_of(DIM_ALIGN) + HEAD_PAD;
+    let use_vhead = c.skv * vhs <= VHEAD_MAX;
     if use_vhead && sc.vhead_of != Some((b, kvh)) {
-        let vh = sc.vhead.get_or_insert_with(|| AlignedBuf::new(c.skv * dp));
+        let vh = sc.vhead.get_or_insert_with(|| AlignedBuf::new(c.skv * vhs));
         for j in 0..c.skv {
             let off = head_base + j * k_stride;
             if j + PREFETCH_ROWS < c.skv {
                 let pf = off + PREFETCH_ROWS * k_stride;
                 prefetch_row(&c.v[pf..pf + d]);
             }
-            T::widen(&c.v[off..off + d], &mut vh[j * dp..j * dp + d]);
+            T::widen(&c.v[off..off + d], &mut vh[j * vhs..j * vhs + d]);
         }
         sc.vhead_of = Some((b, kvh));
     }
-    let use_khead = (c.skv + KEY_ALIGN) * d <= VHEAD_MAX;
+    let use_khead = (c.skv + KEY_ALIGN) * khs <= VHEAD_MAX;
     if use_khead && sc.khead_of != Some((b, kvh)) {
-        let kh = sc.khead.get_or_insert_with(|| AlignedBuf::new((c.skv + KEY_ALIGN) * d));
+        let kh = sc.khead.get_or_insert_with(|| AlignedBuf::new((c.skv + KEY_ALIGN) * khs));
         for j in 0..c.skv {
             let off = head_base + j * k_stride;
             if j + PREFETCH_ROWS < c.skv {
                 let pf = off + PREFETCH_ROWS * k_stride;
                 prefetch_row(&c.k[pf..pf + d]);
             }
-            T::widen(&c.k[off..off + d], &mut kh[j * d..(j + 1) * d]);
+            T::widen(&c.k[off..off + d], &mut kh[j * khs..j * khs + d]);
         }
         sc.khead_of = Some((b, kvh));
     }
@@ -547,7 +555,7 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
             // boundaries, or every zmm load would split a cache line), or
             // the tile is widened into aligned scratch, zero-padded.
             let (kp, ks) = match (&sc.khead, T::as_f32(c.k)) {
-                (Some(kh), _) if use_khead => (kh[j0 * d..].as_ptr(), d),
+                (Some(kh), _) if use_khead => (kh[j0 * khs..].as_ptr(), khs),
                 (_, Some(k)) if j0 + n_p <= c.skv => (k[base..].as_ptr(), k_stride),
                 _ => {
                     for jj in 0..n {
@@ -559,7 +567,7 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
                 }
             };
             let (vp, vs) = match (&sc.vhead, T::as_f32(c.v)) {
-                (Some(vh), _) if use_vhead => (vh[j0 * dp..].as_ptr(), dp),
+                (Some(vh), _) if use_vhead => (vh[j0 * vhs..].as_ptr(), vhs),
                 (_, Some(v)) if v_in_place => (v[base..].as_ptr(), k_stride),
                 _ => {
                     for jj in 0..n {
