@@ -841,7 +841,7 @@ trait Kernels {
 /// whole d loop. Returns the first key it did not cover.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
+unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize, const KS: usize>(
     k: *const f32,
     ks: usize,
     qt: *const f32,
@@ -852,6 +852,10 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
     cols: usize,
     j_begin: usize,
 ) -> usize {
+    // A compile-time K row stride (`KS != 0`, equal to `ks`) lets the MR
+    // broadcasts address one pointer with immediate offsets instead of
+    // keeping MR row pointers in integer registers.
+    let ks = if KS != 0 { KS } else { ks };
     let w = NV * S::LANES;
     let j_end = j_begin + (keys - j_begin) / MR * MR;
     let mut j0 = j_begin;
@@ -865,8 +869,9 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize>(
                 for (u, qu) in qv.iter_mut().enumerate() {
                     *qu = S::load(qp.add(u * S::LANES));
                 }
+                let kx = k.add(j0 * ks + x);
                 for (r, accr) in acc.iter_mut().enumerate() {
-                    let kb = S::splat(*k.add((j0 + r) * ks + x));
+                    let kb = S::splat(*kx.add(r * ks));
                     for u in 0..NV {
                         accr[u] = S::fma(kb, qv[u], accr[u]);
                     }
@@ -1005,7 +1010,7 @@ impl Kernels for Portable {
         cols: usize,
     ) {
         // SAFETY: forwarded contract.
-        unsafe { qk_blocked::<Portable, 4, 2>(k, ks, qt, d, s, mx, keys, cols, 0) };
+        unsafe { qk_blocked::<Portable, 4, 2, 0>(k, ks, qt, d, s, mx, keys, cols, 0) };
     }
     #[inline(always)]
     #[allow(clippy::too_many_arguments)]
@@ -1091,8 +1096,19 @@ mod x86 {
             // 4 × 64 blocks. SAFETY: forwarded contract (KEY_ALIGN = 8,
             // COL_ALIGN = 64).
             unsafe {
-                let j = qk_blocked::<Avx512, 12, 2>(k, ks, qt, d, s, mx, keys, cols, 0);
-                qk_blocked::<Avx512, 4, 4>(k, ks, qt, d, s, mx, keys, cols, j);
+                // The head copies' strides for d = 128 and d = 64 are
+                // compile-time constants (see `qk_blocked`).
+                macro_rules! run {
+                    ($ks:expr) => {{
+                        let j = qk_blocked::<Avx512, 12, 2, $ks>(k, ks, qt, d, s, mx, keys, cols, 0);
+                        qk_blocked::<Avx512, 4, 4, $ks>(k, ks, qt, d, s, mx, keys, cols, j);
+                    }};
+                }
+                match ks {
+                    144 => run!(144),
+                    80 => run!(80),
+                    _ => run!(0),
+                }
             }
         }
         #[inline(always)]
@@ -1178,7 +1194,7 @@ mod x86 {
         ) {
             // 4 keys × 16 queries: 8 ymm accumulators of the 16 registers.
             // SAFETY: forwarded contract.
-            unsafe { qk_blocked::<Avx2, 4, 2>(k, ks, qt, d, s, mx, keys, cols, 0) };
+            unsafe { qk_blocked::<Avx2, 4, 2, 0>(k, ks, qt, d, s, mx, keys, cols, 0) };
         }
         #[inline(always)]
         #[allow(clippy::too_many_arguments)]
