@@ -1308,6 +1308,21 @@ mod tests {
     }
 
     #[test]
+    fn common_head_dims_with_several_units_per_task() {
+        // d = 64 and 128 take the AVX-512 QK^T kernel's compile-time head
+        // copy strides; query blocks and GQA heads share tasks (`SUB`).
+        let mut seed = 600;
+        for d in [64, 128] {
+            for mask in [Mask::None, Mask::Causal, Mask::SlidingWindow { left: 70, right: 9 }] {
+                for (hq, hkv) in [(2, 2), (4, 1), (6, 2)] {
+                    check(&problem(1, hq, hkv, 200, 190, d, DType::F32, mask), seed);
+                    seed += 3;
+                }
+            }
+        }
+    }
+
+    #[test]
     fn softcap_and_custom_scale() {
         let mut p = problem(1, 4, 2, 50, 90, 32, DType::F32, Mask::SlidingWindow { left: 20, right: 4 });
         p.softcap = Some(2.5);
