@@ -43,6 +43,9 @@ use rayon::prelude::*;
 
 /// Query rows per block.
 const BQ: usize = 64;
+/// Row stride of the transposed Q block (`[d][QTS]`): padded so its rows
+/// do not all map to the same few L1 sets.
+const QTS: usize = BQ + 16;
 /// (q head, query block) units per task. A task's units share one kv head
 /// and each K/V tile is used by all of them while it is hot in L1/L2: a
 /// GQA group's heads for one query block, or consecutive query blocks of
@@ -326,7 +329,7 @@ struct Scratch {
 impl Scratch {
     fn new(d: usize, dp: usize) -> Scratch {
         Scratch {
-            qt: (0..SUB).map(|_| AlignedBuf::new(d * BQ)).collect(),
+            qt: (0..SUB).map(|_| AlignedBuf::new(d * QTS)).collect(),
             o: (0..SUB).map(|_| AlignedBuf::new(BQ * dp)).collect(),
             k: AlignedBuf::new(BK * d),
             v: AlignedBuf::new(BK * dp),
@@ -473,7 +476,7 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
             }
             T::widen(&c.q[out_row(h, i0 + r)..out_row(h, i0 + r) + d], &mut sc.row[r * d..(r + 1) * d]);
         }
-        assert!(sc.row.len() >= rows * d && qt_buf.len() >= d * BQ);
+        assert!(sc.row.len() >= rows * d && qt_buf.len() >= d * QTS);
         let (src, qt) = (sc.row.as_ptr(), qt_buf.as_mut_ptr());
         for x0 in (0..d).step_by(8) {
             let xn = 8.min(d - x0);
@@ -481,7 +484,7 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
                 for xx in 0..xn {
                     // SAFETY: r < rows <= BQ and x0 + xx < d, so both offsets
                     // are inside the buffers (lengths checked above).
-                    unsafe { *qt.add((x0 + xx) * BQ + r) = *src.add(r * d + x0 + xx) * c.scale };
+                    unsafe { *qt.add((x0 + xx) * QTS + r) = *src.add(r * d + x0 + xx) * c.scale };
                 }
             }
         }
@@ -626,7 +629,7 @@ unsafe fn tile<K: Kernels>(
 ) {
     let (d, dp, rows, rows_p, cols) = (c.d, c.dp, un.rows, un.rows_p, un.cols);
     let n_p = n.next_multiple_of(KEY_ALIGN);
-    assert!(s.len() >= BK * BQ && qt.len() >= d * BQ && o.len() >= BQ * dp && n <= BK);
+    assert!(s.len() >= BK * BQ && qt.len() >= d * QTS && o.len() >= BQ * dp && n <= BK);
     // The kernel also leaves each query's maximum over the n_p keys in
     // `tile_max`, which is the tile maximum when no key is masked or padded.
     let mut tile_max = [f32::NEG_INFINITY; BQ];
@@ -864,7 +867,7 @@ unsafe fn qk_blocked<S: Simd, const MR: usize, const NV: usize, const KS: usize>
         while c0 < cols {
             let mut acc = [[S::zero(); NV]; MR];
             for x in 0..d {
-                let qp = qt.add(x * BQ + c0);
+                let qp = qt.add(x * QTS + c0);
                 let mut qv = [S::zero(); NV];
                 for (u, qu) in qv.iter_mut().enumerate() {
                     *qu = S::load(qp.add(u * S::LANES));
