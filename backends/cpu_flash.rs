@@ -265,7 +265,12 @@ struct Ctx<'a, T> {
     q_blocks: usize,
     /// Tasks per (batch, kv head): `ceil(q_blocks * group / SUB)`.
     kv_tasks: usize,
+    /// The factor Q is multiplied by: the softmax scale, times log2(e)
+    /// when `log2` (scores are then in base-2 units and `exp2` replaces
+    /// `exp`, a cheaper polynomial; not with soft-capping, which needs the
+    /// natural scores).
     scale: f32,
+    log2: bool,
     softcap: Option<f32>,
     mask: Mask,
 }
@@ -360,7 +365,8 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
         group: p.group_size(),
         q_blocks: p.seq_q.div_ceil(BQ),
         kv_tasks: (p.seq_q.div_ceil(BQ) * p.group_size()).div_ceil(SUB),
-        scale: p.effective_scale(),
+        scale: p.effective_scale() * if p.softcap.is_none() { std::f32::consts::LOG2_E } else { 1.0 },
+        log2: p.softcap.is_none(),
         softcap: p.softcap,
         mask: p.mask,
     };
@@ -582,7 +588,13 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
             };
             // SAFETY: forwarded contract; the pointers are as `tile` needs
             // (see the comments above).
-            unsafe { tile::<K>(c, un, &mut sc.s, &sc.qt[ui], &mut sc.o[ui], j0, n, kp, ks, vp, vs) };
+            unsafe {
+                if c.log2 {
+                    tile::<K, true>(c, un, &mut sc.s, &sc.qt[ui], &mut sc.o[ui], j0, n, kp, ks, vp, vs)
+                } else {
+                    tile::<K, false>(c, un, &mut sc.s, &sc.qt[ui], &mut sc.o[ui], j0, n, kp, ks, vp, vs)
+                }
+            };
         }
         t0 = t1;
     }
@@ -614,7 +626,7 @@ unsafe fn task<K: Kernels, T: Elem>(c: &Ctx<T>, sc: &mut Scratch, t: usize) {
 /// `vs` (in place only when d == dp).
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn tile<K: Kernels>(
+unsafe fn tile<K: Kernels, const LOG2: bool>(
     c: &Ctx<impl Elem>,
     un: &mut Unit,
     s: &mut [f32],
@@ -677,14 +689,14 @@ unsafe fn tile<K: Kernels>(
     for r in 0..BQ {
         let m_new = if tile_max[r] > un.m[r] { tile_max[r] } else { un.m[r] };
         m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
-        alpha[r] = fast_exp(un.m[r] - m_use[r], K::FMA);
+        alpha[r] = exp_any::<LOG2>(un.m[r] - m_use[r], K::FMA);
         un.m[r] = m_new;
     }
     let mut sum = [0.0f32; BQ];
     for j in 0..n {
         let srow: &mut [f32; BQ] = (&mut s[j * BQ..(j + 1) * BQ]).try_into().expect("BQ row");
         for r in 0..BQ {
-            let p = fast_exp(srow[r] - m_use[r], K::FMA);
+            let p = exp_any::<LOG2>(srow[r] - m_use[r], K::FMA);
             srow[r] = p;
             sum[r] += p;
         }
@@ -743,6 +755,52 @@ fn write_row<T: Elem>(c: &Ctx<T>, off: usize, row: Option<&[f32]>) {
     }
 }
 
+/// `2^x` when `LOG2`, else `e^x` (`x <= 0`).
+#[inline(always)]
+fn exp_any<const LOG2: bool>(x: f32, fma: bool) -> f32 {
+    if LOG2 {
+        fast_exp2(x, fma)
+    } else {
+        fast_exp(x, fma)
+    }
+}
+
+#[inline(always)]
+fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
+    if fma {
+        a.mul_add(b, c)
+    } else {
+        a * b + c
+    }
+}
+
+/// `2^x` for `x <= 0` (Cephes exp2f: round to an integer n, a degree-6
+/// polynomial in x - n ∈ [-1/2, 1/2], scale by 2^n), branch-free. Inputs
+/// below -126 give 0, so `-inf` maps to 0. `fma` as for `fast_exp`.
+#[inline(always)]
+fn fast_exp2(x: f32, fma: bool) -> f32 {
+    const LO: f32 = -126.0;
+    const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
+    let xc = if x > LO { x } else { LO };
+    let t = xc + MAGIC;
+    let n = t - MAGIC;
+    let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
+    let f = xc - n;
+    let mut y = 1.535_336_2e-4f32;
+    y = madd(fma, y, f, 1.339_887_4e-3);
+    y = madd(fma, y, f, 9.618_437e-3);
+    y = madd(fma, y, f, 5.550_332_5e-2);
+    y = madd(fma, y, f, 2.402_264_8e-1);
+    y = madd(fma, y, f, 6.931_472e-1);
+    y = madd(fma, y, f, 1.0);
+    let pow2 = f32::from_bits(((ni + 127) as u32) << 23);
+    if x > LO {
+        y * pow2
+    } else {
+        0.0
+    }
+}
+
 /// `exp(x)` for `x <= 0` (Cephes expf: Cody-Waite range reduction and a
 /// degree-6 polynomial, ~1 ulp), branch-free so loops over it vectorise.
 /// Inputs below ln(2^-126) give 0, so `-inf` maps to 0. With `fma` the
@@ -750,14 +808,6 @@ fn write_row<T: Elem>(c: &Ctx<T>, off: usize, row: Option<&[f32]>) {
 /// `fma` feature, where it is one instruction: elsewhere it is a libm call).
 #[inline(always)]
 fn fast_exp(x: f32, fma: bool) -> f32 {
-    #[inline(always)]
-    fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
-        if fma {
-            a.mul_add(b, c)
-        } else {
-            a * b + c
-        }
-    }
     const LO: f32 = -87.336_55;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
     let xc = if x > LO { x } else { LO };
@@ -1403,6 +1453,26 @@ mod tests {
         }
         check::<false>();
         check::<true>();
+    }
+
+    #[test]
+    fn fast_exp2_is_accurate() {
+        for fma in [false, true] {
+            let mut worst = 0.0f64;
+            let mut x = -140.0f32;
+            while x <= 0.0 {
+                let got = fast_exp2(x, fma) as f64;
+                let want = (x as f64).exp2();
+                if want > 1e-37 {
+                    worst = worst.max((got - want).abs() / want);
+                }
+                x += 0.0093;
+            }
+            assert!(worst < 1e-6, "fma {fma}: worst relative error {worst}");
+            assert_eq!(fast_exp2(f32::NEG_INFINITY, fma), 0.0);
+            assert_eq!(fast_exp2(0.0, fma), 1.0);
+            assert_eq!(fast_exp2(-126.5, fma), 0.0);
+        }
     }
 
     #[test]
