@@ -1,35 +1,43 @@
 //! `cpu-flash`: FlashAttention-2 style attention on the CPU.
 //!
-//! Work is split by rayon into tasks of (batch, query head, block of `BQ`
-//! queries). A task walks the keys its block may see in tiles of `BK` keys
-//! and keeps, per query, the running maximum `m`, the running sum `l` and an
+//! Work is split by rayon into tasks of up to `SUB` units, a unit being one
+//! (batch, query head, block of `BQ` queries); a task's units share one kv
+//! head (a GQA group's heads for one block, or consecutive blocks of one
+//! head). A task walks the keys its units may see in tiles of `BK` keys and
+//! runs every unit that needs a tile while the tile is hot in L1/L2, keeping
+//! per query the running maximum `m`, the running sum `l` and an
 //! unnormalised f32 output row (online softmax). Nothing of size
 //! seq_q × seq_kv is ever allocated: a worker's scratch is
-//! O(BQ·d + BK·d + BQ·BK) floats plus at most one 1 MiB K and one V head
-//! copy (`VHEAD_MAX`), and is reused by every task the worker runs.
+//! O(SUB·BQ·d + BK·d + BQ·BK) floats plus at most one 1 MiB K and one V
+//! head copy (`VHEAD_MAX`), and is reused by every task the worker runs in
+//! the call.
 //!
 //! * Scores are kept key-major (`S^T`, `[BK][BQ]`): QK^T broadcasts K
-//!   elements against rows of a transposed, pre-scaled Q block (`[d][BQ]`,
-//!   built once per task), so f32 K is read in place with no packing, and
-//!   the per-query softmax is made of vertical vector ops.
+//!   elements against rows of a transposed, pre-scaled Q block (`[d][QTS]`,
+//!   built once per unit), and the per-query softmax is made of vertical
+//!   vector ops. The QK^T kernel also returns each query's tile maximum,
+//!   and the P·V kernel applies the rescale of O as it loads it.
+//! * Without soft-capping, log2(e) is folded into the Q scale and the
+//!   softmax runs in base 2 (a cheaper `exp2` polynomial).
 //! * GQA: query head `h` reads kv head `h / group`; K/V are never replicated.
 //! * Masks: query rows have monotone key ranges (`Mask::key_range`), so a
-//!   block only visits the union of its rows' ranges (fully masked key blocks
+//!   unit only visits the union of its rows' ranges (fully masked key blocks
 //!   are skipped); inside a tile each query is clipped to its own range
 //!   exactly. Queries with an empty range are written as zeros, never NaN.
 //! * K and V are widened to f32 once per head per worker when the head fits
-//!   `VHEAD_MAX`, else once per tile, into 64-byte-aligned scratch; for f32
-//!   inputs with long heads K is read in place and V too when its rows are
-//!   64-byte aligned (split zmm loads cost ~30 % of the P·V kernel's speed). Converting all of K/V up front would add an
-//!   f32 copy of both, against the O(tile) memory goal.
+//!   `VHEAD_MAX`, into 64-byte-aligned copies with a padded row stride (no
+//!   L1 set conflicts), else once per tile; for f32 inputs with long heads
+//!   K is read in place and V too when its rows are 64-byte aligned (split
+//!   zmm loads cost ~30 % of the P·V kernel's speed). Converting all of K/V
+//!   up front would add an f32 copy of both, against the O(tile) memory goal.
 //! * Micro-kernels are written once over a tiny SIMD trait and instantiated
 //!   for AVX-512F, AVX2+FMA (picked at run time with
 //!   `is_x86_feature_detected!`) and a portable 8-lane fallback; the
 //!   softmax (a polynomial `exp`) is plain Rust that LLVM vectorises inside
 //!   the same `#[target_feature]` functions. No `-C target-cpu` is needed.
 //!   docs/perf.md has the assembly and profile evidence.
-//! * Deterministic: every output element is produced by one task, in a fixed
-//!   order, whatever the thread count.
+//! * Deterministic: every output element is produced by one unit, in a
+//!   fixed order, whatever the thread count.
 
 use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
