@@ -213,7 +213,9 @@ impl AttentionBackend for GpuUnfused {
         };
         let (qp, kp, vp, op) = (buffer(q)?, buffer(k)?, buffer(v)?, buffer(out)?);
 
-        let hpc = heads_per_chunk(p, self.workspace_cap).ok_or(BackendError::Unsupported {
+        // check_call has already rejected a head that cannot fit; only the
+        // error path re-runs the checks, to report them.
+        let hpc = heads_per_chunk(p, self.workspace_cap).ok_or_else(|| BackendError::Unsupported {
             backend: self.name(),
             reasons: self.check(p, &Device::Gpu(gpu.clone())),
         })?;

@@ -202,14 +202,6 @@ impl DeviceBuffer {
         unsafe { self.device.driver.copy_to_host(self.device.stream, dst, self.ptr) }
     }
 
-    pub fn copy_from_host(&mut self, src: &[u8]) -> DeviceResult<()> {
-        if src.len() != self.bytes {
-            return Err(DeviceError::Invalid(format!("upload of {} bytes into a buffer of {}", src.len(), self.bytes)));
-        }
-        // SAFETY: the buffer holds exactly `src.len()` bytes and is alive.
-        unsafe { self.device.driver.copy_to_device(self.device.stream, self.ptr, src) }
-    }
-
     /// Sets every byte to `value` (0xFF poisons f32/f16/bf16 with NaN).
     pub fn fill_bytes(&self, value: u8) -> DeviceResult<()> {
         // SAFETY: the fill covers exactly this live allocation.
