@@ -311,9 +311,13 @@ impl ModelConfig {
         let hidden_size = f.positive("hidden_size")?;
         let num_layers = f.positive("num_hidden_layers")?;
         let num_heads = f.positive("num_attention_heads")?;
-        let num_kv_heads = match f.opt_usize("num_key_value_heads")? {
-            Some(n) => f.check_positive("num_key_value_heads", n)?,
-            None => num_heads,
+        // transformers' class defaults for an absent num_key_value_heads or
+        // head_dim are model-specific constants (8, 32, 2, 128) except for
+        // Llama, whose defaults follow the other sizes; only those are used.
+        let num_kv_heads = match (f.opt_usize("num_key_value_heads")?, family) {
+            (Some(n), _) => f.check_positive("num_key_value_heads", n)?,
+            (None, Family::Llama) => num_heads,
+            (None, _) => return Err(ConfigError::Missing { field: "num_key_value_heads".into() }),
         };
         if num_heads % num_kv_heads != 0 {
             return Err(ConfigError::Invalid {
@@ -324,6 +328,7 @@ impl ModelConfig {
         }
         let head_dim = match f.opt_usize("head_dim")? {
             Some(d) => f.check_positive("head_dim", d)?,
+            None if family.fused_gate_up() => return Err(ConfigError::Missing { field: "head_dim".into() }),
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => {
                 return Err(ConfigError::Invalid {
@@ -438,7 +443,10 @@ fn rope(f: &Fields<'_>, family: Family, head_dim: usize) -> Result<RopeConfig, C
     let partial_key = "partial_rotary_factor";
     let (factor, factor_field) = match params.as_ref().map(|p| p.opt_f64(partial_key)).transpose()?.flatten() {
         Some(x) => (x, format!("rope_parameters.{partial_key}")),
-        None => (f.opt_f64(partial_key)?.unwrap_or(1.0), partial_key.to_string()),
+        // GLM configs default to half the head rotating, as transformers does.
+        None => {
+            (f.opt_f64(partial_key)?.unwrap_or(if family.fused_gate_up() { 0.5 } else { 1.0 }), partial_key.to_string())
+        }
     };
     if !(factor > 0.0 && factor <= 1.0) {
         return Err(ConfigError::Invalid {
@@ -499,45 +507,45 @@ fn scaling(p: &Fields<'_>) -> Result<RopeScaling, ConfigError> {
     }
 }
 
-/// Which layers use a sliding window. `layer_types` (newer transformers) is
-/// authoritative; otherwise Mistral windows every layer and Qwen2 windows
-/// layers from `max_window_layers` on when `use_sliding_window` is set.
+/// Which layers use a sliding window, as transformers decides it: Mistral
+/// windows every layer when `sliding_window` is set (and ignores
+/// `layer_types`); Qwen2 windows only with `use_sliding_window`, on the layers
+/// that `layer_types` marks `sliding_attention` or, without that list, from
+/// `max_window_layers` on; Llama and GLM never window.
 fn layer_windows(f: &Fields<'_>, family: Family, num_layers: usize) -> Result<Vec<Option<usize>>, ConfigError> {
-    let window = || -> Result<usize, ConfigError> { f.positive("sliding_window") };
-    if let Some(types) = f.get("layer_types") {
-        let list = types.as_array().ok_or_else(|| f.wrong("layer_types", "a list of strings", types))?;
-        if list.len() != num_layers {
-            return Err(ConfigError::Invalid {
-                field: "layer_types".into(),
-                value: format!("{} entries", list.len()),
-                why: format!("must have one entry per layer (num_hidden_layers = {num_layers})"),
-            });
-        }
-        return list
-            .iter()
-            .enumerate()
-            .map(|(i, t)| match t.as_str() {
-                Some("full_attention") => Ok(None),
-                Some("sliding_attention") => window().map(Some),
-                _ => Err(ConfigError::Unsupported {
-                    field: format!("layer_types[{i}]"),
-                    value: t.to_string(),
-                    supported: "\"full_attention\", \"sliding_attention\"".into(),
-                }),
-            })
-            .collect();
-    }
+    let window = |f: &Fields<'_>| -> Result<Option<usize>, ConfigError> {
+        f.opt_usize("sliding_window")?.map(|w| f.check_positive("sliding_window", w)).transpose()
+    };
     match family {
-        Family::Mistral => {
-            let w = f.opt_usize("sliding_window")?.map(|w| f.check_positive("sliding_window", w)).transpose()?;
-            Ok(vec![w; num_layers])
+        Family::Mistral => Ok(vec![window(f)?; num_layers]),
+        Family::Qwen2 => {
+            let w = if f.opt_bool("use_sliding_window")?.unwrap_or(false) { window(f)? } else { None };
+            let Some(types) = f.get("layer_types") else {
+                let from = f.opt_usize("max_window_layers")?.unwrap_or(28);
+                return Ok((0..num_layers).map(|i| if i >= from { w } else { None }).collect());
+            };
+            let list = types.as_array().ok_or_else(|| f.wrong("layer_types", "a list of strings", types))?;
+            if list.len() != num_layers {
+                return Err(ConfigError::Invalid {
+                    field: "layer_types".into(),
+                    value: format!("{} entries", list.len()),
+                    why: format!("must have one entry per layer (num_hidden_layers = {num_layers})"),
+                });
+            }
+            list.iter()
+                .enumerate()
+                .map(|(i, t)| match t.as_str() {
+                    Some("full_attention") => Ok(None),
+                    Some("sliding_attention") => Ok(w),
+                    _ => Err(ConfigError::Unsupported {
+                        field: format!("layer_types[{i}]"),
+                        value: t.to_string(),
+                        supported: "\"full_attention\", \"sliding_attention\"".into(),
+                    }),
+                })
+                .collect()
         }
-        Family::Qwen2 if f.opt_bool("use_sliding_window")?.unwrap_or(false) => {
-            let w = window()?;
-            let from = f.opt_usize("max_window_layers")?.unwrap_or(num_layers);
-            Ok((0..num_layers).map(|i| (i >= from).then_some(w)).collect())
-        }
-        _ => Ok(vec![None; num_layers]),
+        Family::Llama | Family::Glm | Family::Glm4 => Ok(vec![None; num_layers]),
     }
 }
 

@@ -216,13 +216,21 @@ fn mistral_windows_every_layer() {
     let mut v = llama4x();
     v["model_type"] = json!("mistral");
     v["sliding_window"] = json!(4);
+    v["attention_bias"] = json!(true);
     let c = parse(&v).unwrap();
     assert_eq!(c.family, Family::Mistral);
     assert_eq!(c.layer_windows, vec![Some(4), Some(4)]);
+    assert!(!c.qkv_bias, "mistral has no projection biases");
+    // Mistral ignores layer_types, as transformers does.
+    v["layer_types"] = json!(["full_attention", "full_attention"]);
+    assert_eq!(parse(&v).unwrap().layer_windows, vec![Some(4), Some(4)]);
     v["sliding_window"] = Value::Null;
     assert_eq!(parse(&v).unwrap().layer_windows, vec![None, None]);
     v["sliding_window"] = json!(0);
     assert_eq!(field_of(&v), "sliding_window");
+    v["sliding_window"] = json!(4);
+    v.as_object_mut().unwrap().remove("num_key_value_heads");
+    assert_eq!(field_of(&v), "num_key_value_heads");
 }
 
 #[test]
@@ -237,16 +245,20 @@ fn qwen2_windows_from_max_window_layers_or_layer_types() {
     assert!(c.qkv_bias && !c.o_bias, "qwen2 has q/k/v biases only");
     v["use_sliding_window"] = json!(false);
     assert_eq!(parse(&v).unwrap().layer_windows, vec![None, None]);
-    // layer_types wins over the older fields.
+    // layer_types wins over max_window_layers.
+    v["use_sliding_window"] = json!(true);
     v["layer_types"] = json!(["sliding_attention", "full_attention"]);
     assert_eq!(parse(&v).unwrap().layer_windows, vec![Some(5), None]);
+    // ...but use_sliding_window false still means no window at all.
+    v["use_sliding_window"] = json!(false);
+    assert_eq!(parse(&v).unwrap().layer_windows, vec![None, None]);
+    v["use_sliding_window"] = json!(true);
     v["layer_types"] = json!(["sliding_attention"]);
     assert_eq!(field_of(&v), "layer_types");
     v["layer_types"] = json!(["sliding_attention", "chunked_attention"]);
     assert_eq!(field_of(&v), "layer_types[1]");
-    v["layer_types"] = json!(["sliding_attention", "full_attention"]);
-    v["sliding_window"] = Value::Null;
-    assert_eq!(field_of(&v), "sliding_window");
+    v["layer_types"] = json!("sliding_attention");
+    assert_eq!(field_of(&v), "layer_types");
 }
 
 #[test]
@@ -261,6 +273,12 @@ fn glm_families() {
     assert_eq!(c.rope.rotary_dim, 16);
     assert!(c.qkv_bias && !c.o_bias, "glm defaults to q/k/v biases");
     assert!(c.family.fused_gate_up() && !c.family.post_sublayer_norms());
+    // Without a partial_rotary_factor GLM rotates half the head, like transformers.
+    v.as_object_mut().unwrap().remove("partial_rotary_factor");
+    assert_eq!(parse(&v).unwrap().rope.rotary_dim, 16);
+    v.as_object_mut().unwrap().remove("head_dim");
+    assert_eq!(field_of(&v), "head_dim");
+    v["head_dim"] = json!(32);
     v["model_type"] = json!("glm4");
     v["attention_bias"] = json!(false);
     let c = parse(&v).unwrap();
