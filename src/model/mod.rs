@@ -15,3 +15,5 @@ pub mod rope;
 
 pub use config::{ConfigError, Family, ModelConfig, RopeScaling, RopeStyle};
 pub use rope::{Positions, Rope, RopeError};
+pub mod weights;
+pub use weights::{ModelWeights, WeightsError};
