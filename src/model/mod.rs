@@ -17,3 +17,5 @@ pub use config::{ConfigError, Family, ModelConfig, RopeScaling, RopeStyle};
 pub use rope::{Positions, Rope, RopeError};
 pub mod weights;
 pub use weights::{ModelWeights, WeightsError};
+pub mod kv_cache;
+pub use kv_cache::{CacheShape, ContiguousCache, KvCache, KvCacheError, PagedCache, SeqId};

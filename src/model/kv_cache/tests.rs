@@ -1,0 +1,191 @@
+use super::*;
+use crate::tensor::SplitMix64;
+use std::collections::HashMap;
+
+const SHAPE: CacheShape = CacheShape { num_layers: 3, num_kv_heads: 2, head_dim: 4, dtype: DType::F32 };
+
+fn caches(shape: CacheShape) -> Vec<Box<dyn KvCache>> {
+    vec![
+        Box::new(ContiguousCache::new(shape, 4, 80).unwrap()),
+        Box::new(PagedCache::new(shape, 16, 20).unwrap()),
+        Box::new(PagedCache::new(shape, 32, 10).unwrap()),
+    ]
+}
+
+/// What every cache must agree with: per (sequence, layer), the rows written.
+#[derive(Default)]
+struct Model {
+    k: HashMap<(SeqId, usize), Vec<f32>>,
+    v: HashMap<(SeqId, usize), Vec<f32>>,
+}
+
+fn rows(n: usize, rng: &mut SplitMix64) -> Vec<f32> {
+    (0..n * SHAPE.row()).map(|_| rng.next_unit() * 2.0 - 1.0).collect()
+}
+
+/// One decoding step of `n` tokens for `seq` in every layer.
+fn step(cache: &mut dyn KvCache, model: &mut Model, seq: SeqId, n: usize, rng: &mut SplitMix64) {
+    cache.reserve(seq, n).unwrap();
+    for layer in 0..SHAPE.num_layers {
+        let (k, v) = (rows(n, rng), rows(n, rng));
+        cache.append(layer, seq, &k, &v).unwrap();
+        model.k.entry((seq, layer)).or_default().extend(&k);
+        model.v.entry((seq, layer)).or_default().extend(&v);
+    }
+    cache.commit(seq, n).unwrap();
+}
+
+fn check(cache: &dyn KvCache, model: &Model, seqs: &[SeqId]) {
+    let len = cache.len(seqs[0]).unwrap();
+    let (mut k, mut v) = (HostData::F32(vec![f32::NAN]), HostData::F32(vec![]));
+    for layer in 0..SHAPE.num_layers {
+        cache.gather(layer, seqs, len, &mut k, &mut v).unwrap();
+        let want_k: Vec<f32> = seqs.iter().flat_map(|s| model.k[&(*s, layer)][..len * SHAPE.row()].to_vec()).collect();
+        let want_v: Vec<f32> = seqs.iter().flat_map(|s| model.v[&(*s, layer)][..len * SHAPE.row()].to_vec()).collect();
+        assert_eq!(k.to_f32(), want_k, "{} layer {layer} keys", cache.kind());
+        assert_eq!(v.to_f32(), want_v, "{} layer {layer} values", cache.kind());
+    }
+}
+
+#[test]
+fn sequences_of_different_lengths_round_trip() {
+    for mut cache in caches(SHAPE) {
+        let mut rng = SplitMix64(3);
+        let mut model = Model::default();
+        let seqs: Vec<SeqId> = (0..3).map(|_| cache.add_sequence().unwrap()).collect();
+        // Prefills of different sizes, then interleaved decode steps that
+        // cross block boundaries (15, 16, 17, 33 ...).
+        for (s, n) in seqs.iter().zip([15, 33, 1]) {
+            step(cache.as_mut(), &mut model, *s, n, &mut rng);
+        }
+        for round in 0..20 {
+            for (i, s) in seqs.iter().enumerate() {
+                step(cache.as_mut(), &mut model, *s, 1 + (round + i) % 3, &mut rng);
+            }
+        }
+        for s in &seqs {
+            check(cache.as_ref(), &model, &[*s]);
+        }
+        // Two sequences of equal length gathered as one batch.
+        let a = cache.add_sequence().unwrap();
+        let len = cache.len(seqs[1]).unwrap();
+        step(cache.as_mut(), &mut model, a, len, &mut rng);
+        check(cache.as_ref(), &model, &[seqs[1], a]);
+    }
+}
+
+#[test]
+fn uncommitted_rows_are_readable_by_their_own_step() {
+    // The attention layer appends a step's keys, then reads them back with
+    // the cached ones before committing.
+    for mut cache in caches(SHAPE) {
+        let s = cache.add_sequence().unwrap();
+        cache.reserve(s, 18).unwrap();
+        let k: Vec<f32> = (0..18 * SHAPE.row()).map(|i| i as f32).collect();
+        cache.append(0, s, &k, &k).unwrap();
+        let (mut gk, mut gv) = (HostData::F32(vec![]), HostData::F32(vec![]));
+        cache.gather(0, &[s], 18, &mut gk, &mut gv).unwrap();
+        assert_eq!(gk.to_f32(), k);
+        assert_eq!(cache.len(s).unwrap(), 0);
+        assert!(matches!(cache.gather(0, &[s], 19, &mut gk, &mut gv), Err(KvCacheError::TooShort { .. })));
+    }
+}
+
+#[test]
+fn half_precision_caches_round_once() {
+    for dtype in [DType::F16, DType::BF16] {
+        let shape = CacheShape { dtype, ..SHAPE };
+        for mut cache in caches(shape) {
+            let s = cache.add_sequence().unwrap();
+            cache.reserve(s, 20).unwrap();
+            let mut rng = SplitMix64(8);
+            let k = rows(20, &mut rng);
+            cache.append(2, s, &k, &k).unwrap();
+            cache.commit(s, 20).unwrap();
+            let (mut gk, mut gv) = (HostData::F32(vec![]), HostData::F32(vec![]));
+            cache.gather(2, &[s], 20, &mut gk, &mut gv).unwrap();
+            assert_eq!(gk.dtype(), dtype);
+            assert_eq!(gk, HostData::from_f32(dtype, &k));
+        }
+    }
+}
+
+#[test]
+fn contiguous_capacity_is_a_typed_error_and_changes_nothing() {
+    let mut cache = ContiguousCache::new(SHAPE, 2, 10).unwrap();
+    let mut model = Model::default();
+    let mut rng = SplitMix64(1);
+    let s = cache.add_sequence().unwrap();
+    step(&mut cache, &mut model, s, 8, &mut rng);
+    let err = cache.reserve(s, 3).unwrap_err();
+    assert_eq!(err, KvCacheError::CapacityExceeded { seq: s, len: 8, requested: 3, capacity: 10 });
+    assert!(err.to_string().contains("capacity of 10"), "{err}");
+    // Appending without the reservation is refused too.
+    let k = rows(3, &mut rng);
+    assert!(matches!(cache.append(0, s, &k, &k), Err(KvCacheError::NotReserved { .. })));
+    assert!(matches!(cache.commit(s, 3), Err(KvCacheError::NotReserved { .. })));
+    assert_eq!(cache.len(s).unwrap(), 8);
+    check(&cache, &model, &[s]);
+    step(&mut cache, &mut model, s, 2, &mut rng);
+    check(&cache, &model, &[s]);
+    assert!(matches!(cache.reserve(s, usize::MAX), Err(KvCacheError::CapacityExceeded { .. })));
+    // Slots run out, and come back when freed.
+    let _t = cache.add_sequence().unwrap();
+    assert_eq!(cache.add_sequence(), Err(KvCacheError::NoFreeSlot { slots: 2 }));
+    cache.remove_sequence(s).unwrap();
+    let again = cache.add_sequence().unwrap();
+    assert_eq!(cache.len(again).unwrap(), 0);
+    assert_eq!(cache.len(s).unwrap(), 0, "the slot is reused with a fresh length");
+}
+
+#[test]
+fn paged_pool_exhaustion_is_a_typed_error_and_changes_nothing() {
+    let mut cache = PagedCache::new(SHAPE, 16, 4).unwrap();
+    let mut model = Model::default();
+    let mut rng = SplitMix64(2);
+    let a = cache.add_sequence().unwrap();
+    let b = cache.add_sequence().unwrap();
+    step(&mut cache, &mut model, a, 40, &mut rng); // 3 blocks
+    assert_eq!(cache.free_blocks(), 1);
+    let err = cache.reserve(b, 17).unwrap_err();
+    assert_eq!(err, KvCacheError::PoolExhausted { seq: b, needed: 2, free: 1, total: 4, block_size: 16 });
+    assert_eq!(cache.free_blocks(), 1, "a failed reservation takes no block");
+    assert!(cache.block_table(b).unwrap().is_empty());
+    check(&cache, &model, &[a]);
+    // The last block fits 16 tokens of b; a's tail still has 8 free rows.
+    step(&mut cache, &mut model, b, 16, &mut rng);
+    step(&mut cache, &mut model, a, 8, &mut rng);
+    assert!(matches!(cache.reserve(a, 1), Err(KvCacheError::PoolExhausted { .. })));
+    check(&cache, &model, &[a]);
+    check(&cache, &model, &[b]);
+    // Block tables never share a block.
+    let (ta, tb) = (cache.block_table(a).unwrap().to_vec(), cache.block_table(b).unwrap().to_vec());
+    assert!(ta.iter().all(|x| !tb.contains(x)), "{ta:?} {tb:?}");
+    // Freed blocks return to the pool.
+    cache.remove_sequence(a).unwrap();
+    assert_eq!(cache.free_blocks(), 3);
+    let c = cache.add_sequence().unwrap();
+    step(&mut cache, &mut model, c, 48, &mut rng);
+    check(&cache, &model, &[c]);
+    check(&cache, &model, &[b]);
+    assert!(matches!(cache.len(a), Err(KvCacheError::UnknownSequence(_))));
+}
+
+#[test]
+fn argument_errors() {
+    assert_eq!(PagedCache::new(SHAPE, 8, 4).err(), Some(KvCacheError::BlockSize(8)));
+    assert_eq!(PagedCache::new(SHAPE, 16, 0).err(), Some(KvCacheError::Zero { what: "num_blocks" }));
+    assert_eq!(ContiguousCache::new(SHAPE, 1, 0).err(), Some(KvCacheError::Zero { what: "capacity" }));
+    assert!(matches!(ContiguousCache::new(SHAPE, usize::MAX / 4, 8), Err(KvCacheError::TooLarge { .. })));
+    for mut cache in caches(SHAPE) {
+        let s = cache.add_sequence().unwrap();
+        cache.reserve(s, 2).unwrap();
+        let k = vec![0.5f32; 2 * SHAPE.row()];
+        assert_eq!(cache.append(3, s, &k, &k), Err(KvCacheError::Layer { layer: 3, num_layers: 3 }));
+        assert!(matches!(cache.append(0, s, &k[1..], &k[1..]), Err(KvCacheError::Rows { .. })));
+        assert!(matches!(cache.append(0, s, &k, &k[..SHAPE.row()]), Err(KvCacheError::Rows { .. })));
+        assert!(matches!(cache.append(0, SeqId(99), &k, &k), Err(KvCacheError::UnknownSequence(SeqId(99)))));
+        assert!(matches!(cache.reserve(SeqId(99), 1), Err(KvCacheError::UnknownSequence(_))));
+        assert!(matches!(cache.remove_sequence(SeqId(99)), Err(KvCacheError::UnknownSequence(_))));
+    }
+}
