@@ -7,15 +7,27 @@
 //! - [`weights`]: `model.safetensors` (or a sharded index) checked against
 //!   the config.
 //! - [`kv_cache`]: contiguous and paged key/value caches behind one trait.
-//! - [`layer`]: the attention layer (QKV, RoPE, cache, attention, output).
-//! - [`decoder`]: embeddings, norms, MLP, LM head, and generation.
+//! - [`layer`]: the attention layer (QKV, RoPE, cache, attention, output),
+//!   with [`dispatch`] choosing and caching its backend per shape class.
+//! - [`decoder`]: embeddings, norms, MLP, LM head; [`generate`]: greedy
+//!   generation with timing.
 
 pub mod config;
+pub mod decoder;
+pub mod dispatch;
+pub mod error;
+pub mod generate;
+pub mod kv_cache;
+pub mod layer;
+pub mod ops;
 pub mod rope;
+pub mod weights;
 
 pub use config::{ConfigError, Family, ModelConfig, RopeScaling, RopeStyle};
-pub use rope::{Positions, Rope, RopeError};
-pub mod weights;
-pub use weights::{ModelWeights, WeightsError};
-pub mod kv_cache;
+pub use decoder::{CacheKind, Decoder, DecoderOptions, LogitsFor, Step};
+pub use dispatch::{AttentionChoice, ShapeClass};
+pub use error::ModelError;
+pub use generate::{generate, GenerateRequest, Generation};
 pub use kv_cache::{CacheShape, ContiguousCache, KvCache, KvCacheError, PagedCache, SeqId};
+pub use rope::{Positions, Rope, RopeError};
+pub use weights::{ModelWeights, WeightsError};

@@ -7,4 +7,5 @@ mod common;
 mod differential;
 mod gpu_device;
 mod kernels_offline;
+mod model_fixtures;
 mod selection;

@@ -1,0 +1,97 @@
+//! Choosing the attention backend for a layer: through the library's
+//! selection (explicit config, then `ROCMFORGE_ATTENTION_BACKEND`, then
+//! auto), once per shape class, and again only when the cached choice
+//! cannot run the current problem (a longer cache past a backend's limit,
+//! say). Every choice keeps the selection's reason so the decoder can say
+//! which backend ran prefill and decode, and why.
+
+use super::error::ModelError;
+use crate::backend::AttentionBackend;
+use crate::device::Device;
+use crate::problem::AttentionProblem;
+use crate::registry::{AttentionConfig, Registry};
+use std::collections::BTreeMap;
+use std::fmt;
+
+/// Attention calls fall in two classes with different best backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ShapeClass {
+    /// Several new tokens per sequence (a prompt, or a chunk of one).
+    Prefill,
+    /// One new token per sequence against the cache.
+    Decode,
+}
+
+impl ShapeClass {
+    pub fn of(p: &AttentionProblem) -> ShapeClass {
+        if p.seq_q == 1 {
+            ShapeClass::Decode
+        } else {
+            ShapeClass::Prefill
+        }
+    }
+}
+
+impl fmt::Display for ShapeClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ShapeClass::Prefill => "prefill",
+            ShapeClass::Decode => "decode",
+        })
+    }
+}
+
+/// The backend a layer used for a shape class, and why.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AttentionChoice {
+    pub backend: &'static str,
+    pub reason: String,
+    /// How many attention calls this choice served.
+    pub calls: usize,
+}
+
+/// One layer's cached choices.
+pub struct Dispatcher {
+    layer: usize,
+    config: AttentionConfig,
+    device: Device,
+    cached: BTreeMap<ShapeClass, (&'static dyn AttentionBackend, AttentionChoice)>,
+}
+
+impl Dispatcher {
+    pub fn new(layer: usize, config: AttentionConfig, device: Device) -> Dispatcher {
+        Dispatcher { layer, config, device, cached: BTreeMap::new() }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// The backend for `p`: the cached one for its class if it accepts `p`,
+    /// else a fresh selection (which replaces the cached one).
+    pub fn backend_for(&mut self, p: &AttentionProblem) -> Result<&'static dyn AttentionBackend, ModelError> {
+        let class = ShapeClass::of(p);
+        if let Some((backend, choice)) = self.cached.get_mut(&class) {
+            if Registry::reasons(*backend, p, &self.device).is_empty() {
+                choice.calls += 1;
+                return Ok(*backend);
+            }
+        }
+        let registry = Registry::global().map_err(|source| ModelError::Select { layer: self.layer, source })?;
+        let selection = registry
+            .select(p, &self.device, &self.config)
+            .map_err(|source| ModelError::Select { layer: self.layer, source })?;
+        let mut reason = format!("{} ({} by {})", selection.reason, class, selection.source);
+        if let Some((old, _)) = self.cached.get(&class) {
+            reason = format!("{reason}; replaced {} which cannot run {p}", old.name());
+        }
+        let backend: &'static dyn AttentionBackend = selection.backend;
+        self.cached.insert(class, (backend, AttentionChoice { backend: backend.name(), reason, calls: 1 }));
+        Ok(backend)
+    }
+
+    /// Choices made so far, by class.
+    pub fn choices(&self) -> BTreeMap<ShapeClass, AttentionChoice> {
+        self.cached.iter().map(|(c, (_, choice))| (*c, choice.clone())).collect()
+    }
+}
