@@ -156,16 +156,19 @@ pub enum ConfigError {
     Read { path: PathBuf, source: std::io::Error },
     #[error("{}: not valid JSON: {source}", .path.display())]
     Json { path: PathBuf, source: serde_json::Error },
-    #[error("config.json: the top level must be a JSON object")]
+    #[error("the top level must be a JSON object")]
     NotAnObject,
-    #[error("config.json: missing field `{field}`")]
+    #[error("missing field `{field}`")]
     Missing { field: String },
-    #[error("config.json: field `{field}` must be {expected}, got {got}")]
+    #[error("field `{field}` must be {expected}, got {got}")]
     WrongType { field: String, expected: &'static str, got: String },
-    #[error("config.json: field `{field}` = {value} is not supported (supported: {supported})")]
+    #[error("field `{field}` = {value} is not supported (supported: {supported})")]
     Unsupported { field: String, value: String, supported: String },
-    #[error("config.json: field `{field}` = {value}: {why}")]
+    #[error("field `{field}` = {value}: {why}")]
     Invalid { field: String, value: String, why: String },
+    /// Any of the above, in the file it came from.
+    #[error("{}: {source}", .path.display())]
+    InFile { path: PathBuf, source: Box<ConfigError> },
 }
 
 impl ConfigError {
@@ -176,6 +179,7 @@ impl ConfigError {
             | ConfigError::WrongType { field, .. }
             | ConfigError::Unsupported { field, .. }
             | ConfigError::Invalid { field, .. } => Some(field),
+            ConfigError::InFile { source, .. } => source.field(),
             _ => None,
         }
     }
@@ -291,8 +295,9 @@ impl ModelConfig {
     pub fn from_dir(dir: &Path) -> Result<ModelConfig, ConfigError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|source| ConfigError::Read { path: path.clone(), source })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json { path, source })?;
-        ModelConfig::from_json(&value)
+        let value: Value =
+            serde_json::from_str(&text).map_err(|source| ConfigError::Json { path: path.clone(), source })?;
+        ModelConfig::from_json(&value).map_err(|e| ConfigError::InFile { path, source: Box::new(e) })
     }
 
     /// Parses an already-decoded `config.json`.

@@ -53,14 +53,27 @@ pub struct AttentionChoice {
 /// One layer's cached choices.
 pub struct Dispatcher {
     layer: usize,
+    /// `None` = the global registry (resolved on first use).
+    registry: Option<&'static Registry>,
     config: AttentionConfig,
     device: Device,
     cached: BTreeMap<ShapeClass, (&'static dyn AttentionBackend, AttentionChoice)>,
 }
 
 impl Dispatcher {
+    /// Selects from the global registry.
     pub fn new(layer: usize, config: AttentionConfig, device: Device) -> Dispatcher {
-        Dispatcher { layer, config, device, cached: BTreeMap::new() }
+        Dispatcher { layer, registry: None, config, device, cached: BTreeMap::new() }
+    }
+
+    /// Selects from `registry` (tests use a registry of their own).
+    pub fn with_registry(
+        layer: usize,
+        registry: &'static Registry,
+        config: AttentionConfig,
+        device: Device,
+    ) -> Dispatcher {
+        Dispatcher { layer, registry: Some(registry), config, device, cached: BTreeMap::new() }
     }
 
     pub fn device(&self) -> &Device {
@@ -77,7 +90,10 @@ impl Dispatcher {
                 return Ok(*backend);
             }
         }
-        let registry = Registry::global().map_err(|source| ModelError::Select { layer: self.layer, source })?;
+        let registry = match self.registry {
+            Some(r) => r,
+            None => Registry::global().map_err(|source| ModelError::Select { layer: self.layer, source })?,
+        };
         let selection = registry
             .select(p, &self.device, &self.config)
             .map_err(|source| ModelError::Select { layer: self.layer, source })?;
@@ -95,3 +111,6 @@ impl Dispatcher {
         self.cached.iter().map(|(c, (_, choice))| (*c, choice.clone())).collect()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,5 +7,6 @@ mod common;
 mod differential;
 mod gpu_device;
 mod kernels_offline;
+mod model_errors;
 mod model_fixtures;
 mod selection;

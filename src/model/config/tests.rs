@@ -295,6 +295,14 @@ fn from_dir_names_the_file() {
     std::fs::write(dir.path().join("config.json"), "{not json").unwrap();
     let err = ModelConfig::from_dir(dir.path()).unwrap_err();
     assert!(matches!(err, ConfigError::Json { .. }), "{err}");
+    let mut v = llama4x();
+    v["rope_scaling"]["rope_type"] = json!("yarn");
+    std::fs::write(dir.path().join("config.json"), v.to_string()).unwrap();
+    let err = ModelConfig::from_dir(dir.path()).unwrap_err();
+    assert_eq!(err.field(), Some("rope_scaling.rope_type"));
+    let text = err.to_string();
+    assert!(text.starts_with(&dir.path().join("config.json").display().to_string()), "{text}");
+    assert!(text.contains("`rope_scaling.rope_type` = \"yarn\" is not supported"), "{text}");
     std::fs::write(dir.path().join("config.json"), llama4x().to_string()).unwrap();
     assert_eq!(ModelConfig::from_dir(dir.path()).unwrap().family, Family::Llama);
 }
