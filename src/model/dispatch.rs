@@ -97,7 +97,7 @@ impl Dispatcher {
         let selection = registry
             .select(p, &self.device, &self.config)
             .map_err(|source| ModelError::Select { layer: self.layer, source })?;
-        let mut reason = format!("{} ({} by {})", selection.reason, class, selection.source);
+        let mut reason = format!("{}; {class} step", selection.reason);
         if let Some((old, _)) = self.cached.get(&class) {
             reason = format!("{reason}; replaced {} which cannot run {p}", old.name());
         }

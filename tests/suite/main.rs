@@ -7,6 +7,7 @@ mod common;
 mod differential;
 mod gpu_device;
 mod kernels_offline;
+mod model_cli;
 mod model_errors;
 mod model_fixtures;
 mod selection;
