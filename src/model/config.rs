@@ -462,7 +462,7 @@ fn rope(f: &Fields<'_>, family: Family, head_dim: usize) -> Result<RopeConfig, C
     }
     // transformers truncates: int(head_dim * partial_rotary_factor).
     let rotary_dim = (head_dim as f64 * factor) as usize;
-    if rotary_dim == 0 || rotary_dim % 2 != 0 {
+    if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
         return Err(ConfigError::Invalid {
             field: factor_field,
             value: factor.to_string(),

@@ -97,10 +97,10 @@ impl Rope {
         scaling: RopeScaling,
         two_d: bool,
     ) -> Result<Rope, RopeError> {
-        if rotary_dim < 2 || rotary_dim % 2 != 0 || rotary_dim > head_dim {
+        if rotary_dim < 2 || !rotary_dim.is_multiple_of(2) || rotary_dim > head_dim {
             return Err(RopeError::RotaryDim { rotary_dim, head_dim });
         }
-        if two_d && rotary_dim % 4 != 0 {
+        if two_d && !rotary_dim.is_multiple_of(4) {
             return Err(RopeError::TwoDimRotary(rotary_dim));
         }
         let segment = if two_d { rotary_dim / 2 } else { rotary_dim };
@@ -132,7 +132,7 @@ impl Rope {
     /// by `positions[t]` (per stream).
     pub fn apply(&self, x: &mut [f32], heads: usize, positions: Positions<'_>) -> Result<(), RopeError> {
         let row = heads * self.head_dim;
-        if row == 0 || x.len() % row != 0 {
+        if row == 0 || !x.len().is_multiple_of(row) {
             return Err(RopeError::Length { got: x.len(), row });
         }
         let tokens = x.len() / row;

@@ -198,3 +198,22 @@ fn configs_and_weights_load_as_written() {
         }
     }
 }
+
+#[test]
+fn half_precision_kv_cache_stays_close() {
+    // Keys and values rounded once to 16 bits (queries too: the attention
+    // problem takes the cache's dtype); everything else stays f32.
+    for (dtype, tol) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
+        for name in FAMILIES {
+            let r = reference(name);
+            let options = DecoderOptions { kv_dtype: dtype, ..DecoderOptions::default() };
+            let mut d = Decoder::load(&fixture_dir(name), options).unwrap();
+            let rows = teacher_forced(&mut d, &r, CacheKind::Paged { block_size: 16 }, true);
+            let err = max_rel_error(&rows, &r, 0);
+            println!("{name:8} kv {dtype}: max rel err {err:.2e}");
+            assert!(err <= tol, "{name} {dtype}: {err:.3e} > {tol}");
+            // Not bit-identical to f32: the cache really is 16-bit.
+            assert!(err > 1e-5, "{name} {dtype}: error {err:.1e} suspiciously small for a 16-bit cache");
+        }
+    }
+}

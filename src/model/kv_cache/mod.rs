@@ -118,7 +118,7 @@ pub(crate) struct SeqState {
 
 /// Rows of `row` elements in `k` and `v`, which must agree.
 pub(crate) fn row_count(k: &[f32], v: &[f32], row: usize) -> Result<usize, KvCacheError> {
-    if k.len() % row != 0 || k.len() != v.len() {
+    if !k.len().is_multiple_of(row) || k.len() != v.len() {
         return Err(KvCacheError::Rows { what: "k/v", got: k.len(), row });
     }
     Ok(k.len() / row)

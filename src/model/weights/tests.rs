@@ -59,8 +59,11 @@ fn hf_tensors(c: &ModelConfig) -> Vec<(String, Vec<usize>)> {
     out
 }
 
+/// A tensor ready to serialize: name, shape, little-endian bytes.
+type Encoded = (String, Vec<usize>, Vec<u8>);
+
 /// Random little-endian bytes for each tensor, in `dtype`.
-fn encode(tensors: &[(String, Vec<usize>)], dtype: DType, seed: u64) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+fn encode(tensors: &[(String, Vec<usize>)], dtype: DType, seed: u64) -> Vec<Encoded> {
     let mut rng = SplitMix64(seed);
     tensors
         .iter()
@@ -81,13 +84,13 @@ fn st_dtype(dtype: DType) -> Dtype {
     }
 }
 
-fn write_file(path: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype) {
+fn write_file(path: &Path, tensors: &[Encoded], dtype: Dtype) {
     let views: Vec<(String, TensorView<'_>)> =
         tensors.iter().map(|(n, s, b)| (n.clone(), TensorView::new(dtype, s.clone(), b).unwrap())).collect();
     std::fs::write(path, safetensors::serialize(views, &None).unwrap()).unwrap();
 }
 
-fn model_dir(cfg: &Value, dtype: DType) -> (tempfile::TempDir, ModelConfig, Vec<(String, Vec<usize>, Vec<u8>)>) {
+fn model_dir(cfg: &Value, dtype: DType) -> (tempfile::TempDir, ModelConfig, Vec<Encoded>) {
     let dir = tempfile::tempdir().unwrap();
     let c = ModelConfig::from_json(cfg).unwrap();
     let tensors = encode(&hf_tensors(&c), dtype, 5);
@@ -128,7 +131,7 @@ fn tied_checkpoint_may_carry_an_lm_head_copy() {
     assert!(ModelWeights::load(dir.path(), &c).unwrap().lm_head.is_none());
 }
 
-fn rewrite(dir: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)], dtype: Dtype) {
+fn rewrite(dir: &Path, tensors: &[Encoded], dtype: Dtype) {
     write_file(&dir.join(SINGLE_FILE), tensors, dtype);
 }
 
@@ -186,7 +189,7 @@ fn unsupported_dtype_is_named() {
     assert!(matches!(&err, WeightsError::DType { tensor, got, .. } if tensor == name && got == "I32"), "{err}");
 }
 
-fn write_sharded(dir: &Path, tensors: &[(String, Vec<usize>, Vec<u8>)]) -> Value {
+fn write_sharded(dir: &Path, tensors: &[Encoded]) -> Value {
     let (a, b) = tensors.split_at(tensors.len() / 2);
     write_file(&dir.join("model-00001-of-00002.safetensors"), a, Dtype::BF16);
     write_file(&dir.join("model-00002-of-00002.safetensors"), b, Dtype::BF16);
