@@ -2,11 +2,12 @@
 //! (config.json + safetensors), reporting the attention backends used for
 //! prefill and decode, time to first token and decode tokens/s.
 
-use super::{CliError, DeviceArg};
+use super::CliError;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::model::{generate, CacheKind, Decoder, DecoderOptions, GenerateRequest, Generation, ShapeClass};
 use crate::registry::{AttentionConfig, BackendChoice};
+use crate::selection::DeviceChoice;
 use std::io::Write;
 use std::path::PathBuf;
 
@@ -39,7 +40,7 @@ pub struct Args {
     pub backend: Option<String>,
     /// Where attention runs: cpu, gpu, gpu:N, or auto (the first GPU if any).
     #[arg(long, default_value = "cpu", value_name = "DEVICE")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     /// KV cache layout.
     #[arg(long, value_enum, default_value_t = CacheArg::Contiguous)]
     pub cache: CacheArg,
@@ -58,10 +59,14 @@ pub struct Args {
 }
 
 pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
-    let attention = AttentionConfig { backend: args.backend.as_deref().map(BackendChoice::parse).transpose()? };
-    let device = args.device.open()?;
-    let options = DecoderOptions { attention, device: device.clone(), kv_dtype: args.kv_dtype };
+    let attention = AttentionConfig {
+        backend: args.backend.as_deref().map(BackendChoice::parse).transpose()?,
+        device: args.device,
+        origin: "--backend",
+    };
+    let options = DecoderOptions { attention, kv_dtype: args.kv_dtype };
     let mut decoder = Decoder::load(&args.model, options)?;
+    let device = decoder.device().clone();
     let cache = match args.cache {
         CacheArg::Contiguous => CacheKind::Contiguous,
         CacheArg::Paged => CacheKind::Paged { block_size: args.block_size },
@@ -87,9 +92,9 @@ fn backend_lines(g: &Generation, class: ShapeClass) -> Vec<String> {
     };
     let first = &layers[0].1;
     if layers.iter().all(|(_, c)| c.backend == first.backend && c.reason == first.reason) {
-        return vec![format!("{} ({})", first.backend, super::cli_wording(&first.reason))];
+        return vec![format!("{} ({})", first.backend, first.reason)];
     }
-    layers.iter().map(|(i, c)| format!("layer {i}: {} ({})", c.backend, super::cli_wording(&c.reason))).collect()
+    layers.iter().map(|(i, c)| format!("layer {i}: {} ({})", c.backend, c.reason)).collect()
 }
 
 fn describe_model(d: &Decoder) -> String {
@@ -121,6 +126,11 @@ fn text_report(args: &Args, d: &Decoder, device: &Device, g: &Generation, out: &
         for line in backend_lines(g, class) {
             writeln!(out, "{label:9} {line}")?;
         }
+        let layers = g.choices.get(&class).into_iter().flatten();
+        let (calls, in_place) = layers.fold((0, 0), |(c, i), (_, ch)| (c + ch.calls, i + ch.in_place));
+        if calls > 0 {
+            writeln!(out, "{:9} KV cache read in place in {in_place} of {calls} attention calls (else gathered)", "")?;
+        }
     }
     writeln!(out, "time to first token: {:.3} ms", g.time_to_first_token * 1e3)?;
     match g.decode_tokens_per_second() {
@@ -141,7 +151,7 @@ fn json_report(args: &Args, d: &Decoder, device: &Device, g: &Generation) -> ser
         serde_json::json!({
             "backends": g.backends(c),
             "layers": g.choices.get(&c).into_iter().flatten().map(|(i, ch)| serde_json::json!({
-                "layer": i, "backend": ch.backend, "reason": super::cli_wording(&ch.reason), "calls": ch.calls,
+                "layer": i, "backend": ch.backend, "reason": ch.reason, "calls": ch.calls, "in_place": ch.in_place,
             })).collect::<Vec<_>>(),
         })
     };

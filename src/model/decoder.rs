@@ -13,24 +13,51 @@ use super::ops::{add_in_place, rms_norm, swiglu, Linear};
 use super::weights::{GateUp, LayerWeights, ModelWeights, Weight};
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::registry::AttentionConfig;
+use crate::problem::{AttentionProblem, Mask};
+use crate::registry::{AttentionConfig, Registry};
+use crate::selection::DeviceChoice;
 use std::collections::BTreeMap;
 use std::path::Path;
 
 /// How the decoder runs.
 #[derive(Clone, Debug)]
 pub struct DecoderOptions {
-    /// Backend choice for every attention layer (`None` = env, then auto).
+    /// Backend choice (`None` = env, then auto) and device of every
+    /// attention layer. `Auto` resolves once, through `Registry::choose`.
     pub attention: AttentionConfig,
-    /// Where attention runs.
-    pub device: Device,
     /// Element type of the KV cache and of the attention problems.
     pub kv_dtype: DType,
 }
 
 impl Default for DecoderOptions {
+    /// The CPU (the dense layers run on the host), f32 cache, backend from
+    /// the environment or auto.
     fn default() -> Self {
-        DecoderOptions { attention: AttentionConfig::default(), device: Device::Cpu, kv_dtype: DType::F32 }
+        let attention = AttentionConfig { device: DeviceChoice::Cpu, ..AttentionConfig::default() };
+        DecoderOptions { attention, kv_dtype: DType::F32 }
+    }
+}
+
+/// The device attention runs on: the one named, or for `Auto` the one
+/// `Registry::choose` picks for a decode step of this model.
+fn resolve_device(config: &ModelConfig, options: &DecoderOptions) -> Result<Device, ModelError> {
+    match options.attention.device {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Gpu(n) => Ok(Device::gpu(n)?),
+        DeviceChoice::Auto => {
+            let p = AttentionProblem::new(
+                1,
+                1,
+                1,
+                config.num_heads,
+                config.num_kv_heads,
+                config.head_dim,
+                options.kv_dtype,
+            )
+            .with_mask(Mask::Causal);
+            let registry = Registry::global().map_err(ModelError::DeviceChoice)?;
+            Ok(registry.choose(&p, &options.attention).map_err(ModelError::DeviceChoice)?.device)
+        }
     }
 }
 
@@ -100,6 +127,7 @@ pub enum CacheKind {
 
 pub struct Decoder {
     config: ModelConfig,
+    device: Device,
     kv_dtype: DType,
     embed: Vec<f32>,
     blocks: Vec<Block>,
@@ -120,14 +148,16 @@ impl Decoder {
     }
 
     pub fn new(config: ModelConfig, weights: &ModelWeights, options: DecoderOptions) -> Result<Decoder, ModelError> {
+        let device = resolve_device(&config, &options)?;
         let blocks = weights
             .layers
             .iter()
             .enumerate()
-            .map(|(i, w)| block(i, &config, w, &options))
+            .map(|(i, w)| block(i, &config, w, &options, &device))
             .collect::<Result<Vec<_>, _>>()?;
         let lm_head = linear(weights.lm_head.as_ref().unwrap_or(&weights.embed), None);
         Ok(Decoder {
+            device,
             kv_dtype: options.kv_dtype,
             embed: weights.embed.to_f32(),
             blocks,
@@ -139,6 +169,11 @@ impl Decoder {
 
     pub fn config(&self) -> &ModelConfig {
         &self.config
+    }
+
+    /// Where attention runs.
+    pub fn device(&self) -> &Device {
+        &self.device
     }
 
     /// A cache for this model: `sequences` slots of `capacity` tokens
@@ -246,15 +281,20 @@ impl Decoder {
     }
 }
 
-fn block(i: usize, c: &ModelConfig, w: &LayerWeights, options: &DecoderOptions) -> Result<Block, ModelError> {
+fn block(
+    i: usize,
+    c: &ModelConfig,
+    w: &LayerWeights,
+    options: &DecoderOptions,
+    device: &Device,
+) -> Result<Block, ModelError> {
     let proj = Projections {
         q: linear(&w.q, w.q_bias.as_ref()),
         k: linear(&w.k, w.k_bias.as_ref()),
         v: linear(&w.v, w.v_bias.as_ref()),
         o: linear(&w.o, w.o_bias.as_ref()),
     };
-    let attention =
-        AttentionLayer::new(i, c, proj, options.kv_dtype, options.attention.clone(), options.device.clone())?;
+    let attention = AttentionLayer::new(i, c, proj, options.kv_dtype, options.attention.clone(), device.clone())?;
     let down = linear(&w.down, w.down_bias.as_ref());
     let mlp = match &w.gate_up {
         GateUp::Split { gate, up, gate_bias, up_bias } => {

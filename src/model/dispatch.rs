@@ -10,6 +10,7 @@ use crate::backend::AttentionBackend;
 use crate::device::Device;
 use crate::problem::AttentionProblem;
 use crate::registry::{AttentionConfig, Registry};
+use crate::selection::DeviceChoice;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -48,9 +49,13 @@ pub struct AttentionChoice {
     pub reason: String,
     /// How many attention calls this choice served.
     pub calls: usize,
+    /// Of those, how many read the KV cache in place (strided views)
+    /// rather than from a gathered copy.
+    pub in_place: usize,
 }
 
-/// One layer's cached choices.
+/// One layer's cached choices. The device is fixed (the KV cache lives
+/// there); the backend is chosen on it through `Registry::choose`.
 pub struct Dispatcher {
     layer: usize,
     /// `None` = the global registry (resolved on first use).
@@ -63,7 +68,7 @@ pub struct Dispatcher {
 impl Dispatcher {
     /// Selects from the global registry.
     pub fn new(layer: usize, config: AttentionConfig, device: Device) -> Dispatcher {
-        Dispatcher { layer, registry: None, config, device, cached: BTreeMap::new() }
+        Dispatcher::build(layer, None, config, device)
     }
 
     /// Selects from `registry` (tests use a registry of their own).
@@ -73,7 +78,15 @@ impl Dispatcher {
         config: AttentionConfig,
         device: Device,
     ) -> Dispatcher {
-        Dispatcher { layer, registry: Some(registry), config, device, cached: BTreeMap::new() }
+        Dispatcher::build(layer, Some(registry), config, device)
+    }
+
+    fn build(layer: usize, registry: Option<&'static Registry>, mut config: AttentionConfig, device: Device) -> Self {
+        config.device = match &device {
+            Device::Cpu => DeviceChoice::Cpu,
+            Device::Gpu(g) => DeviceChoice::Gpu(g.ordinal()),
+        };
+        Dispatcher { layer, registry, config, device, cached: BTreeMap::new() }
     }
 
     pub fn device(&self) -> &Device {
@@ -94,16 +107,23 @@ impl Dispatcher {
             Some(r) => r,
             None => Registry::global().map_err(|source| ModelError::Select { layer: self.layer, source })?,
         };
-        let selection = registry
-            .select(p, &self.device, &self.config)
-            .map_err(|source| ModelError::Select { layer: self.layer, source })?;
-        let mut reason = format!("{}; {class} step", selection.reason);
+        let choice =
+            registry.choose(p, &self.config).map_err(|source| ModelError::Select { layer: self.layer, source })?;
+        let mut reason = format!("{}; {class} step", choice.reason);
         if let Some((old, _)) = self.cached.get(&class) {
             reason = format!("{reason}; replaced {} which cannot run {p}", old.name());
         }
-        let backend: &'static dyn AttentionBackend = selection.backend;
-        self.cached.insert(class, (backend, AttentionChoice { backend: backend.name(), reason, calls: 1 }));
+        let backend: &'static dyn AttentionBackend = choice.backend;
+        self.cached
+            .insert(class, (backend, AttentionChoice { backend: backend.name(), reason, calls: 1, in_place: 0 }));
         Ok(backend)
+    }
+
+    /// Counts one call of `class` that read the cache in place.
+    pub fn note_in_place(&mut self, class: ShapeClass) {
+        if let Some((_, choice)) = self.cached.get_mut(&class) {
+            choice.in_place += 1;
+        }
     }
 
     /// Choices made so far, by class.

@@ -6,6 +6,7 @@ use super::kv_cache::KvCacheError;
 use super::rope::RopeError;
 use super::weights::WeightsError;
 use crate::backend::BackendError;
+use crate::device::DeviceError;
 use crate::registry::SelectError;
 use crate::tensor::TensorError;
 
@@ -25,6 +26,10 @@ pub enum ModelError {
     Backend { layer: usize, backend: &'static str, source: BackendError },
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("choosing the device for attention: {0}")]
+    DeviceChoice(SelectError),
     #[error("token id {token} at position {position} is outside the vocabulary (vocab_size {vocab_size})")]
     Token { token: u32, position: usize, vocab_size: usize },
     #[error("{0}")]

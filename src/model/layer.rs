@@ -15,9 +15,9 @@ use super::ops::Linear;
 use super::rope::{Positions, Rope};
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::problem::{AttentionProblem, Mask};
-use crate::registry::AttentionConfig;
-use crate::tensor::{HostData, Tensor};
+use crate::problem::{AttentionProblem, Mask, TensorRole};
+use crate::registry::{AttentionConfig, Registry};
+use crate::tensor::{HostData, Tensor, TensorView};
 use std::collections::BTreeMap;
 
 /// The new tokens of one sequence within a batch of rows.
@@ -122,7 +122,10 @@ impl AttentionLayer {
     }
 
     /// One batched attention call for sequences that share their cached
-    /// length: `len` new queries each against `kv_len` cached keys.
+    /// length: `len` new queries each against `kv_len` cached keys. Reads
+    /// the cache in place when it can offer strided views on the backend's
+    /// device and the chosen backend accepts them; otherwise from a gathered
+    /// contiguous copy.
     fn attend(
         &mut self,
         q_rows: &[f32],
@@ -132,24 +135,47 @@ impl AttentionLayer {
         cache: &dyn KvCache,
     ) -> Result<Vec<f32>, ModelError> {
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
-        let batch = group.len();
-        let p = AttentionProblem::new(batch, len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
+        let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
+        // The choice is made on the contiguous problem, so it does not
+        // depend on how the cache happens to be laid out.
         let backend = self.dispatcher.backend_for(&p)?;
+        let device = self.dispatcher.device().clone();
         let seqs: Vec<SeqId> = group.iter().map(|s| s.seq).collect();
-        let (mut k, mut v) = (HostData::F32(Vec::new()), HostData::F32(Vec::new()));
-        cache.gather(self.index, &seqs, kv_len, &mut k, &mut v)?;
         let q: Vec<f32> =
             group.iter().flat_map(|s| &q_rows[s.first_row * h * d..(s.first_row + len) * h * d]).copied().collect();
-        let device = self.dispatcher.device().clone();
         let q = Tensor::from_f32(p.q_shape(), self.dtype, &q)?.to_device(&device)?;
+        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        let run = |p: &AttentionProblem, k: TensorView<'_>, v: TensorView<'_>, out: &mut Tensor| {
+            backend.forward(p, &q, k, v, out).map_err(|source| ModelError::Backend {
+                layer: self.index,
+                backend: backend.name(),
+                source,
+            })
+        };
+        if let Some(views) = cache.views(self.index, &seqs, kv_len)?.filter(|v| same_device(&v.k.device(), &device)) {
+            let mut strided = p.clone();
+            for (role, view) in [(TensorRole::K, &views.k), (TensorRole::V, &views.v)] {
+                strided.strides.set(role, (!view.layout().is_contiguous()).then_some(view.layout().strides));
+            }
+            if Registry::reasons(backend, &strided, &device).is_empty() {
+                run(&strided, views.k, views.v, &mut out)?;
+                self.dispatcher.note_in_place(ShapeClass::of(&p));
+                return Ok(out.to_f32_vec()?);
+            }
+        }
+        let (mut k, mut v) = (HostData::F32(Vec::new()), HostData::F32(Vec::new()));
+        cache.gather(self.index, &seqs, kv_len, &mut k, &mut v)?;
         let k = Tensor::from_host(p.kv_shape(), k)?.to_device(&device)?;
         let v = Tensor::from_host(p.kv_shape(), v)?.to_device(&device)?;
-        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
-        backend.forward(&p, &q, &k, &v, &mut out).map_err(|source| ModelError::Backend {
-            layer: self.index,
-            backend: backend.name(),
-            source,
-        })?;
+        run(&p, k.view(), v.view(), &mut out)?;
         Ok(out.to_f32_vec()?)
+    }
+}
+
+fn same_device(a: &Device, b: &Device) -> bool {
+    match (a, b) {
+        (Device::Cpu, Device::Cpu) => true,
+        (Device::Gpu(x), Device::Gpu(y)) => x.same_as(y),
+        _ => false,
     }
 }

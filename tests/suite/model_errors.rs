@@ -145,9 +145,9 @@ fn bad_requests_are_typed_errors() {
 
 #[test]
 fn forced_backend_that_cannot_run_is_an_error_not_a_fallback() {
-    let attention =
-        rocmforge::AttentionConfig { backend: Some(rocmforge::BackendChoice::Prefer(vec!["no-such-backend".into()])) };
-    let mut d = Decoder::load(&fixture_dir("glm"), DecoderOptions { attention, ..DecoderOptions::default() }).unwrap();
+    let mut options = DecoderOptions::default();
+    options.attention.backend = Some(rocmforge::BackendChoice::Prefer(vec!["no-such-backend".into()]));
+    let mut d = Decoder::load(&fixture_dir("glm"), options).unwrap();
     let mut kv = d.new_cache(CacheKind::Contiguous, 1, 8).unwrap();
     let seq = kv.add_sequence().unwrap();
     let err = d.forward(kv.as_mut(), &[Step { seq, tokens: &[1, 2] }], LogitsFor::Last).unwrap_err();

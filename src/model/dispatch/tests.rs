@@ -1,11 +1,10 @@
 use super::*;
-use crate::backend::BackendError;
+use crate::backend::{BackendError, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims};
 use crate::device::DeviceKind;
 use crate::dtype::DType;
 use crate::problem::{Mask, MaskKind};
 use crate::registry::BackendChoice;
-use crate::tensor::Tensor;
 
 /// A backend that only declares capabilities; selection never runs it.
 struct Declared {
@@ -35,18 +34,13 @@ impl AttentionBackend for Declared {
             masks: &MaskKind::ALL,
             max_group_size: None,
             softcap: true,
+            strided: true,
+            matrix_units: None,
             deterministic: true,
             workspace: "none",
         }
     }
-    fn forward(
-        &self,
-        _: &AttentionProblem,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &mut Tensor,
-    ) -> Result<(), BackendError> {
+    fn run(&self, _: CheckedCall<'_>) -> Result<(), BackendError> {
         unreachable!("selection tests never run a backend")
     }
 }
@@ -66,7 +60,7 @@ fn problem(seq_q: usize, seq_kv: usize) -> AttentionProblem {
 }
 
 fn auto() -> AttentionConfig {
-    AttentionConfig { backend: Some(BackendChoice::Auto) }
+    AttentionConfig::with_backend(BackendChoice::Auto)
 }
 
 #[test]
@@ -97,7 +91,7 @@ fn a_cached_choice_that_stops_fitting_is_replaced_and_says_why() {
 
 #[test]
 fn forced_choice_is_obeyed_or_fails_with_every_reason() {
-    let forced = AttentionConfig { backend: Some(BackendChoice::Prefer(vec!["decode-only".into()])) };
+    let forced = AttentionConfig::with_backend(BackendChoice::Prefer(vec!["decode-only".into()]));
     let mut d = Dispatcher::with_registry(5, registry(), forced, Device::Cpu);
     assert_eq!(d.backend_for(&problem(2, 10)).unwrap().name(), "decode-only");
     assert!(d.choices()[&ShapeClass::Prefill].reason.contains("requested by config"));

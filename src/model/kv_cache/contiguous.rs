@@ -7,16 +7,15 @@
 //! tensors carry strides.
 
 use super::{
-    alloc, checked_product, copy, prepare_out, row_count, store, CacheShape, KvCache, KvCacheError, SeqId, SeqState,
+    copy, prepare_out, row_count, store, CacheShape, HostStorage, KvCache, KvCacheError, KvViews, SeqId, SeqState,
 };
-use crate::tensor::HostData;
+use crate::tensor::{HostData, Layout};
 
 pub struct ContiguousCache {
     shape: CacheShape,
     capacity: usize,
     /// Per layer: `[slots, capacity, kv_heads, head_dim]`.
-    k: Vec<HostData>,
-    v: Vec<HostData>,
+    storage: HostStorage,
     /// Per slot: `None` when free.
     slots: Vec<Option<SeqState>>,
 }
@@ -36,15 +35,8 @@ impl ContiguousCache {
             }
         }
         let describe = || format!("{slots} slots × {capacity} tokens × {} elements", shape.row());
-        let per_layer = checked_product(&[slots, capacity, shape.row()], describe)?;
-        checked_product(&[per_layer, 2 * shape.num_layers, shape.dtype.size_in_bytes()], describe)?;
-        let mut k = Vec::with_capacity(shape.num_layers);
-        let mut v = Vec::with_capacity(shape.num_layers);
-        for _ in 0..shape.num_layers {
-            k.push(alloc(shape.dtype, per_layer, describe)?);
-            v.push(alloc(shape.dtype, per_layer, describe)?);
-        }
-        Ok(ContiguousCache { shape, capacity, k, v, slots: vec![None; slots] })
+        let storage = HostStorage::new(shape, slots, capacity, describe)?;
+        Ok(ContiguousCache { shape, capacity, storage, slots: vec![None; slots] })
     }
 
     pub fn capacity(&self) -> usize {
@@ -59,11 +51,6 @@ impl ContiguousCache {
     /// Elements between consecutive slots (the batch stride of a view).
     pub fn slot_stride(&self) -> usize {
         self.capacity * self.shape.row()
-    }
-
-    /// The raw storage of `layer`, `[slots, capacity, kv_heads, head_dim]`.
-    pub fn layer_storage(&self, layer: usize) -> Option<(&HostData, &HostData)> {
-        Some((self.k.get(layer)?, self.v.get(layer)?))
     }
 
     fn state(&self, seq: SeqId) -> Result<SeqState, KvCacheError> {
@@ -127,8 +114,9 @@ impl KvCache for ContiguousCache {
             return Err(KvCacheError::NotReserved { seq, len: state.len, requested: n, reserved: state.reserved });
         }
         let at = self.offset(seq, state.len);
-        store(&mut self.k[layer], at, k);
-        store(&mut self.v[layer], at, v);
+        let (dk, dv) = self.storage.host_mut(layer);
+        store(dk, at, k);
+        store(dv, at, v);
         Ok(())
     }
 
@@ -149,20 +137,46 @@ impl KvCache for ContiguousCache {
         k: &mut HostData,
         v: &mut HostData,
     ) -> Result<(), KvCacheError> {
+        self.check_readable(layer, seqs, len)?;
+        let per_seq = len * self.shape.row();
+        prepare_out(k, self.shape.dtype, seqs.len() * per_seq)?;
+        prepare_out(v, self.shape.dtype, seqs.len() * per_seq)?;
+        let (sk, sv) = self.storage.host(layer);
+        for (b, &seq) in seqs.iter().enumerate() {
+            let from = self.offset(seq, 0);
+            copy(k, b * per_seq, sk, from, per_seq);
+            copy(v, b * per_seq, sv, from, per_seq);
+        }
+        Ok(())
+    }
+
+    /// A view when the sequences occupy consecutive slots in order (always
+    /// true for one sequence): batch stride = one slot.
+    fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError> {
+        self.check_readable(layer, seqs, len)?;
+        let Some(first) = seqs.first() else { return Ok(None) };
+        if seqs.iter().enumerate().any(|(i, s)| s.0 != first.0 + i) {
+            return Ok(None);
+        }
+        let row = self.shape.row();
+        let layout = Layout {
+            shape: [seqs.len(), len, self.shape.num_kv_heads, self.shape.head_dim],
+            strides: [self.slot_stride(), row, self.shape.head_dim],
+            offset: self.offset(*first, 0),
+        };
+        self.storage.views(layer, layout).map(Some)
+    }
+}
+
+impl ContiguousCache {
+    /// `layer` exists and every sequence has `len` written positions.
+    fn check_readable(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<(), KvCacheError> {
         self.check_layer(layer)?;
         for &seq in seqs {
             let state = self.state(seq)?;
             if len > state.reserved.max(state.len) {
                 return Err(KvCacheError::TooShort { seq, len: state.len, wanted: len });
             }
-        }
-        let per_seq = len * self.shape.row();
-        prepare_out(k, self.shape.dtype, seqs.len() * per_seq)?;
-        prepare_out(v, self.shape.dtype, seqs.len() * per_seq)?;
-        for (b, &seq) in seqs.iter().enumerate() {
-            let from = self.offset(seq, 0);
-            copy(k, b * per_seq, &self.k[layer], from, per_seq);
-            copy(v, b * per_seq, &self.v[layer], from, per_seq);
         }
         Ok(())
     }

@@ -16,7 +16,7 @@ pub use contiguous::ContiguousCache;
 pub use paged::PagedCache;
 
 use crate::dtype::DType;
-use crate::tensor::HostData;
+use crate::tensor::{HostData, Tensor, TensorView};
 
 /// Identifies one sequence in a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -75,6 +75,8 @@ pub enum KvCacheError {
     Zero { what: &'static str },
     #[error("a cache of {what} needs more than usize::MAX elements or fails to allocate")]
     TooLarge { what: String },
+    #[error("cannot view the cache as a tensor: {0}")]
+    View(String),
 }
 
 /// What the decoder needs from a cache, whatever its layout.
@@ -107,6 +109,74 @@ pub trait KvCache: Send {
         k: &mut HostData,
         v: &mut HostData,
     ) -> Result<(), KvCacheError>;
+    /// Positions `0 .. len` of `layer` for `seqs` as strided
+    /// `[seqs.len(), len, kv_heads, head_dim]` views into the cache itself
+    /// (no copy), when the layout allows one; `None` when the caller must
+    /// `gather` instead.
+    fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError>;
+}
+
+/// Keys and values as views into a cache.
+pub struct KvViews<'a> {
+    pub k: TensorView<'a>,
+    pub v: TensorView<'a>,
+}
+
+/// Per-layer key and value storage of a host cache: `[n, rows, kv_heads,
+/// head_dim]` tensors (n slots or blocks of `rows` tokens).
+pub(crate) struct HostStorage {
+    pub k: Vec<Tensor>,
+    pub v: Vec<Tensor>,
+}
+
+impl HostStorage {
+    pub fn new(
+        shape: CacheShape,
+        n: usize,
+        rows: usize,
+        what: impl Fn() -> String,
+    ) -> Result<HostStorage, KvCacheError> {
+        let dims = [n, rows, shape.num_kv_heads, shape.head_dim];
+        let per_layer = checked_product(&dims, &what)?;
+        checked_product(&[per_layer, 2 * shape.num_layers, shape.dtype.size_in_bytes()], &what)?;
+        let tensor = || -> Result<Tensor, KvCacheError> {
+            Tensor::from_host(dims, alloc(shape.dtype, per_layer, &what)?)
+                .map_err(|e| KvCacheError::View(e.to_string()))
+        };
+        let mut k = Vec::with_capacity(shape.num_layers);
+        let mut v = Vec::with_capacity(shape.num_layers);
+        for _ in 0..shape.num_layers {
+            k.push(tensor()?);
+            v.push(tensor()?);
+        }
+        Ok(HostStorage { k, v })
+    }
+
+    /// Host elements of one layer's keys and values.
+    pub fn host(&self, layer: usize) -> (&HostData, &HostData) {
+        (host(&self.k[layer]), host(&self.v[layer]))
+    }
+
+    pub fn host_mut(&mut self, layer: usize) -> (&mut HostData, &mut HostData) {
+        (host_mut(&mut self.k[layer]), host_mut(&mut self.v[layer]))
+    }
+
+    /// Views of `layout` into one layer's keys and values.
+    pub fn views(&self, layer: usize, layout: crate::tensor::Layout) -> Result<KvViews<'_>, KvCacheError> {
+        fn view(t: &Tensor, layout: crate::tensor::Layout) -> Result<TensorView<'_>, KvCacheError> {
+            t.strided_view(layout).map_err(|e| KvCacheError::View(e.to_string()))
+        }
+        Ok(KvViews { k: view(&self.k[layer], layout)?, v: view(&self.v[layer], layout)? })
+    }
+}
+
+// Host caches only ever build host tensors (`HostStorage::new`).
+fn host(t: &Tensor) -> &HostData {
+    t.host().expect("host cache storage is on the host")
+}
+
+fn host_mut(t: &mut Tensor) -> &mut HostData {
+    t.host_mut().expect("host cache storage is on the host")
 }
 
 /// How many tokens one sequence has: committed, and written-or-reserved room.
@@ -125,7 +195,7 @@ pub(crate) fn row_count(k: &[f32], v: &[f32], row: usize) -> Result<usize, KvCac
 }
 
 /// A zeroed buffer of `n` elements, allocated fallibly.
-pub(crate) fn alloc(dtype: DType, n: usize, what: impl Fn() -> String) -> Result<HostData, KvCacheError> {
+pub(crate) fn alloc(dtype: DType, n: usize, what: &impl Fn() -> String) -> Result<HostData, KvCacheError> {
     fn zeroed<T: Clone>(n: usize, zero: T) -> Option<Vec<T>> {
         let mut v = Vec::new();
         v.try_reserve_exact(n).ok()?;
@@ -141,7 +211,7 @@ pub(crate) fn alloc(dtype: DType, n: usize, what: impl Fn() -> String) -> Result
 }
 
 /// Product of `dims`, or `TooLarge` naming `what`.
-pub(crate) fn checked_product(dims: &[usize], what: impl Fn() -> String) -> Result<usize, KvCacheError> {
+pub(crate) fn checked_product(dims: &[usize], what: &impl Fn() -> String) -> Result<usize, KvCacheError> {
     dims.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).ok_or_else(|| KvCacheError::TooLarge { what: what() })
 }
 
@@ -168,7 +238,7 @@ pub(crate) fn copy(dst: &mut HostData, to: usize, src: &HostData, from: usize, n
 /// Checks and (re)sizes the gather outputs to `elements` in `dtype`.
 pub(crate) fn prepare_out(out: &mut HostData, dtype: DType, elements: usize) -> Result<(), KvCacheError> {
     if out.dtype() != dtype || out.len() != elements {
-        *out = alloc(dtype, elements, || format!("{elements} gathered elements"))?;
+        *out = alloc(dtype, elements, &|| format!("{elements} gathered elements"))?;
     }
     Ok(())
 }

@@ -6,18 +6,18 @@
 //! the layout paged-attention kernels read.
 
 use super::{
-    alloc, checked_product, copy, prepare_out, row_count, store, CacheShape, KvCache, KvCacheError, SeqId, SeqState,
+    copy, prepare_out, row_count, store, CacheShape, HostStorage, KvCache, KvCacheError, KvViews, SeqId, SeqState,
     BLOCK_SIZES,
 };
-use crate::tensor::HostData;
+use crate::tensor::{HostData, Layout};
 use std::collections::BTreeMap;
 
 pub struct PagedCache {
     shape: CacheShape,
     block_size: usize,
     num_blocks: usize,
-    k: Vec<HostData>,
-    v: Vec<HostData>,
+    /// Per layer: `[num_blocks, block_size, kv_heads, head_dim]`.
+    storage: HostStorage,
     /// Free block ids; popped from the end.
     free: Vec<u32>,
     tables: BTreeMap<SeqId, (SeqState, Vec<u32>)>,
@@ -44,17 +44,10 @@ impl PagedCache {
         if u32::try_from(num_blocks).is_err() {
             return Err(KvCacheError::TooLarge { what: describe() });
         }
-        let per_layer = checked_product(&[num_blocks, block_size, shape.row()], describe)?;
-        checked_product(&[per_layer, 2 * shape.num_layers, shape.dtype.size_in_bytes()], describe)?;
-        let mut k = Vec::with_capacity(shape.num_layers);
-        let mut v = Vec::with_capacity(shape.num_layers);
-        for _ in 0..shape.num_layers {
-            k.push(alloc(shape.dtype, per_layer, describe)?);
-            v.push(alloc(shape.dtype, per_layer, describe)?);
-        }
+        let storage = HostStorage::new(shape, num_blocks, block_size, describe)?;
         // Hand out low block ids first (pop from the end of a reversed list).
         let free = (0..num_blocks as u32).rev().collect();
-        Ok(PagedCache { shape, block_size, num_blocks, k, v, free, tables: BTreeMap::new(), next_id: 0 })
+        Ok(PagedCache { shape, block_size, num_blocks, storage, free, tables: BTreeMap::new(), next_id: 0 })
     }
 
     pub fn block_size(&self) -> usize {
@@ -72,11 +65,6 @@ impl PagedCache {
     /// The block table of `seq`.
     pub fn block_table(&self, seq: SeqId) -> Result<&[u32], KvCacheError> {
         self.tables.get(&seq).map(|(_, t)| t.as_slice()).ok_or(KvCacheError::UnknownSequence(seq))
-    }
-
-    /// The raw pool of `layer`, `[num_blocks, block_size, kv_heads, head_dim]`.
-    pub fn layer_storage(&self, layer: usize) -> Option<(&HostData, &HostData)> {
-        Some((self.k.get(layer)?, self.v.get(layer)?))
     }
 
     fn entry(&self, seq: SeqId) -> Result<&(SeqState, Vec<u32>), KvCacheError> {
@@ -162,9 +150,10 @@ impl KvCache for PagedCache {
         }
         let mut spans = Vec::new();
         self.runs(table, state.len, n, |pool, linear, count| spans.push((pool, linear, count)));
+        let (dk, dv) = self.storage.host_mut(layer);
         for (pool, linear, count) in spans {
-            store(&mut self.k[layer], pool, &k[linear..linear + count]);
-            store(&mut self.v[layer], pool, &v[linear..linear + count]);
+            store(dk, pool, &k[linear..linear + count]);
+            store(dv, pool, &v[linear..linear + count]);
         }
         Ok(())
     }
@@ -186,22 +175,51 @@ impl KvCache for PagedCache {
         k: &mut HostData,
         v: &mut HostData,
     ) -> Result<(), KvCacheError> {
+        self.check_readable(layer, seqs, len)?;
+        let per_seq = len * self.shape.row();
+        prepare_out(k, self.shape.dtype, seqs.len() * per_seq)?;
+        prepare_out(v, self.shape.dtype, seqs.len() * per_seq)?;
+        let (sk, sv) = self.storage.host(layer);
+        for (b, &seq) in seqs.iter().enumerate() {
+            let (_, table) = self.entry(seq)?;
+            self.runs(table, 0, len, |pool, linear, count| {
+                copy(k, b * per_seq + linear, sk, pool, count);
+                copy(v, b * per_seq + linear, sv, pool, count);
+            });
+        }
+        Ok(())
+    }
+
+    /// A view when there is one sequence whose blocks holding `0 .. len`
+    /// are consecutive in the pool, in order (as a fresh pool hands them out).
+    fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError> {
+        self.check_readable(layer, seqs, len)?;
+        let [seq] = seqs else { return Ok(None) };
+        let (_, table) = self.entry(*seq)?;
+        let used = &table[..len.div_ceil(self.block_size)];
+        let Some(&first) = used.first() else { return Ok(None) };
+        if used.iter().enumerate().any(|(i, &b)| b as usize != first as usize + i) {
+            return Ok(None);
+        }
+        let row = self.shape.row();
+        let layout = Layout {
+            shape: [1, len, self.shape.num_kv_heads, self.shape.head_dim],
+            strides: [len * row, row, self.shape.head_dim],
+            offset: first as usize * self.block_size * row,
+        };
+        self.storage.views(layer, layout).map(Some)
+    }
+}
+
+impl PagedCache {
+    /// `layer` exists and every sequence has `len` written positions.
+    fn check_readable(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<(), KvCacheError> {
         self.check_layer(layer)?;
         for &seq in seqs {
             let (state, _) = self.entry(seq)?;
             if len > state.reserved.max(state.len) {
                 return Err(KvCacheError::TooShort { seq, len: state.len, wanted: len });
             }
-        }
-        let per_seq = len * self.shape.row();
-        prepare_out(k, self.shape.dtype, seqs.len() * per_seq)?;
-        prepare_out(v, self.shape.dtype, seqs.len() * per_seq)?;
-        for (b, &seq) in seqs.iter().enumerate() {
-            let (_, table) = self.entry(seq)?;
-            self.runs(table, 0, len, |pool, linear, count| {
-                copy(k, b * per_seq + linear, &self.k[layer], pool, count);
-                copy(v, b * per_seq + linear, &self.v[layer], pool, count);
-            });
         }
         Ok(())
     }

@@ -189,3 +189,59 @@ fn argument_errors() {
         assert!(matches!(cache.remove_sequence(SeqId(99)), Err(KvCacheError::UnknownSequence(_))));
     }
 }
+
+/// The view's elements, read through its layout.
+fn read_view(view: &crate::tensor::TensorView<'_>) -> Vec<f32> {
+    let host = view.host().unwrap();
+    let l = view.layout();
+    let [b, s, h, d] = l.shape;
+    let mut out = Vec::new();
+    for bi in 0..b {
+        for si in 0..s {
+            for hi in 0..h {
+                out.extend((0..d).map(|x| host.get_f32(l.row(bi, si, hi) + x)));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn views_read_in_place_what_gather_copies() {
+    let mut rng = SplitMix64(4);
+    let mut model = Model::default();
+    let mut contiguous = ContiguousCache::new(SHAPE, 3, 40).unwrap();
+    let seqs: Vec<SeqId> = (0..3).map(|_| contiguous.add_sequence().unwrap()).collect();
+    for s in &seqs {
+        step(&mut contiguous, &mut model, *s, 21, &mut rng);
+    }
+    let (mut k, mut v) = (HostData::F32(vec![]), HostData::F32(vec![]));
+    for batch in [&seqs[..1], &seqs[1..], &seqs[..]] {
+        let views = contiguous.views(1, batch, 21).unwrap().expect("consecutive slots have a view");
+        assert!(!views.k.layout().is_contiguous(), "capacity 40 > length 21: strided");
+        contiguous.gather(1, batch, 21, &mut k, &mut v).unwrap();
+        assert_eq!(read_view(&views.k), k.to_f32());
+        assert_eq!(read_view(&views.v), v.to_f32());
+    }
+    // Slots out of order or with gaps: no view, gather instead.
+    assert!(contiguous.views(0, &[seqs[1], seqs[0]], 21).unwrap().is_none());
+    assert!(contiguous.views(0, &[seqs[0], seqs[2]], 21).unwrap().is_none());
+    assert!(matches!(contiguous.views(0, &seqs, 22), Err(KvCacheError::TooShort { .. })));
+
+    let mut model = Model::default(); // sequence ids restart in a new cache
+    let mut paged = PagedCache::new(SHAPE, 16, 8).unwrap();
+    let a = paged.add_sequence().unwrap();
+    step(&mut paged, &mut model, a, 40, &mut rng); // blocks 0, 1, 2
+    let views = paged.views(2, &[a], 40).unwrap().expect("blocks 0..3 are consecutive");
+    paged.gather(2, &[a], 40, &mut k, &mut v).unwrap();
+    assert_eq!(read_view(&views.k), k.to_f32());
+    // Interleaved growth scatters the blocks of two sequences.
+    let b = paged.add_sequence().unwrap();
+    step(&mut paged, &mut model, b, 16, &mut rng); // block 3
+    step(&mut paged, &mut model, a, 10, &mut rng); // block 4 after a's 0..3
+    assert_eq!(paged.block_table(a).unwrap(), &[0, 1, 2, 4]);
+    assert!(paged.views(0, &[a], 50).unwrap().is_none());
+    assert!(paged.views(0, &[a], 48).unwrap().is_some(), "the first three blocks are still consecutive");
+    assert!(paged.views(0, &[a, b], 16).unwrap().is_none(), "several sequences: gather");
+    check(&paged, &model, &[a]);
+}
