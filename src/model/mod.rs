@@ -15,6 +15,7 @@
 pub mod config;
 pub mod decoder;
 pub mod dispatch;
+pub mod engine;
 pub mod error;
 pub mod generate;
 pub mod kv_cache;

@@ -11,4 +11,5 @@ mod kernels_offline;
 mod model_cli;
 mod model_errors;
 mod model_fixtures;
+mod model_kernels_offline;
 mod selection;
