@@ -1,16 +1,19 @@
 //! The decoder: token embeddings, then per layer
 //! `h += [norm] attn(norm(h))` and `h += [norm] mlp(norm(h))` (the bracketed
 //! norms are GLM-4's), a final RMSNorm and the LM head (tied to the
-//! embeddings or not). Dense math runs on the host in f32; attention runs
-//! through the selected backend on the options' device.
+//! embeddings or not). Dense math runs on the [`Engine`] of the chosen
+//! device, the KV cache lives there too, and attention runs through the
+//! backend selected for that device.
 
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, ShapeClass};
+use super::engine::Engine;
 use super::error::ModelError;
 use super::kv_cache::{CacheShape, ContiguousCache, KvCache, PagedCache, SeqId};
 use super::layer::{AttentionLayer, Projections, Span};
-use super::ops::{add_in_place, rms_norm, swiglu, Linear};
-use super::weights::{GateUp, LayerWeights, ModelWeights, Weight};
+use super::matrix::Matrix;
+use super::rope::Rope;
+use super::weights::{GateUp, LayerWeights, ModelWeights};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask};
@@ -22,39 +25,31 @@ use std::path::Path;
 /// How the decoder runs.
 #[derive(Clone, Debug)]
 pub struct DecoderOptions {
-    /// Backend choice (`None` = env, then auto) and device of every
-    /// attention layer. `Auto` resolves once, through `Registry::choose`.
+    /// Backend choice (`None` = env, then auto) and device. The device
+    /// holds the weights, the activations and the KV cache; `Auto` resolves
+    /// once, through `Registry::choose`.
     pub attention: AttentionConfig,
     /// Element type of the KV cache and of the attention problems.
     pub kv_dtype: DType,
 }
 
 impl Default for DecoderOptions {
-    /// The CPU (the dense layers run on the host), f32 cache, backend from
-    /// the environment or auto.
+    /// The CPU, an f32 cache, the backend from the environment or auto.
     fn default() -> Self {
         let attention = AttentionConfig { device: DeviceChoice::Cpu, ..AttentionConfig::default() };
         DecoderOptions { attention, kv_dtype: DType::F32 }
     }
 }
 
-/// The device attention runs on: the one named, or for `Auto` the one
+/// The device the model runs on: the one named, or for `Auto` the one
 /// `Registry::choose` picks for a decode step of this model.
 fn resolve_device(config: &ModelConfig, options: &DecoderOptions) -> Result<Device, ModelError> {
     match options.attention.device {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Gpu(n) => Ok(Device::gpu(n)?),
         DeviceChoice::Auto => {
-            let p = AttentionProblem::new(
-                1,
-                1,
-                1,
-                config.num_heads,
-                config.num_kv_heads,
-                config.head_dim,
-                options.kv_dtype,
-            )
-            .with_mask(Mask::Causal);
+            let (h, hkv, d) = (config.num_heads, config.num_kv_heads, config.head_dim);
+            let p = AttentionProblem::new(1, 1, 1, h, hkv, d, options.kv_dtype).with_mask(Mask::Causal);
             let registry = Registry::global().map_err(ModelError::DeviceChoice)?;
             Ok(registry.choose(&p, &options.attention).map_err(ModelError::DeviceChoice)?.device)
         }
@@ -64,40 +59,43 @@ fn resolve_device(config: &ModelConfig, options: &DecoderOptions) -> Result<Devi
 /// The MLP's projections.
 enum Mlp {
     Split {
-        gate: Linear,
-        up: Linear,
-        down: Linear,
+        gate: Matrix,
+        up: Matrix,
+        down: Matrix,
+        biases: Option<[Matrix; 3]>,
     },
     /// `[gate; up]` in one matrix (GLM).
     Fused {
-        gate_up: Linear,
-        down: Linear,
+        gate_up: Matrix,
+        down: Matrix,
     },
 }
 
 impl Mlp {
-    fn forward(&self, x: &[f32]) -> Vec<f32> {
+    fn forward(&self, engine: &Engine, x: &Matrix) -> Result<Matrix, ModelError> {
         match self {
-            Mlp::Split { gate, up, down } => down.forward(&swiglu(&gate.forward(x), &up.forward(x))),
+            Mlp::Split { gate, up, down, biases } => {
+                let [gb, ub, db] = match biases {
+                    Some([g, u, d]) => [Some(g), Some(u), Some(d)],
+                    None => [None, None, None],
+                };
+                let g = engine.linear(x, gate, gb)?;
+                let u = engine.linear(x, up, ub)?;
+                engine.linear(&engine.swiglu(&g, Some(&u))?, down, db)
+            }
             Mlp::Fused { gate_up, down } => {
-                let both = gate_up.forward(x);
-                let inter = gate_up.out_features / 2;
-                let (mut g, mut u) = (Vec::with_capacity(both.len() / 2), Vec::with_capacity(both.len() / 2));
-                for row in both.chunks_exact(2 * inter) {
-                    g.extend_from_slice(&row[..inter]);
-                    u.extend_from_slice(&row[inter..]);
-                }
-                down.forward(&swiglu(&g, &u))
+                let both = engine.linear(x, gate_up, None)?;
+                engine.linear(&engine.swiglu(&both, None)?, down, None)
             }
         }
     }
 }
 
 struct Block {
-    input_norm: Vec<f32>,
-    post_attention_norm: Vec<f32>,
-    post_self_attn_norm: Option<Vec<f32>>,
-    post_mlp_norm: Option<Vec<f32>>,
+    input_norm: Matrix,
+    post_attention_norm: Matrix,
+    post_self_attn_norm: Option<Matrix>,
+    post_mlp_norm: Option<Matrix>,
     attention: AttentionLayer,
     mlp: Mlp,
 }
@@ -128,15 +126,14 @@ pub enum CacheKind {
 pub struct Decoder {
     config: ModelConfig,
     device: Device,
+    engine: Engine,
     kv_dtype: DType,
-    embed: Vec<f32>,
+    rope: Rope,
+    embed: Matrix,
     blocks: Vec<Block>,
-    final_norm: Vec<f32>,
-    lm_head: Linear,
-}
-
-fn linear(w: &Weight, bias: Option<&Weight>) -> Linear {
-    Linear::new(w.to_f32(), bias.map(Weight::to_f32), w.shape[0], w.shape[1])
+    final_norm: Matrix,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Matrix>,
 }
 
 impl Decoder {
@@ -149,21 +146,23 @@ impl Decoder {
 
     pub fn new(config: ModelConfig, weights: &ModelWeights, options: DecoderOptions) -> Result<Decoder, ModelError> {
         let device = resolve_device(&config, &options)?;
+        let engine = Engine::for_device(&device);
         let blocks = weights
             .layers
             .iter()
             .enumerate()
-            .map(|(i, w)| block(i, &config, w, &options, &device))
+            .map(|(i, w)| block(i, &config, w, &options, &engine))
             .collect::<Result<Vec<_>, _>>()?;
-        let lm_head = linear(weights.lm_head.as_ref().unwrap_or(&weights.embed), None);
         Ok(Decoder {
-            device,
+            rope: Rope::new(&config.rope, config.head_dim)?,
+            embed: engine.weight(&weights.embed)?,
+            final_norm: engine.weight(&weights.final_norm)?,
+            lm_head: weights.lm_head.as_ref().map(|w| engine.weight(w)).transpose()?,
             kv_dtype: options.kv_dtype,
-            embed: weights.embed.to_f32(),
             blocks,
-            final_norm: weights.final_norm.to_f32(),
-            lm_head,
             config,
+            device,
+            engine,
         })
     }
 
@@ -171,13 +170,14 @@ impl Decoder {
         &self.config
     }
 
-    /// Where attention runs.
+    /// Where the model runs.
     pub fn device(&self) -> &Device {
         &self.device
     }
 
-    /// A cache for this model: `sequences` slots of `capacity` tokens
-    /// (contiguous), or a pool with room for that many tokens (paged).
+    /// A cache for this model on its device: `sequences` slots of
+    /// `capacity` tokens (contiguous), or a pool with room for that many
+    /// tokens (paged).
     pub fn new_cache(
         &self,
         kind: CacheKind,
@@ -191,65 +191,83 @@ impl Decoder {
             head_dim: c.head_dim,
             dtype: self.kv_dtype,
         };
+        let d = &self.device;
         Ok(match kind {
-            CacheKind::Contiguous => Box::new(ContiguousCache::new(shape, sequences, capacity)?),
+            CacheKind::Contiguous => Box::new(ContiguousCache::on(d, shape, sequences, capacity)?),
             CacheKind::Paged { block_size } => {
                 let blocks = sequences.saturating_mul(capacity.div_ceil(block_size.max(1)));
-                Box::new(PagedCache::new(shape, block_size, blocks)?)
+                Box::new(PagedCache::on(d, shape, block_size, blocks)?)
             }
         })
     }
 
     /// Runs the new tokens of every step through the model, appending to
-    /// `cache`, and returns logits per step: `[1, vocab]` or `[tokens, vocab]`
-    /// flattened, as `which` says. On error the cache keeps its committed
-    /// lengths (the steps' tokens are not committed).
+    /// `cache`, and returns logits per step (in step order): `[1, vocab]` or
+    /// `[tokens, vocab]` flattened, as `which` says. On error the cache keeps
+    /// its committed lengths (the steps' tokens are not committed).
     pub fn forward(
         &mut self,
         cache: &mut dyn KvCache,
         steps: &[Step<'_>],
         which: LogitsFor,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let spans = self.prepare(cache, steps)?;
-        let hidden_size = self.config.hidden_size;
-        let mut h: Vec<f32> = Vec::with_capacity(spans.iter().map(|s| s.len).sum::<usize>() * hidden_size);
-        for step in steps {
-            for &t in step.tokens {
-                h.extend_from_slice(&self.embed[t as usize * hidden_size..(t as usize + 1) * hidden_size]);
-            }
+        if !super::kv_cache::same_device(&cache.device(), &self.device) {
+            return Err(ModelError::Request(format!(
+                "the cache is on {}, the model on {}",
+                cache.device().label(),
+                self.device.label()
+            )));
         }
+        let (spans, order) = self.prepare(cache, steps)?;
+        let ids: Vec<u32> = order.iter().flat_map(|&i| steps[i].tokens.iter().copied()).collect();
+        let positions: Vec<usize> = spans.iter().flat_map(|s| s.start..s.start + s.len).collect();
+        let engine = &self.engine;
+        let rope_in = engine.rope_input(&self.rope, positions)?;
+        let mut h = engine.embed(&self.embed, &ids)?;
         let eps = self.config.rms_norm_eps;
         for block in &mut self.blocks {
-            let mut a = block.attention.forward(&rms_norm(&h, &block.input_norm, eps), &spans, cache)?;
+            let x = engine.rms_norm(&h, &block.input_norm, eps)?;
+            let mut a = block.attention.forward(engine, &x, &spans, (&self.rope, &rope_in), cache)?;
             if let Some(w) = &block.post_self_attn_norm {
-                a = rms_norm(&a, w, eps);
+                a = engine.rms_norm(&a, w, eps)?;
             }
-            add_in_place(&mut h, &a);
-            let mut m = block.mlp.forward(&rms_norm(&h, &block.post_attention_norm, eps));
+            engine.add(&mut h, &a)?;
+            let mut m = block.mlp.forward(engine, &engine.rms_norm(&h, &block.post_attention_norm, eps)?)?;
             if let Some(w) = &block.post_mlp_norm {
-                m = rms_norm(&m, w, eps);
+                m = engine.rms_norm(&m, w, eps)?;
             }
-            add_in_place(&mut h, &m);
+            engine.add(&mut h, &m)?;
         }
         for s in &spans {
             cache.commit(s.seq, s.len)?;
         }
-        let mut out = Vec::with_capacity(spans.len());
-        for s in &spans {
-            let rows = match which {
+        let rows: Vec<usize> = spans
+            .iter()
+            .flat_map(|s| match which {
                 LogitsFor::All => s.first_row..s.first_row + s.len,
                 LogitsFor::Last => s.first_row + s.len - 1..s.first_row + s.len,
-            };
-            let x = rms_norm(&h[rows.start * hidden_size..rows.end * hidden_size], &self.final_norm, eps);
-            out.push(self.lm_head.forward(&x));
+            })
+            .collect();
+        let x = engine.rms_norm(&engine.select_rows(&h, &rows)?, &self.final_norm, eps)?;
+        let logits = engine.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?.to_vec()?;
+        // Back to step order.
+        let vocab = self.config.vocab_size;
+        let mut out = vec![Vec::new(); steps.len()];
+        let mut at = 0;
+        for (span, &step) in spans.iter().zip(&order) {
+            let n = if which == LogitsFor::All { span.len } else { 1 };
+            out[step] = logits[at * vocab..(at + n) * vocab].to_vec();
+            at += n;
         }
         Ok(out)
     }
 
-    /// Checks the steps, reserves cache room for them and lays out their rows.
-    fn prepare(&self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<Vec<Span>, ModelError> {
-        let mut spans = Vec::with_capacity(steps.len());
-        let mut first_row = 0;
+    /// Checks the steps, reserves cache room for them and lays out their
+    /// rows: steps sorted by (cached length, new tokens) so that those that
+    /// can share an attention call are adjacent. Returns the spans in row
+    /// order and, for each, the index of its step.
+    fn prepare(&self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<(Vec<Span>, Vec<usize>), ModelError> {
+        let mut starts = Vec::with_capacity(steps.len());
         for (i, step) in steps.iter().enumerate() {
             if step.tokens.is_empty() {
                 return Err(ModelError::Request(format!("step {i} ({}) has no tokens", step.seq)));
@@ -261,12 +279,21 @@ impl Decoder {
             if let Some((position, &token)) = step.tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab_size) {
                 return Err(ModelError::Token { token, position, vocab_size });
             }
-            let start = cache.len(step.seq)?;
-            cache.reserve(step.seq, step.tokens.len())?;
-            spans.push(Span { seq: step.seq, start, len: step.tokens.len(), first_row });
-            first_row += step.tokens.len();
+            starts.push(cache.len(step.seq)?);
         }
-        Ok(spans)
+        let mut order: Vec<usize> = (0..steps.len()).collect();
+        order.sort_by_key(|&i| (starts[i], steps[i].tokens.len(), i));
+        for &i in &order {
+            cache.reserve(steps[i].seq, steps[i].tokens.len())?;
+        }
+        let mut spans = Vec::with_capacity(steps.len());
+        let mut first_row = 0;
+        for &i in &order {
+            let len = steps[i].tokens.len();
+            spans.push(Span { seq: steps[i].seq, start: starts[i], len, first_row });
+            first_row += len;
+        }
+        Ok((spans, order))
     }
 
     /// For each shape class, every layer's choice (layer index, choice).
@@ -286,27 +313,36 @@ fn block(
     c: &ModelConfig,
     w: &LayerWeights,
     options: &DecoderOptions,
-    device: &Device,
+    engine: &Engine,
 ) -> Result<Block, ModelError> {
+    let opt = |b: &Option<super::weights::Weight>| b.as_ref().map(|b| engine.weight(b)).transpose();
     let proj = Projections {
-        q: linear(&w.q, w.q_bias.as_ref()),
-        k: linear(&w.k, w.k_bias.as_ref()),
-        v: linear(&w.v, w.v_bias.as_ref()),
-        o: linear(&w.o, w.o_bias.as_ref()),
+        q: engine.weight(&w.q)?,
+        k: engine.weight(&w.k)?,
+        v: engine.weight(&w.v)?,
+        o: engine.weight(&w.o)?,
+        q_bias: opt(&w.q_bias)?,
+        k_bias: opt(&w.k_bias)?,
+        v_bias: opt(&w.v_bias)?,
+        o_bias: opt(&w.o_bias)?,
     };
-    let attention = AttentionLayer::new(i, c, proj, options.kv_dtype, options.attention.clone(), device.clone())?;
-    let down = linear(&w.down, w.down_bias.as_ref());
+    let attention = AttentionLayer::new(i, c, proj, options.kv_dtype, options.attention.clone(), engine.device());
+    let down = engine.weight(&w.down)?;
     let mlp = match &w.gate_up {
         GateUp::Split { gate, up, gate_bias, up_bias } => {
-            Mlp::Split { gate: linear(gate, gate_bias.as_ref()), up: linear(up, up_bias.as_ref()), down }
+            let biases = match (gate_bias, up_bias, &w.down_bias) {
+                (Some(g), Some(u), Some(d)) => Some([engine.weight(g)?, engine.weight(u)?, engine.weight(d)?]),
+                _ => None,
+            };
+            Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases }
         }
-        GateUp::Fused(gate_up) => Mlp::Fused { gate_up: linear(gate_up, None), down },
+        GateUp::Fused(gate_up) => Mlp::Fused { gate_up: engine.weight(gate_up)?, down },
     };
     Ok(Block {
-        input_norm: w.input_norm.to_f32(),
-        post_attention_norm: w.post_attention_norm.to_f32(),
-        post_self_attn_norm: w.post_self_attn_norm.as_ref().map(Weight::to_f32),
-        post_mlp_norm: w.post_mlp_norm.as_ref().map(Weight::to_f32),
+        input_norm: engine.weight(&w.input_norm)?,
+        post_attention_norm: engine.weight(&w.post_attention_norm)?,
+        post_self_attn_norm: opt(&w.post_self_attn_norm)?,
+        post_mlp_norm: opt(&w.post_mlp_norm)?,
         attention,
         mlp,
     })

@@ -1,23 +1,25 @@
 //! The attention layer: q/k/v projections (optional biases), RoPE on q and
 //! k, the new keys and values appended to the cache, attention over the
 //! cache through the backend the [`Dispatcher`] selects, and the output
-//! projection.
+//! projection. Dense steps run on the decoder's [`Engine`].
 //!
-//! Sequences in one call may have different cached lengths. Those with the
-//! same (cached length, new tokens) form one batched attention call; the
-//! problem has one `seq_kv` for its whole batch.
+//! Sequences in one call may have different cached lengths. Adjacent spans
+//! with the same (cached length, new tokens) form one batched attention
+//! call (the problem has one `seq_kv` for its whole batch); the decoder
+//! orders its rows so that such spans are adjacent.
 
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, Dispatcher, ShapeClass};
+use super::engine::{Engine, RopeInput};
 use super::error::ModelError;
-use super::kv_cache::{KvCache, SeqId};
-use super::ops::Linear;
-use super::rope::{Positions, Rope};
+use super::kv_cache::{AppendRows, KvCache, SeqId};
+use super::matrix::Matrix;
+use super::rope::Rope;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use crate::registry::{AttentionConfig, Registry};
-use crate::tensor::{HostData, Tensor, TensorView};
+use crate::tensor::{Tensor, TensorView};
 use std::collections::BTreeMap;
 
 /// The new tokens of one sequence within a batch of rows.
@@ -32,18 +34,21 @@ pub struct Span {
     pub first_row: usize,
 }
 
-/// The four projections of one layer.
+/// The four projections of one layer (`[out, in]` weights) and their biases.
 pub struct Projections {
-    pub q: Linear,
-    pub k: Linear,
-    pub v: Linear,
-    pub o: Linear,
+    pub q: Matrix,
+    pub k: Matrix,
+    pub v: Matrix,
+    pub o: Matrix,
+    pub q_bias: Option<Matrix>,
+    pub k_bias: Option<Matrix>,
+    pub v_bias: Option<Matrix>,
+    pub o_bias: Option<Matrix>,
 }
 
 pub struct AttentionLayer {
     index: usize,
     proj: Projections,
-    rope: Rope,
     num_heads: usize,
     num_kv_heads: usize,
     head_dim: usize,
@@ -61,23 +66,22 @@ impl AttentionLayer {
         dtype: DType,
         attention: AttentionConfig,
         device: Device,
-    ) -> Result<AttentionLayer, ModelError> {
+    ) -> AttentionLayer {
         // A window of w positions includes the query's own: w - 1 to the left.
         let mask = match config.layer_windows.get(index).copied().flatten() {
             Some(w) => Mask::SlidingWindow { left: w - 1, right: 0 },
             None => Mask::Causal,
         };
-        Ok(AttentionLayer {
+        AttentionLayer {
             index,
             proj,
-            rope: Rope::new(&config.rope, config.head_dim)?,
             num_heads: config.num_heads,
             num_kv_heads: config.num_kv_heads,
             head_dim: config.head_dim,
             mask,
             dtype,
             dispatcher: Dispatcher::new(index, attention, device),
-        })
+        }
     }
 
     pub fn mask(&self) -> Mask {
@@ -92,67 +96,60 @@ impl AttentionLayer {
     /// `x` is `[rows, hidden]` (already normed), rows grouped by `spans`.
     /// Appends this layer's keys and values to `cache` (reserved by the
     /// caller) and returns the attention block's output, `[rows, hidden]`.
-    pub fn forward(&mut self, x: &[f32], spans: &[Span], cache: &mut dyn KvCache) -> Result<Vec<f32>, ModelError> {
-        let rows = spans.iter().map(|s| s.len).sum::<usize>();
-        let mut q = self.proj.q.forward(x);
-        let mut k = self.proj.k.forward(x);
-        let v = self.proj.v.forward(x);
-        let positions: Vec<usize> = spans.iter().flat_map(|s| s.start..s.start + s.len).collect();
-        self.rope.apply(&mut q, self.num_heads, Positions::OneD(&positions))?;
-        self.rope.apply(&mut k, self.num_kv_heads, Positions::OneD(&positions))?;
-        let kv_row = self.num_kv_heads * self.head_dim;
-        for s in spans {
-            let range = s.first_row * kv_row..(s.first_row + s.len) * kv_row;
-            cache.append(self.index, s.seq, &k[range.clone()], &v[range])?;
+    pub fn forward(
+        &mut self,
+        engine: &Engine,
+        x: &Matrix,
+        spans: &[Span],
+        rope: (&Rope, &RopeInput),
+        cache: &mut dyn KvCache,
+    ) -> Result<Matrix, ModelError> {
+        let p = &self.proj;
+        let mut q = engine.linear(x, &p.q, p.q_bias.as_ref())?;
+        let mut k = engine.linear(x, &p.k, p.k_bias.as_ref())?;
+        let v = engine.linear(x, &p.v, p.v_bias.as_ref())?;
+        engine.rope(&mut q, self.num_heads, rope.0, rope.1)?;
+        engine.rope(&mut k, self.num_kv_heads, rope.0, rope.1)?;
+        let entries: Vec<AppendRows> =
+            spans.iter().map(|s| AppendRows { seq: s.seq, first_row: s.first_row, len: s.len }).collect();
+        cache.append(self.index, &entries, &k, &v)?;
+        let mut attn = Matrix::nan(x.rows(), self.num_heads * self.head_dim, &engine.device())?;
+        for group in groups(spans) {
+            let out = self.attend(engine, &q, group, cache)?;
+            engine.write_rows(&mut attn, group[0].first_row, &out)?;
         }
-        let q_row = self.num_heads * self.head_dim;
-        let mut attn = vec![0.0f32; rows * q_row];
-        let mut groups: BTreeMap<(usize, usize), Vec<&Span>> = BTreeMap::new();
-        for s in spans {
-            groups.entry((s.start, s.len)).or_default().push(s);
-        }
-        for ((start, len), group) in groups {
-            let out = self.attend(&q, &group, start + len, len, cache)?;
-            for (b, s) in group.iter().enumerate() {
-                let dst = s.first_row * q_row..(s.first_row + len) * q_row;
-                attn[dst].copy_from_slice(&out[b * len * q_row..(b + 1) * len * q_row]);
-            }
-        }
-        Ok(self.proj.o.forward(&attn))
+        engine.linear(&attn, &self.proj.o, self.proj.o_bias.as_ref())
     }
 
-    /// One batched attention call for sequences that share their cached
-    /// length: `len` new queries each against `kv_len` cached keys. Reads
-    /// the cache in place when it can offer strided views on the backend's
-    /// device and the chosen backend accepts them; otherwise from a gathered
-    /// contiguous copy.
+    /// One batched attention call for adjacent spans that share their cached
+    /// length. Reads the cache in place when it offers strided views and the
+    /// chosen backend accepts them; otherwise from a gathered contiguous copy.
     fn attend(
         &mut self,
-        q_rows: &[f32],
-        group: &[&Span],
-        kv_len: usize,
-        len: usize,
+        engine: &Engine,
+        q: &Matrix,
+        group: &[Span],
         cache: &dyn KvCache,
-    ) -> Result<Vec<f32>, ModelError> {
+    ) -> Result<Tensor, ModelError> {
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (len, kv_len) = (group[0].len, group[0].start + group[0].len);
         let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
         // The choice is made on the contiguous problem, so it does not
         // depend on how the cache happens to be laid out.
         let backend = self.dispatcher.backend_for(&p)?;
         let device = self.dispatcher.device().clone();
         let seqs: Vec<SeqId> = group.iter().map(|s| s.seq).collect();
-        let q: Vec<f32> =
-            group.iter().flat_map(|s| &q_rows[s.first_row * h * d..(s.first_row + len) * h * d]).copied().collect();
-        let q = Tensor::from_f32(p.q_shape(), self.dtype, &q)?.to_device(&device)?;
+        let q = engine.rows_as(q, group[0].first_row, p.q_shape(), self.dtype)?;
         let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        let layer = self.index;
         let run = |p: &AttentionProblem, k: TensorView<'_>, v: TensorView<'_>, out: &mut Tensor| {
             backend.forward(p, &q, k, v, out).map_err(|source| ModelError::Backend {
-                layer: self.index,
+                layer,
                 backend: backend.name(),
                 source,
             })
         };
-        if let Some(views) = cache.views(self.index, &seqs, kv_len)?.filter(|v| same_device(&v.k.device(), &device)) {
+        if let Some(views) = cache.views(self.index, &seqs, kv_len)? {
             let mut strided = p.clone();
             for (role, view) in [(TensorRole::K, &views.k), (TensorRole::V, &views.v)] {
                 strided.strides.set(role, (!view.layout().is_contiguous()).then_some(view.layout().strides));
@@ -160,22 +157,48 @@ impl AttentionLayer {
             if Registry::reasons(backend, &strided, &device).is_empty() {
                 run(&strided, views.k, views.v, &mut out)?;
                 self.dispatcher.note_in_place(ShapeClass::of(&p));
-                return Ok(out.to_f32_vec()?);
+                return Ok(out);
             }
         }
-        let (mut k, mut v) = (HostData::F32(Vec::new()), HostData::F32(Vec::new()));
-        cache.gather(self.index, &seqs, kv_len, &mut k, &mut v)?;
-        let k = Tensor::from_host(p.kv_shape(), k)?.to_device(&device)?;
-        let v = Tensor::from_host(p.kv_shape(), v)?.to_device(&device)?;
+        let (k, v) = cache.gather(self.index, &seqs, kv_len)?;
         run(&p, k.view(), v.view(), &mut out)?;
-        Ok(out.to_f32_vec()?)
+        Ok(out)
     }
 }
 
-fn same_device(a: &Device, b: &Device) -> bool {
-    match (a, b) {
-        (Device::Cpu, Device::Cpu) => true,
-        (Device::Gpu(x), Device::Gpu(y)) => x.same_as(y),
-        _ => false,
+/// Maximal runs of spans that are adjacent in rows and share (start, len).
+fn groups(spans: &[Span]) -> Vec<&[Span]> {
+    let mut out = Vec::new();
+    let mut begin = 0;
+    for i in 1..=spans.len() {
+        let ends = i == spans.len() || {
+            let (a, b) = (&spans[i - 1], &spans[i]);
+            (a.start, a.len) != (b.start, b.len) || a.first_row + a.len != b.first_row
+        };
+        if ends {
+            out.push(&spans[begin..i]);
+            begin = i;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(seq: usize, start: usize, len: usize, first_row: usize) -> Span {
+        Span { seq: SeqId(seq), start, len, first_row }
+    }
+
+    #[test]
+    fn groups_are_adjacent_equal_shapes() {
+        let spans = [span(0, 4, 1, 0), span(1, 4, 1, 1), span(2, 7, 1, 2), span(3, 7, 1, 3), span(4, 7, 2, 4)];
+        let g: Vec<Vec<usize>> = groups(&spans).iter().map(|g| g.iter().map(|s| s.seq.0).collect()).collect();
+        assert_eq!(g, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        // Same shape but not adjacent in rows: separate calls.
+        let spans = [span(0, 4, 1, 0), span(1, 4, 1, 5)];
+        assert_eq!(groups(&spans).len(), 2);
+        assert!(groups(&[]).is_empty());
     }
 }

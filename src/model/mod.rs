@@ -20,6 +20,7 @@ pub mod error;
 pub mod generate;
 pub mod kv_cache;
 pub mod layer;
+pub mod matrix;
 pub mod ops;
 pub mod rope;
 pub mod weights;

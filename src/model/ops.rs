@@ -1,59 +1,44 @@
 //! The decoder's dense math on the host, in f32: linear layers, RMSNorm,
-//! SwiGLU, embedding lookup and argmax. Rows are tokens; matrices are
+//! SwiGLU and argmax. Rows are tokens; matrices are
 //! `[out, in]` as stored by `nn.Linear`, so every output element is a dot
 //! product of two contiguous rows.
 
 use rayon::prelude::*;
 
-/// A linear layer `y = x Wᵀ + b` with f32 weights.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Linear {
-    pub weight: Vec<f32>,
-    pub bias: Option<Vec<f32>>,
-    pub out_features: usize,
-    pub in_features: usize,
-}
-
 /// Output features handled per parallel task; small enough to spread a
 /// tiny model's layers over the cores, large enough to amortise the task.
 const FEATURES_PER_TASK: usize = 16;
 
-impl Linear {
-    pub fn new(weight: Vec<f32>, bias: Option<Vec<f32>>, out_features: usize, in_features: usize) -> Linear {
-        debug_assert_eq!(weight.len(), out_features * in_features);
-        debug_assert!(bias.as_ref().is_none_or(|b| b.len() == out_features));
-        Linear { weight, bias, out_features, in_features }
+/// `y = x Wᵀ + b`: `x` is `[tokens, in_features]`, `weight` is
+/// `[out_features, in_features]`; returns `[tokens, out_features]`.
+pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out_features: usize, in_features: usize) -> Vec<f32> {
+    debug_assert_eq!(weight.len(), out_features * in_features);
+    let tokens = x.len() / in_features;
+    if tokens == 0 {
+        return Vec::new();
     }
-
-    /// `x` is `[tokens, in_features]`; returns `[tokens, out_features]`.
-    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
-        let tokens = x.len() / self.in_features;
-        if tokens == 0 {
-            return Vec::new();
-        }
-        // Computed feature-major (each task owns a block of output features
-        // for every token, so a weight row is read once per call), then
-        // transposed to token-major.
-        let mut by_feature = vec![0.0f32; self.out_features * tokens];
-        by_feature.par_chunks_mut(FEATURES_PER_TASK * tokens).enumerate().for_each(|(chunk, out)| {
-            let first = chunk * FEATURES_PER_TASK;
-            for (j, out_row) in out.chunks_exact_mut(tokens).enumerate() {
-                let o = first + j;
-                let w = &self.weight[o * self.in_features..(o + 1) * self.in_features];
-                let b = self.bias.as_ref().map_or(0.0, |b| b[o]);
-                for (t, y) in out_row.iter_mut().enumerate() {
-                    *y = dot(&x[t * self.in_features..(t + 1) * self.in_features], w) + b;
-                }
-            }
-        });
-        let mut y = vec![0.0f32; tokens * self.out_features];
-        for (o, col) in by_feature.chunks_exact(tokens).enumerate() {
-            for (t, &val) in col.iter().enumerate() {
-                y[t * self.out_features + o] = val;
+    // Computed feature-major (each task owns a block of output features for
+    // every token, so a weight row is read once per call), then transposed
+    // to token-major.
+    let mut by_feature = vec![0.0f32; out_features * tokens];
+    by_feature.par_chunks_mut(FEATURES_PER_TASK * tokens).enumerate().for_each(|(chunk, out)| {
+        let first = chunk * FEATURES_PER_TASK;
+        for (j, out_row) in out.chunks_exact_mut(tokens).enumerate() {
+            let o = first + j;
+            let w = &weight[o * in_features..(o + 1) * in_features];
+            let b = bias.map_or(0.0, |b| b[o]);
+            for (t, y) in out_row.iter_mut().enumerate() {
+                *y = dot(&x[t * in_features..(t + 1) * in_features], w) + b;
             }
         }
-        y
+    });
+    let mut y = vec![0.0f32; tokens * out_features];
+    for (o, col) in by_feature.chunks_exact(tokens).enumerate() {
+        for (t, &val) in col.iter().enumerate() {
+            y[t * out_features + o] = val;
+        }
     }
+    y
 }
 
 /// Dot product with eight independent f32 accumulators (vectorises, and
@@ -126,8 +111,7 @@ mod tests {
         for (tokens, inp, out) in [(1, 7, 3), (5, 64, 40), (3, 33, 17)] {
             let (x, w, b) = (random(tokens * inp, 1), random(out * inp, 2), random(out, 3));
             for bias in [None, Some(b.clone())] {
-                let lin = Linear::new(w.clone(), bias.clone(), out, inp);
-                let y = lin.forward(&x);
+                let y = linear(&x, &w, bias.as_deref(), out, inp);
                 assert_eq!(y.len(), tokens * out);
                 for t in 0..tokens {
                     for o in 0..out {

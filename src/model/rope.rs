@@ -167,6 +167,42 @@ impl Rope {
     }
 }
 
+impl Rope {
+    /// The cos/sin of every rotation angle, for kernels that rotate with a
+    /// table instead of computing angles: `[tokens][streams × pairs][2]`
+    /// (`(cos, sin)`, stream-major within a token), computed in f64 and
+    /// rounded to f32.
+    pub fn cos_sin_table(&self, positions: Positions<'_>) -> Result<Vec<f32>, RopeError> {
+        let streams: Vec<&[usize]> = match (positions, self.two_d) {
+            (Positions::OneD(p), false) => vec![p],
+            (Positions::TwoD { positions, block_positions }, true) => {
+                if block_positions.len() != positions.len() {
+                    return Err(RopeError::Positions {
+                        stream: "block_positions",
+                        got: block_positions.len(),
+                        tokens: positions.len(),
+                    });
+                }
+                vec![positions, block_positions]
+            }
+            (Positions::OneD(_), true) => return Err(RopeError::Streams { expected: 2, got: 1 }),
+            (Positions::TwoD { .. }, false) => return Err(RopeError::Streams { expected: 1, got: 2 }),
+        };
+        let tokens = streams[0].len();
+        let mut table = Vec::with_capacity(tokens * streams.len() * self.inv_freq.len() * 2);
+        for t in 0..tokens {
+            for stream in &streams {
+                for f in &self.inv_freq {
+                    let (s, c) = (stream[t] as f64 * f).sin_cos();
+                    table.push(c as f32);
+                    table.push(s as f32);
+                }
+            }
+        }
+        Ok(table)
+    }
+}
+
 /// Rotates one segment's pairs by the given angles.
 fn rotate_segment(seg: &mut [f32], style: RopeStyle, cos: &[f64], sin: &[f64]) {
     let half = seg.len() / 2;

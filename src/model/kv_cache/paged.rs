@@ -1,23 +1,20 @@
-//! [`PagedCache`]: keys and values in blocks of `block_size` tokens drawn
-//! from one pool shared by every sequence. Each sequence has a block table
-//! (shared by all layers); position `p` lives in block
-//! `table[p / block_size]` at row `p % block_size`. Per layer the pool is
-//! `[num_blocks, block_size, kv_heads, head_dim]` for keys and for values,
-//! the layout paged-attention kernels read.
+//! [`PagedCache`]: keys and values in blocks of `block_size` rows drawn from
+//! one pool shared by every sequence. Each sequence has a block table
+//! (shared by all layers); position `p` is row
+//! `table[p / block_size] × block_size + p % block_size`, so per layer the
+//! storage is the `[num_blocks, block_size, kv_heads, head_dim]` pool that
+//! paged-attention kernels read.
 
-use super::{
-    copy, prepare_out, row_count, store, CacheShape, HostStorage, KvCache, KvCacheError, KvViews, SeqId, SeqState,
-    BLOCK_SIZES,
-};
-use crate::tensor::{HostData, Layout};
+use super::{check_readable, CacheShape, KvCache, KvCacheError, KvStorage, KvViews, SeqId, SeqState, BLOCK_SIZES};
+use crate::device::Device;
+use crate::tensor::Layout;
 use std::collections::BTreeMap;
 
 pub struct PagedCache {
     shape: CacheShape,
     block_size: usize,
     num_blocks: usize,
-    /// Per layer: `[num_blocks, block_size, kv_heads, head_dim]`.
-    storage: HostStorage,
+    storage: KvStorage,
     /// Free block ids; popped from the end.
     free: Vec<u32>,
     tables: BTreeMap<SeqId, (SeqState, Vec<u32>)>,
@@ -25,26 +22,31 @@ pub struct PagedCache {
 }
 
 impl PagedCache {
-    /// A pool of `num_blocks` blocks of `block_size` (16 or 32) tokens.
+    /// A host pool of `num_blocks` blocks of `block_size` (16 or 32) tokens.
     pub fn new(shape: CacheShape, block_size: usize, num_blocks: usize) -> Result<PagedCache, KvCacheError> {
+        PagedCache::on(&Device::Cpu, shape, block_size, num_blocks)
+    }
+
+    /// The same on `device`.
+    pub fn on(
+        device: &Device,
+        shape: CacheShape,
+        block_size: usize,
+        num_blocks: usize,
+    ) -> Result<PagedCache, KvCacheError> {
         if !BLOCK_SIZES.contains(&block_size) {
             return Err(KvCacheError::BlockSize(block_size));
         }
-        for (what, n) in [
-            ("num_blocks", num_blocks),
-            ("num_layers", shape.num_layers),
-            ("num_kv_heads", shape.num_kv_heads),
-            ("head_dim", shape.head_dim),
-        ] {
-            if n == 0 {
-                return Err(KvCacheError::Zero { what });
-            }
+        shape.check()?;
+        if num_blocks == 0 {
+            return Err(KvCacheError::Zero { what: "num_blocks" });
         }
         let describe = || format!("{num_blocks} blocks × {block_size} tokens × {} elements", shape.row());
         if u32::try_from(num_blocks).is_err() {
             return Err(KvCacheError::TooLarge { what: describe() });
         }
-        let storage = HostStorage::new(shape, num_blocks, block_size, describe)?;
+        let rows = num_blocks.checked_mul(block_size).ok_or_else(|| KvCacheError::TooLarge { what: describe() })?;
+        let storage = KvStorage::new(shape, rows, device, describe)?;
         // Hand out low block ids first (pop from the end of a reversed list).
         let free = (0..num_blocks as u32).rev().collect();
         Ok(PagedCache { shape, block_size, num_blocks, storage, free, tables: BTreeMap::new(), next_id: 0 })
@@ -70,31 +72,6 @@ impl PagedCache {
     fn entry(&self, seq: SeqId) -> Result<&(SeqState, Vec<u32>), KvCacheError> {
         self.tables.get(&seq).ok_or(KvCacheError::UnknownSequence(seq))
     }
-
-    /// Element offset of position `pos` through `table`.
-    fn offset(&self, table: &[u32], pos: usize) -> usize {
-        (table[pos / self.block_size] as usize * self.block_size + pos % self.block_size) * self.shape.row()
-    }
-
-    fn check_layer(&self, layer: usize) -> Result<(), KvCacheError> {
-        if layer >= self.shape.num_layers {
-            return Err(KvCacheError::Layer { layer, num_layers: self.shape.num_layers });
-        }
-        Ok(())
-    }
-
-    /// Copies `rows` rows starting at `pos` through `table`, block run by
-    /// block run, with `f(pool_offset, linear_offset, elements)`.
-    fn runs(&self, table: &[u32], pos: usize, rows: usize, mut f: impl FnMut(usize, usize, usize)) {
-        let row = self.shape.row();
-        let mut done = 0;
-        while done < rows {
-            let p = pos + done;
-            let in_block = (self.block_size - p % self.block_size).min(rows - done);
-            f(self.offset(table, p), done * row, in_block * row);
-            done += in_block;
-        }
-    }
 }
 
 impl KvCache for PagedCache {
@@ -104,6 +81,14 @@ impl KvCache for PagedCache {
 
     fn kind(&self) -> &'static str {
         "paged"
+    }
+
+    fn storage(&self) -> &KvStorage {
+        &self.storage
+    }
+
+    fn storage_mut(&mut self) -> &mut KvStorage {
+        &mut self.storage
     }
 
     fn add_sequence(&mut self) -> Result<SeqId, KvCacheError> {
@@ -121,6 +106,11 @@ impl KvCache for PagedCache {
 
     fn len(&self, seq: SeqId) -> Result<usize, KvCacheError> {
         Ok(self.entry(seq)?.0.len)
+    }
+
+    fn reserved(&self, seq: SeqId) -> Result<usize, KvCacheError> {
+        let (s, _) = self.entry(seq)?;
+        Ok(s.reserved.max(s.len))
     }
 
     fn reserve(&mut self, seq: SeqId, n: usize) -> Result<(), KvCacheError> {
@@ -141,23 +131,6 @@ impl KvCache for PagedCache {
         Ok(())
     }
 
-    fn append(&mut self, layer: usize, seq: SeqId, k: &[f32], v: &[f32]) -> Result<(), KvCacheError> {
-        self.check_layer(layer)?;
-        let n = row_count(k, v, self.shape.row())?;
-        let (state, table) = self.entry(seq)?;
-        if state.len + n > state.reserved {
-            return Err(KvCacheError::NotReserved { seq, len: state.len, requested: n, reserved: state.reserved });
-        }
-        let mut spans = Vec::new();
-        self.runs(table, state.len, n, |pool, linear, count| spans.push((pool, linear, count)));
-        let (dk, dv) = self.storage.host_mut(layer);
-        for (pool, linear, count) in spans {
-            store(dk, pool, &k[linear..linear + count]);
-            store(dv, pool, &v[linear..linear + count]);
-        }
-        Ok(())
-    }
-
     fn commit(&mut self, seq: SeqId, n: usize) -> Result<(), KvCacheError> {
         let (state, _) = self.tables.get_mut(&seq).ok_or(KvCacheError::UnknownSequence(seq))?;
         if state.len + n > state.reserved {
@@ -167,36 +140,20 @@ impl KvCache for PagedCache {
         Ok(())
     }
 
-    fn gather(
-        &self,
-        layer: usize,
-        seqs: &[SeqId],
-        len: usize,
-        k: &mut HostData,
-        v: &mut HostData,
-    ) -> Result<(), KvCacheError> {
-        self.check_readable(layer, seqs, len)?;
-        let per_seq = len * self.shape.row();
-        prepare_out(k, self.shape.dtype, seqs.len() * per_seq)?;
-        prepare_out(v, self.shape.dtype, seqs.len() * per_seq)?;
-        let (sk, sv) = self.storage.host(layer);
-        for (b, &seq) in seqs.iter().enumerate() {
-            let (_, table) = self.entry(seq)?;
-            self.runs(table, 0, len, |pool, linear, count| {
-                copy(k, b * per_seq + linear, sk, pool, count);
-                copy(v, b * per_seq + linear, sv, pool, count);
-            });
-        }
-        Ok(())
+    fn row_of(&self, seq: SeqId, pos: usize) -> Result<usize, KvCacheError> {
+        let (state, table) = self.entry(seq)?;
+        let block =
+            table.get(pos / self.block_size).ok_or(KvCacheError::TooShort { seq, len: state.len, wanted: pos + 1 })?;
+        Ok(*block as usize * self.block_size + pos % self.block_size)
     }
 
-    /// A view when there is one sequence whose blocks holding `0 .. len`
-    /// are consecutive in the pool, in order (as a fresh pool hands them out).
+    /// A view when there is one sequence whose blocks holding `0 .. len` are
+    /// consecutive in the pool, in order (as a fresh pool hands them out).
     fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError> {
-        self.check_readable(layer, seqs, len)?;
+        check_readable(self, seqs, len)?;
         let [seq] = seqs else { return Ok(None) };
         let (_, table) = self.entry(*seq)?;
-        let used = &table[..len.div_ceil(self.block_size)];
+        let used = &table[..len.div_ceil(self.block_size).min(table.len())];
         let Some(&first) = used.first() else { return Ok(None) };
         if used.iter().enumerate().any(|(i, &b)| b as usize != first as usize + i) {
             return Ok(None);
@@ -208,19 +165,5 @@ impl KvCache for PagedCache {
             offset: first as usize * self.block_size * row,
         };
         self.storage.views(layer, layout).map(Some)
-    }
-}
-
-impl PagedCache {
-    /// `layer` exists and every sequence has `len` written positions.
-    fn check_readable(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<(), KvCacheError> {
-        self.check_layer(layer)?;
-        for &seq in seqs {
-            let (state, _) = self.entry(seq)?;
-            if len > state.reserved.max(state.len) {
-                return Err(KvCacheError::TooShort { seq, len: state.len, wanted: len });
-            }
-        }
-        Ok(())
     }
 }

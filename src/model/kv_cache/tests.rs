@@ -2,6 +2,27 @@ use super::*;
 use crate::tensor::SplitMix64;
 use std::collections::HashMap;
 
+/// Appends host rows `k`, `v` (`[n, kv_heads × head_dim]`) of one sequence.
+fn put<C: KvCache + ?Sized>(c: &mut C, layer: usize, seq: SeqId, k: &[f32], v: &[f32]) -> Result<(), KvCacheError> {
+    let row = c.shape().row();
+    let (km, vm) = (
+        Matrix::from_host(k.len() / row, row, k.to_vec()).unwrap(),
+        Matrix::from_host(v.len() / row, row, v.to_vec()).unwrap(),
+    );
+    c.append(layer, &[AppendRows { seq, first_row: 0, len: k.len() / row }], &km, &vm)
+}
+
+/// Gathers to host data.
+fn get<C: KvCache + ?Sized>(
+    c: &C,
+    layer: usize,
+    seqs: &[SeqId],
+    len: usize,
+) -> Result<(HostData, HostData), KvCacheError> {
+    let (k, v) = c.gather(layer, seqs, len)?;
+    Ok((k.download().unwrap(), v.download().unwrap()))
+}
+
 const SHAPE: CacheShape = CacheShape { num_layers: 3, num_kv_heads: 2, head_dim: 4, dtype: DType::F32 };
 
 fn caches(shape: CacheShape) -> Vec<Box<dyn KvCache>> {
@@ -28,7 +49,7 @@ fn step(cache: &mut dyn KvCache, model: &mut Model, seq: SeqId, n: usize, rng: &
     cache.reserve(seq, n).unwrap();
     for layer in 0..SHAPE.num_layers {
         let (k, v) = (rows(n, rng), rows(n, rng));
-        cache.append(layer, seq, &k, &v).unwrap();
+        put(cache, layer, seq, &k, &v).unwrap();
         model.k.entry((seq, layer)).or_default().extend(&k);
         model.v.entry((seq, layer)).or_default().extend(&v);
     }
@@ -37,9 +58,8 @@ fn step(cache: &mut dyn KvCache, model: &mut Model, seq: SeqId, n: usize, rng: &
 
 fn check(cache: &dyn KvCache, model: &Model, seqs: &[SeqId]) {
     let len = cache.len(seqs[0]).unwrap();
-    let (mut k, mut v) = (HostData::F32(vec![f32::NAN]), HostData::F32(vec![]));
     for layer in 0..SHAPE.num_layers {
-        cache.gather(layer, seqs, len, &mut k, &mut v).unwrap();
+        let (k, v) = get(cache, layer, seqs, len).unwrap();
         let want_k: Vec<f32> = seqs.iter().flat_map(|s| model.k[&(*s, layer)][..len * SHAPE.row()].to_vec()).collect();
         let want_v: Vec<f32> = seqs.iter().flat_map(|s| model.v[&(*s, layer)][..len * SHAPE.row()].to_vec()).collect();
         assert_eq!(k.to_f32(), want_k, "{} layer {layer} keys", cache.kind());
@@ -82,12 +102,11 @@ fn uncommitted_rows_are_readable_by_their_own_step() {
         let s = cache.add_sequence().unwrap();
         cache.reserve(s, 18).unwrap();
         let k: Vec<f32> = (0..18 * SHAPE.row()).map(|i| i as f32).collect();
-        cache.append(0, s, &k, &k).unwrap();
-        let (mut gk, mut gv) = (HostData::F32(vec![]), HostData::F32(vec![]));
-        cache.gather(0, &[s], 18, &mut gk, &mut gv).unwrap();
+        put(cache.as_mut(), 0, s, &k, &k).unwrap();
+        let (gk, _) = get(cache.as_ref(), 0, &[s], 18).unwrap();
         assert_eq!(gk.to_f32(), k);
         assert_eq!(cache.len(s).unwrap(), 0);
-        assert!(matches!(cache.gather(0, &[s], 19, &mut gk, &mut gv), Err(KvCacheError::TooShort { .. })));
+        assert!(matches!(get(cache.as_ref(), 0, &[s], 19), Err(KvCacheError::TooShort { .. })));
     }
 }
 
@@ -100,10 +119,9 @@ fn half_precision_caches_round_once() {
             cache.reserve(s, 20).unwrap();
             let mut rng = SplitMix64(8);
             let k = rows(20, &mut rng);
-            cache.append(2, s, &k, &k).unwrap();
+            put(cache.as_mut(), 2, s, &k, &k).unwrap();
             cache.commit(s, 20).unwrap();
-            let (mut gk, mut gv) = (HostData::F32(vec![]), HostData::F32(vec![]));
-            cache.gather(2, &[s], 20, &mut gk, &mut gv).unwrap();
+            let (gk, _) = get(cache.as_ref(), 2, &[s], 20).unwrap();
             assert_eq!(gk.dtype(), dtype);
             assert_eq!(gk, HostData::from_f32(dtype, &k));
         }
@@ -122,7 +140,7 @@ fn contiguous_capacity_is_a_typed_error_and_changes_nothing() {
     assert!(err.to_string().contains("capacity of 10"), "{err}");
     // Appending without the reservation is refused too.
     let k = rows(3, &mut rng);
-    assert!(matches!(cache.append(0, s, &k, &k), Err(KvCacheError::NotReserved { .. })));
+    assert!(matches!(put(&mut cache, 0, s, &k, &k), Err(KvCacheError::NotReserved { .. })));
     assert!(matches!(cache.commit(s, 3), Err(KvCacheError::NotReserved { .. })));
     assert_eq!(cache.len(s).unwrap(), 8);
     check(&cache, &model, &[s]);
@@ -181,10 +199,16 @@ fn argument_errors() {
         let s = cache.add_sequence().unwrap();
         cache.reserve(s, 2).unwrap();
         let k = vec![0.5f32; 2 * SHAPE.row()];
-        assert_eq!(cache.append(3, s, &k, &k), Err(KvCacheError::Layer { layer: 3, num_layers: 3 }));
-        assert!(matches!(cache.append(0, s, &k[1..], &k[1..]), Err(KvCacheError::Rows { .. })));
-        assert!(matches!(cache.append(0, s, &k, &k[..SHAPE.row()]), Err(KvCacheError::Rows { .. })));
-        assert!(matches!(cache.append(0, SeqId(99), &k, &k), Err(KvCacheError::UnknownSequence(SeqId(99)))));
+        assert_eq!(put(cache.as_mut(), 3, s, &k, &k), Err(KvCacheError::Layer { layer: 3, num_layers: 3 }));
+        let narrow = Matrix::from_host(2, SHAPE.row() - 1, vec![0.5; 2 * (SHAPE.row() - 1)]).unwrap();
+        let full = Matrix::from_host(2, SHAPE.row(), k.clone()).unwrap();
+        let one = [AppendRows { seq: s, first_row: 0, len: 2 }];
+        assert!(matches!(cache.append(0, &one, &narrow, &narrow), Err(KvCacheError::Rows { .. })));
+        assert!(matches!(cache.append(0, &one, &full, &narrow), Err(KvCacheError::Rows { .. })));
+        // Rows past the matrix are refused, not read.
+        let past = [AppendRows { seq: s, first_row: 1, len: 2 }];
+        assert!(matches!(cache.append(0, &past, &full, &full), Err(KvCacheError::View(_))));
+        assert!(matches!(put(cache.as_mut(), 0, SeqId(99), &k, &k), Err(KvCacheError::UnknownSequence(SeqId(99)))));
         assert!(matches!(cache.reserve(SeqId(99), 1), Err(KvCacheError::UnknownSequence(_))));
         assert!(matches!(cache.remove_sequence(SeqId(99)), Err(KvCacheError::UnknownSequence(_))));
     }
@@ -215,11 +239,10 @@ fn views_read_in_place_what_gather_copies() {
     for s in &seqs {
         step(&mut contiguous, &mut model, *s, 21, &mut rng);
     }
-    let (mut k, mut v) = (HostData::F32(vec![]), HostData::F32(vec![]));
     for batch in [&seqs[..1], &seqs[1..], &seqs[..]] {
         let views = contiguous.views(1, batch, 21).unwrap().expect("consecutive slots have a view");
         assert!(!views.k.layout().is_contiguous(), "capacity 40 > length 21: strided");
-        contiguous.gather(1, batch, 21, &mut k, &mut v).unwrap();
+        let (k, v) = get(&contiguous, 1, batch, 21).unwrap();
         assert_eq!(read_view(&views.k), k.to_f32());
         assert_eq!(read_view(&views.v), v.to_f32());
     }
@@ -233,7 +256,7 @@ fn views_read_in_place_what_gather_copies() {
     let a = paged.add_sequence().unwrap();
     step(&mut paged, &mut model, a, 40, &mut rng); // blocks 0, 1, 2
     let views = paged.views(2, &[a], 40).unwrap().expect("blocks 0..3 are consecutive");
-    paged.gather(2, &[a], 40, &mut k, &mut v).unwrap();
+    let (k, _) = get(&paged, 2, &[a], 40).unwrap();
     assert_eq!(read_view(&views.k), k.to_f32());
     // Interleaved growth scatters the blocks of two sequences.
     let b = paged.add_sequence().unwrap();

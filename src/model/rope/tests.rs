@@ -187,3 +187,51 @@ fn errors() {
         Err(RopeError::Streams { expected: 1, got: 2 })
     );
 }
+
+/// A host mirror of `kernels/model/rope.hip`'s index math, applied with the
+/// table: it must rotate exactly like `apply` (up to the table's f32 cos/sin).
+fn rotate_like_the_kernel(x: &mut [f32], heads: usize, head_dim: usize, rope: &Rope, table: &[f32]) {
+    let streams = if rope.is_two_d() { 2 } else { 1 };
+    let pairs = rope.inv_freq().len();
+    let tokens = x.len() / (heads * head_dim);
+    let interleaved = rope.style() == RopeStyle::Interleaved;
+    for e in 0..tokens * heads * streams * pairs {
+        let per_token = heads * streams * pairs;
+        let (t, rest) = (e / per_token, e % per_token);
+        let (h, sp) = (rest / (streams * pairs), rest % (streams * pairs));
+        let (s, i) = (sp / pairs, sp % pairs);
+        let seg = t * heads * head_dim + h * head_dim + s * 2 * pairs;
+        let (a, b) = if interleaved { (2 * i, 2 * i + 1) } else { (i, i + pairs) };
+        let (c, sn) = (table[(t * streams * pairs + sp) * 2], table[(t * streams * pairs + sp) * 2 + 1]);
+        let (x1, x2) = (x[seg + a], x[seg + b]);
+        x[seg + a] = x1 * c - x2 * sn;
+        x[seg + b] = x2 * c + x1 * sn;
+    }
+}
+
+#[test]
+fn cos_sin_table_matches_apply() {
+    for style in [RopeStyle::NeoX, RopeStyle::Interleaved] {
+        for (rotary_dim, two_d) in [(16, false), (8, false), (16, true), (8, true)] {
+            let rope = Rope::with_parts(style, 16, rotary_dim, 10000.0, SCALINGS[2], two_d).unwrap();
+            let positions: Vec<usize> = (0..4).map(|t| 1000 + 7 * t).collect();
+            let blocks = [0usize, 1, 1, 3];
+            let streams = if two_d {
+                Positions::TwoD { positions: &positions, block_positions: &blocks }
+            } else {
+                Positions::OneD(&positions)
+            };
+            let input = random(4 * 3 * 16, 21);
+            let mut want = input.clone();
+            rope.apply(&mut want, 3, streams).unwrap();
+            let table = rope.cos_sin_table(streams).unwrap();
+            assert_eq!(table.len(), 4 * rotary_dim, "(cos, sin) per pair per token");
+            let mut got = input.clone();
+            rotate_like_the_kernel(&mut got, 3, 16, &rope, &table);
+            for (g, w) in got.iter().zip(&want) {
+                assert!((g - w).abs() <= 1e-5 * (1.0 + w.abs()), "{style:?} {rotary_dim} 2d={two_d}: {g} vs {w}");
+            }
+            assert_ne!(got, input);
+        }
+    }
+}
