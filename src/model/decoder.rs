@@ -62,7 +62,7 @@ enum Mlp {
         gate: Matrix,
         up: Matrix,
         down: Matrix,
-        biases: Option<[Matrix; 3]>,
+        biases: Option<Box<[Matrix; 3]>>,
     },
     /// `[gate; up]` in one matrix (GLM).
     Fused {
@@ -75,7 +75,7 @@ impl Mlp {
     fn forward(&self, engine: &Engine, x: &Matrix) -> Result<Matrix, ModelError> {
         match self {
             Mlp::Split { gate, up, down, biases } => {
-                let [gb, ub, db] = match biases {
+                let [gb, ub, db] = match biases.as_deref() {
                     Some([g, u, d]) => [Some(g), Some(u), Some(d)],
                     None => [None, None, None],
                 };
@@ -331,7 +331,9 @@ fn block(
     let mlp = match &w.gate_up {
         GateUp::Split { gate, up, gate_bias, up_bias } => {
             let biases = match (gate_bias, up_bias, &w.down_bias) {
-                (Some(g), Some(u), Some(d)) => Some([engine.weight(g)?, engine.weight(u)?, engine.weight(d)?]),
+                (Some(g), Some(u), Some(d)) => {
+                    Some(Box::new([engine.weight(g)?, engine.weight(u)?, engine.weight(d)?]))
+                }
                 _ => None,
             };
             Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases }

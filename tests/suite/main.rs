@@ -11,5 +11,6 @@ mod kernels_offline;
 mod model_cli;
 mod model_errors;
 mod model_fixtures;
+mod model_gpu;
 mod model_kernels_offline;
 mod selection;
