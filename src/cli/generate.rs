@@ -20,10 +20,10 @@ pub enum CacheArg {
 }
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Dense layers (projections, norms, MLP, LM head) run on the host in f32; \
-    attention runs through the selected backend on --device, reading the KV cache. \
-    Time to first token covers the prefill of every prompt and the first argmax; \
-    tokens/s counts the tokens after the first, over the whole batch.")]
+#[command(after_help = "Dense layers (projections, norms, MLP, LM head) run in f32 on --device; \
+    attention runs through the selected backend there, reading the KV cache in place when the \
+    backend accepts strided tensors. Time to first token covers the prefill of every prompt and \
+    the first argmax; tokens/s counts the tokens after the first, over the whole batch.")]
 pub struct Args {
     /// Model directory: config.json and model.safetensors (or model.safetensors.index.json + shards).
     #[arg(long, value_name = "DIR")]
@@ -38,8 +38,10 @@ pub struct Args {
     /// (flag > ROCMFORGE_ATTENTION_BACKEND > auto).
     #[arg(long, value_name = "NAME[,NAME..]")]
     pub backend: Option<String>,
-    /// Where attention runs: cpu, gpu, gpu:N, or auto (the first GPU if any).
-    #[arg(long, default_value = "cpu", value_name = "DEVICE")]
+    /// Where the model runs (weights, activations, KV cache, attention):
+    /// cpu, gpu, gpu:N, or auto (a GPU when one is present and a GPU backend
+    /// accepts the model's attention, else the CPU).
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
     pub device: DeviceChoice,
     /// KV cache layout.
     #[arg(long, value_enum, default_value_t = CacheArg::Contiguous)]
@@ -105,6 +107,13 @@ fn describe_model(d: &Decoder) -> String {
     )
 }
 
+fn describe_device(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Gpu(g) => format!("{} {} ({})", g.label(), g.info().name, g.info().arch),
+    }
+}
+
 fn cache_label(args: &Args, g: &Generation) -> String {
     match args.cache {
         CacheArg::Contiguous => format!("{} ({})", g.cache, args.kv_dtype),
@@ -114,7 +123,7 @@ fn cache_label(args: &Args, g: &Generation) -> String {
 
 fn text_report(args: &Args, d: &Decoder, device: &Device, g: &Generation, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "model:    {} ({}, {})", args.model.display(), d.config().family, describe_model(d))?;
-    writeln!(out, "device:   {} (attention; dense layers on the host)", device.label())?;
+    writeln!(out, "device:   {}", describe_device(device))?;
     writeln!(out, "cache:    {}", cache_label(args, g))?;
     writeln!(out, "prompt:   {} tokens × batch {}", args.tokens.len(), args.batch)?;
     for (i, t) in g.tokens.iter().enumerate() {

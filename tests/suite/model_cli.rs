@@ -25,7 +25,7 @@ fn generate(model: &str, extra: &[&str]) -> Output {
     let dir = fixture_dir(model);
     let max_new = r.greedy.len().to_string();
     let mut args = vec!["generate", "--model", dir.to_str().unwrap(), "--tokens", &tokens];
-    args.extend(["--max-new", &max_new]);
+    args.extend(["--max-new", &max_new, "--device", "cpu"]);
     args.extend(extra);
     Command::new(binary()).args(&args).env_remove(BACKEND_ENV).output().expect("spawn rocmforge")
 }
@@ -74,6 +74,7 @@ fn env_variable_picks_the_backend() {
     let dir = fixture_dir("glm");
     let o = Command::new(binary())
         .args(["generate", "--model", dir.to_str().unwrap(), "--tokens", &tokens.join(","), "--max-new", "3"])
+        .args(["--device", "cpu"])
         .env(BACKEND_ENV, "cpu-reference")
         .output()
         .unwrap();
