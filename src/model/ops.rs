@@ -5,9 +5,11 @@
 
 use rayon::prelude::*;
 
-/// Output features handled per parallel task; small enough to spread a
-/// tiny model's layers over the cores, large enough to amortise the task.
+/// Output features handled per parallel task.
 const FEATURES_PER_TASK: usize = 16;
+/// Below this many multiply-adds a product runs on the calling thread: waking
+/// the pool costs more than the work (a tiny model's decode step).
+const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// `y = x Wᵀ + b`: `x` is `[tokens, in_features]`, `weight` is
 /// `[out_features, in_features]`; returns `[tokens, out_features]`.
@@ -21,7 +23,7 @@ pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out_features: usi
     // every token, so a weight row is read once per call), then transposed
     // to token-major.
     let mut by_feature = vec![0.0f32; out_features * tokens];
-    by_feature.par_chunks_mut(FEATURES_PER_TASK * tokens).enumerate().for_each(|(chunk, out)| {
+    let block = |(chunk, out): (usize, &mut [f32])| {
         let first = chunk * FEATURES_PER_TASK;
         for (j, out_row) in out.chunks_exact_mut(tokens).enumerate() {
             let o = first + j;
@@ -31,7 +33,13 @@ pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out_features: usi
                 *y = dot(&x[t * in_features..(t + 1) * in_features], w) + b;
             }
         }
-    });
+    };
+    let chunks = FEATURES_PER_TASK * tokens;
+    if out_features * in_features * tokens >= PARALLEL_MIN_WORK {
+        by_feature.par_chunks_mut(chunks).enumerate().for_each(block);
+    } else {
+        by_feature.chunks_mut(chunks).enumerate().for_each(block);
+    }
     let mut y = vec![0.0f32; tokens * out_features];
     for (o, col) in by_feature.chunks_exact(tokens).enumerate() {
         for (t, &val) in col.iter().enumerate() {
@@ -47,14 +55,16 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
     let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
     let (ra, rb) = (ca.remainder(), cb.remainder());
+    // Plain multiply-add, not `mul_add`: without the `fma` target feature
+    // (the x86-64 baseline) `mul_add` is a libm call per element.
     for (x, y) in ca.zip(cb) {
         for i in 0..8 {
-            acc[i] = x[i].mul_add(y[i], acc[i]);
+            acc[i] += x[i] * y[i];
         }
     }
     let mut tail = 0.0f32;
     for (x, y) in ra.iter().zip(rb) {
-        tail = x.mul_add(*y, tail);
+        tail += x * y;
     }
     ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7])) + tail
 }
