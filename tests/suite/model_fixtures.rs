@@ -12,8 +12,13 @@ use std::path::PathBuf;
 pub const FAMILIES: [&str; 5] = ["llama", "mistral", "qwen2", "glm", "glm4"];
 const REL_TOL: f64 = 1e-4;
 
+/// Where the fixtures are: `ROCMFORGE_MODEL_FIXTURES` (for a test binary
+/// shipped to another machine, e.g. the GPU bundle), else the source tree.
 pub fn fixture_dir(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models").join(name)
+    let root = std::env::var_os("ROCMFORGE_MODEL_FIXTURES")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/models"));
+    root.join(name)
 }
 
 /// What make_tiny_models.py recorded for one model.
