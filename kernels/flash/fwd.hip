@@ -1,0 +1,557 @@
+// Fused attention forward (FlashAttention-2 scheme), one source for NVIDIA
+// (mma.sync) and AMD (MFMA / WMMA / SIMT) through the tile API of
+// rf/mma/mma.h. docs/kernels.md explains the design.
+//
+// A block owns BLOCK_M query rows of one (batch, query head); each warp owns
+// MT strips of 16 rows. The block walks the K/V tiles its rows can see
+// (BLOCK_N keys each), staged in shared memory STAGES deep (cp.async on
+// NVIDIA), computes S = Q K^T in registers, keeps the running row max and
+// sum (online softmax, exp2 domain), and accumulates O += P V with P taken
+// straight from the S registers. O is normalized once at the end.
+//
+// Specialization (compile-time defines):
+//   RF_DTYPE      RF_F32 | RF_F16 | RF_BF16 (Q, K, V and O share it)
+//   RF_HEAD_DIM   32, 64, 96, 128 or 256
+//   RF_F32_MODE   (f32 only) RF_F32_TF32X3 (default on sm_80+), RF_F32_SIMT
+//                 (default elsewhere), RF_F32_TF32 (opt-in, tf32 accuracy)
+//   RF_FLASH_BM / RF_FLASH_BN / RF_FLASH_WARPS / RF_FLASH_STAGES
+//                 tuning overrides for the development harness only
+// The mask, window, soft-cap and GQA grouping are run-time parameters.
+//
+// Launch: grid (ceil(seq_q / BLOCK_M), heads_q, batch), block WARPS *
+// RF_WARP_SIZE threads, dynamic shared memory SMEM_BYTES. The module exports
+// these as `rf_flash_fwd_launch` = {BLOCK_M, threads, SMEM_BYTES, BLOCK_N}.
+#include "rf/platform.h"
+#include "rf/convert.h"
+#include "rf/reduce.h"
+#include "rf/flash_params.h"
+#include "rf/mma/mma.h"
+
+#ifndef RF_HEAD_DIM
+#error "RF_HEAD_DIM must be defined"
+#endif
+#if RF_HEAD_DIM != 32 && RF_HEAD_DIM != 64 && RF_HEAD_DIM != 96 && RF_HEAD_DIM != 128 && RF_HEAD_DIM != 256
+#error "RF_HEAD_DIM must be 32, 64, 96, 128 or 256"
+#endif
+
+// ------------------------------------------------------------ tile config
+#if defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE != RF_F32
+// 16-bit tensor cores: 4 warps x 2 strips (FA2's 128 x 64 for d = 128;
+// 128 x 128 for d <= 64 spills), 8 warps x 1 strip for d = 256.
+#define RF_CFG_BM 128
+#define RF_CFG_BN 64
+#define RF_CFG_WARPS (RF_HEAD_DIM == 256 ? 8 : 4)
+#define RF_CFG_STAGES 2
+#elif defined(RF_CUDA)
+// f32 (split tf32 or SIMT): one strip per warp.
+#define RF_CFG_BM 64
+#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 64 : 32)
+#define RF_CFG_WARPS 4
+#define RF_CFG_STAGES 2
+#else
+// AMD: 64 KB of LDS per workgroup, no asynchronous copies (one stage).
+#if RF_DTYPE == RF_F32 && RF_HEAD_DIM == 256
+#define RF_CFG_WARPS 1
+#else
+#define RF_CFG_WARPS 4
+#endif
+#define RF_CFG_BM (16 * RF_CFG_WARPS)
+#if RF_DTYPE == RF_F32
+#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 32 : 16)
+#else
+#define RF_CFG_BN (RF_HEAD_DIM <= 128 ? 32 : 16)
+#endif
+#define RF_CFG_STAGES 1
+#endif
+
+#ifndef RF_FLASH_BM
+#define RF_FLASH_BM RF_CFG_BM
+#endif
+#ifndef RF_FLASH_BN
+#define RF_FLASH_BN RF_CFG_BN
+#endif
+#ifndef RF_FLASH_WARPS
+#define RF_FLASH_WARPS RF_CFG_WARPS
+#endif
+#ifndef RF_FLASH_STAGES
+#define RF_FLASH_STAGES RF_CFG_STAGES
+#endif
+
+namespace rf_flash {
+
+constexpr int D = RF_HEAD_DIM;
+constexpr int BM = RF_FLASH_BM;
+constexpr int BN = RF_FLASH_BN;
+constexpr int WARPS = RF_FLASH_WARPS;
+constexpr int STAGES = RF_FLASH_STAGES;
+constexpr int THREADS = WARPS * RF_WARP_SIZE;
+constexpr int MT = BM / (16 * WARPS);  // 16-row strips per warp
+constexpr int VEC = 16 / (int)sizeof(rf_elem);  // elements per 16-byte chunk
+static_assert(MT >= 1 && BM == 16 * WARPS * MT, "BLOCK_M must be 16 * warps * strips");
+static_assert(BN % 16 == 0 && STAGES >= 1, "bad BLOCK_N / STAGES");
+
+#if RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE != RF_F32
+// One strip per warp: Q fragments stay in registers (D/16 x 4 registers);
+// with two strips they are re-read from shared memory (register budget).
+constexpr bool Q_IN_REGS = (MT == 1 && D <= 128);
+#else
+constexpr bool Q_IN_REGS = false;
+#endif
+
+// Shared-memory layout of a tile with COLS elements per row: rows padded by
+// one 16-byte chunk. With an even number of chunks per row the stride is odd
+// in chunks, so the 8 rows one ldmatrix phase reads (same column) fall in 8
+// different 16-byte bank groups: conflict-free for ldmatrix (.trans too),
+// cp.async fills and the tf32 V reads. Unlike an XOR swizzle, the address of
+// (row0 + i, col0 + j) is the lane's base plus a constant, which the compiler
+// folds into the instruction's immediate offset: no per-tile address
+// registers (an XOR swizzle cost ~70 live registers and spills here).
+template <int COLS>
+struct Tile {
+    static constexpr int CPR = COLS / VEC;  // 16-byte chunks per row
+    static_assert(CPR % 2 == 0, "rows must have an even number of 16-byte chunks");
+    static constexpr int STRIDE = (CPR + 1) * VEC;
+    static RF_DEVICE int off(int row, int col) { return row * STRIDE + col; }
+};
+using QT = Tile<D>;   // Q, and O staging
+using KVT = Tile<D>;  // K and V
+using PT = Tile<BN>;  // P staging (flavours without RF_MMA_C_TO_A)
+
+constexpr int Q_ELEMS = BM * QT::STRIDE;
+constexpr int KV_ELEMS = BN * KVT::STRIDE;
+constexpr int P_ELEMS = RF_MMA_C_TO_A ? 0 : WARPS * MT * 16 * PT::STRIDE;
+constexpr int SMEM_BYTES = (int)sizeof(rf_elem) * (Q_ELEMS + 2 * STAGES * KV_ELEMS + P_ELEMS);
+#if defined(RF_HIP)
+static_assert(SMEM_BYTES <= 65536, "AMD workgroups have 64 KB of LDS");
+#else
+static_assert(SMEM_BYTES <= 227 * 1024, "more shared memory than an sm_90 block may have");
+#endif
+
+constexpr float LOG2E = 1.4426950408889634f;
+constexpr float LN2 = 0.6931471805599453f;
+
+RF_DEVICE float exp2_fast(float x) {
+#if defined(RF_CUDA)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return __builtin_exp2f(x);
+#endif
+}
+
+RF_DEVICE float log2_acc(float x) {
+#if defined(RF_CUDA)
+    return log2f(x);
+#else
+    return __builtin_log2f(x);
+#endif
+}
+
+// a / b without the IEEE slow path (a call and a branch per division on
+// NVIDIA, which wrecks register allocation in the unrolled tile code).
+RF_DEVICE float fast_div(float a, float b) {
+#if defined(RF_CUDA)
+    return __fdividef(a, b);
+#else
+    return a / b;
+#endif
+}
+
+// tanh from exp2: saturates to +-1, keeps NaN; absolute error ~1e-7.
+RF_DEVICE float tanh_f(float x) {
+    const float e = exp2_fast(-2.0f * LOG2E * (x < 0.0f ? -x : x));
+    const float t = fast_div(1.0f - e, 1.0f + e);
+    return x < 0.0f ? -t : t;
+}
+
+RF_DEVICE long long min_ll(long long a, long long b) { return a < b ? a : b; }
+RF_DEVICE long long max_ll(long long a, long long b) { return a > b ? a : b; }
+
+// ------------------------------------------------------ global -> shared
+struct alignas(16) U32x4 {
+    unsigned x, y, z, w;
+};
+
+// 16 bytes from global to shared; `ok == false` writes zeros (rows past the
+// end of the sequence) without reading.
+RF_DEVICE void copy16(rf_elem* dst, const rf_elem* src, bool ok) {
+#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+#else
+    U32x4 v = {0u, 0u, 0u, 0u};
+    if (ok) v = *reinterpret_cast<const U32x4*>(src);
+    *reinterpret_cast<U32x4*>(dst) = v;
+#endif
+}
+
+RF_DEVICE void copy_commit() {
+#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+// Waits until at most N committed copy groups are still in flight.
+template <int N>
+RF_DEVICE void copy_wait() {
+#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// Hides a value from the optimizer, so that what is computed from it is
+// recomputed where it is used instead of being hoisted out of the tile loop
+// into registers that then live across the whole loop (and spill).
+template <class T>
+RF_DEVICE T opaque(T x) {
+#if defined(RF_CUDA)
+    asm volatile("" : "+l"(x));
+#endif
+    return x;
+}
+
+// ROWS x D elements from `g` (row stride `stride` elements) into a tile.
+// Thread t < RS * CPR copies chunk t % CPR of rows t / CPR + i * RS (RS rows
+// per pass): its shared address is a base plus constants and its global
+// address a pointer stepping by a fixed amount.
+template <int ROWS>
+RF_DEVICE void load_rows(rf_elem* s, const rf_elem* g, long long stride, int rows_valid) {
+    constexpr int CPR = KVT::CPR;
+    constexpr int RS = THREADS / CPR;
+    static_assert(RS >= 1, "a row has more 16-byte chunks than the block has threads");
+    if (THREADS % CPR != 0 && (int)threadIdx.x >= RS * CPR) return;
+    const int row0 = (int)threadIdx.x / CPR, col = ((int)threadIdx.x % CPR) * VEC;
+    rf_elem* dst = s + KVT::off(row0, col);
+    const rf_elem* src = g + row0 * stride + col;
+    const long long step = opaque(RS * stride);
+#pragma unroll
+    for (int i = 0; i < (ROWS + RS - 1) / RS; ++i) {
+        if (ROWS % RS == 0 || row0 + i * RS < ROWS) {
+            const bool ok = row0 + i * RS < rows_valid;
+            copy16(dst + i * RS * KVT::STRIDE, ok ? src : g, ok);
+        }
+        src += step;
+    }
+}
+
+// Barrier for shared memory written and read by the same warp (P staging).
+RF_DEVICE void warp_smem_sync() {
+#if defined(RF_CUDA)
+    __syncwarp();
+#else
+    __syncthreads();  // every wave runs the same tile loop: uniform
+#endif
+}
+
+struct RowState {
+    float m[MT][RF_MMA_ROWS];  // running max of the (log2-scaled) logits
+    float l[MT][RF_MMA_ROWS];  // this lane's part of the running sum
+};
+
+}  // namespace rf_flash
+
+using namespace rf_flash;
+
+extern "C" __device__ const int rf_flash_fwd_launch[4] = {BM, THREADS, SMEM_BYTES, BN};
+
+#if defined(RF_CUDA)
+#define RF_FLASH_BOUNDS __launch_bounds__(THREADS, 1)
+#else
+#define RF_FLASH_BOUNDS __attribute__((amdgpu_flat_work_group_size(1, THREADS)))
+#endif
+
+extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p) {
+    extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
+    rf_elem* const sQ = reinterpret_cast<rf_elem*>(rf_smem_raw);
+    rf_elem* const sK = sQ + Q_ELEMS;
+    rf_elem* const sV = sK + STAGES * KV_ELEMS;
+    rf_elem* const sP = sV + STAGES * KV_ELEMS;
+
+    const int warp = (int)threadIdx.x / RF_WARP_SIZE;
+    // Causal-like masks: the last query tiles see the most keys; start them
+    // first so the short ones fill the tail of the grid.
+    const int m_block = p.window_right >= 0 ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+    const int hq = (int)blockIdx.y, b = (int)blockIdx.z;
+    const int hk = hq / (p.heads_q / p.heads_kv);
+    const int m0 = m_block * BM;
+    const long long shift = (long long)p.seq_kv - p.seq_q;  // pos = row + shift
+    const int m_last = (int)min_ll(m0 + BM, p.seq_q) - 1;
+
+    // Key tiles the block can see: [pos_min - left, pos_max + right].
+    long long lo = 0, hi = p.seq_kv;
+    if (p.window_left >= 0) lo = max_ll(lo, m0 + shift - p.window_left);
+    if (p.window_right >= 0) hi = min_ll(hi, m_last + shift + p.window_right + 1);
+    const int n_begin = (int)(min_ll(lo, p.seq_kv) / BN);
+    const int n_end = hi > lo ? (int)((hi + BN - 1) / BN) : n_begin;
+
+    const rf_elem* q_g = reinterpret_cast<const rf_elem*>(p.q) + b * p.q_batch_stride + m0 * p.q_seq_stride +
+                         hq * p.q_head_stride;
+    const rf_elem* k_g = reinterpret_cast<const rf_elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
+    const rf_elem* v_g = reinterpret_cast<const rf_elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+
+    auto load_kv = [&](int nb, int stage) {
+        const int n0 = nb * BN;
+        load_rows<BN>(sK + stage * KV_ELEMS, k_g + n0 * p.k_seq_stride, p.k_seq_stride, p.seq_kv - n0);
+        load_rows<BN>(sV + stage * KV_ELEMS, v_g + n0 * p.v_seq_stride, p.v_seq_stride, p.seq_kv - n0);
+    };
+
+    // Prologue: Q and the first STAGES - 1 tiles, one copy group each.
+    load_rows<BM>(sQ, q_g, p.q_seq_stride, p.seq_q - m0);
+#pragma unroll
+    for (int s = 0; s < STAGES - 1; ++s) {
+        if (n_begin + s < n_end) load_kv(n_begin + s, s);
+        copy_commit();
+    }
+
+    const float scale_log2 = p.scale * LOG2E;
+    const bool capped = p.softcap > 0.0f;
+    const float cap_in = capped ? p.scale / p.softcap : 0.0f;
+    const float cap_out = capped ? p.softcap * LOG2E : 0.0f;
+    // Rows [row_lo, row_hi] of the block's valid rows decide which tiles need
+    // per-element masking.
+    const long long pos_min = m0 + shift, pos_max = m_last + shift;
+
+    rf_frag_c o[MT][D / 16];
+    RowState st;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int du = 0; du < D / 16; ++du)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) o[mt][du].v[r] = 0.0f;
+#pragma unroll
+        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+            st.m[mt][sl] = RF_NEG_INF;
+            st.l[mt][sl] = 0.0f;
+        }
+    }
+    rf_frag_a qf[Q_IN_REGS ? MT : 1][Q_IN_REGS ? D / 16 : 1];
+    const int strip0 = warp * MT * 16;  // first row of this warp, in the block
+
+    for (int nb = n_begin; nb < n_end; ++nb) {
+        const int it = nb - n_begin;
+        if (STAGES == 1) {
+            __syncthreads();  // every warp is done with the previous tile
+            load_kv(nb, 0);
+            copy_commit();
+            copy_wait<0>();
+        } else {
+            copy_wait<(STAGES >= 2 ? STAGES - 2 : 0)>();
+        }
+        __syncthreads();
+        if (STAGES > 1) {
+            // Refill the stage every warp finished with (tile it - 1).
+            const int nx = nb + STAGES - 1;
+            if (nx < n_end) load_kv(nx, (it + STAGES - 1) % STAGES);
+            copy_commit();
+        }
+        const rf_elem* k_s = sK + (it % STAGES) * KV_ELEMS;
+        const rf_elem* v_s = sV + (it % STAGES) * KV_ELEMS;
+
+        if (Q_IN_REGS && it == 0) {
+#pragma unroll
+            for (int mt = 0; mt < (Q_IN_REGS ? MT : 1); ++mt)
+#pragma unroll
+                for (int kk = 0; kk < (Q_IN_REGS ? D / 16 : 1); ++kk)
+                    rf_load_a(qf[mt][kk], sQ,
+                              [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+        }
+
+        // S = Q K^T for this warp's strips.
+        rf_frag_c s[MT][BN / 16];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < D / 16; ++kk) {
+            rf_frag_a qa[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                if (Q_IN_REGS) {
+                    qa[mt] = qf[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0];
+                } else {
+                    rf_load_a(qa[mt], sQ, [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+                }
+            }
+#pragma unroll
+            for (int nu = 0; nu < BN / 16; ++nu) {
+                rf_frag_b kb;
+                rf_load_b_nk(kb, k_s, [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) rf_mma(s[mt][nu], qa[mt], kb);
+            }
+        }
+
+        // Logits in the log2 domain, soft-cap, mask (boundary tiles only).
+        const int n0 = nb * BN;
+        if (capped) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                    for (int r = 0; r < RF_MMA_C_REGS; ++r)
+                        s[mt][nu].v[r] = cap_out * tanh_f(s[mt][nu].v[r] * cap_in);
+        } else {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                    for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] *= scale_log2;
+        }
+        const bool full = n0 + BN <= p.seq_kv && (p.window_left < 0 || n0 >= pos_max - p.window_left) &&
+                          (p.window_right < 0 || n0 + BN - 1 <= pos_min + p.window_right);
+        if (!full) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+                // The visible keys of each row form one interval [first, last]
+                // (rf_visible is an interval test); columns are tile-relative.
+                int first[RF_MMA_ROWS], last[RF_MMA_ROWS];
+#pragma unroll
+                for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+                    const long long pos = m0 + strip0 + 16 * mt + rf_slot_row(sl) + shift;
+                    long long a = p.window_left >= 0 ? pos - p.window_left : 0;
+                    long long z = p.window_right >= 0 ? pos + p.window_right : (long long)p.seq_kv - 1;
+                    z = min_ll(z, (long long)p.seq_kv - 1);
+                    first[sl] = (int)max_ll(min_ll(a - n0, BN), -1);
+                    last[sl] = (int)max_ll(min_ll(z - n0, BN), -1);
+                }
+#pragma unroll
+                for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                    for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+                        const int col = 16 * nu + rf_c_col(r);
+                        if (col < first[rf_c_slot(r)] || col > last[rf_c_slot(r)]) s[mt][nu].v[r] = RF_NEG_INF;
+                    }
+            }
+        }
+
+        // Online softmax: new row max, rescale the running sum and O.
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            float mx[RF_MMA_ROWS], alpha[RF_MMA_ROWS], m_use[RF_MMA_ROWS], sum[RF_MMA_ROWS];
+#pragma unroll
+            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+                mx[sl] = st.m[mt][sl];
+                sum[sl] = 0.0f;
+            }
+#pragma unroll
+            for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[mt][nu].v[r]);
+#pragma unroll
+            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+                mx[sl] = rf_row_max(mx[sl]);
+                // No visible key yet: subtract 0 so that exp2(-inf) = 0, never NaN.
+                m_use[sl] = mx[sl] == RF_NEG_INF ? 0.0f : mx[sl];
+                alpha[sl] = exp2_fast(st.m[mt][sl] - m_use[sl]);
+                st.m[mt][sl] = mx[sl];
+            }
+#pragma unroll
+            for (int nu = 0; nu < BN / 16; ++nu) {
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+                    const float e = exp2_fast(s[mt][nu].v[r] - m_use[rf_c_slot(r)]);
+                    s[mt][nu].v[r] = e;
+                    sum[rf_c_slot(r)] += e;
+                }
+            }
+#pragma unroll
+            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) st.l[mt][sl] = st.l[mt][sl] * alpha[sl] + sum[sl];
+#pragma unroll
+            for (int du = 0; du < D / 16; ++du)
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r) o[mt][du].v[r] *= alpha[rf_c_slot(r)];
+        }
+
+        // O += P V, P rounded to the input type.
+#if !RF_MMA_C_TO_A
+        rf_elem* const p_s = sP + warp * MT * 16 * PT::STRIDE;
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+            for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r)
+                    p_s[PT::off(16 * mt + rf_c_row(r), 16 * nu + rf_c_col(r))] = rf_to_elem(s[mt][nu].v[r]);
+        warp_smem_sync();
+#endif
+#pragma unroll
+        for (int ku = 0; ku < BN / 16; ++ku) {
+            rf_frag_a pa[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) {
+#if RF_MMA_C_TO_A
+                rf_c_to_a(pa[mt], s[mt][ku]);
+#else
+                rf_load_a(pa[mt], p_s, [&](int r, int c) { return PT::off(16 * mt + r, 16 * ku + c); });
+#endif
+            }
+#pragma unroll
+            for (int du = 0; du < D / 16; ++du) {
+                rf_frag_b vb;
+                rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) rf_mma(o[mt][du], pa[mt], vb);
+            }
+        }
+#if !RF_MMA_C_TO_A
+        warp_smem_sync();  // P staging is rewritten by the next tile
+#endif
+    }
+
+    // Drain the copy pipeline (also when the block saw no tile) before the
+    // Q area is reused to stage O.
+    copy_wait<0>();
+    __syncthreads();
+
+    // Normalize once; a row with no visible key is exactly zero (lse -inf).
+    float* lse = reinterpret_cast<float*>(p.lse);
+    rf_elem* o_s = sQ;
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float inv[RF_MMA_ROWS];
+        bool empty[RF_MMA_ROWS];
+#pragma unroll
+        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+            const float l = rf_row_sum(st.l[mt][sl]);
+            empty[sl] = l == 0.0f;
+            inv[sl] = fast_div(1.0f, l);
+            const int row = m0 + strip0 + 16 * mt + rf_slot_row(sl);
+            if (lse != nullptr && rf_c_col(0) == 0 && row < p.seq_q) {
+                const float v = empty[sl] ? RF_NEG_INF : (st.m[mt][sl] + log2_acc(l)) * LN2;
+                lse[((long long)b * p.heads_q + hq) * p.seq_q + row] = v;
+            }
+        }
+#pragma unroll
+        for (int du = 0; du < D / 16; ++du)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+                const int sl = rf_c_slot(r);
+                const float v = empty[sl] ? 0.0f : o[mt][du].v[r] * inv[sl];
+                o_s[QT::off(strip0 + 16 * mt + rf_c_row(r), 16 * du + rf_c_col(r))] = rf_to_elem(v);
+            }
+    }
+    __syncthreads();
+
+    // Coalesced 16-byte stores of the valid rows.
+    rf_elem* o_g = reinterpret_cast<rf_elem*>(p.o) + b * p.o_batch_stride + m0 * p.o_seq_stride + hq * p.o_head_stride;
+    const int rows_valid = p.seq_q - m0;
+    constexpr int CHUNKS = BM * QT::CPR;
+#pragma unroll
+    for (int c0 = 0; c0 < CHUNKS; c0 += THREADS) {
+        const int c = c0 + (int)threadIdx.x;
+        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
+            const int row = c / QT::CPR, col = (c % QT::CPR) * VEC;
+            if (row < rows_valid) {
+                *reinterpret_cast<U32x4*>(o_g + row * p.o_seq_stride + col) =
+                    *reinterpret_cast<const U32x4*>(o_s + QT::off(row, col));
+            }
+        }
+    }
+}
