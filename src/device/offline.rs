@@ -67,13 +67,15 @@ pub fn all_specs(registry: &Registry) -> Vec<KernelSpec> {
     specs
 }
 
-/// Compiles every spec for `target`; the first failure is returned with the
-/// compiler log.
+/// Compiles every spec for `target`, in parallel (compiles are independent
+/// processes or NVRTC programs); the first failure in spec order is returned
+/// with the compiler log.
 pub fn compile_all(specs: &[KernelSpec], target: &str) -> DeviceResult<Vec<CompileReport>> {
+    use rayon::prelude::*;
     let arch = Arch::parse(target)?;
     let compiler = OfflineCompiler::for_arch(&arch);
     specs
-        .iter()
+        .par_iter()
         .map(|spec| {
             let code = compile_source(&spec.label(), spec.entry, &spec.source(), &arch, &spec.options(&arch))?;
             Ok(CompileReport {
