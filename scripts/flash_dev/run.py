@@ -131,6 +131,10 @@ def run_case(kern, defs, case, gen):
     rel = (diff.norm() / ro[fin].norm().clamp_min(1e-30)).item() if fin.any() else 0.0
     maxabs = diff.abs().max().item() if diff.numel() else 0.0
     res = {"case": name, "rel": rel, "maxabs": maxabs, "nan_pattern_ok": nan_ok, "inf_pattern_ok": inf_ok}
+    if not (nan_ok and inf_ok):
+        bad = ((torch.isnan(of) != torch.isnan(ro)) | (torch.isinf(of) != torch.isinf(ro))).any(-1).nonzero()
+        res["pattern_mismatch_bsh"] = [tuple(x) for x in bad[:6].tolist()]
+        res["pattern_mismatch_rows"] = int(bad.shape[0])
     ok = nan_ok and inf_ok and rel <= tolerance(defs)
     if lse is not None:
         lf = lse.double()
@@ -291,6 +295,18 @@ def f32_accuracy(kernels, builds, log):
     return out
 
 
+def profile(kernels, builds, name, causal):
+    """One launch of `name` at (4, 32, 32, 2048, d) for ncu to catch."""
+    kern, defs = kernels[name], builds[name]["defines"]
+    d, dt = defs["RF_HEAD_DIM"], TDT[defs["RF_DTYPE"]]
+    q = torch.randn(4, 2048, 32, d, device="cuda").to(dt)
+    k, v, o = torch.randn_like(q), torch.randn_like(q), torch.empty_like(q)
+    prm = make_params(q, k, v, o, None, -1, 0 if causal else -1, 1.0 / math.sqrt(d), 0.0)
+    for _ in range(3):
+        kern.launch(prm, torch.cuda.current_stream().cuda_stream)
+    torch.cuda.synchronize()
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("cubins")
@@ -298,6 +314,7 @@ def main():
     ap.add_argument("--skip-check", action="store_true")
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--only", default="")
+    ap.add_argument("--profile", default="", help="variant to launch once per mask for ncu, nothing else")
     a = ap.parse_args()
     torch.cuda.init()
     torch.zeros(1, device="cuda")
@@ -311,6 +328,10 @@ def main():
             kernels[name] = cudrv.Kernel(open(os.path.join(a.cubins, f"{name}.cubin"), "rb").read())
         except Exception as e:  # noqa: BLE001
             print(f"LOAD FAIL {name}: {e}", flush=True)
+    if a.profile:
+        profile(kernels, builds, a.profile, False)
+        profile(kernels, builds, a.profile, True)
+        return
     log = {"check": [], "bench": [], "f32acc": []}
     bad = 0
     try:
