@@ -268,6 +268,15 @@ RF_DEVICE void load_rows(rf_elem* s, const rf_elem* g, long long stride, int row
     rf_elem* dst = s + KVT::off(row0, col);
     const rf_elem* src = g + row0 * stride + col;
     const long long step = opaque(RS * stride);
+    if (rows_valid >= ROWS) {
+        // Whole tile inside the sequence (all but the last tile): no predicates.
+#pragma unroll
+        for (int i = 0; i < (ROWS + RS - 1) / RS; ++i) {
+            if (ROWS % RS == 0 || row0 + i * RS < ROWS) copy16(dst + i * RS * KVT::STRIDE, src, true);
+            src += step;
+        }
+        return;
+    }
 #pragma unroll
     for (int i = 0; i < (ROWS + RS - 1) / RS; ++i) {
         if (ROWS % RS == 0 || row0 + i * RS < ROWS) {
@@ -426,12 +435,6 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
             copy_wait<(STAGES >= 2 ? STAGES - 2 : 0)>();
         }
         __syncthreads();
-        if (STAGES > 1) {
-            // Refill the stage every warp finished with (tile it - 1).
-            const int nx = nb + STAGES - 1;
-            if (nx < n_end) load_kv(nx, (it + STAGES - 1) % STAGES);
-            copy_commit();
-        }
         const rf_elem* k_s = sK + (it % STAGES) * KV_ELEMS;
         const rf_elem* v_s = sV + (it % STAGES) * KV_ELEMS;
 
@@ -470,6 +473,14 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) mma_acc(s[mt][nu], qa[mt], kb);
             }
+        }
+
+        if (STAGES > 1) {
+            // Refill the stage every warp finished with (tile it - 1), after
+            // the QK^T products so that they start right after the barrier.
+            const int nx = nb + STAGES - 1;
+            if (nx < n_end) load_kv(nx, (it + STAGES - 1) % STAGES);
+            copy_commit();
         }
 
         // Logits. Plain scaling keeps S = q.k and folds scale * log2(e) into
