@@ -36,16 +36,17 @@
 
 // ------------------------------------------------------------ tile config
 #if defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE != RF_F32
-// 16-bit tensor cores: 4 warps x 2 strips (FA2's 128 x 64 for d = 128;
-// 128 x 128 for d <= 64 spills), 8 warps x 1 strip for d = 256.
-#define RF_CFG_BM 128
+// 16-bit tensor cores, measured on an H100 (scripts/flash_dev/NOTES.md):
+// d = 96, 128: 4 warps x 2 strips (FA2's 128 x 64); d <= 64: 4 warps x 1
+// strip, Q in registers; d = 256: 8 warps x 1 strip.
+#define RF_CFG_BM (RF_HEAD_DIM <= 64 ? 64 : 128)
 #define RF_CFG_BN 64
 #define RF_CFG_WARPS (RF_HEAD_DIM == 256 ? 8 : 4)
 #define RF_CFG_STAGES 2
 #elif defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC
 // f32 split tf32: 8 warps x 1 strip (the operand splits are per warp).
 #define RF_CFG_BM (RF_HEAD_DIM <= 128 ? 128 : 64)
-#define RF_CFG_BN (RF_HEAD_DIM <= 128 ? 64 : 32)
+#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 64 : 32)
 #define RF_CFG_WARPS (RF_HEAD_DIM <= 128 ? 8 : 4)
 #define RF_CFG_STAGES 2
 #elif defined(RF_CUDA)
@@ -106,12 +107,32 @@ struct Tile {
     static RF_DEVICE int off(int row, int col) { return row * STRIDE + col; }
 };
 
+// f32 on tensor cores (split tf32): K and V are split into big and small
+// tf32 parts once per tile by the whole block, instead of by every warp at
+// every fragment load. K is split in place (+ a small tile); V is staged
+// transposed, [head_dim][key], so that its fragments come by ldmatrix too,
+// with the keys in the order rf_c_to_a gives P (rf_tf32_key_slot).
+#if RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE == RF_F32
+#define RF_FLASH_PRESPLIT 1
+#else
+#define RF_FLASH_PRESPLIT 0
+#endif
+
 // Shared memory of a (BLOCK_M, BLOCK_N, STAGES) tiling: Q (reused to stage
 // O), K and V per stage, and P staging where P cannot stay in registers.
+// With the presplit, raw V lands in the V^T big tile before it is split.
+template <int bm, int bn, int stages>
+struct SmemLayout {
+    static constexpr int KS = Tile<D>::STRIDE;
+    static constexpr int VT = D * Tile<bn>::STRIDE > bn * KS ? D * Tile<bn>::STRIDE : bn * KS;
+    static constexpr int K_STAGE = bn * KS * (RF_FLASH_PRESPLIT ? 2 : 1);
+    static constexpr int V_STAGE = RF_FLASH_PRESPLIT ? 2 * VT : bn * KS;
+    static constexpr int P = RF_MMA_C_TO_A ? 0 : bm * Tile<bn>::STRIDE;
+    static constexpr int bytes = (int)sizeof(rf_elem) * (bm * KS + stages * (K_STAGE + V_STAGE) + P);
+};
 template <int bm, int bn, int stages>
 struct SmemBytes {
-    static constexpr int value = (int)sizeof(rf_elem) * (bm * Tile<D>::STRIDE + 2 * stages * bn * Tile<D>::STRIDE +
-                                                         (RF_MMA_C_TO_A ? 0 : bm * Tile<bn>::STRIDE));
+    static constexpr int value = SmemLayout<bm, bn, stages>::bytes;
 };
 
 // What one block may have: 64 KB of LDS on AMD; 227 KB on sm_90, 163 KB on
@@ -149,8 +170,12 @@ using QT = Tile<D>;   // Q, and O staging
 using KVT = Tile<D>;  // K and V
 using PT = Tile<BN>;  // P staging (flavours without RF_MMA_C_TO_A)
 
+using VTT = Tile<BN>;  // V^T (presplit f32): head-dim rows of BN keys
+using LAYOUT = SmemLayout<BM, BN, STAGES>;
 constexpr int Q_ELEMS = BM * QT::STRIDE;
-constexpr int KV_ELEMS = BN * KVT::STRIDE;
+constexpr int K_STAGE = LAYOUT::K_STAGE;
+constexpr int V_STAGE = LAYOUT::V_STAGE;
+constexpr int VT_ELEMS = LAYOUT::VT;
 
 constexpr float LOG2E = 1.4426950408889634f;
 constexpr float RESCALE_SLACK = 8.0f;
@@ -337,6 +362,55 @@ RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const 
 #endif
 }
 
+#if RF_FLASH_PRESPLIT
+// Splits the landed tile of one stage (all threads): K in place plus its
+// small part at kb + BN * KS; raw V ([key][d] at vtb) into V^T big at vtb
+// and small at vtb + VT_ELEMS. Ends with the V^T tiles written, before the
+// caller's barrier.
+RF_DEVICE void presplit_tile(rf_elem* kb, rf_elem* vtb) {
+    constexpr int CPR = KVT::CPR;
+    constexpr int CHUNKS = BN * CPR;
+    constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
+    float vraw[PER][4];
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int c = (int)threadIdx.x + i * THREADS;
+        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
+            const int row = c / CPR, col = (c % CPR) * VEC;
+            U32x4 kv = *reinterpret_cast<const U32x4*>(kb + KVT::off(row, col));
+            U32x4 ks;
+            rf_split_tf32(__uint_as_float(kv.x), kv.x, ks.x);
+            rf_split_tf32(__uint_as_float(kv.y), kv.y, ks.y);
+            rf_split_tf32(__uint_as_float(kv.z), kv.z, ks.z);
+            rf_split_tf32(__uint_as_float(kv.w), kv.w, ks.w);
+            *reinterpret_cast<U32x4*>(kb + KVT::off(row, col)) = kv;
+            *reinterpret_cast<U32x4*>(kb + BN * KVT::STRIDE + KVT::off(row, col)) = ks;
+            const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(row, col));
+            vraw[i][0] = __uint_as_float(vv.x);
+            vraw[i][1] = __uint_as_float(vv.y);
+            vraw[i][2] = __uint_as_float(vv.z);
+            vraw[i][3] = __uint_as_float(vv.w);
+        }
+    }
+    __syncthreads();  // raw V is read everywhere before V^T overwrites it
+#pragma unroll
+    for (int i = 0; i < PER; ++i) {
+        const int c = (int)threadIdx.x + i * THREADS;
+        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
+            const int key = c / CPR, col = (c % CPR) * VEC;
+            const int slot = rf_tf32_key_slot(key);
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                unsigned big, small;
+                rf_split_tf32(vraw[i][e], big, small);
+                vtb[VTT::off(col + e, slot)] = __uint_as_float(big);
+                vtb[VT_ELEMS + VTT::off(col + e, slot)] = __uint_as_float(small);
+            }
+        }
+    }
+}
+#endif
+
 struct RowState {
     float m[MT][RF_MMA_ROWS];  // running max of the (log2-scaled) logits
     float l[MT][RF_MMA_ROWS];  // this lane's part of the running sum
@@ -358,8 +432,8 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
     rf_elem* const sQ = reinterpret_cast<rf_elem*>(rf_smem_raw);
     rf_elem* const sK = sQ + Q_ELEMS;
-    rf_elem* const sV = sK + STAGES * KV_ELEMS;
-    rf_elem* const sP = sV + STAGES * KV_ELEMS;
+    rf_elem* const sV = sK + STAGES * K_STAGE;
+    rf_elem* const sP = sV + STAGES * V_STAGE;
 
     const int warp = (int)threadIdx.x / RF_WARP_SIZE;
     // Causal-like masks: the last query tiles see the most keys; start them
@@ -385,8 +459,8 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
 
     auto load_kv = [&](int nb, int stage) {
         const int n0 = nb * BN;
-        load_rows<BN>(sK + stage * KV_ELEMS, k_g + n0 * p.k_seq_stride, p.k_seq_stride, p.seq_kv - n0);
-        load_rows<BN>(sV + stage * KV_ELEMS, v_g + n0 * p.v_seq_stride, p.v_seq_stride, p.seq_kv - n0);
+        load_rows<BN>(sK + stage * K_STAGE, k_g + n0 * p.k_seq_stride, p.k_seq_stride, p.seq_kv - n0);
+        load_rows<BN>(sV + stage * V_STAGE, v_g + n0 * p.v_seq_stride, p.v_seq_stride, p.seq_kv - n0);
     };
 
     // Prologue: Q and the first STAGES - 1 tiles, one copy group each.
@@ -435,8 +509,12 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
             copy_wait<(STAGES >= 2 ? STAGES - 2 : 0)>();
         }
         __syncthreads();
-        const rf_elem* k_s = sK + (it % STAGES) * KV_ELEMS;
-        const rf_elem* v_s = sV + (it % STAGES) * KV_ELEMS;
+        rf_elem* const k_s = sK + (it % STAGES) * K_STAGE;
+        rf_elem* const v_s = sV + (it % STAGES) * V_STAGE;
+#if RF_FLASH_PRESPLIT
+        presplit_tile(k_s, v_s);
+        __syncthreads();
+#endif
 
         if (Q_IN_REGS && it == 0) {
 #pragma unroll
@@ -469,7 +547,12 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
 #pragma unroll
             for (int nu = 0; nu < BN / 16; ++nu) {
                 rf_frag_b kb;
+#if RF_FLASH_PRESPLIT
+                rf_load_b_nk_split(kb, k_s, k_s + BN * KVT::STRIDE,
+                                   [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+#else
                 rf_load_b_nk(kb, k_s, [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+#endif
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) mma_acc(s[mt][nu], qa[mt], kb);
             }
@@ -622,7 +705,12 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
 #pragma unroll
                 for (int ku = 0; ku < BN / 16; ++ku) {
                     rf_frag_b vb;
+#if RF_FLASH_PRESPLIT
+                    rf_load_b_nk_split(vb, v_s, v_s + VT_ELEMS,
+                                       [&](int r, int c) { return VTT::off(16 * du + r, 16 * ku + c); });
+#else
                     rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
+#endif
 #pragma unroll
                     for (int mt = 0; mt < MT; ++mt) rf_mma(t[mt], pa[mt][ku], vb);
                 }
