@@ -333,22 +333,14 @@ RF_DEVICE void warp_smem_sync() {
 // Tensor cores add each product into the accumulator with truncation, so a
 // long chain of accumulations drifts (measured: 8e-6 relative on f32 inputs
 // with split tf32, vs 7e-7 for f32 FMAs). For f32 the kernel therefore lets
-// the matrix unit accumulate one 16-wide k block (QK^T) or one key tile (PV)
-// from zero and adds that into the running sums with f32 adds.
+// the matrix unit accumulate ACC_K of the head dim (QK^T) or one key tile
+// (PV) from zero and adds that into the running sums with f32 adds.
 constexpr bool SPLIT_ACC = RF_DTYPE == RF_F32 && RF_MMA_FLAVOUR != RF_MMA_SIMT;
-
-RF_DEVICE void mma_acc(rf_frag_c& c, const rf_frag_a& a, const rf_frag_b& b) {
-    if (SPLIT_ACC) {
-        rf_frag_c t;
-#pragma unroll
-        for (int r = 0; r < RF_MMA_C_REGS; ++r) t.v[r] = 0.0f;
-        rf_mma(t, a, b);
-#pragma unroll
-        for (int r = 0; r < RF_MMA_C_REGS; ++r) c.v[r] += t.v[r];
-    } else {
-        rf_mma(c, a, b);
-    }
-}
+#ifndef RF_FLASH_ACC_K
+#define RF_FLASH_ACC_K 32
+#endif
+constexpr int ACC_KK = (SPLIT_ACC && RF_FLASH_ACC_K / 16 < D / 16) ? RF_FLASH_ACC_K / 16 : D / 16;
+static_assert((D / 16) % ACC_KK == 0, "RF_FLASH_ACC_K must divide the head dim");
 
 // The A operand of P V for strip mt, keys 16 ku.. of the tile: from the S
 // registers where the layout allows, else from the warp's P staging tile.
@@ -526,7 +518,7 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         }
 
         // S = Q K^T for this warp's strips.
-        rf_frag_c s[MT][BN / 16];
+        rf_frag_c s[MT][BN / 16], acc[MT][BN / 16];  // acc: unused without SPLIT_ACC
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
@@ -535,6 +527,17 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
                 for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] = 0.0f;
 #pragma unroll
         for (int kk = 0; kk < D / 16; ++kk) {
+            // With SPLIT_ACC: products of ACC_KK k blocks go to `acc` from
+            // zero, then one f32 add into S.
+            auto& cs = SPLIT_ACC ? acc : s;
+            if (SPLIT_ACC && kk % ACC_KK == 0) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                        for (int r = 0; r < RF_MMA_C_REGS; ++r) cs[mt][nu].v[r] = 0.0f;
+            }
             rf_frag_a qa[MT];
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
@@ -554,7 +557,15 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
                 rf_load_b_nk(kb, k_s, [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
 #endif
 #pragma unroll
-                for (int mt = 0; mt < MT; ++mt) mma_acc(s[mt][nu], qa[mt], kb);
+                for (int mt = 0; mt < MT; ++mt) rf_mma(cs[mt][nu], qa[mt], kb);
+            }
+            if (SPLIT_ACC && kk % ACC_KK == ACC_KK - 1) {
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                    for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                        for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] += cs[mt][nu].v[r];
             }
         }
 
