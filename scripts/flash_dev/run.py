@@ -162,7 +162,7 @@ def run_case(kern, defs, case, gen):
     return res
 
 
-def check_all(kernels, builds, only, log):
+def check_all(kernels, builds, only, log, case_names=None):
     gen = torch.Generator(device="cuda").manual_seed(1234)
     bad = 0
     tuned = variants.tuning_variants()
@@ -174,6 +174,8 @@ def check_all(kernels, builds, only, log):
         if defs["RF_DTYPE"] == 0 and defs.get("RF_F32_MODE", 1) != 0:
             # split tf32: Inf * (a zero small part) = NaN, a documented deviation
             cases = [c for c in CASES if c[0] != "inf"]
+        if case_names:
+            cases = [c for c in cases if c[0] in case_names]
         cases = cases if name not in tuned else [c for c in CASES if c[0] in ("gqa_odd_none", "gqa_odd_causal", "long_causal", "window_37_5")]
         worst, fails = 0.0, []
         for c in cases:
@@ -334,6 +336,8 @@ def main():
     ap.add_argument("--skip-bench", action="store_true")
     ap.add_argument("--only", default="")
     ap.add_argument("--profile", default="", help="variant to launch once per mask for ncu, nothing else")
+    ap.add_argument("--cases", default="", help="comma-separated case names (default: all)")
+    ap.add_argument("--skip-f32acc", action="store_true")
     a = ap.parse_args()
     torch.cuda.init()
     torch.zeros(1, device="cuda")
@@ -355,9 +359,10 @@ def main():
     bad = 0
     try:
         if not a.skip_check:
-            bad = check_all(kernels, builds, a.only, log["check"])
+            bad = check_all(kernels, builds, a.only, log["check"], [c for c in a.cases.split(",") if c])
             print(f"correctness: {bad} failing cases", flush=True)
-            f32_accuracy(kernels, builds, log["f32acc"])
+            if not a.skip_f32acc:
+                f32_accuracy(kernels, builds, log["f32acc"])
         if not a.skip_bench:
             log["bench_rows"] = bench(kernels, builds, log["bench"])
     finally:
