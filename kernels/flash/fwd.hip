@@ -428,10 +428,28 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     rf_elem* const sP = sV + STAGES * V_STAGE;
 
     const int warp = (int)threadIdx.x / RF_WARP_SIZE;
-    // Causal-like masks: the last query tiles see the most keys; start them
-    // first so the short ones fill the tail of the grid.
-    const int m_block = p.window_right >= 0 ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-    const int hq = (int)blockIdx.y, b = (int)blockIdx.z;
+    // Which tile this block owns. Without a right bound every tile costs the
+    // same: m is the fastest index, so the blocks of one head run together
+    // and share K/V in L2. With one (causal), the last query tiles see the
+    // most keys: blocks are handed out longest first over the whole grid
+    // (all heads' last tiles, then the next...), so the short ones fill the
+    // tail. Blocks start in linear (x, y, z) order; the grid keeps its shape.
+    int m_block, hq, b;
+#ifndef RF_FLASH_GLOBAL_ORDER
+#define RF_FLASH_GLOBAL_ORDER 1  // 0: longest first within each head only
+#endif
+    if (RF_FLASH_GLOBAL_ORDER && p.window_right >= 0) {
+        const long long hb_count = (long long)gridDim.y * gridDim.z;
+        const long long lin = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
+        const long long hb = lin % hb_count;
+        m_block = (int)(gridDim.x - 1 - lin / hb_count);
+        hq = (int)(hb % gridDim.y);
+        b = (int)(hb / gridDim.y);
+    } else {
+        m_block = p.window_right >= 0 ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
+        hq = (int)blockIdx.y;
+        b = (int)blockIdx.z;
+    }
     const int hk = hq / (p.heads_q / p.heads_kv);
     const int m0 = m_block * BM;
     const long long shift = (long long)p.seq_kv - p.seq_q;  // pos = row + shift

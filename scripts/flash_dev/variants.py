@@ -29,6 +29,7 @@ def tuning_variants():
         (BF16, 64): [(128, 64, 4, 2), (128, 128, 4, 2)],
         (F32, 128): [(128, 64, 8, 1)],
     }
+    out["bf16_d128_headorder"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128, RF_FLASH_GLOBAL_ORDER=0)
     out["f32x3_d128_acck16"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=16)
     out["f32x3_d128_acck64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=64)
     for (dt, d), lst in cands.items():
