@@ -286,8 +286,16 @@ RF_DEVICE T opaque(T x) {
 template <int ROWS>
 RF_DEVICE void load_rows(rf_elem* s, const rf_elem* g, long long stride, int rows_valid) {
     constexpr int CPR = KVT::CPR;
-    constexpr int RS = THREADS / CPR;
-    static_assert(RS >= 1, "a row has more 16-byte chunks than the block has threads");
+    if constexpr (CPR > THREADS) {
+        // Rows wider than the block (f32 d 256 with one AMD wave): plain loop.
+        for (int c = (int)threadIdx.x; c < ROWS * CPR; c += THREADS) {
+            const int row = c / CPR, col = (c % CPR) * VEC;
+            const bool ok = row < rows_valid;
+            copy16(s + KVT::off(row, col), g + (ok ? row * stride + col : 0), ok);
+        }
+        return;
+    }
+    constexpr int RS = CPR > THREADS ? 1 : THREADS / CPR;
     if (THREADS % CPR != 0 && (int)threadIdx.x >= RS * CPR) return;
     const int row0 = (int)threadIdx.x / CPR, col = ((int)threadIdx.x % CPR) * VEC;
     rf_elem* dst = s + KVT::off(row0, col);
