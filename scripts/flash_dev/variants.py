@@ -25,10 +25,13 @@ def tuning_variants():
     """Tile-shape candidates (BM, BN, WARPS, STAGES) for the timed shapes."""
     out = {}
     cands = {
-        (BF16, 128): [(128, 64, 4, 3), (128, 32, 4, 2), (64, 64, 4, 2), (128, 64, 8, 2), (128, 128, 8, 2)],
-        (BF16, 64): [(128, 128, 4, 2), (64, 64, 4, 2), (128, 64, 4, 3), (128, 128, 8, 2)],
-        (F32, 128): [(64, 64, 4, 2), (128, 32, 8, 2), (64, 32, 4, 3), (128, 64, 8, 2)],
+        (BF16, 128): [(128, 32, 4, 2), (64, 64, 4, 2)],
+        (BF16, 64): [(128, 64, 4, 2), (128, 128, 4, 2)],
+        (F32, 128): [(128, 64, 8, 1)],
     }
+    out["bf16_d128_headorder"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128, RF_FLASH_GLOBAL_ORDER=0)
+    out["f32x3_d128_acck16"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=16)
+    out["f32x3_d128_acck64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=64)
     for (dt, d), lst in cands.items():
         for bm, bn, w, st in lst:
             defs = dict(RF_DTYPE=dt, RF_HEAD_DIM=d, RF_FLASH_BM=bm, RF_FLASH_BN=bn, RF_FLASH_WARPS=w,

@@ -179,6 +179,40 @@ RF_DEVICE void rf_load_b_nk(rf_frag_b& b, const rf_elem* s, Off off) {
     rf_split_all(raw, b.big, b.small);
 }
 
+// B[k][n] = smem[n][k] from operands split ahead of time (rf_split_tf32
+// applied when the tile was staged): `big` and `small` are two tiles with the
+// same layout holding tf32 bit patterns. No conversion work per warp.
+template <class Off>
+RF_DEVICE void rf_load_b_nk_split(rf_frag_b& b, const rf_elem* big, const rf_elem* small, Off off) {
+    const int l = rf_lane(), q = l >> 3;
+    const int o0 = off((q >> 1) * 8 + (l & 7), (q & 1) * 4), o1 = off((q >> 1) * 8 + (l & 7), 8 + (q & 1) * 4);
+    unsigned r0[4], r1[4];
+    rf_ldsm_x4(r0, rf_smem_u32(big + o0));
+    rf_ldsm_x4(r1, rf_smem_u32(big + o1));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        b.big[i] = r0[i];
+        b.big[4 + i] = r1[i];
+    }
+#if RF_F32_MODE == RF_F32_TF32X3
+    rf_ldsm_x4(r0, rf_smem_u32(small + o0));
+    rf_ldsm_x4(r1, rf_smem_u32(small + o1));
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        b.small[i] = r0[i];
+        b.small[4 + i] = r1[i];
+    }
+#else
+    (void)small;
+#pragma unroll
+    for (int i = 0; i < 8; ++i) b.small[i] = 0u;
+#endif
+}
+
+// Where key j of a 16-key block sits when V is staged transposed for
+// rf_load_b_nk_split: the k-step order rf_c_to_a gives P (see below).
+RF_DEVICE constexpr int rf_tf32_key_slot(int j) { return (j & ~7) + ((j & 7) >> 1) + 4 * (j & 1); }
+
 // V tile. The keys of a k-step are taken in the order 0,2,4,6 (k = t) and
 // 1,3,5,7 (k = t + 4): the same order rf_c_to_a gives P, so that P's
 // accumulator registers are A operands as they stand (see rf_c_to_a).

@@ -56,7 +56,11 @@ static __device__ const rf_tid_t threadIdx{};
 static __device__ const rf_bid_t blockIdx{};
 struct rf_gdim_t {
     __device__ unsigned get_x() const { return __builtin_amdgcn_grid_size_x() / __builtin_amdgcn_workgroup_size_x(); }
+    __device__ unsigned get_y() const { return __builtin_amdgcn_grid_size_y() / __builtin_amdgcn_workgroup_size_y(); }
+    __device__ unsigned get_z() const { return __builtin_amdgcn_grid_size_z() / __builtin_amdgcn_workgroup_size_z(); }
     __declspec(property(get = get_x)) unsigned x;
+    __declspec(property(get = get_y)) unsigned y;
+    __declspec(property(get = get_z)) unsigned z;
 };
 static __device__ const rf_gdim_t gridDim{};
 struct rf_bdim_t {
