@@ -54,14 +54,14 @@ impl OfflineCompiler {
     }
 }
 
-/// Every specialization any registered backend can request, deduplicated.
+/// Every specialization any registered backend or the model layer can
+/// request, deduplicated.
 pub fn all_specs(registry: &Registry) -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> = Vec::new();
-    for backend in registry.backends() {
-        for spec in backend.kernels() {
-            if !specs.contains(&spec) {
-                specs.push(spec);
-            }
+    let wanted = registry.backends().flat_map(|b| b.kernels()).chain(crate::model::engine::kernels::all());
+    for spec in wanted {
+        if !specs.contains(&spec) {
+            specs.push(spec);
         }
     }
     specs
