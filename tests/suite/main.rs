@@ -6,6 +6,7 @@ mod cli;
 mod common;
 mod concurrency;
 mod differential;
+mod flash;
 mod gpu_device;
 mod kernels_offline;
 mod model_cli;
