@@ -4,7 +4,13 @@
 
 mod cli;
 mod common;
+mod concurrency;
 mod differential;
 mod gpu_device;
 mod kernels_offline;
+mod model_cli;
+mod model_errors;
+mod model_fixtures;
+mod model_gpu;
+mod model_kernels_offline;
 mod selection;
