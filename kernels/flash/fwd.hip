@@ -24,6 +24,7 @@
 #include "rf/platform.h"
 #include "rf/convert.h"
 #include "rf/reduce.h"
+#include "rf/mask.h"
 #include "rf/flash_params.h"
 #include "rf/mma/mma.h"
 
@@ -461,7 +462,7 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     }
     const int hk = hq / (p.heads_q / p.heads_kv);
     const int m0 = m_block * BM;
-    const long long shift = (long long)p.seq_kv - p.seq_q;  // pos = row + shift
+    const long long shift = rf_query_pos(0, p.seq_q, p.seq_kv);  // pos = row + shift (rf/mask.h)
     const int m_last = (int)min_ll(m0 + BM, p.seq_q) - 1;
 
     // Key tiles the block can see: [pos_min - left, pos_max + right].
@@ -624,8 +625,10 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         if (!full) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                // The visible keys of each row form one interval [first, last]
-                // (rf_visible is an interval test); columns are tile-relative.
+                // The visible keys of each row form one interval [first, last]:
+                // rf_visible (rf/mask.h) is the test j >= pos - left &&
+                // j <= pos + right, each side unbounded when negative. Columns
+                // are tile-relative; the harness checks every mask kind.
                 int first[RF_MMA_ROWS], last[RF_MMA_ROWS];
 #pragma unroll
                 for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
