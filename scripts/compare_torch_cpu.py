@@ -13,7 +13,11 @@ the `time_cpu_flash` example; without `--build`, target/release/rocmforge is
 used when it works, else target/release/examples/time_cpu_flash. Torch and
 every build alternate within each round (the order rotates per round); the
 table shows the median over rounds of each side's per-round median, and the
-range of per-round ratios. GQA goes to torch as `enable_gqa=True` (no K/V
+range of per-round ratios. It also shows CPU time per call (all threads of
+the process: `time.process_time()` for torch, the example's schedstat
+reading for cpu-flash; the CLI does not report it) — on a machine shared
+with other jobs wall time measures the scheduler's share as much as the
+code; CPU time much less so, though it counts spin-waiting threads too. GQA goes to torch as `enable_gqa=True` (no K/V
 copies, like cpu-flash); `--gqa repeat` instead repeat_interleaves K/V
 outside the timed region. 16-bit rows give both sides inputs drawn in f32 and
 rounded to the dtype. GFLOP/s use the crate's count: 4*b*hq*d per visible
@@ -61,14 +65,14 @@ def build_command(tool, shape, mask, dtype, backend, warmup, repeats):
 
 
 def rocmforge_time(tools, shape, mask, dtype, backend, warmup, repeats):
-    """(median_ms, tool) from the first of `tools` that works."""
+    """(median_ms, cpu_median_ms or None, tool) from the first of `tools` that works."""
     for tool in tools:
         cmd = build_command(tool, shape, mask, dtype, backend, warmup, repeats)
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
             for r in find_results(parse_json(out)):
                 if r.get("backend") == backend:
-                    return float(r.get("median_ms", r.get("median", r.get("ms")))), tool
+                    return float(r.get("median_ms", r.get("median", r.get("ms")))), r.get("cpu_median_ms"), tool
         except (OSError, subprocess.CalledProcessError, ValueError) as e:
             print(f"  ({os.path.basename(tool)} failed: {str(e).splitlines()[0][:100]})", file=sys.stderr)
     raise SystemExit(f"could not time {backend} on {shape} {dtype} with {tools}")
@@ -89,14 +93,15 @@ def torch_time(torch, shape, mask, dtype, warmup, repeats, gqa):
             kw["enable_gqa"] = True
     # is_causal in torch is top-left aligned; identical to ours when sq == skv.
     assert mask == "none" or sq == skv
-    times = []
+    times, cpu = [], []
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             F.scaled_dot_product_attention(q, k, v, is_causal=(mask == "causal"), **kw)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+                cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main():
@@ -127,6 +132,7 @@ def main():
 
     rows = [(shape, mask, dtype) for dtype in dtypes for shape, mask in SHAPES]
     res = {row: {"torch": [], "ref": [], **{label: [] for label, _ in builds}} for row in rows}
+    cpu = {row: {side: [] for side in ["torch"] + [label for label, _ in builds]} for row in rows}
     tool_used = {}
     for rnd in range(args.rounds):
         for row in rows:
@@ -136,12 +142,14 @@ def main():
             sides = sides[rnd % len(sides):] + sides[:rnd % len(sides)]  # rotate who goes first
             for side in sides:
                 if side == "torch":
-                    r["torch"].append(torch_time(torch, shape, mask, dtype, args.warmup, args.repeats, args.gqa))
-                    continue
-                tools = dict(builds)[side]
-                ms, tool = rocmforge_time(tools, shape, mask, dtype, "cpu-flash", args.warmup, args.repeats)
+                    ms, cpu_ms = torch_time(torch, shape, mask, dtype, args.warmup, args.repeats, args.gqa)
+                else:
+                    tools = dict(builds)[side]
+                    ms, cpu_ms, tool_used[side] = rocmforge_time(tools, shape, mask, dtype, "cpu-flash", args.warmup,
+                                                                 args.repeats)
                 r[side].append(ms)
-                tool_used[side] = tool
+                if cpu_ms is not None:
+                    cpu[row][side].append(cpu_ms)
             if args.reference and rnd == 0:
                 r["ref"].append(rocmforge_time(builds[0][1], shape, mask, dtype, "cpu-reference", 0, 1)[0])
             print(f"  round {rnd + 1}: {shape} {mask} {dtype}: " +
@@ -168,6 +176,18 @@ def main():
         if args.reference:
             line += f" {r['ref'][0]:.0f} |" if r["ref"] else " - |"
         print(line)
+    if any(cpu[row][label] for row in rows for label, _ in builds):
+        head = "| shape | mask | dtype | torch CPU ms |" + "".join(f" {l} CPU ms | {l} CPU speed / torch |" for l, _ in builds)
+        print("\nCPU time per call (all threads), medians over rounds:\n\n" + head + "\n|---|---|---|---|" +
+              "---|---|" * len(builds))
+        for (shape, mask, dtype) in rows:
+            c = cpu[(shape, mask, dtype)]
+            t = statistics.median(c["torch"])
+            line = f"| {','.join(map(str, shape))} | {mask} | {dtype} | {t:.0f} |"
+            for label, _ in builds:
+                line += f" {statistics.median(c[label]):.0f} | {t / statistics.median(c[label]):.2f}x |" if c[label] \
+                    else " - | - |"
+            print(line)
     print(f"\n(cpu-flash timed with {tool_used}; torch GQA via {args.gqa}; medians over {args.rounds} rounds; "
           f"speed / torch = torch ms / cpu-flash ms)")
 
