@@ -23,12 +23,14 @@ fn madd(fma: bool, a: f32, b: f32, c: f32) -> f32 {
 
 /// `2^x` for `x <= 0` (Cephes exp2f: round to an integer n, a degree-6
 /// polynomial in x - n ∈ [-1/2, 1/2], scale by 2^n), branch-free. Inputs
-/// below -126 give 0, so `-inf` maps to 0. `fma` as for `fast_exp`.
+/// below -126 give 0, so `-inf` maps to 0; NaN gives NaN (the comparisons
+/// are written so that NaN fails them), so a NaN score reaches the row's
+/// sum instead of vanishing as a zero weight. `fma` as for `fast_exp`.
 #[inline(always)]
 pub(super) fn fast_exp2(x: f32, fma: bool) -> f32 {
     const LO: f32 = -126.0;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = if x > LO { x } else { LO };
+    let xc = if x < LO { LO } else { x };
     let t = xc + MAGIC;
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -40,24 +42,25 @@ pub(super) fn fast_exp2(x: f32, fma: bool) -> f32 {
     y = madd(fma, y, f, 2.402_264_8e-1);
     y = madd(fma, y, f, 6.931_472e-1);
     y = madd(fma, y, f, 1.0);
-    let pow2 = f32::from_bits(((ni + 127) as u32) << 23);
-    if x > LO {
-        y * pow2
-    } else {
+    let pow2 = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    if x < LO {
         0.0
+    } else {
+        y * pow2
     }
 }
 
 /// `exp(x)` for `x <= 0` (Cephes expf: Cody-Waite range reduction and a
 /// degree-6 polynomial, ~1 ulp), branch-free so loops over it vectorise.
-/// Inputs below ln(2^-126) give 0, so `-inf` maps to 0. With `fma` the
+/// Inputs below ln(2^-126) give 0, so `-inf` maps to 0; NaN gives NaN (as
+/// for `fast_exp2`). With `fma` the
 /// multiply-adds are fused (`mul_add`; only for callers compiled with the
 /// `fma` feature, where it is one instruction: elsewhere it is a libm call).
 #[inline(always)]
 pub(super) fn fast_exp(x: f32, fma: bool) -> f32 {
     const LO: f32 = -87.336_55;
     const MAGIC: f32 = 12_582_912.0; // 1.5 * 2^23: adding it rounds to an integer
-    let xc = if x > LO { x } else { LO };
+    let xc = if x < LO { LO } else { x };
     let t = madd(fma, xc, std::f32::consts::LOG2_E, MAGIC);
     let n = t - MAGIC;
     let ni = (t.to_bits() as i32).wrapping_sub(MAGIC.to_bits() as i32);
@@ -70,10 +73,10 @@ pub(super) fn fast_exp(x: f32, fma: bool) -> f32 {
     y = madd(fma, y, r, 1.666_666_5e-1);
     y = madd(fma, y, r, 0.5);
     y = madd(fma, y, r * r, r) + 1.0;
-    let pow2 = f32::from_bits(((ni + 127) as u32) << 23);
-    if x > LO {
-        y * pow2
-    } else {
+    let pow2 = f32::from_bits((ni.wrapping_add(127) as u32) << 23);
+    if x < LO {
         0.0
+    } else {
+        y * pow2
     }
 }

@@ -24,6 +24,10 @@
 //!   unit only visits the union of its rows' ranges (fully masked key blocks
 //!   are skipped); inside a tile each query is clipped to its own range
 //!   exactly. Queries with an empty range are written as zeros, never NaN.
+//! * NaN/Inf follow the f64 reference: a row whose fast result is not
+//!   finite is recomputed in f64 by the reference's rules (`exact.rs`), so
+//!   NaN, ±inf and logits past f32 range give the reference's answer and
+//!   never a silent zero row; finite rows cost one extra check.
 //! * K and V are widened to f32 once per head per worker when the head fits
 //!   `VHEAD_MAX` (`task.rs` says when they are read in place instead).
 //!   Converting all of K/V up front would add an f32 copy of both, against
@@ -40,9 +44,11 @@
 //! Files, one job each: `isa` (detection, dispatch), `schedule` (the call,
 //! tasks, rayon), `task` (one task's steps), `unit` (one unit's online
 //! softmax step), `kernels` (micro-kernels), `simd` (vector types), `exp`
-//! (softmax math), `scratch` (buffers, head copies), `elem` (dtypes).
+//! (softmax math), `exact` (the f64 path for non-finite rows), `scratch`
+//! (buffers, head copies), `elem` (dtypes).
 
 mod elem;
+mod exact;
 mod exp;
 mod isa;
 mod kernels;

@@ -65,6 +65,8 @@ pub(super) struct Call<'a, T> {
     /// `exp`, a cheaper polynomial; not with soft-capping, which needs the
     /// natural scores).
     pub scale: f32,
+    /// The softmax scale itself (for the exact-row path).
+    pub softmax_scale: f32,
     pub log2: bool,
     pub softcap: Option<f32>,
     pub mask: Mask,
@@ -114,6 +116,7 @@ impl<'a, T: Elem> Call<'a, T> {
             q_blocks,
             kv_tasks: (q_blocks * group).div_ceil(SUB),
             scale: p.effective_scale() * if log2 { std::f32::consts::LOG2_E } else { 1.0 },
+            softmax_scale: p.effective_scale(),
             log2,
             softcap: p.softcap,
             mask: p.mask,

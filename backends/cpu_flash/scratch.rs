@@ -53,6 +53,8 @@ pub(super) struct Scratch {
     /// Whole-head copies of K and V (see `HeadCopy`).
     pub khead: HeadCopy,
     pub vhead: HeadCopy,
+    /// f64 accumulator of the exact-row path; empty until a row needs it.
+    pub exact: Vec<f64>,
 }
 
 impl Scratch {
@@ -66,6 +68,7 @@ impl Scratch {
             row: vec![0.0; BQ * d],
             khead: HeadCopy::default(),
             vhead: HeadCopy::default(),
+            exact: Vec::new(),
         }
     }
 }

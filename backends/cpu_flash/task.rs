@@ -3,6 +3,7 @@
 //! every unit that needs each tile, and write the normalised rows.
 
 use super::elem::Elem;
+use super::exact::{exact_row, HUGE_LOGIT};
 use super::kernels::Kernels;
 use super::schedule::Rows;
 use super::schedule::{Call, Task};
@@ -226,23 +227,35 @@ unsafe fn walk_tiles<K: Kernels, T: Elem>(
     }
 }
 
-/// Normalises each unit's rows by their sums and writes them out.
+/// Normalises each unit's rows by their sums and writes them out: rows no
+/// key is visible to as zeros, rows whose fast result is not finite or
+/// whose logits are huge through the exact path (see `exact.rs`).
 fn finish_units<T: Elem>(c: &Call<T>, sc: &mut Scratch, task: &Task, units: &[Option<Unit>; SUB]) {
     let (d, dp) = (c.d, c.dp);
     for (ui, un) in units.iter().enumerate() {
         let Some(un) = un else { continue };
         let pos = un.pos;
         for (r, &lr) in un.l.iter().enumerate().take(pos.rows) {
-            let o = &mut sc.o[ui][r * dp..r * dp + d];
-            if lr > 0.0 {
-                let inv = 1.0 / lr;
-                for x in o.iter_mut() {
-                    *x *= inv;
-                }
-                c.write_row((task.b, pos.i0 + r, pos.h), Some(o));
-            } else {
-                c.write_row((task.b, pos.i0 + r, pos.h), None);
+            let id = (task.b, pos.i0 + r, pos.h);
+            if !un.row_has_keys(r) {
+                c.write_row(id, None);
+                continue;
             }
+            // A NaN or infinite logit or V value, or every logit -inf
+            // (l = 0: 0 · inf), leaves a NaN or inf in the row.
+            let o = &mut sc.o[ui][r * dp..r * dp + d];
+            let inv = 1.0 / lr;
+            let mut finite = true;
+            for x in o.iter_mut() {
+                *x *= inv;
+                finite &= x.is_finite();
+            }
+            // A NaN maximum counts as huge.
+            let huge = un.row_max(r).abs().partial_cmp(&HUGE_LOGIT) != Some(std::cmp::Ordering::Less);
+            if !finite || huge {
+                exact_row(c, id, &mut sc.exact, o);
+            }
+            c.write_row(id, Some(o));
         }
     }
 }

@@ -85,6 +85,16 @@ impl Unit {
         self.kv_lo >= self.kv_hi
     }
 
+    /// Whether query row `r` of the unit sees any key.
+    pub(super) fn row_has_keys(&self, r: usize) -> bool {
+        self.lo[r] < self.hi[r]
+    }
+
+    /// Query row `r`'s largest logit so far (in the softmax's base).
+    pub(super) fn row_max(&self, r: usize) -> f32 {
+        self.m[r]
+    }
+
     /// Rows of O the unit's P·V updates.
     pub(super) fn rows_p(&self) -> usize {
         self.rows_p

@@ -7,6 +7,8 @@ use crate::backends::cpu_reference::reference_attention;
 use crate::device::Device;
 use crate::problem::Mask;
 
+mod nonfinite;
+
 /// One instance per ISA this CPU can run.
 fn instances() -> Vec<CpuFlash> {
     CpuIsa::ALL.into_iter().filter_map(|isa| CpuFlash::with_isa(isa).ok()).collect()
