@@ -14,15 +14,18 @@ pub mod io;
 pub mod kernels;
 pub mod problem;
 pub mod registry;
+pub mod selection;
 pub mod tensor;
+pub mod text;
 
 #[path = "../backends/mod.rs"]
 pub mod backends;
 
-pub use backend::{AttentionBackend, BackendError, BackendRegistration};
+pub use backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 pub use capabilities::{Capabilities, HeadDims, Unsupported};
-pub use device::{Device, DeviceError, DeviceKind};
+pub use device::{Arch, Device, DeviceError, DeviceKind, MatrixUnit};
 pub use dtype::DType;
-pub use problem::{AttentionProblem, Mask, MaskKind, ProblemError};
+pub use problem::{AttentionProblem, Mask, MaskKind, ProblemError, TensorRole, TensorStrides};
 pub use registry::{AttentionConfig, BackendChoice, Registry, SelectError, BACKEND_ENV};
-pub use tensor::{HostData, Tensor, TensorError};
+pub use selection::{Choice, DeviceChoice, Explanation};
+pub use tensor::{HostData, Layout, Tensor, TensorError, TensorView, TensorViewMut};

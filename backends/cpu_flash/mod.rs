@@ -63,13 +63,14 @@ mod tests;
 
 pub use isa::{CpuIsa, IsaUnavailable};
 
-use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims};
 use crate::device::DeviceKind;
 use crate::dtype::DType;
-use crate::problem::{AttentionProblem, MaskKind, ProblemError};
-use crate::tensor::{HostData, Tensor};
+use crate::problem::MaskKind;
+use crate::tensor::HostData;
 use isa::VerifiedIsa;
+use schedule::{run, Layouts};
 
 /// Query rows per block.
 const BQ: usize = 64;
@@ -131,26 +132,27 @@ impl CpuFlash {
         self.isa.isa()
     }
 
-    /// Runs a call whose tensors were checked against `p`.
-    fn compute(
-        &self,
-        p: &AttentionProblem,
-        q: &HostData,
-        k: &HostData,
-        v: &HostData,
-        out: &mut HostData,
-    ) -> Result<(), BackendError> {
-        use schedule::run;
+    /// Runs a checked call: the element type picks the instantiation.
+    fn compute(&self, call: &mut CheckedCall<'_>) -> Result<(), BackendError> {
+        let p = call.problem();
+        let (q, k, v) = (call.q(), call.k(), call.v());
+        let layouts = Layouts { q: *q.layout(), k: *k.layout(), v: *v.layout(), out: *call.out().layout() };
+        let internal = |what| BackendError::Internal { backend: self.name(), what };
+        let (Some(q), Some(k), Some(v), Some(out)) = (q.host(), k.host(), v.host(), call.out().host_mut()) else {
+            return Err(internal("a checked CPU call holds a GPU tensor"));
+        };
+        let isa = self.isa;
         match (q, k, v, out) {
-            (HostData::F32(q), HostData::F32(k), HostData::F32(v), HostData::F32(o)) => run(p, q, k, v, o, self.isa),
-            (HostData::F16(q), HostData::F16(k), HostData::F16(v), HostData::F16(o)) => run(p, q, k, v, o, self.isa),
+            (HostData::F32(q), HostData::F32(k), HostData::F32(v), HostData::F32(o)) => {
+                run(p, (q, k, v, o), layouts, isa)
+            }
+            (HostData::F16(q), HostData::F16(k), HostData::F16(v), HostData::F16(o)) => {
+                run(p, (q, k, v, o), layouts, isa)
+            }
             (HostData::BF16(q), HostData::BF16(k), HostData::BF16(v), HostData::BF16(o)) => {
-                run(p, q, k, v, o, self.isa)
+                run(p, (q, k, v, o), layouts, isa)
             }
-            (q, _, _, _) => {
-                // Unreachable after `check_call`, which compares every dtype with the problem's.
-                return Err(ProblemError::DType { tensor: "q", got: q.dtype(), expected: p.dtype }.into());
-            }
+            _ => return Err(internal("a checked call mixes dtypes")),
         }
         Ok(())
     }
@@ -181,25 +183,15 @@ impl AttentionBackend for CpuFlash {
             masks: &MaskKind::ALL,
             max_group_size: None,
             softcap: true,
+            // Rows are addressed through each view's strides and offset.
+            strided: true,
+            matrix_units: None,
             deterministic: true,
             workspace: "O(tile) f32 scratch + <= 1 MiB K and V head copies per thread",
         }
     }
 
-    fn forward(
-        &self,
-        p: &AttentionProblem,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &mut Tensor,
-    ) -> Result<(), BackendError> {
-        check_call(self, p, q, k, v, out)?;
-        let out_location = out.location();
-        match (q.host(), k.host(), v.host(), out.host_mut()) {
-            (Some(q), Some(k), Some(v), Some(out)) => self.compute(p, q, k, v, out),
-            // Unreachable after `check_call`: the capabilities name the CPU.
-            _ => Err(ProblemError::MixedDevices { a: "out", b: "q", a_dev: out_location, b_dev: q.location() }.into()),
-        }
+    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+        self.compute(&mut call)
     }
 }

@@ -6,10 +6,12 @@ use super::isa::VerifiedIsa;
 use super::scratch::Scratch;
 use super::{BQ, DIM_ALIGN, SUB};
 use crate::problem::{AttentionProblem, Mask};
+use crate::tensor::Layout;
 use rayon::prelude::*;
 
-/// Where the rows of one `[batch, seq, heads, d]` tensor live: the element
-/// index of `[b, s, h, 0]` is `offset + b·batch + s·seq + h·head`.
+/// Where the rows of one `[batch, seq, heads, d]` tensor live in its
+/// storage: the element index of `[b, s, h, 0]` is
+/// `offset + b·batch + s·seq + h·head`.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Rows {
     pub offset: usize,
@@ -19,14 +21,24 @@ pub(super) struct Rows {
 }
 
 impl Rows {
-    pub(super) fn contiguous(seq: usize, heads: usize, d: usize) -> Rows {
-        Rows { offset: 0, batch: seq * heads * d, seq: heads * d, head: d }
+    fn of(layout: &Layout) -> Rows {
+        let [batch, seq, head] = layout.strides;
+        Rows { offset: layout.offset, batch, seq, head }
     }
 
     #[inline(always)]
     pub(super) fn at(&self, b: usize, s: usize, h: usize) -> usize {
         self.offset + b * self.batch + s * self.seq + h * self.head
     }
+}
+
+/// The checked views' layouts (shape, strides, offset into the storage).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Layouts {
+    pub q: Layout,
+    pub k: Layout,
+    pub v: Layout,
+    pub out: Layout,
 }
 
 /// The output pointer shared by all tasks. Each task writes only the rows
@@ -93,7 +105,10 @@ pub(super) struct UnitPos {
 }
 
 impl<'a, T: Elem> Call<'a, T> {
-    pub(super) fn new(p: &AttentionProblem, q: &'a [T], k: &'a [T], v: &'a [T], out: &'a mut [T]) -> Call<'a, T> {
+    /// The call over whole storages `q`, `k`, `v`, `out`, which the checked
+    /// views' `layouts` index (bounds and non-overlapping output were
+    /// checked with the views).
+    pub(super) fn new(p: &AttentionProblem, (q, k, v, out): Storages<'a, T>, layouts: Layouts) -> Call<'a, T> {
         let (d, group) = (p.head_dim, p.group_size());
         let q_blocks = p.seq_q.div_ceil(BQ);
         let log2 = p.softcap.is_none();
@@ -103,10 +118,10 @@ impl<'a, T: Elem> Call<'a, T> {
             v,
             out: OutPtr(out.as_mut_ptr()),
             out_len: out.len(),
-            q_rows: Rows::contiguous(p.seq_q, p.num_q_heads, d),
-            k_rows: Rows::contiguous(p.seq_kv, p.num_kv_heads, d),
-            v_rows: Rows::contiguous(p.seq_kv, p.num_kv_heads, d),
-            out_rows: Rows::contiguous(p.seq_q, p.num_q_heads, d),
+            q_rows: Rows::of(&layouts.q),
+            k_rows: Rows::of(&layouts.k),
+            v_rows: Rows::of(&layouts.v),
+            out_rows: Rows::of(&layouts.out),
             sq: p.seq_q,
             skv: p.seq_kv,
             hkv: p.num_kv_heads,
@@ -165,9 +180,12 @@ impl<'a, T: Elem> Call<'a, T> {
     }
 }
 
+/// The storages of q, k, v and out.
+pub(super) type Storages<'a, T> = (&'a [T], &'a [T], &'a [T], &'a mut [T]);
+
 /// Runs every task of the call on rayon's pool.
-pub(super) fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], isa: VerifiedIsa) {
-    let call = Call::new(p, q, k, v, out);
+pub(super) fn run<T: Elem>(p: &AttentionProblem, storages: Storages<'_, T>, layouts: Layouts, isa: VerifiedIsa) {
+    let call = Call::new(p, storages, layouts);
     let tasks = call.tasks(p.batch);
     // One scratch per worker for the whole call. (`for_each_init` would
     // build a fresh one, and redo the K/V head copies, for every rayon job

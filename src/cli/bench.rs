@@ -181,7 +181,7 @@ fn chosen_backends<'r>(registry: &'r Registry, args: &Args) -> Result<Vec<&'r dy
     for name in &args.backends {
         let b = registry.get(name).ok_or_else(|| crate::registry::SelectError::UnknownName {
             name: name.clone(),
-            source_: crate::registry::ChoiceSource::Config,
+            source_: crate::registry::ChoiceSource::Config { origin: "--backend" },
             valid: registry.names(),
         })?;
         if b.name() == "cpu-reference" {
@@ -266,7 +266,7 @@ fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, Str
             let p = &r.problem;
             let (name, arch) = match &r.device {
                 Device::Cpu => (serde_json::Value::Null, serde_json::Value::Null),
-                Device::Gpu(g) => (json!(g.info().name), json!(g.info().arch)),
+                Device::Gpu(g) => (json!(g.info().name), json!(g.info().arch.to_string())),
             };
             json!({
                 "backend": r.backend,
@@ -284,7 +284,9 @@ fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, Str
     let skipped: Vec<_> = skipped.iter().map(|(b, s, why)| json!({"backend": b, "shape": s, "reason": why})).collect();
     let gpus: Vec<_> = crate::device::gpus()
         .map(|list| {
-            list.iter().map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch})).collect()
+            list.iter()
+                .map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch.to_string()}))
+                .collect()
         })
         .unwrap_or_default();
     let doc = json!({

@@ -195,7 +195,11 @@ pub struct Resolved {
 
 impl SelectArgs {
     pub fn config(&self) -> Result<AttentionConfig, CliError> {
-        Ok(AttentionConfig { backend: self.backend.as_deref().map(BackendChoice::parse).transpose()? })
+        Ok(AttentionConfig {
+            backend: self.backend.as_deref().map(BackendChoice::parse).transpose()?,
+            origin: "--backend",
+            ..AttentionConfig::default()
+        })
     }
 
     pub fn resolve(&self) -> Result<Resolved, CliError> {
@@ -270,7 +274,7 @@ impl SelectArgs {
 /// How the CLI names a choice source.
 pub fn source_label(source: ChoiceSource) -> String {
     match source {
-        ChoiceSource::Config => "--backend".to_string(),
+        ChoiceSource::Config { origin } => origin.to_string(),
         ChoiceSource::Env => format!("env {}", crate::registry::BACKEND_ENV),
         ChoiceSource::Default => "default".to_string(),
     }

@@ -76,7 +76,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let backend = selection.backend;
     writeln!(out, "problem: {p}")?;
     writeln!(out, "device:  {}", device_description(&device))?;
-    writeln!(out, "backend: {} ({})", backend.name(), super::cli_wording(&selection.reason))?;
+    writeln!(out, "backend: {} ({})", backend.name(), super::cli_wording(&selection.reason.to_string()))?;
 
     let warmup = args.warmup.unwrap_or(if matches!(device, Device::Gpu(_)) { 1 } else { 0 });
     let mut times = Vec::with_capacity(args.repeats as usize);

@@ -3,6 +3,7 @@
 //! `gpu.rs` builds the safe RAII types on top, so everything above this trait
 //! runs the same code on NVIDIA and AMD.
 
+use super::arch::Arch;
 use super::error::DeviceResult;
 use crate::dtype::DType;
 use std::ffi::c_void;
@@ -29,8 +30,8 @@ pub struct DeviceInfo {
     pub vendor: Vendor,
     pub ordinal: usize,
     pub name: String,
-    /// Compile target: "sm_90", "gfx90a".
-    pub arch: String,
+    /// Compile target: sm_90, gfx90a:xnack- (AMD target features kept).
+    pub arch: Arch,
     pub total_memory: u64,
     /// Read from the device (32 on NVIDIA and RDNA, 64 on CDNA/GCN).
     pub warp_size: u32,
@@ -53,6 +54,10 @@ pub struct StreamHandle(pub usize);
 /// Opaque handle of a loaded kernel; valid while its driver lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FunctionHandle(pub usize);
+
+/// Opaque handle of a loaded module (one compiled translation unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleHandle(pub usize);
 
 /// One strided-batched GEMM in BLAS (column-major) terms:
 /// `C_i = alpha * op(A_i) * op(B_i) + beta * C_i` for `i < batch`.
@@ -109,7 +114,15 @@ pub(crate) trait Driver: Send + Sync {
     unsafe fn fill_bytes(&self, stream: StreamHandle, dst: u64, value: u8, bytes: usize) -> DeviceResult<()>;
     /// Compiles `source` for this device with the runtime compiler and loads
     /// `entry` from it. The module stays loaded until the driver drops.
-    fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle>;
+    fn compile_and_load(
+        &self,
+        entry: &str,
+        source: &str,
+        options: &[String],
+    ) -> DeviceResult<(ModuleHandle, FunctionHandle)>;
+    /// Device address and size of the `extern "C"` global `name` of a
+    /// loaded module (kernels export facts such as their launch shape).
+    fn module_global(&self, module: ModuleHandle, name: &str) -> DeviceResult<(u64, usize)>;
     /// # Safety
     /// `params` point to values matching the kernel's signature, and every
     /// buffer the kernel touches is large enough for `cfg`.

@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod concurrency;
 mod differential;
 mod gpu_device;
 mod kernels_offline;

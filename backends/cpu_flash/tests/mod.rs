@@ -5,9 +5,11 @@ use super::exp::{fast_exp, fast_exp2};
 use super::*;
 use crate::backends::cpu_reference::reference_attention;
 use crate::device::Device;
-use crate::problem::Mask;
+use crate::problem::{AttentionProblem, Mask, ProblemError};
+use crate::tensor::Tensor;
 
 mod nonfinite;
+mod strided;
 
 /// One instance per ISA this CPU can run.
 fn instances() -> Vec<CpuFlash> {

@@ -8,7 +8,8 @@
 mod checked;
 pub(crate) mod nvrtc;
 
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
+use super::arch::Arch;
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, ModuleHandle, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use crate::dtype::DType;
 use checked::{blas, drv};
@@ -16,6 +17,9 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{result as cu, sys};
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
+
+/// Dynamic shared memory a launch may use without opting in (48 KiB).
+const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
 
 /// One CUDA device with its primary context and cuBLAS handle. Work goes to
 /// the streams the caller passes (created by `stream_create`).
@@ -66,7 +70,7 @@ impl CudaDriver {
             vendor: Vendor::Nvidia,
             ordinal,
             name: drv("cuDeviceGetName", cu::device::get_name(device))?,
-            arch: format!("sm_{major}{minor}"),
+            arch: Arch::parse(&format!("sm_{major}{minor}"))?,
             // SAFETY: valid device handle.
             total_memory: drv("cuDeviceTotalMem", unsafe { cu::device::total_mem(device) })? as u64,
             warp_size: attr(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
@@ -188,16 +192,31 @@ impl Driver for CudaDriver {
         drv("cuMemsetD8Async", unsafe { cu::memset_d8_async(dst, value, bytes, raw(stream)) })
     }
 
-    fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle> {
-        let image = nvrtc::compile_cubin(entry, source, options, &self.info.arch)?;
+    fn compile_and_load(
+        &self,
+        entry: &str,
+        source: &str,
+        options: &[String],
+    ) -> DeviceResult<(ModuleHandle, FunctionHandle)> {
+        let image = nvrtc::compile_cubin(entry, source, options, self.info.arch.target_id())?;
         self.bind()?;
         // SAFETY: `image` is a complete cubin produced for this device's arch.
         let module = drv("cuModuleLoadData", unsafe { cu::module::load_data(image.as_ptr() as *const c_void) })?;
-        self.modules.lock().map_err(|_| DeviceError::Invalid("module list poisoned".into()))?.push(module);
-        let name = CString::new(entry).map_err(|_| DeviceError::Invalid(format!("bad kernel name {entry}")))?;
+        self.modules.lock().map_err(|_| DeviceError::LockPoisoned { what: "module list" })?.push(module);
+        let name = CString::new(entry).map_err(|_| DeviceError::BadEntryName { entry: entry.to_string() })?;
         // SAFETY: `module` is loaded and stays loaded until the driver drops.
         let f = drv("cuModuleGetFunction", unsafe { cu::module::get_function(module, name) })?;
-        Ok(FunctionHandle(f as usize))
+        Ok((ModuleHandle(module as usize), FunctionHandle(f as usize)))
+    }
+
+    fn module_global(&self, module: ModuleHandle, name: &str) -> DeviceResult<(u64, usize)> {
+        self.bind()?;
+        let c_name = CString::new(name).map_err(|_| DeviceError::BadEntryName { entry: name.to_string() })?;
+        // SAFETY: `module` came from `compile_and_load` and stays loaded
+        // until the driver drops.
+        let (ptr, bytes) =
+            drv("cuModuleGetGlobal", unsafe { cu::module::get_global(module.0 as sys::CUmodule, c_name) })?;
+        Ok((ptr, bytes))
     }
 
     unsafe fn launch(
@@ -208,6 +227,15 @@ impl Driver for CudaDriver {
         params: &mut [*mut c_void],
     ) -> DeviceResult<()> {
         self.bind()?;
+        if cfg.shared_mem_bytes > STATIC_SHARED_LIMIT {
+            // Above 48 KiB a kernel must opt in to dynamic shared memory.
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            let bytes = i32::try_from(cfg.shared_mem_bytes).unwrap_or(i32::MAX);
+            // SAFETY: `f` is a live function of this driver's context.
+            drv("cuFuncSetAttribute", unsafe {
+                cu::function::set_function_attribute(f.0 as sys::CUfunction, attr, bytes)
+            })?;
+        }
         // SAFETY: the handle came from `compile_and_load`; caller guarantees
         // the parameters match the kernel signature.
         let r = unsafe {
@@ -218,7 +246,7 @@ impl Driver for CudaDriver {
 
     unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {
         self.bind()?;
-        let handle = self.cublas.lock().map_err(|_| DeviceError::Invalid("cuBLAS handle poisoned".into()))?;
+        let handle = self.cublas.lock().map_err(|_| DeviceError::LockPoisoned { what: "cuBLAS handle" })?;
         let op = |t: bool| {
             if t {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T

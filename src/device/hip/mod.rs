@@ -18,9 +18,9 @@
 mod checked;
 pub(crate) mod hiprtc;
 
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
+use super::arch::Arch;
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, ModuleHandle, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
-use super::offline::split_target_id;
 use crate::dtype::DType;
 use checked::{blas, hip};
 use hip_runtime_sys as sys;
@@ -77,11 +77,8 @@ fn c_array_text(chars: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
-fn positive(what: &str, v: c_int) -> DeviceResult<u32> {
-    u32::try_from(v)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| DeviceError::Invalid(format!("HIP device reports {what} = {v}")))
+fn positive(what: &'static str, v: c_int) -> DeviceResult<u32> {
+    u32::try_from(v).ok().filter(|&v| v > 0).ok_or(DeviceError::Property { property: what, value: v as i64 })
 }
 
 impl HipDriver {
@@ -100,18 +97,13 @@ impl HipDriver {
         let props = unsafe { buf.assume_init() }.props;
 
         let target_id = c_array_text(&props.gcnArchName);
-        let (arch, _features) = split_target_id(&target_id);
-        if !arch.starts_with("gfx") {
-            return Err(DeviceError::Invalid(format!(
-                "HIP device {ordinal} reports gcnArchName '{target_id}' (gcnArch {}), not a gfx target",
-                props.gcnArch
-            )));
-        }
+        // A name that is not a gfx target is a typed UnknownTarget error.
+        let arch = Arch::parse(&target_id)?;
         let info = DeviceInfo {
             vendor: Vendor::Amd,
             ordinal: ordinal as usize,
             name: c_array_text(&props.name),
-            arch: arch.to_string(),
+            arch,
             total_memory: props.totalGlobalMem as u64,
             // Read from the device: 64 on CDNA/GCN, 32 on RDNA.
             warp_size: positive("warpSize", props.warpSize)?,
@@ -289,15 +281,20 @@ impl Driver for HipDriver {
         hip("hipMemsetAsync", r)
     }
 
-    fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle> {
+    fn compile_and_load(
+        &self,
+        entry: &str,
+        source: &str,
+        options: &[String],
+    ) -> DeviceResult<(ModuleHandle, FunctionHandle)> {
         let image = hiprtc::compile_code_object(entry, source, options, &self.target_id)?;
         self.bind()?;
         let mut module: sys::hipModule_t = std::ptr::null_mut();
         // SAFETY: `image` is a complete code object compiled for this
         // device's target ID; `module` is a valid out-pointer.
         hip("hipModuleLoadData", unsafe { sys::hipModuleLoadData(&mut module, image.as_ptr() as *const c_void) })?;
-        self.modules.lock().map_err(|_| DeviceError::Invalid("module list poisoned".into()))?.push(module);
-        let name = CString::new(entry).map_err(|_| DeviceError::Invalid(format!("bad kernel name {entry}")))?;
+        self.modules.lock().map_err(|_| DeviceError::LockPoisoned { what: "module list" })?.push(module);
+        let name = CString::new(entry).map_err(|_| DeviceError::BadEntryName { entry: entry.to_string() })?;
         let mut function: sys::hipFunction_t = std::ptr::null_mut();
         // SAFETY: `module` is loaded and stays loaded until the driver drops;
         // `name` is NUL-terminated.
@@ -306,7 +303,20 @@ impl Driver for HipDriver {
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(handle.0, entry.to_string());
         }
-        Ok(handle)
+        Ok((ModuleHandle(module as usize), handle))
+    }
+
+    fn module_global(&self, module: ModuleHandle, name: &str) -> DeviceResult<(u64, usize)> {
+        self.bind()?;
+        let c_name = CString::new(name).map_err(|_| DeviceError::BadEntryName { entry: name.to_string() })?;
+        let mut ptr: sys::hipDeviceptr_t = std::ptr::null_mut();
+        let mut bytes: usize = 0;
+        // SAFETY: `module` came from `compile_and_load` and stays loaded;
+        // the out-pointers are valid and `c_name` is NUL-terminated.
+        hip("hipModuleGetGlobal", unsafe {
+            sys::hipModuleGetGlobal(&mut ptr, &mut bytes, module.0 as sys::hipModule_t, c_name.as_ptr())
+        })?;
+        Ok((ptr as u64, bytes))
     }
 
     unsafe fn launch(
@@ -340,7 +350,7 @@ impl Driver for HipDriver {
 
     unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {
         self.bind()?;
-        let handle = self.hipblas.lock().map_err(|_| DeviceError::Invalid("hipBLAS handle poisoned".into()))?;
+        let handle = self.hipblas.lock().map_err(|_| DeviceError::LockPoisoned { what: "hipBLAS handle" })?;
         // SAFETY: the handle is ours and the stream is live.
         blas("hipblasSetStream", unsafe { blas_sys::hipblasSetStream(*handle, raw(stream) as _) })?;
         let (alpha, beta) = (g.alpha, g.beta);
