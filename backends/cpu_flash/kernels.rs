@@ -78,47 +78,82 @@ impl Kernels for super::simd::Avx2 {}
 impl Kernels for super::simd::Avx512 {
     #[inline(always)]
     unsafe fn qk(a: &QkTile) {
-        // 12 keys × 32 queries: 24 zmm accumulators, 2 aligned Q^T loads
-        // + 12 broadcasts per 24 FMAs, so the Q^T stream (L1/L2) costs a
-        // third of a 4 × 64 block's; leftover keys (a multiple of 4) in
-        // 4 × 64 blocks. SAFETY: forwarded contract (KEY_ALIGN = 8,
-        // COL_ALIGN = 64).
-        unsafe {
-            // The head copies' strides for d = 128 and d = 64 are
-            // compile-time constants (see `qk_blocked`).
-            macro_rules! run {
-                ($ks:expr) => {{
-                    let j = qk_blocked::<Self, 12, 2, $ks>(a, 0);
-                    qk_blocked::<Self, 4, 4, $ks>(a, j);
-                }};
-            }
-            match a.k_stride {
-                144 => run!(144),
-                80 => run!(80),
-                _ => run!(0),
-            }
-        }
+        // SAFETY: forwarded contract.
+        unsafe { qk_16_lanes::<Self>(a) }
     }
-
     #[inline(always)]
     unsafe fn pv(a: &PvTile) {
-        // 6 rows × 64 dims (24 zmm accumulators; 4 V loads + 6
-        // broadcasts per 24 FMAs, and the P block is re-read once per 64
-        // dims instead of per 32: ~2 % faster than 12 × 32 in A/B runs),
-        // leftover rows (rows are a multiple of 8, so 2 or 4 remain) as
-        // 4 × 64 and 2 × 64; dims past the last multiple of 64 as
-        // 12 × 32 / 4 × 32, then a 16-wide leftover column block.
-        // SAFETY: forwarded contract; dp is a multiple of 16, rows of 8.
-        unsafe {
-            let dp = a.dp;
-            let (r, c4) = pv_blocked::<Self, 6, 4>(a, 0, 0, dp);
-            let (r, _) = pv_blocked::<Self, 4, 4>(a, r, 0, c4);
-            pv_blocked::<Self, 2, 4>(a, r, 0, c4);
-            let (r, c) = pv_blocked::<Self, 12, 2>(a, 0, c4, dp);
-            pv_blocked::<Self, 4, 2>(a, r, c4, c);
-            let (r, _) = pv_blocked::<Self, 12, 1>(a, 0, c, dp);
-            pv_blocked::<Self, 4, 1>(a, r, c, dp);
+        // SAFETY: forwarded contract.
+        unsafe { pv_16_lanes::<Self>(a) }
+    }
+}
+
+/// Sixteen portable lanes with the AVX-512 blocking, so that the AVX-512
+/// block plan is tested on CPUs without AVX-512 (`tests/kernels.rs`).
+#[cfg(test)]
+impl Kernels for super::simd::Lanes<16> {
+    #[inline(always)]
+    unsafe fn qk(a: &QkTile) {
+        // SAFETY: forwarded contract.
+        unsafe { qk_16_lanes::<Self>(a) }
+    }
+    #[inline(always)]
+    unsafe fn pv(a: &PvTile) {
+        // SAFETY: forwarded contract.
+        unsafe { pv_16_lanes::<Self>(a) }
+    }
+}
+
+/// QK^T blocks for 16-lane ISAs with 32 vector registers (AVX-512).
+///
+/// # Safety
+/// As for `Kernels::qk`; `S::LANES == 16`.
+#[inline(always)]
+unsafe fn qk_16_lanes<S: Simd>(a: &QkTile) {
+    // 12 keys × 32 queries: 24 zmm accumulators, 2 aligned Q^T loads
+    // + 12 broadcasts per 24 FMAs, so the Q^T stream (L1/L2) costs a
+    // third of a 4 × 64 block's; leftover keys (a multiple of 4) in
+    // 4 × 64 blocks. SAFETY: forwarded contract (KEY_ALIGN = 8,
+    // COL_ALIGN = 64).
+    unsafe {
+        // The head copies' strides for d = 128 and d = 64 are
+        // compile-time constants (see `qk_blocked`).
+        macro_rules! run {
+            ($ks:expr) => {{
+                let j = qk_blocked::<S, 12, 2, $ks>(a, 0);
+                qk_blocked::<S, 4, 4, $ks>(a, j);
+            }};
         }
+        match a.k_stride {
+            144 => run!(144),
+            80 => run!(80),
+            _ => run!(0),
+        }
+    }
+}
+
+/// P·V blocks for 16-lane ISAs with 32 vector registers (AVX-512).
+///
+/// # Safety
+/// As for `Kernels::pv`; `S::LANES == 16`.
+#[inline(always)]
+unsafe fn pv_16_lanes<S: Simd>(a: &PvTile) {
+    // 6 rows × 64 dims (24 zmm accumulators; 4 V loads + 6 broadcasts per
+    // 24 FMAs, and the P block is re-read once per 64 dims instead of per
+    // 32: ~2 % faster than 12 × 32 in A/B runs), leftover rows (rows are a
+    // multiple of 8, so 2 or 4 remain) as 4 × 64 and 2 × 64; dims past the
+    // last multiple of 64 as 12 × 32 / 4 × 32, then a 16-wide leftover
+    // column block. SAFETY: forwarded contract; dp is a multiple of 16,
+    // rows of 8.
+    unsafe {
+        let dp = a.dp;
+        let (r, c4) = pv_blocked::<S, 6, 4>(a, 0, 0, dp);
+        let (r, _) = pv_blocked::<S, 4, 4>(a, r, 0, c4);
+        pv_blocked::<S, 2, 4>(a, r, 0, c4);
+        let (r, c) = pv_blocked::<S, 12, 2>(a, 0, c4, dp);
+        pv_blocked::<S, 4, 2>(a, r, c4, c);
+        let (r, _) = pv_blocked::<S, 12, 1>(a, 0, c, dp);
+        pv_blocked::<S, 4, 1>(a, r, c, dp);
     }
 }
 

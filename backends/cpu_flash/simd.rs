@@ -25,43 +25,46 @@ pub(super) trait Simd {
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
 }
 
-/// Eight plain f32 lanes; LLVM maps them to whatever SIMD the baseline has.
-pub(super) struct Portable;
+/// `N` plain f32 lanes; LLVM maps them to whatever SIMD the baseline has.
+pub(super) struct Lanes<const N: usize>;
 
-impl Simd for Portable {
-    type V = [f32; 8];
-    const LANES: usize = 8;
+/// The portable fallback ISA: eight lanes.
+pub(super) type Portable = Lanes<8>;
+
+impl<const N: usize> Simd for Lanes<N> {
+    type V = [f32; N];
+    const LANES: usize = N;
     const FMA: bool = false;
     #[inline(always)]
-    unsafe fn zero() -> [f32; 8] {
-        [0.0; 8]
+    unsafe fn zero() -> [f32; N] {
+        [0.0; N]
     }
     #[inline(always)]
-    unsafe fn splat(x: f32) -> [f32; 8] {
-        [x; 8]
+    unsafe fn splat(x: f32) -> [f32; N] {
+        [x; N]
     }
     #[inline(always)]
-    unsafe fn load(p: *const f32) -> [f32; 8] {
-        // SAFETY: the caller guarantees 8 readable floats at `p`.
-        unsafe { p.cast::<[f32; 8]>().read_unaligned() }
+    unsafe fn load(p: *const f32) -> [f32; N] {
+        // SAFETY: the caller guarantees N readable floats at `p`.
+        unsafe { p.cast::<[f32; N]>().read_unaligned() }
     }
     #[inline(always)]
-    unsafe fn store(p: *mut f32, v: [f32; 8]) {
-        // SAFETY: the caller guarantees 8 writable floats at `p`.
-        unsafe { p.cast::<[f32; 8]>().write_unaligned(v) }
+    unsafe fn store(p: *mut f32, v: [f32; N]) {
+        // SAFETY: the caller guarantees N writable floats at `p`.
+        unsafe { p.cast::<[f32; N]>().write_unaligned(v) }
     }
     #[inline(always)]
-    unsafe fn fma(a: [f32; 8], b: [f32; 8], c: [f32; 8]) -> [f32; 8] {
+    unsafe fn fma(a: [f32; N], b: [f32; N], c: [f32; N]) -> [f32; N] {
         // Separate multiply and add: `mul_add` without hardware FMA is a
         // slow libm call.
         std::array::from_fn(|i| a[i] * b[i] + c[i])
     }
     #[inline(always)]
-    unsafe fn mul(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+    unsafe fn mul(a: [f32; N], b: [f32; N]) -> [f32; N] {
         std::array::from_fn(|i| a[i] * b[i])
     }
     #[inline(always)]
-    unsafe fn max(a: [f32; 8], b: [f32; 8]) -> [f32; 8] {
+    unsafe fn max(a: [f32; N], b: [f32; N]) -> [f32; N] {
         std::array::from_fn(|i| if a[i] > b[i] { a[i] } else { b[i] })
     }
 }

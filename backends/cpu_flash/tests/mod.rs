@@ -8,6 +8,7 @@ use crate::device::Device;
 use crate::problem::{AttentionProblem, Mask, ProblemError};
 use crate::tensor::Tensor;
 
+mod kernels;
 mod nonfinite;
 mod strided;
 
