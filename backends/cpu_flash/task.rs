@@ -5,8 +5,7 @@
 use super::elem::Elem;
 use super::exact::{exact_row, HUGE_LOGIT};
 use super::kernels::Kernels;
-use super::schedule::Rows;
-use super::schedule::{Call, Task};
+use super::schedule::{Call, Rows, Task};
 use super::scratch::{prefetch_row, AlignedBuf, HeadRows, Scratch, PREFETCH_ROWS};
 use super::unit::{KvTile, StridedRows, Unit, UnitBuffers};
 use super::{BK, DIM_ALIGN, HEAD_PAD, KEY_ALIGN, QTS, SUB, VHEAD_MAX};
