@@ -1,6 +1,9 @@
 //! Times CPU backends on fixed shapes and prints JSON (one object per
 //! backend × shape) with the median wall time and GFLOP/s from
-//! `AttentionProblem::flops()`. Used by `scripts/compare_torch_cpu.py` when
+//! `AttentionProblem::flops()`, and the median CPU time of the process per
+//! call (all threads, from /proc/self/task/*/schedstat on Linux): on a
+//! machine shared with other jobs, wall time measures the scheduler's share
+//! as much as the code, CPU time much less so. Used by `scripts/compare_torch_cpu.py` when
 //! the CLI's `bench` command is not available, and for peak-memory runs.
 //!
 //! ```text
@@ -16,7 +19,7 @@
 //! runs `--reference-repeats` times (default 1), always on the full shape.
 
 use rocmforge::backends::cpu_flash::{CpuFlash, CpuIsa};
-use rocmforge::{AttentionProblem, DType, Device, Mask, Registry, Tensor};
+use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, Mask, Registry, Tensor};
 use std::time::Instant;
 
 struct Args {
@@ -95,6 +98,8 @@ fn main() {
 
 fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     let registry = Registry::global()?;
+    // A forced ISA is its own cpu-flash instance, run like any backend.
+    let forced: Option<CpuFlash> = args.isa.map(CpuFlash::with_isa).transpose()?;
     let mut results = Vec::new();
     for &([b, hq, hkv, sq, skv, d], mask) in &args.shapes {
         let mask = mask.unwrap_or(Mask::None);
@@ -105,33 +110,36 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         let v = Tensor::random(p.kv_shape(), p.dtype, 3)?;
         let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu)?;
         for name in &args.backends {
-            let backend = registry
-                .get(name)
-                .ok_or_else(|| format!("unknown backend '{name}' (known: {})", registry.names().join(", ")))?;
+            let backend: &dyn AttentionBackend = match (name.as_str(), &forced) {
+                ("cpu-flash", Some(flash)) => flash,
+                _ => registry
+                    .get(name)
+                    .ok_or_else(|| format!("unknown backend '{name}' (known: {})", registry.names().join(", ")))?,
+            };
             let is_ref = name == "cpu-reference";
             let (warmup, repeats) = if is_ref { (0, args.reference_repeats) } else { (args.warmup, args.repeats) };
-            // A forced ISA is a configured cpu-flash instance, run through
-            // the same checked entry point as the registered one.
-            let forced = args.isa.filter(|_| name == "cpu-flash").map(CpuFlash::with_isa);
-            let backend: &dyn rocmforge::AttentionBackend = match &forced {
-                Some(instance) => instance,
-                None => backend,
-            };
             let call = |out: &mut Tensor| backend.forward(&p, &q, &k, &v, out);
             for _ in 0..warmup {
                 call(&mut out)?;
             }
             let mut times = Vec::with_capacity(repeats);
+            let mut cpu_times = Vec::with_capacity(repeats);
             for _ in 0..repeats {
-                let t = Instant::now();
+                let (t, cpu) = (Instant::now(), process_cpu_ns());
                 call(&mut out)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
+                if let (Some(a), Some(b)) = (cpu, process_cpu_ns()) {
+                    cpu_times.push(b.saturating_sub(a) as f64 * 1e-6);
+                }
             }
-            times.sort_by(f64::total_cmp);
-            let median =
-                if repeats % 2 == 1 { times[repeats / 2] } else { (times[repeats / 2 - 1] + times[repeats / 2]) / 2.0 };
+            let median = median_of(&mut times);
+            let cpu_median = (cpu_times.len() == repeats).then(|| median_of(&mut cpu_times));
             let gflops = p.flops() / (median * 1e-3) / 1e9;
-            let isa = if name == "cpu-flash" { args.isa.unwrap_or_else(CpuIsa::detect).name() } else { "-" };
+            let isa = match (name.as_str(), &forced) {
+                ("cpu-flash", Some(flash)) => flash.isa().name(),
+                ("cpu-flash", None) => CpuFlash::new().isa().name(),
+                _ => "-",
+            };
             results.push(serde_json::json!({
                 "backend": name,
                 "shape": [b, hq, hkv, sq, skv, d],
@@ -139,6 +147,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "dtype": p.dtype.name(),
                 "median_ms": median,
                 "min_ms": times[0],
+                "cpu_median_ms": cpu_median,
                 "times_ms": times,
                 "gflops": gflops,
                 "flops": p.flops(),
@@ -153,4 +162,27 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{}", serde_json::to_string_pretty(&results)?);
     Ok(())
+}
+
+/// Sorts `xs` (not empty) and returns its median.
+fn median_of(xs: &mut [f64]) -> f64 {
+    xs.sort_by(f64::total_cmp);
+    let n = xs.len();
+    if n % 2 == 1 {
+        xs[n / 2]
+    } else {
+        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
+    }
+}
+
+/// CPU time of every thread of this process so far, in ns (Linux
+/// schedstat; `None` elsewhere). rayon's workers live for the whole run, so
+/// the difference of two readings is the CPU time spent in between.
+fn process_cpu_ns() -> Option<u64> {
+    let mut total = 0u64;
+    for task in std::fs::read_dir("/proc/self/task").ok()? {
+        let stat = std::fs::read_to_string(task.ok()?.path().join("schedstat")).ok()?;
+        total += stat.split_whitespace().next()?.parse::<u64>().ok()?;
+    }
+    Some(total)
 }

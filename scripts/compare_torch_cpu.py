@@ -4,15 +4,24 @@
 Usage (torch in a venv outside the repo, never in CI):
     python3 -m venv /work/.venv-torch && /work/.venv-torch/bin/pip install torch
     cargo build --release --example time_cpu_flash   # and/or the rocmforge CLI
-    /work/.venv-torch/bin/python scripts/compare_torch_cpu.py [--rounds 3]
+    /work/.venv-torch/bin/python scripts/compare_torch_cpu.py [--rounds 3] [--dtypes f32,bf16,f16]
+    # before/after: two builds of cpu-flash alternate with torch in every round
+    ... compare_torch_cpu.py --build before=/tmp/base/time_cpu_flash --build after=target/release/rocmforge
 
-cpu-flash is timed with `target/release/rocmforge bench --json` when that
-command works, else with `target/release/examples/time_cpu_flash`. Torch and
-cpu-flash alternate within each round; the table shows the median over
-rounds of each side's per-round median. GQA goes to torch as
-`enable_gqa=True` (no K/V copies, like cpu-flash); `--gqa repeat` instead
-repeat_interleaves K/V outside the timed region. GFLOP/s use the crate's
-count: 4*b*hq*d per visible (query, key) pair, causal = s(s+1)/2 pairs.
+A build is a path to the `rocmforge` CLI (timed with `bench --json`) or to
+the `time_cpu_flash` example; without `--build`, target/release/rocmforge is
+used when it works, else target/release/examples/time_cpu_flash. Torch and
+every build alternate within each round (the order rotates per round); the
+table shows the median over rounds of each side's per-round median, and the
+range of per-round ratios. It also shows CPU time per call (all threads of
+the process: `time.process_time()` for torch, the example's schedstat
+reading for cpu-flash; the CLI does not report it) — on a machine shared
+with other jobs wall time measures the scheduler's share as much as the
+code; CPU time much less so, though it counts spin-waiting threads too. GQA goes to torch as `enable_gqa=True` (no K/V
+copies, like cpu-flash); `--gqa repeat` instead repeat_interleaves K/V
+outside the timed region. 16-bit rows give both sides inputs drawn in f32 and
+rounded to the dtype. GFLOP/s use the crate's count: 4*b*hq*d per visible
+(query, key) pair, causal = s(s+1)/2 pairs.
 """
 import argparse, json, os, statistics, subprocess, sys, time
 
@@ -46,34 +55,36 @@ def parse_json(text):
     raise ValueError("no JSON in output")
 
 
-def rocmforge_times(args, shape, mask, backend, warmup, repeats):
-    """{backend: median_ms} from the CLI, falling back to the example binary."""
+def build_command(tool, shape, mask, dtype, backend, warmup, repeats):
     s = ",".join(map(str, shape))
-    cmds = []
-    if os.path.exists(args.cli):
-        cmds.append([args.cli, "bench", "--backends", backend, "--shape", s, "--mask", mask, "--dtype", "f32",
-                     "--warmup", str(warmup), "--repeats", str(repeats), "--json"])
-    cmds.append([args.example, "--backends", backend, "--mask", mask, "--shape", s, "--warmup", str(warmup),
-                 "--repeats", str(repeats), "--reference-repeats", str(repeats)])
-    for cmd in cmds:
+    if os.path.basename(tool).startswith("rocmforge"):
+        return [tool, "bench", "--backends", backend, "--shape", s, "--mask", mask, "--dtype", dtype,
+                "--warmup", str(warmup), "--repeats", str(repeats), "--json"]
+    return [tool, "--backends", backend, "--mask", mask, "--shape", s, "--dtype", dtype, "--warmup", str(warmup),
+            "--repeats", str(repeats), "--reference-repeats", str(repeats)]
+
+
+def rocmforge_time(tools, shape, mask, dtype, backend, warmup, repeats):
+    """(median_ms, cpu_median_ms or None, tool) from the first of `tools` that works."""
+    for tool in tools:
+        cmd = build_command(tool, shape, mask, dtype, backend, warmup, repeats)
         try:
             out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-            rows = find_results(parse_json(out))
-            for r in rows:
+            for r in find_results(parse_json(out)):
                 if r.get("backend") == backend:
-                    return float(r.get("median_ms", r.get("median", r.get("ms")))), os.path.basename(cmd[0])
+                    return float(r.get("median_ms", r.get("median", r.get("ms")))), r.get("cpu_median_ms"), tool
         except (OSError, subprocess.CalledProcessError, ValueError) as e:
-            print(f"  ({os.path.basename(cmd[0])} failed: {str(e).splitlines()[0][:100]})", file=sys.stderr)
-    raise SystemExit(f"could not time {backend} on {shape}")
+            print(f"  ({os.path.basename(tool)} failed: {str(e).splitlines()[0][:100]})", file=sys.stderr)
+    raise SystemExit(f"could not time {backend} on {shape} {dtype} with {tools}")
 
 
-def torch_time(torch, shape, mask, warmup, repeats, gqa):
+def torch_time(torch, shape, mask, dtype, warmup, repeats, gqa):
     F = torch.nn.functional
+    tdtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
     b, hq, hkv, sq, skv, d = shape
     g = torch.Generator().manual_seed(0)
-    q = torch.rand(b, hq, sq, d, generator=g) * 2 - 1
-    k = torch.rand(b, hkv, skv, d, generator=g) * 2 - 1
-    v = torch.rand(b, hkv, skv, d, generator=g) * 2 - 1
+    q, k, v = ((torch.rand(b, h, s, d, generator=g) * 2 - 1).to(tdtype)
+               for h, s in ((hq, sq), (hkv, skv), (hkv, skv)))
     kw = {}
     if hq != hkv:
         if gqa == "repeat":
@@ -82,14 +93,15 @@ def torch_time(torch, shape, mask, warmup, repeats, gqa):
             kw["enable_gqa"] = True
     # is_causal in torch is top-left aligned; identical to ours when sq == skv.
     assert mask == "none" or sq == skv
-    times = []
+    times, cpu = [], []
     with torch.inference_mode():
         for i in range(warmup + repeats):
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             F.scaled_dot_product_attention(q, k, v, is_causal=(mask == "causal"), **kw)
             if i >= warmup:
                 times.append((time.perf_counter() - t) * 1e3)
-    return statistics.median(times)
+                cpu.append((time.process_time() - c) * 1e3)
+    return statistics.median(times), statistics.median(cpu)
 
 
 def main():
@@ -98,40 +110,86 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--dtypes", default="f32,bf16,f16", help="comma-separated: f32, bf16, f16")
     ap.add_argument("--gqa", choices=["enable_gqa", "repeat"], default="enable_gqa")
     ap.add_argument("--reference", action="store_true", help="also time cpu-reference (slow: ~1 min per shape)")
+    ap.add_argument("--build", action="append", default=[], metavar="LABEL=PATH",
+                    help="a cpu-flash build to time (rocmforge CLI or time_cpu_flash example); repeat to compare")
     ap.add_argument("--cli", default="target/release/rocmforge")
     ap.add_argument("--example", default="target/release/examples/time_cpu_flash")
     args = ap.parse_args()
 
+    builds = [(label, [path]) for label, path in (b.split("=", 1) for b in args.build)]
+    if not builds:
+        builds = [("cpu-flash", [t for t in (args.cli, args.example) if os.path.exists(t)])]
+    dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
+
     import torch
     torch.set_num_threads(args.threads)
     os.environ["RAYON_NUM_THREADS"] = str(args.threads)
-    print(f"torch {torch.__version__}, {args.threads} threads (torch and rayon), {args.rounds} rounds", file=sys.stderr)
+    print(f"torch {torch.__version__}, {args.threads} threads (torch and rayon), {args.rounds} rounds, "
+          f"builds {[(l, t) for l, t in builds]}", file=sys.stderr)
 
-    res = {}
+    rows = [(shape, mask, dtype) for dtype in dtypes for shape, mask in SHAPES]
+    res = {row: {"torch": [], "ref": [], **{label: [] for label, _ in builds}} for row in rows}
+    cpu = {row: {side: [] for side in ["torch"] + [label for label, _ in builds]} for row in rows}
+    tool_used = {}
     for rnd in range(args.rounds):
-        for shape, mask in SHAPES:
-            r = res.setdefault((shape, mask), {"torch": [], "flash": [], "ref": []})
-            r["torch"].append(torch_time(torch, shape, mask, args.warmup, args.repeats, args.gqa))
-            ms, tool = rocmforge_times(args, shape, mask, "cpu-flash", args.warmup, args.repeats)
-            r["flash"].append(ms)
-            r["tool"] = tool
+        for row in rows:
+            shape, mask, dtype = row
+            r = res[row]
+            sides = ["torch"] + [label for label, _ in builds]
+            sides = sides[rnd % len(sides):] + sides[:rnd % len(sides)]  # rotate who goes first
+            for side in sides:
+                if side == "torch":
+                    ms, cpu_ms = torch_time(torch, shape, mask, dtype, args.warmup, args.repeats, args.gqa)
+                else:
+                    tools = dict(builds)[side]
+                    ms, cpu_ms, tool_used[side] = rocmforge_time(tools, shape, mask, dtype, "cpu-flash", args.warmup,
+                                                                 args.repeats)
+                r[side].append(ms)
+                if cpu_ms is not None:
+                    cpu[row][side].append(cpu_ms)
             if args.reference and rnd == 0:
-                r["ref"].append(rocmforge_times(args, shape, mask, "cpu-reference", 0, 1)[0])
-            print(f"  round {rnd + 1}: {shape} {mask}: torch {r['torch'][-1]:.1f} ms, cpu-flash {ms:.1f} ms",
+                r["ref"].append(rocmforge_time(builds[0][1], shape, mask, dtype, "cpu-reference", 0, 1)[0])
+            print(f"  round {rnd + 1}: {shape} {mask} {dtype}: " +
+                  ", ".join(f"{side} {r[side][-1]:.1f} ms" for side in ["torch"] + [l for l, _ in builds]),
                   file=sys.stderr)
 
-    print(f"\n| shape (b,hq,hkv,sq,skv,d) | mask | torch ms | torch GFLOP/s | cpu-flash ms | cpu-flash GFLOP/s "
-          f"| flash/torch speed | cpu-reference ms | flash/ref speed |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for (shape, mask), r in res.items():
+    head = "| shape (b,hq,hkv,sq,skv,d) | mask | dtype | torch ms | torch GFLOP/s |"
+    sep = "|---|---|---|---|---|"
+    for label, _ in builds:
+        head += f" {label} ms | {label} GFLOP/s | {label} speed / torch (per-round range) |"
+        sep += "---|---|---|"
+    if args.reference:
+        head += " cpu-reference ms |"
+        sep += "---|"
+    print("\n" + head + "\n" + sep)
+    for (shape, mask, dtype), r in res.items():
         f = flops(shape, mask)
-        t, fl = statistics.median(r["torch"]), statistics.median(r["flash"])
-        ref = f"{r['ref'][0]:.0f} | {r['ref'][0] / fl:.1f}x" if r["ref"] else "- | -"
-        print(f"| {','.join(map(str, shape))} | {mask} | {t:.1f} | {f / t / 1e6:.1f} | {fl:.1f} | {f / fl / 1e6:.1f} "
-              f"| {t / fl:.2f}x | {ref} |")
-    print(f"\n(cpu-flash timed with {r['tool']}; torch GQA via {args.gqa}; medians over {args.rounds} rounds)")
+        t = statistics.median(r["torch"])
+        line = f"| {','.join(map(str, shape))} | {mask} | {dtype} | {t:.1f} | {f / t / 1e6:.1f} |"
+        for label, _ in builds:
+            fl = statistics.median(r[label])
+            ratios = [a / b for a, b in zip(r["torch"], r[label])]
+            line += f" {fl:.1f} | {f / fl / 1e6:.1f} | {t / fl:.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) |"
+        if args.reference:
+            line += f" {r['ref'][0]:.0f} |" if r["ref"] else " - |"
+        print(line)
+    if any(cpu[row][label] for row in rows for label, _ in builds):
+        head = "| shape | mask | dtype | torch CPU ms |" + "".join(f" {l} CPU ms | {l} CPU speed / torch |" for l, _ in builds)
+        print("\nCPU time per call (all threads), medians over rounds:\n\n" + head + "\n|---|---|---|---|" +
+              "---|---|" * len(builds))
+        for (shape, mask, dtype) in rows:
+            c = cpu[(shape, mask, dtype)]
+            t = statistics.median(c["torch"])
+            line = f"| {','.join(map(str, shape))} | {mask} | {dtype} | {t:.0f} |"
+            for label, _ in builds:
+                line += f" {statistics.median(c[label]):.0f} | {t / statistics.median(c[label]):.2f}x |" if c[label] \
+                    else " - | - |"
+            print(line)
+    print(f"\n(cpu-flash timed with {tool_used}; torch GQA via {args.gqa}; medians over {args.rounds} rounds; "
+          f"speed / torch = torch ms / cpu-flash ms)")
 
 
 if __name__ == "__main__":
