@@ -7,13 +7,15 @@
 
 pub mod backend;
 pub mod capabilities;
-pub mod cli;
+pub mod compare;
 pub mod device;
 pub mod dtype;
 pub mod io;
 pub mod kernels;
 pub mod problem;
 pub mod registry;
+pub mod shape_syntax;
+pub mod stats;
 pub mod tensor;
 
 #[path = "../backends/mod.rs"]

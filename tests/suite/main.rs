@@ -2,7 +2,12 @@
 //! single file. GPU tests print SKIP without a GPU and fail instead under
 //! ROCMFORGE_REQUIRE_GPU=1.
 
+#[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_files;
+#[cfg(feature = "cli")]
+mod cli_limits;
 mod common;
 mod differential;
 mod gpu_device;
