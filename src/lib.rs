@@ -12,6 +12,7 @@ pub mod device;
 pub mod dtype;
 pub mod io;
 pub mod kernels;
+pub mod mask_count;
 pub mod problem;
 pub mod registry;
 pub mod shape_syntax;

@@ -64,3 +64,16 @@ fn long_inputs_are_shortened_in_errors() {
     let err = assert_clean_error(&o, "unknown attention backend");
     assert!(err.len() < 1000, "{} bytes", err.len());
 }
+
+#[test]
+fn huge_problems_are_explained_without_walking_every_row() {
+    // FLOP counts used to loop over the query rows: 2^40 rows hung explain.
+    let start = std::time::Instant::now();
+    let o =
+        run(&["explain", "--seq-q", "1099511627776", "--heads", "1", "--kv-heads", "1", "--head-dim", "1", "--json"]);
+    let doc: serde_json::Value = serde_json::from_slice(&o.stdout).expect("explain --json");
+    let s = (1u64 << 40) as f64;
+    assert_eq!(doc["problem"]["flops"].as_f64().unwrap(), 4.0 * s * (s + 1.0) / 2.0);
+    assert_eq!(doc["host_memory"]["fits"], false);
+    assert!(start.elapsed().as_secs() < 10, "took {:?}", start.elapsed());
+}
