@@ -1,6 +1,7 @@
 //! One integration-test binary for everything, so the GPU bundle ships a
-//! single file. GPU tests print SKIP without a GPU and fail instead under
-//! ROCMFORGE_REQUIRE_GPU=1.
+//! single file. GPU tests are `#[ignore = "needs a GPU"]`: `cargo test`
+//! reports them as ignored, and the GPU bundle runs them with
+//! `--include-ignored` under ROCMFORGE_REQUIRE_GPU=1.
 
 #[cfg(feature = "cli")]
 mod cli;
@@ -12,4 +13,6 @@ mod common;
 mod differential;
 mod gpu_device;
 mod kernels_offline;
+mod nonfinite;
+mod oracle;
 mod selection;
