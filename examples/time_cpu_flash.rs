@@ -16,6 +16,8 @@
 //! runs `--reference-repeats` times (default 1), always on the full shape.
 
 use rocmforge::backends::cpu_flash::{forward_with_isa, CpuIsa};
+use rocmforge::shape_syntax::ShapeSpec;
+use rocmforge::stats::Stats;
 use rocmforge::{AttentionProblem, DType, Device, Mask, Registry, Tensor};
 use std::time::Instant;
 
@@ -46,15 +48,9 @@ fn parse_args() -> Result<Args, String> {
         let num = |s: String| s.parse::<usize>().map_err(|e| format!("bad number '{s}': {e}"));
         match flag.as_str() {
             "--shape" => {
-                let full = value()?;
-                let (v, shape_mask) = match full.split_once(':') {
-                    Some((dims, m)) => (dims.to_string(), Some(m.parse::<Mask>().map_err(|e| format!("{e}"))?)),
-                    None => (full.clone(), None),
-                };
-                let dims: Vec<usize> = v.split(',').map(|x| num(x.trim().to_string())).collect::<Result<_, _>>()?;
-                let dims: [usize; 6] =
-                    dims.try_into().map_err(|_| format!("--shape wants b,hq,hkv,sq,skv,d, got {v}"))?;
-                args.shapes.push((dims, shape_mask));
+                // The shared shape syntax (rocmforge::shape_syntax), as in `rocmforge bench`.
+                let s: ShapeSpec = value()?.parse().map_err(|e| format!("{e}"))?;
+                args.shapes.push(([s.batch, s.q_heads, s.kv_heads, s.seq_q, s.seq_kv, s.head_dim], s.mask));
             }
             "--mask" => mask = value()?.parse().map_err(|e| format!("{e}"))?,
             "--dtype" => args.dtype = value()?.parse().map_err(|e| format!("{e}"))?,
@@ -123,9 +119,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 call(&mut out)?;
                 times.push(t.elapsed().as_secs_f64() * 1e3);
             }
-            times.sort_by(f64::total_cmp);
-            let median =
-                if repeats % 2 == 1 { times[repeats / 2] } else { (times[repeats / 2 - 1] + times[repeats / 2]) / 2.0 };
+            let stats = Stats::of(&times).ok_or("no timed run")?;
+            let median = stats.median;
             let gflops = p.flops() / (median * 1e-3) / 1e9;
             let isa = if name == "cpu-flash" { args.isa.unwrap_or_else(CpuIsa::detect).name() } else { "-" };
             results.push(serde_json::json!({
@@ -134,7 +129,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "mask": mask.to_string(),
                 "dtype": p.dtype.name(),
                 "median_ms": median,
-                "min_ms": times[0],
+                "min_ms": stats.min,
                 "times_ms": times,
                 "gflops": gflops,
                 "flops": p.flops(),

@@ -10,6 +10,7 @@ pub mod capabilities;
 pub mod compare;
 pub mod device;
 pub mod dtype;
+pub mod env_flag;
 pub mod io;
 pub mod kernels;
 pub mod mask_count;

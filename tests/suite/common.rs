@@ -16,25 +16,11 @@ use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, H
 /// check instead of being reported as "GPU tests ignored".
 pub const REQUIRE_GPU_ENV: &str = "ROCMFORGE_REQUIRE_GPU";
 
-/// The value of `ROCMFORGE_REQUIRE_GPU`: unset, empty, 0/false/no/off mean
-/// no; 1/true/yes/on (any case) mean yes; anything else is a mistake that
-/// must not silently mean "no", so it panics naming the accepted spellings.
+/// The value of `ROCMFORGE_REQUIRE_GPU` (`rocmforge::env_flag`: 1/true/
+/// yes/on or 0/false/no/off); anything else is a mistake that must not
+/// silently mean "no", so it panics naming the accepted spellings.
 pub fn require_gpu() -> bool {
-    match std::env::var(REQUIRE_GPU_ENV) {
-        Err(std::env::VarError::NotPresent) => false,
-        Err(std::env::VarError::NotUnicode(v)) => panic!("{REQUIRE_GPU_ENV}={v:?} is not UTF-8"),
-        Ok(v) => parse_flag(&v)
-            .unwrap_or_else(|| panic!("{REQUIRE_GPU_ENV}={v:?}: expected 1/true/yes/on or 0/false/no/off")),
-    }
-}
-
-/// The spellings `require_gpu` accepts.
-pub fn parse_flag(value: &str) -> Option<bool> {
-    match value.trim().to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Some(true),
-        "" | "0" | "false" | "no" | "off" => Some(false),
-        _ => None,
-    }
+    rocmforge::env_flag::env_flag(REQUIRE_GPU_ENV).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The running test's name; libtest names each test's thread after it.
@@ -246,16 +232,3 @@ macro_rules! cpu_and_gpu {
     )*};
 }
 pub(crate) use cpu_and_gpu;
-
-#[test]
-fn require_gpu_spellings() {
-    for v in ["1", "true", "YES", " on "] {
-        assert_eq!(parse_flag(v), Some(true), "{v}");
-    }
-    for v in ["", "0", "False", "no", "OFF"] {
-        assert_eq!(parse_flag(v), Some(false), "{v}");
-    }
-    for v in ["2", "y", "enable", "1 1", "treu"] {
-        assert_eq!(parse_flag(v), None, "{v}");
-    }
-}
