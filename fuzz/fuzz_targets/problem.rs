@@ -27,7 +27,15 @@ fn size(data: &[u8], i: usize) -> usize {
 
 fuzz_target!(|data: &[u8]| {
     let dtype = DType::ALL[(word(data, 6) % 3) as usize];
-    let mut p = AttentionProblem::new(size(data, 0), size(data, 1), size(data, 2), size(data, 3), size(data, 4), size(data, 5), dtype);
+    let mut p = AttentionProblem::new(
+        size(data, 0),
+        size(data, 1),
+        size(data, 2),
+        size(data, 3),
+        size(data, 4),
+        size(data, 5),
+        dtype,
+    );
     let m = word(data, 7);
     p.mask = match m % 3 {
         0 => Mask::None,
