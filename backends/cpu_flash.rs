@@ -39,12 +39,12 @@
 //! * Deterministic: every output element is produced by one unit, in a
 //!   fixed order, whatever the thread count.
 
-use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
-use crate::capabilities::{Capabilities, HeadDims, Unsupported};
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
+use crate::capabilities::{Capabilities, HeadDims};
 use crate::device::DeviceKind;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, MaskKind};
-use crate::tensor::{HostData, Tensor};
+use crate::tensor::HostData;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 use rayon::prelude::*;
@@ -77,9 +77,27 @@ const COL_ALIGN: usize = 64;
 /// Head-dim padding of V and O: every P·V kernel's narrowest block.
 const DIM_ALIGN: usize = 16;
 
-pub struct CpuFlash;
+/// The backend. The registered instance detects the best micro-kernels at
+/// run time; `with_isa` configures an instance that uses the given family
+/// (tests and benchmarks), still run through the same checked entry point.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CpuFlash {
+    isa: Option<CpuIsa>,
+}
 
-inventory::submit! { BackendRegistration { create: || Box::new(CpuFlash) } }
+impl CpuFlash {
+    /// An instance using `isa` (the detected one where the CPU lacks it).
+    pub fn with_isa(isa: CpuIsa) -> CpuFlash {
+        CpuFlash { isa: Some(isa) }
+    }
+
+    /// The micro-kernel family this instance runs on this CPU.
+    pub fn isa(&self) -> CpuIsa {
+        self.isa.filter(|i| i.available()).unwrap_or_else(CpuIsa::detect)
+    }
+}
+
+inventory::submit! { BackendRegistration { create: || Box::new(CpuFlash::default()) } }
 
 impl AttentionBackend for CpuFlash {
     fn name(&self) -> &'static str {
@@ -106,21 +124,41 @@ impl AttentionBackend for CpuFlash {
             masks: &MaskKind::ALL,
             max_group_size: None,
             softcap: true,
+            strided: false,
+            matrix_units: None,
             deterministic: true,
             workspace: "O(tile) f32 scratch + <= 1 MiB K and V head copies per thread",
         }
     }
 
-    fn forward(
-        &self,
-        p: &AttentionProblem,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &mut Tensor,
-    ) -> Result<(), BackendError> {
-        check_call(self, p, q, k, v, out)?;
-        forward_with_isa(p, q, k, v, out, CpuIsa::detect())
+    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+        let p = call.problem();
+        let isa = self.isa();
+        // Contiguous layouts only (capabilities.strided = false): each view
+        // is one dense run of elements starting at its offset.
+        let (q, k, v) = (call.q(), call.k(), call.v());
+        let part = |t: crate::tensor::TensorView<'_>| {
+            (t.layout().offset, t.layout().offset + t.shape().iter().product::<usize>())
+        };
+        let ((q0, q1), (k0, k1), (v0, v1)) = (part(q), part(k), part(v));
+        let out = call.out();
+        let (o0, o1) = (out.layout().offset, out.layout().offset + out.shape().iter().product::<usize>());
+        let (Some(q), Some(k), Some(v), Some(o)) = (q.host(), k.host(), v.host(), out.host_mut()) else {
+            return Err(BackendError::Internal { backend: self.name(), what: "a checked CPU call holds a GPU tensor" });
+        };
+        match (q, k, v, o) {
+            (HostData::F32(q), HostData::F32(k), HostData::F32(v), HostData::F32(o)) => {
+                run(p, &q[q0..q1], &k[k0..k1], &v[v0..v1], &mut o[o0..o1], isa)
+            }
+            (HostData::F16(q), HostData::F16(k), HostData::F16(v), HostData::F16(o)) => {
+                run(p, &q[q0..q1], &k[k0..k1], &v[v0..v1], &mut o[o0..o1], isa)
+            }
+            (HostData::BF16(q), HostData::BF16(k), HostData::BF16(v), HostData::BF16(o)) => {
+                run(p, &q[q0..q1], &k[k0..k1], &v[v0..v1], &mut o[o0..o1], isa)
+            }
+            _ => return Err(BackendError::Internal { backend: self.name(), what: "a checked call mixes dtypes" }),
+        }
+        Ok(())
     }
 }
 
@@ -161,44 +199,6 @@ impl CpuIsa {
     pub fn parse(s: &str) -> Option<CpuIsa> {
         [CpuIsa::Avx512, CpuIsa::Avx2Fma, CpuIsa::Portable].into_iter().find(|isa| isa.name() == s)
     }
-}
-
-/// Runs cpu-flash with a chosen micro-kernel family (for tests and
-/// benchmarks). An `isa` the CPU lacks falls back to the detected one.
-pub fn forward_with_isa(
-    p: &AttentionProblem,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &mut Tensor,
-    isa: CpuIsa,
-) -> Result<(), BackendError> {
-    p.validate()?;
-    let isa = if isa.available() { isa } else { CpuIsa::detect() };
-    let not_host = || BackendError::Unsupported {
-        backend: "cpu-flash",
-        reasons: vec![Unsupported::Limit(
-            "q, k, v and out must be host tensors of the problem's dtype and shape".to_string(),
-        )],
-    };
-    let shapes_ok = q.shape() == p.q_shape()
-        && k.shape() == p.kv_shape()
-        && v.shape() == p.kv_shape()
-        && out.shape() == p.out_shape();
-    if !shapes_ok {
-        return Err(not_host());
-    }
-    let (Some(q), Some(k), Some(v)) = (q.host(), k.host(), v.host()) else {
-        return Err(not_host());
-    };
-    let out = out.host_mut().ok_or_else(not_host)?;
-    match (q, k, v, out) {
-        (HostData::F32(q), HostData::F32(k), HostData::F32(v), HostData::F32(o)) => run(p, q, k, v, o, isa),
-        (HostData::F16(q), HostData::F16(k), HostData::F16(v), HostData::F16(o)) => run(p, q, k, v, o, isa),
-        (HostData::BF16(q), HostData::BF16(k), HostData::BF16(v), HostData::BF16(o)) => run(p, q, k, v, o, isa),
-        _ => return Err(not_host()),
-    }
-    Ok(())
 }
 
 /// Element types the backend reads and writes; compute is always f32.
@@ -392,7 +392,7 @@ fn run<T: Elem>(p: &AttentionProblem, q: &[T], k: &[T], v: &[T], out: &mut [T], 
         let sc = guard.get_or_insert_with(|| Scratch::new(ctx.d, ctx.dp));
         match isa {
             #[cfg(target_arch = "x86_64")]
-            // SAFETY: `forward_with_isa` only passes an ISA whose features
+            // SAFETY: `CpuFlash::isa` only returns an ISA whose features
             // `available()` confirmed at run time.
             CpuIsa::Avx512 => unsafe { x86::task_avx512(&ctx, sc, t) },
             #[cfg(target_arch = "x86_64")]
@@ -1306,6 +1306,7 @@ mod tests {
     use super::*;
     use crate::backends::cpu_reference::reference_attention;
     use crate::device::Device;
+    use crate::tensor::Tensor;
 
     fn isas() -> Vec<CpuIsa> {
         [CpuIsa::Avx512, CpuIsa::Avx2Fma, CpuIsa::Portable].into_iter().filter(|i| i.available()).collect()
@@ -1320,7 +1321,7 @@ mod tests {
         let tol = p.dtype.tolerance();
         for isa in isas() {
             let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
-            forward_with_isa(p, &q, &k, &v, &mut out, isa).unwrap();
+            (&CpuFlash::with_isa(isa) as &dyn AttentionBackend).forward(p, &q, &k, &v, &mut out).unwrap();
             let got = out.to_f32_vec().unwrap();
             for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
                 assert!(tol.accepts(g as f64, e), "{p} isa {isa:?}: element {i}: got {g}, expected {e}");
@@ -1433,7 +1434,7 @@ mod tests {
         let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
         let v = Tensor::random(p.kv_shape(), p.dtype, 3).unwrap();
         let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
-        CpuFlash.forward(&p, &q, &k, &v, &mut out).unwrap();
+        (&CpuFlash::default() as &dyn AttentionBackend).forward(&p, &q, &k, &v, &mut out).unwrap();
         let got = out.to_f32_vec().unwrap();
         assert!(got[..90 * 8].iter().all(|&x| x == 0.0));
         assert!(got[90 * 8..].iter().all(|x| x.is_finite() && *x != 0.0));
@@ -1447,8 +1448,8 @@ mod tests {
         let v = Tensor::random(p.kv_shape(), p.dtype, 7).unwrap();
         let mut a = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
         let mut b = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
-        CpuFlash.forward(&p, &q, &k, &v, &mut a).unwrap();
-        CpuFlash.forward(&p, &q, &k, &v, &mut b).unwrap();
+        (&CpuFlash::default() as &dyn AttentionBackend).forward(&p, &q, &k, &v, &mut a).unwrap();
+        (&CpuFlash::default() as &dyn AttentionBackend).forward(&p, &q, &k, &v, &mut b).unwrap();
         assert_eq!(a.to_f32_vec().unwrap(), b.to_f32_vec().unwrap());
     }
 
@@ -1499,7 +1500,8 @@ mod tests {
         let q = Tensor::random(p.q_shape(), DType::F16, 1).unwrap();
         let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
         let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
-        assert!(CpuFlash.forward(&p, &q, &k, &k, &mut out).is_err());
-        assert!(forward_with_isa(&p, &q, &k, &k, &mut out, CpuIsa::Portable).is_err());
+        assert!((&CpuFlash::default() as &dyn AttentionBackend).forward(&p, &q, &k, &k, &mut out).is_err());
+        let portable = CpuFlash::with_isa(CpuIsa::Portable);
+        assert!((&portable as &dyn AttentionBackend).forward(&p, &q, &k, &k, &mut out).is_err());
     }
 }

@@ -2,12 +2,12 @@
 //! head ratio, head_dim and dtype; it is the oracle every other backend is
 //! tested against, not a fast path.
 
-use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims};
 use crate::device::DeviceKind;
 use crate::dtype::DType;
-use crate::problem::{AttentionProblem, MaskKind};
-use crate::tensor::{HostData, Tensor};
+use crate::problem::{AttentionProblem, MaskKind, TensorRole};
+use crate::tensor::{HostData, Layout};
 
 pub struct CpuReference;
 
@@ -36,33 +36,62 @@ impl AttentionBackend for CpuReference {
             masks: &MaskKind::ALL,
             max_group_size: None,
             softcap: true,
+            strided: true,
+            matrix_units: None,
             deterministic: true,
             workspace: "one row of seq_kv f64 scores",
         }
     }
 
-    fn forward(
-        &self,
-        p: &AttentionProblem,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &mut Tensor,
-    ) -> Result<(), BackendError> {
-        check_call(self, p, q, k, v, out)?;
-        let host = |t: &Tensor| t.host().cloned().expect("check_call verified host placement");
-        let (q, k, v) = (host(q), host(k), host(v));
-        let result = reference_attention(p, &q, &k, &v);
-        let rounded: Vec<f32> = result.iter().map(|&x| x as f32).collect();
-        *out.host_mut().expect("check_call verified host placement") = HostData::from_f32(p.dtype, &rounded);
+    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+        let p = call.problem();
+        let (q, k, v) = (call.q(), call.k(), call.v());
+        let inputs = (q.host(), k.host(), v.host());
+        let (Some(qd), Some(kd), Some(vd)) = inputs else {
+            return Err(BackendError::Internal { backend: self.name(), what: "a checked CPU call holds a GPU tensor" });
+        };
+        let views = Views { q: *q.layout(), k: *k.layout(), v: *v.layout() };
+        let result = reference_attention_strided(p, (qd, kd, vd), &views);
+        let out = call.out();
+        let layout = *out.layout();
+        let Some(host) = out.host_mut() else {
+            return Err(BackendError::Internal { backend: self.name(), what: "a checked CPU call holds a GPU tensor" });
+        };
+        let d = p.head_dim;
+        for (row, values) in result.chunks_exact(d).enumerate() {
+            let h = row % p.num_q_heads;
+            let s = (row / p.num_q_heads) % p.seq_q;
+            let b = row / (p.num_q_heads * p.seq_q);
+            let at = layout.row(b, s, h);
+            for (x, &value) in values.iter().enumerate() {
+                host.set_f32(at + x, value as f32);
+            }
+        }
         Ok(())
     }
 }
 
+/// Layouts of q, k and v for the strided reference.
+struct Views {
+    q: Layout,
+    k: Layout,
+    v: Layout,
+}
+
 /// Attention in f64, without rounding the result to the problem's dtype.
-/// Inputs are read in their own dtype and widened exactly.
+/// Inputs are contiguous `[batch, seq, heads, head_dim]` in their own dtype
+/// and widened exactly; the result is contiguous like `out`.
 pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: &HostData) -> Vec<f64> {
-    let (d, hq, hkv) = (p.head_dim, p.num_q_heads, p.num_kv_heads);
+    let views = Views { q: p.layout_of(TensorRole::Q), k: p.layout_of(TensorRole::K), v: p.layout_of(TensorRole::V) };
+    reference_attention_strided(p, (q, k, v), &views)
+}
+
+fn reference_attention_strided(
+    p: &AttentionProblem,
+    (q, k, v): (&HostData, &HostData, &HostData),
+    views: &Views,
+) -> Vec<f64> {
+    let (d, hq) = (p.head_dim, p.num_q_heads);
     let group = p.group_size();
     let scale = p.effective_scale() as f64;
     let softcap = p.softcap.map(|c| c as f64);
@@ -73,14 +102,14 @@ pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: 
             let kvh = h / group;
             for i in 0..p.seq_q {
                 let (lo, hi) = p.mask.key_range(i, p.seq_q, p.seq_kv);
-                let q_off = ((b * p.seq_q + i) * hq + h) * d;
-                let o_off = q_off;
+                let q_off = views.q.row(b, i, h);
+                let o_off = ((b * p.seq_q + i) * hq + h) * d;
                 if lo >= hi {
                     continue; // fully masked row: zeros
                 }
                 let mut max = f64::NEG_INFINITY;
                 for (j, score) in scores.iter_mut().enumerate().take(hi).skip(lo) {
-                    let k_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
+                    let k_off = views.k.row(b, j, kvh);
                     let dot: f64 = (0..d).map(|x| q.get_f32(q_off + x) as f64 * k.get_f32(k_off + x) as f64).sum();
                     let mut s = dot * scale;
                     if let Some(c) = softcap {
@@ -96,7 +125,7 @@ pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: 
                 }
                 for (j, score) in scores.iter().enumerate().take(hi).skip(lo) {
                     let w = score / sum;
-                    let v_off = ((b * p.seq_kv + j) * hkv + kvh) * d;
+                    let v_off = views.v.row(b, j, kvh);
                     for x in 0..d {
                         out[o_off + x] += w * v.get_f32(v_off + x) as f64;
                     }

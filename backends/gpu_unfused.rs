@@ -7,15 +7,17 @@
 //! The score workspace is bounded by a cap (default 1 GiB, env
 //! `ROCMFORGE_UNFUSED_WORKSPACE_MIB`); bigger problems run in chunks of
 //! heads, and only a problem whose single head does not fit is rejected.
+//! The workspace is leased from the device's arena for the call, so
+//! concurrent calls on one or several GPUs never share or wait on it.
+//! Strided Q/K/V/O are addressed in place (BLAS leading dimensions).
 
-use crate::backend::{check_call, AttentionBackend, BackendError, BackendRegistration};
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
-use crate::device::{Device, DeviceBuffer, DeviceError, DeviceKind, GemmDesc, GpuDevice, KernelArg, LaunchConfig};
+use crate::device::{Device, DeviceError, DeviceKind, GemmDesc, LaunchConfig};
 use crate::dtype::DType;
-use crate::kernels::{KernelSpec, SOFTMAX_ROWS};
-use crate::problem::{AttentionProblem, Mask, MaskKind};
-use crate::tensor::Tensor;
-use std::sync::{Arc, Mutex};
+use crate::kernels::params::SoftmaxParams;
+use crate::kernels::{KernelSpec, UNFUSED_SOFTMAX_ROWS};
+use crate::problem::{AttentionProblem, Mask, MaskKind, TensorRole};
 
 /// Environment variable that sets the score-workspace cap in MiB.
 pub const WORKSPACE_ENV: &str = "ROCMFORGE_UNFUSED_WORKSPACE_MIB";
@@ -24,9 +26,6 @@ const SOFTMAX_THREADS: u32 = 256;
 
 pub struct GpuUnfused {
     workspace_cap: usize,
-    /// Reused score/probability buffer, grown on demand, so a forward call
-    /// allocates nothing in the steady state.
-    workspace: Mutex<Option<DeviceBuffer>>,
 }
 
 inventory::submit! { BackendRegistration { create: || Box::new(GpuUnfused::from_env()) } }
@@ -34,7 +33,7 @@ inventory::submit! { BackendRegistration { create: || Box::new(GpuUnfused::from_
 impl GpuUnfused {
     /// A backend whose score workspace never exceeds `cap_bytes`.
     pub fn with_workspace_cap(cap_bytes: usize) -> GpuUnfused {
-        GpuUnfused { workspace_cap: cap_bytes, workspace: Mutex::new(None) }
+        GpuUnfused { workspace_cap: cap_bytes }
     }
 
     /// The cap from `ROCMFORGE_UNFUSED_WORKSPACE_MIB`, else 1 GiB. A value
@@ -54,17 +53,7 @@ impl GpuUnfused {
     }
 
     fn spec(dtype: DType) -> KernelSpec {
-        let code = match dtype {
-            DType::F32 => "0",
-            DType::F16 => "1",
-            DType::BF16 => "2",
-        };
-        KernelSpec {
-            file: "softmax_rows.hip",
-            source: SOFTMAX_ROWS,
-            entry: "softmax_rows",
-            defines: vec![("P_DTYPE".to_string(), code.to_string())],
-        }
+        KernelSpec::new(UNFUSED_SOFTMAX_ROWS, "softmax_rows").define_dtype("P_DTYPE", dtype)
     }
 }
 
@@ -137,8 +126,8 @@ fn mask_bounds(mask: Mask) -> (i64, i64) {
     }
 }
 
-fn i32_of(what: &str, v: usize) -> Result<i32, Unsupported> {
-    i32::try_from(v).map_err(|_| Unsupported::Limit(format!("{what} {v} exceeds the 32-bit BLAS limit")))
+fn i32_of(what: &'static str, v: usize) -> Result<i32, Unsupported> {
+    i32::try_from(v).map_err(|_| Unsupported::IndexRange { what, value: v, max: i32::MAX as usize })
 }
 
 impl AttentionBackend for GpuUnfused {
@@ -164,6 +153,8 @@ impl AttentionBackend for GpuUnfused {
             masks: &MaskKind::ALL,
             max_group_size: None,
             softcap: true,
+            strided: true,
+            matrix_units: None,
             deterministic: true,
             workspace: "scores of as many heads as fit the cap (default 1 GiB)",
         }
@@ -172,16 +163,26 @@ impl AttentionBackend for GpuUnfused {
     fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
         let mut reasons = self.capabilities().reasons(p, device);
         if heads_per_chunk(p, self.workspace_cap).is_none() {
-            let need = bytes_per_head(p).map_or("more than usize::MAX".to_string(), |b| format!("{b}"));
-            reasons.push(Unsupported::Limit(format!(
-                "one head's scores need {need} bytes, over the workspace cap of {} bytes",
-                self.workspace_cap
-            )));
+            reasons.push(Unsupported::Workspace {
+                what: "one head's scores",
+                needed: bytes_per_head(p),
+                cap: self.workspace_cap,
+            });
         }
+        for role in TensorRole::ALL {
+            // BLAS addresses a head's rows with a leading dimension >= head_dim.
+            if p.strides_of(role)[1] < p.head_dim {
+                reasons.push(Unsupported::Layout { tensor: role });
+            }
+        }
+        let [q_seq, k_seq, v_seq, o_seq] = TensorRole::ALL.map(|r| p.strides_of(r)[1]);
         for (what, v) in [
             ("seq_q", p.seq_q),
             ("seq_kv", p.seq_kv),
-            ("num_q_heads * head_dim", p.num_q_heads.saturating_mul(p.head_dim)),
+            ("q seq stride", q_seq),
+            ("k seq stride", k_seq),
+            ("v seq stride", v_seq),
+            ("out seq stride", o_seq),
         ] {
             if let Err(r) = i32_of(what, v) {
                 reasons.push(r);
@@ -194,51 +195,39 @@ impl AttentionBackend for GpuUnfused {
         DType::ALL.iter().map(|&d| GpuUnfused::spec(d)).collect()
     }
 
-    fn forward(
-        &self,
-        p: &AttentionProblem,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &mut Tensor,
-    ) -> Result<(), BackendError> {
-        let Device::Gpu(gpu) = check_call(self, p, q, k, v, out)? else {
-            return Err(BackendError::Unsupported {
-                backend: self.name(),
-                reasons: vec![Unsupported::Device { needs: DeviceKind::Gpu, got: DeviceKind::Cpu }],
-            });
+    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+        let p = call.problem();
+        let Device::Gpu(gpu) = call.device().clone() else {
+            return Err(BackendError::Internal { backend: self.name(), what: "a checked GPU call is on the CPU" });
         };
-        let buffer = |t: &Tensor| {
-            t.gpu_buffer().map(|b| b.ptr()).ok_or_else(|| DeviceError::Invalid("tensor is not on the GPU".into()))
-        };
-        let (qp, kp, vp, op) = (buffer(q)?, buffer(k)?, buffer(v)?, buffer(out)?);
-
-        // check_call has already rejected a head that cannot fit; only the
-        // error path re-runs the checks, to report them.
-        let hpc = heads_per_chunk(p, self.workspace_cap).ok_or_else(|| BackendError::Unsupported {
-            backend: self.name(),
-            reasons: self.check(p, &Device::Gpu(gpu.clone())),
-        })?;
+        let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
+        let (qp, kp, vp) =
+            (ptr(call.q().gpu_ptr(), "q")?, ptr(call.k().gpu_ptr(), "k")?, ptr(call.v().gpu_ptr(), "v")?);
+        let op = ptr(call.out().gpu_ptr(), "out")?;
+        // `check` (run by CheckedCall) rejected a head that cannot fit.
+        let internal =
+            || BackendError::Internal { backend: "gpu-unfused", what: "checked problem exceeds the workspace" };
+        let hpc = heads_per_chunk(p, self.workspace_cap).ok_or_else(internal)?;
+        let workspace = gpu.workspace(hpc * bytes_per_head(p).ok_or_else(internal)?)?;
         let per_head_scores = p.seq_q * p.seq_kv;
-        let mut guard = self.workspace.lock().map_err(|_| DeviceError::Invalid("workspace lock poisoned".into()))?;
-        let ws = ensure_workspace(&mut guard, &gpu, hpc * bytes_per_head(p).unwrap_or(usize::MAX))?;
-        let scores = ws.ptr();
+        let scores = workspace.ptr();
         // 16-bit probabilities sit after the f32 scores of the chunk.
         let probs = if p.dtype == DType::F32 { scores } else { scores + (hpc * per_head_scores * 4) as u64 };
         let kernel = gpu.kernel(&GpuUnfused::spec(p.dtype))?;
         let (win_left, win_right) = mask_bounds(p.mask);
-        let softcap = p.softcap.unwrap_or(0.0);
         let es = p.dtype.size_in_bytes() as u64;
         let (d, g) = (p.head_dim, p.group_size());
-        let (hq, hkv, sq, skv) = (p.num_q_heads, p.num_kv_heads, p.seq_q, p.seq_kv);
-        let limit = |e: Unsupported| BackendError::Unsupported { backend: "gpu-unfused", reasons: vec![e] };
-        let (m_sq, m_skv, m_d) = (i32_of("seq_q", sq).map_err(limit)?, i32_of("seq_kv", skv).map_err(limit)?, d as i32);
-        let (ld_q, ld_kv) = ((hq * d) as i32, (hkv * d) as i32);
+        let (hq, sq, skv) = (p.num_q_heads, p.seq_q, p.seq_kv);
+        let [sq_, sk_, sv_, so_] = TensorRole::ALL.map(|r| p.strides_of(r));
+        // Every value cast below was range-checked by `check` (i32_of).
+        let i32v = |v: usize| v as i32;
+        let p_es = if p.dtype == DType::F32 { 4 } else { es };
 
         for b in 0..p.batch {
-            let q_base = qp + (b * sq * hq * d) as u64 * es;
-            let kv_off = (b * skv * hkv * d) as u64 * es;
-            let o_base = op + (b * sq * hq * d) as u64 * es;
+            let q_base = qp + (b * sq_[0]) as u64 * es;
+            let k_base = kp + (b * sk_[0]) as u64 * es;
+            let v_base = vp + (b * sv_[0]) as u64 * es;
+            let o_base = op + (b * so_[0]) as u64 * es;
             let mut h0 = 0;
             while h0 < hq {
                 // Chunks never straddle a group unless they hold whole groups.
@@ -248,88 +237,78 @@ impl AttentionBackend for GpuUnfused {
                     let qk = GemmDesc {
                         trans_a: true,
                         trans_b: false,
-                        m: m_skv,
-                        n: m_sq,
-                        k: m_d,
+                        m: i32v(skv),
+                        n: i32v(sq),
+                        k: i32v(d),
                         alpha: p.effective_scale(),
-                        a: kp + kv_off + (hb.kv_head * d) as u64 * es,
-                        lda: ld_kv,
-                        stride_a: (hb.kv_step * d) as i64,
-                        b: q_base + (hb.q_head * d) as u64 * es,
-                        ldb: ld_q,
-                        stride_b: (hb.q_step * d) as i64,
+                        a: k_base + (hb.kv_head * sk_[2]) as u64 * es,
+                        lda: i32v(sk_[1]),
+                        stride_a: (hb.kv_step * sk_[2]) as i64,
+                        b: q_base + (hb.q_head * sq_[2]) as u64 * es,
+                        ldb: i32v(sq_[1]),
+                        stride_b: (hb.q_step * sq_[2]) as i64,
                         ab_type: p.dtype,
                         beta: 0.0,
                         c: scores + (hb.slot * per_head_scores * 4) as u64,
-                        ldc: m_skv,
+                        ldc: i32v(skv),
                         stride_c: (hb.slot_step * per_head_scores) as i64,
                         c_type: DType::F32,
                         batch: hb.count as i32,
                     };
-                    // SAFETY: every matrix lies inside q/k (shapes checked by
-                    // check_call) or the workspace (sized for hpc heads).
+                    // SAFETY: every matrix lies inside q/k (shapes and strides
+                    // checked by CheckedCall) or the workspace (hpc heads).
                     unsafe { gpu.gemm(&qk)? };
                 }
                 let rows = (h1 - h0) * sq;
                 let cfg =
                     LaunchConfig { grid: (rows as u32, 1, 1), block: (SOFTMAX_THREADS, 1, 1), shared_mem_bytes: 0 };
-                let args = [
-                    KernelArg::Ptr(scores),
-                    KernelArg::Ptr(probs),
-                    KernelArg::I32(m_sq),
-                    KernelArg::I32(m_skv),
-                    KernelArg::F32(softcap),
-                    KernelArg::I64(win_left),
-                    KernelArg::I64(win_right),
-                ];
-                // SAFETY: arguments match softmax_rows's signature; `rows`
-                // rows of seq_kv scores/probabilities lie in the workspace.
-                unsafe { gpu.launch(&kernel, &cfg, &args)? };
+                let params = SoftmaxParams {
+                    scores,
+                    probs,
+                    win_left,
+                    win_right,
+                    seq_q: i32v(sq),
+                    seq_kv: i32v(skv),
+                    softcap: p.softcap.unwrap_or(0.0),
+                    reserved: 0,
+                };
+                // SAFETY: softmax_rows takes RfSoftmaxParams (layout checked by
+                // a test); `rows` rows of scores/probabilities lie in the workspace.
+                unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
                 for hb in &batches {
                     let pv = GemmDesc {
                         trans_a: false,
                         trans_b: false,
-                        m: m_d,
-                        n: m_sq,
-                        k: m_skv,
+                        m: i32v(d),
+                        n: i32v(sq),
+                        k: i32v(skv),
                         alpha: 1.0,
-                        a: vp + kv_off + (hb.kv_head * d) as u64 * es,
-                        lda: ld_kv,
-                        stride_a: (hb.kv_step * d) as i64,
-                        b: probs + (hb.slot * per_head_scores) as u64 * if p.dtype == DType::F32 { 4 } else { es },
-                        ldb: m_skv,
+                        a: v_base + (hb.kv_head * sv_[2]) as u64 * es,
+                        lda: i32v(sv_[1]),
+                        stride_a: (hb.kv_step * sv_[2]) as i64,
+                        b: probs + (hb.slot * per_head_scores) as u64 * p_es,
+                        ldb: i32v(skv),
                         stride_b: (hb.slot_step * per_head_scores) as i64,
                         ab_type: p.dtype,
                         beta: 0.0,
-                        c: o_base + (hb.q_head * d) as u64 * es,
-                        ldc: ld_q,
-                        stride_c: (hb.q_step * d) as i64,
+                        c: o_base + (hb.q_head * so_[2]) as u64 * es,
+                        ldc: i32v(so_[1]),
+                        stride_c: (hb.q_step * so_[2]) as i64,
                         c_type: p.dtype,
                         batch: hb.count as i32,
                     };
-                    // SAFETY: v and out shapes were checked; probabilities
-                    // lie in the workspace.
+                    // SAFETY: v and out shapes/strides were checked;
+                    // probabilities lie in the workspace.
                     unsafe { gpu.gemm(&pv)? };
                 }
                 h0 = h1;
             }
         }
+        // The lease returns the workspace to the device's pool here: work
+        // queued later on the device's one stream runs after these kernels.
+        drop(workspace);
         Ok(())
     }
-}
-
-/// The cached workspace, grown to at least `bytes`.
-fn ensure_workspace<'a>(
-    slot: &'a mut Option<DeviceBuffer>,
-    gpu: &Arc<GpuDevice>,
-    bytes: usize,
-) -> Result<&'a DeviceBuffer, DeviceError> {
-    let fits = matches!(slot, Some(b) if b.len_bytes() >= bytes && b.device().same_as(gpu));
-    if !fits {
-        *slot = None; // free the old one first
-        *slot = Some(gpu.alloc(bytes)?);
-    }
-    slot.as_ref().ok_or_else(|| DeviceError::Invalid("workspace missing".into()))
 }
 
 #[cfg(test)]
@@ -375,6 +354,8 @@ mod tests {
         let b = GpuUnfused::with_workspace_cap(1000);
         let p = AttentionProblem::new(1, 64, 64, 1, 1, 8, DType::F32);
         let reasons = b.check(&p, &Device::Cpu);
+        let expected = Unsupported::Workspace { what: "one head's scores", needed: Some(64 * 64 * 4), cap: 1000 };
+        assert!(reasons.contains(&expected), "{reasons:?}");
         assert!(reasons.iter().any(|r| r.to_string().contains("workspace cap of 1000 bytes")), "{reasons:?}");
     }
 }

@@ -15,7 +15,7 @@
 //! `--shape` without its own `:MASK` suffix. cpu-reference is single-threaded and slow, so it
 //! runs `--reference-repeats` times (default 1), always on the full shape.
 
-use rocmforge::backends::cpu_flash::{forward_with_isa, CpuIsa};
+use rocmforge::backends::cpu_flash::{CpuFlash, CpuIsa};
 use rocmforge::shape_syntax::ShapeSpec;
 use rocmforge::stats::Stats;
 use rocmforge::{AttentionProblem, DType, Device, Mask, Registry, Tensor};
@@ -106,10 +106,14 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 .ok_or_else(|| format!("unknown backend '{name}' (known: {})", registry.names().join(", ")))?;
             let is_ref = name == "cpu-reference";
             let (warmup, repeats) = if is_ref { (0, args.reference_repeats) } else { (args.warmup, args.repeats) };
-            let call = |out: &mut Tensor| match (name.as_str(), args.isa) {
-                ("cpu-flash", Some(isa)) => forward_with_isa(&p, &q, &k, &v, out, isa),
-                _ => backend.forward(&p, &q, &k, &v, out),
+            // A forced ISA is a configured cpu-flash instance, run through
+            // the same checked entry point as the registered one.
+            let forced = args.isa.filter(|_| name == "cpu-flash").map(CpuFlash::with_isa);
+            let backend: &dyn rocmforge::AttentionBackend = match &forced {
+                Some(instance) => instance,
+                None => backend,
             };
+            let call = |out: &mut Tensor| backend.forward(&p, &q, &k, &v, out);
             for _ in 0..warmup {
                 call(&mut out)?;
             }

@@ -62,11 +62,11 @@ for step in "${steps[@]}"; do
         ;;
     memcheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
-            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu $deliberate_errors
+            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency $deliberate_errors
         ;;
     racecheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
-            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu $deliberate_errors
+            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency $deliberate_errors
         ;;
     bench)
         ROCMFORGE_BENCH_SHAPES=${BENCH_SHAPES:-"1,32,8,1024,1024,128:causal;4,32,32,2048,2048,128"} \

@@ -1,9 +1,16 @@
-//! The trait every attention backend implements, and its registration record.
+//! The trait every attention backend implements, its registration record,
+//! and the one entry point that validates a call before any backend runs.
+//!
+//! Callers use [`forward`](dyn AttentionBackend::forward) on a
+//! `&dyn AttentionBackend`. It checks shapes, strides, dtypes, placement and
+//! the backend's own `check` once, and only then calls the backend's `run`
+//! with a [`CheckedCall`] — which nothing outside this module can build, so
+//! no backend can be reached with an unchecked call.
 
 use crate::capabilities::{Capabilities, Unsupported};
 use crate::device::{Device, DeviceError};
-use crate::problem::{AttentionProblem, ProblemError};
-use crate::tensor::{Tensor, TensorError};
+use crate::problem::{AttentionProblem, ProblemError, TensorRole};
+use crate::tensor::{TensorError, TensorView, TensorViewMut};
 
 /// Errors from running a backend.
 #[derive(Debug, thiserror::Error)]
@@ -16,6 +23,9 @@ pub enum BackendError {
     Device(#[from] DeviceError),
     #[error(transparent)]
     Tensor(#[from] TensorError),
+    /// A state validation rules out; reaching it is a bug in the backend.
+    #[error("internal error in {backend}: {what} (this is a bug)")]
+    Internal { backend: &'static str, what: &'static str },
 }
 
 /// A way to compute attention. Implementations register themselves with
@@ -39,16 +49,117 @@ pub trait AttentionBackend: Send + Sync + 'static {
     fn kernels(&self) -> Vec<crate::kernels::KernelSpec> {
         Vec::new()
     }
-    /// Computes `out = softmax(mask(scale * q k^T)) v`. Tensors must live on
-    /// the backend's device; `out` must already have the output shape.
-    fn forward(
+    /// Computes `out = softmax(mask(scale * q k^T)) v` for a call that has
+    /// already passed every check (including this backend's `check`).
+    fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError>;
+}
+
+impl dyn AttentionBackend {
+    /// Validates the call once, then runs it. Tensors (or views of them)
+    /// must have the problem's shapes, strides and dtype, live on one
+    /// device, and the backend must accept the problem on that device.
+    pub fn forward<'a>(
         &self,
-        p: &AttentionProblem,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-        out: &mut Tensor,
-    ) -> Result<(), BackendError>;
+        p: &'a AttentionProblem,
+        q: impl Into<TensorView<'a>>,
+        k: impl Into<TensorView<'a>>,
+        v: impl Into<TensorView<'a>>,
+        out: impl Into<TensorViewMut<'a>>,
+    ) -> Result<(), BackendError> {
+        let call = CheckedCall::new(self, p, q.into(), k.into(), v.into(), out.into())?;
+        self.run(call)
+    }
+}
+
+/// A validated call: the only way into a backend's `run`.
+pub struct CheckedCall<'a> {
+    problem: &'a AttentionProblem,
+    device: Device,
+    q: TensorView<'a>,
+    k: TensorView<'a>,
+    v: TensorView<'a>,
+    out: TensorViewMut<'a>,
+}
+
+impl<'a> CheckedCall<'a> {
+    fn new(
+        backend: &dyn AttentionBackend,
+        p: &'a AttentionProblem,
+        q: TensorView<'a>,
+        k: TensorView<'a>,
+        v: TensorView<'a>,
+        out: TensorViewMut<'a>,
+    ) -> Result<CheckedCall<'a>, BackendError> {
+        p.validate()?;
+        let device = q.device();
+        let tensors = [
+            (TensorRole::Q, q.shape(), q.layout().strides, q.dtype(), q.device()),
+            (TensorRole::K, k.shape(), k.layout().strides, k.dtype(), k.device()),
+            (TensorRole::V, v.shape(), v.layout().strides, v.dtype(), v.device()),
+            (TensorRole::Out, out.shape(), out.layout().strides, out.dtype(), out.device()),
+        ];
+        for (role, shape, strides, dtype, dev) in tensors {
+            let tensor = role.name();
+            let expected = p.shape_of(role);
+            if shape != expected {
+                return Err(ProblemError::Shape { tensor, got: shape, expected }.into());
+            }
+            let expected = p.strides_of(role);
+            if strides != expected {
+                return Err(ProblemError::Strides { tensor, got: strides, expected }.into());
+            }
+            if dtype != p.dtype {
+                return Err(ProblemError::DType { tensor, got: dtype, expected: p.dtype }.into());
+            }
+            if !same_device(&dev, &device) {
+                return Err(ProblemError::MixedDevices {
+                    a: tensor,
+                    b: "q",
+                    a_dev: dev.label(),
+                    b_dev: device.label(),
+                }
+                .into());
+            }
+        }
+        let reasons = backend.check(p, &device);
+        if !reasons.is_empty() {
+            return Err(BackendError::Unsupported { backend: backend.name(), reasons });
+        }
+        Ok(CheckedCall { problem: p, device, q, k, v, out })
+    }
+
+    pub fn problem(&self) -> &'a AttentionProblem {
+        self.problem
+    }
+
+    /// The device every tensor lives on.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn q(&self) -> TensorView<'a> {
+        self.q
+    }
+
+    pub fn k(&self) -> TensorView<'a> {
+        self.k
+    }
+
+    pub fn v(&self) -> TensorView<'a> {
+        self.v
+    }
+
+    pub fn out(&mut self) -> &mut TensorViewMut<'a> {
+        &mut self.out
+    }
+}
+
+fn same_device(a: &Device, b: &Device) -> bool {
+    match (a, b) {
+        (Device::Cpu, Device::Cpu) => true,
+        (Device::Gpu(x), Device::Gpu(y)) => x.same_as(y),
+        _ => false,
+    }
 }
 
 /// What `inventory` collects: a constructor per backend.
@@ -57,36 +168,3 @@ pub struct BackendRegistration {
 }
 
 inventory::collect!(BackendRegistration);
-
-/// Checks shapes, dtypes and placement of the four tensors against `p`, and
-/// that the backend accepts the problem on the tensors' device. Every
-/// `forward` calls this first; it returns that device.
-pub fn check_call(
-    backend: &dyn AttentionBackend,
-    p: &AttentionProblem,
-    q: &Tensor,
-    k: &Tensor,
-    v: &Tensor,
-    out: &Tensor,
-) -> Result<Device, BackendError> {
-    p.validate()?;
-    let device = q.device();
-    for (name, t) in [("q", q), ("k", k), ("v", v), ("out", out)] {
-        let expected = if name == "k" || name == "v" { p.kv_shape() } else { p.q_shape() };
-        if t.shape() != expected {
-            return Err(ProblemError::Shape { tensor: name, got: t.shape(), expected }.into());
-        }
-        if t.dtype() != p.dtype {
-            return Err(ProblemError::DType { tensor: name, got: t.dtype(), expected: p.dtype }.into());
-        }
-        if !t.is_on(&device) {
-            return Err(ProblemError::MixedDevices { a: name, b: "q", a_dev: t.location(), b_dev: q.location() }.into());
-        }
-    }
-    let reasons = backend.check(p, &device);
-    if reasons.is_empty() {
-        Ok(device)
-    } else {
-        Err(BackendError::Unsupported { backend: backend.name(), reasons })
-    }
-}

@@ -1,9 +1,9 @@
 //! What a backend can run, and the typed reasons it cannot run a problem.
 //! The same data drives `check`, `explain` and the generated docs matrix.
 
-use crate::device::{Device, DeviceKind};
+use crate::device::{Device, DeviceKind, MatrixUnit};
 use crate::dtype::DType;
-use crate::problem::{AttentionProblem, MaskKind};
+use crate::problem::{AttentionProblem, MaskKind, ProblemError, TensorRole};
 use std::fmt;
 
 /// Head dimensions a backend accepts.
@@ -46,6 +46,10 @@ pub struct Capabilities {
     /// Largest num_q_heads / num_kv_heads; `None` means any.
     pub max_group_size: Option<usize>,
     pub softcap: bool,
+    /// Accepts tensors with non-contiguous batch/seq/head strides.
+    pub strided: bool,
+    /// GPU matrix units it runs on (`None` = any, including none); ignored on the CPU.
+    pub matrix_units: Option<&'static [MatrixUnit]>,
     /// Same inputs give bit-identical outputs run after run.
     pub deterministic: bool,
     /// Extra device memory, in words for the docs ("none", "O(tile) per thread").
@@ -79,6 +83,15 @@ impl Capabilities {
         }
         if p.softcap.is_some() && !self.softcap {
             out.push(Unsupported::Softcap);
+        }
+        if !self.strided {
+            out.extend(p.strided_tensors().into_iter().map(|tensor| Unsupported::Layout { tensor }));
+        }
+        if let (Some(units), Device::Gpu(g)) = (self.matrix_units, device) {
+            let unit = g.arch().matrix_unit();
+            if !units.contains(&unit) {
+                out.push(Unsupported::MatrixUnit { arch: g.arch().to_string(), got: unit, supported: units });
+            }
         }
         out
     }
@@ -117,10 +130,34 @@ pub enum Unsupported {
         max: usize,
     },
     Softcap,
+    /// Needs a contiguous `tensor`, the problem gives it strides.
+    Layout {
+        tensor: TensorRole,
+    },
+    /// The GPU's matrix unit is not one the backend has kernels for.
+    MatrixUnit {
+        arch: String,
+        got: MatrixUnit,
+        supported: &'static [MatrixUnit],
+    },
+    /// Scratch memory over the backend's cap (`needed: None` = over usize).
+    Workspace {
+        what: &'static str,
+        needed: Option<usize>,
+        cap: usize,
+    },
+    /// A size over what the kernels or libraries can index.
+    IndexRange {
+        what: &'static str,
+        value: usize,
+        max: usize,
+    },
+    /// A GPU backend was asked for and no GPU can be opened.
+    NoGpu {
+        why: String,
+    },
     /// The problem is invalid, so no backend can take it.
-    InvalidProblem(String),
-    /// A device-specific limit, e.g. workspace or index range.
-    Limit(String),
+    InvalidProblem(ProblemError),
 }
 
 impl fmt::Display for Unsupported {
@@ -134,8 +171,19 @@ impl fmt::Display for Unsupported {
             Unsupported::Mask { got, supported } => write!(f, "mask {got} not in {{{}}}", join(supported.iter())),
             Unsupported::GroupSize { got, max } => write!(f, "q/kv head ratio {got} exceeds {max}"),
             Unsupported::Softcap => f.write_str("logit soft-cap not supported"),
+            Unsupported::Layout { tensor } => write!(f, "needs contiguous {tensor}"),
+            Unsupported::MatrixUnit { arch, got, supported } => {
+                write!(f, "{arch} has matrix unit {got}, kernels exist for {{{}}}", join(supported.iter()))
+            }
+            Unsupported::Workspace { what, needed: Some(n), cap } => {
+                write!(f, "{what} need {n} bytes, over the workspace cap of {cap} bytes")
+            }
+            Unsupported::Workspace { what, needed: None, cap } => {
+                write!(f, "{what} need more than usize::MAX bytes, over the workspace cap of {cap} bytes")
+            }
+            Unsupported::IndexRange { what, value, max } => write!(f, "{what} {value} exceeds the index limit {max}"),
+            Unsupported::NoGpu { why } => write!(f, "needs a GPU: {why}"),
             Unsupported::InvalidProblem(why) => write!(f, "invalid problem: {why}"),
-            Unsupported::Limit(why) => f.write_str(why),
         }
     }
 }
@@ -158,6 +206,8 @@ mod tests {
         masks: &[MaskKind::None],
         max_group_size: Some(1),
         softcap: false,
+        strided: false,
+        matrix_units: None,
         deterministic: true,
         workspace: "none",
     };

@@ -271,7 +271,7 @@ mod tests {
         assert_eq!((rep.outside, rep.got_nan), (2, 1));
         assert_eq!(rep.first_bad.map(|m| m.index), Some(7));
         let msg = rep.failure("x", &p).unwrap();
-        assert!(msg.contains("2 of 48") && msg.contains("index 7 [0, 0, 0, 7]"), "{msg}");
+        assert!(msg.contains("2 of 192") && msg.contains("index 7 [0, 0, 0, 7]"), "{msg}");
     }
 
     #[test]

@@ -22,6 +22,16 @@ impl DType {
         }
     }
 
+    /// The element-type code kernels use (`RF_F32`/`RF_F16`/`RF_BF16` in
+    /// `kernels/include/rf/convert.h`; a test checks both agree).
+    pub fn kernel_code(self) -> u32 {
+        match self {
+            DType::F32 => 0,
+            DType::F16 => 1,
+            DType::BF16 => 2,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             DType::F32 => "f32",

@@ -4,27 +4,30 @@
 //!
 //! Describe the call with [`problem::AttentionProblem`] (tensors are
 //! `[batch, seq, heads, head_dim]`), choose through
-//! [`registry::AttentionConfig`], read [`registry::Registry::explain`], and
-//! run the selected backend's `forward`:
+//! [`registry::AttentionConfig`] (the library picks the device and the
+//! backend: [`registry::Registry::choose`]), read
+//! [`registry::Registry::explain_choice`], and run the backend's `forward`:
 //!
 //! ```
-//! use rocmforge::{AttentionConfig, AttentionProblem, BackendChoice, DType, Device, Mask, Registry, Tensor};
+//! use rocmforge::registry::Verdict;
+//! use rocmforge::{AttentionConfig, AttentionProblem, BackendChoice, DType, Mask, Registry, Tensor};
 //!
 //! let p = AttentionProblem::new(1, 16, 16, 4, 2, 32, DType::F32).with_mask(Mask::Causal);
 //! let registry = Registry::global()?;
-//! // A preference list; `backend: None` defers to ROCMFORGE_ATTENTION_BACKEND, then auto.
-//! let config = AttentionConfig { backend: Some(BackendChoice::parse("cpu-flash,cpu-reference")?) };
+//! // A preference list; `AttentionConfig::default()` defers to
+//! // ROCMFORGE_ATTENTION_BACKEND, then auto.
+//! let config = AttentionConfig::with_backend(BackendChoice::parse("cpu-flash,cpu-reference")?);
 //!
-//! let (verdicts, chosen) = registry.explain(&p, &Device::Cpu, &config);
-//! assert_eq!(verdicts.len(), registry.names().len());
-//! assert!(chosen?.starts_with("cpu-flash"));
+//! let explanation = registry.explain_choice(&p, &config)?;
+//! assert_eq!(explanation.verdicts.len(), registry.names().len());
+//! assert!(explanation.verdicts.iter().any(|(name, v)| *name == "cpu-flash" && *v == Verdict::Chosen));
 //!
-//! let q = Tensor::random(p.q_shape(), p.dtype, 1)?;
-//! let k = Tensor::random(p.kv_shape(), p.dtype, 2)?;
-//! let v = Tensor::random(p.kv_shape(), p.dtype, 3)?;
-//! let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu)?;
-//! let selection = registry.select(&p, &Device::Cpu, &config)?;
-//! selection.backend.forward(&p, &q, &k, &v, &mut out)?;
+//! let choice = registry.choose(&p, &config)?; // device + backend + reason
+//! let q = Tensor::random(p.q_shape(), p.dtype, 1)?.to_device(&choice.device)?;
+//! let k = Tensor::random(p.kv_shape(), p.dtype, 2)?.to_device(&choice.device)?;
+//! let v = Tensor::random(p.kv_shape(), p.dtype, 3)?.to_device(&choice.device)?;
+//! let mut out = Tensor::nan(p.out_shape(), p.dtype, &choice.device)?;
+//! choice.backend.forward(&p, &q, &k, &v, &mut out)?;
 //!
 //! // One comparison with the f64 oracle, the one `rocmforge run --check` uses.
 //! let host = |t: &Tensor| t.download();
@@ -33,9 +36,9 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! On a GPU, move the tensors with `Tensor::to_device(&Device::gpu(0)?)` and
-//! select on that device: `examples/quickstart.rs` does both. NaN/Inf
-//! semantics: docs/semantics.md.
+//! On a GPU, ask for `DeviceChoice::Gpu(0)` (or leave the device on auto)
+//! and move the tensors with `Tensor::to_device`: `examples/quickstart.rs`
+//! does both. NaN/Inf semantics: docs/semantics.md.
 
 pub mod backend;
 pub mod capabilities;
@@ -48,17 +51,20 @@ pub mod kernels;
 pub mod mask_count;
 pub mod problem;
 pub mod registry;
+pub mod selection;
 pub mod shape_syntax;
 pub mod stats;
 pub mod tensor;
+pub mod text;
 
 #[path = "../backends/mod.rs"]
 pub mod backends;
 
-pub use backend::{AttentionBackend, BackendError, BackendRegistration};
+pub use backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 pub use capabilities::{Capabilities, HeadDims, Unsupported};
-pub use device::{Device, DeviceError, DeviceKind};
+pub use device::{Arch, Device, DeviceError, DeviceKind, MatrixUnit};
 pub use dtype::DType;
-pub use problem::{AttentionProblem, Mask, MaskKind, ProblemError};
+pub use problem::{AttentionProblem, Mask, MaskKind, ProblemError, TensorRole, TensorStrides};
 pub use registry::{AttentionConfig, BackendChoice, Registry, SelectError, BACKEND_ENV};
-pub use tensor::{HostData, Tensor, TensorError};
+pub use selection::{Choice, DeviceChoice, Explanation};
+pub use tensor::{HostData, Layout, Tensor, TensorError, TensorView, TensorViewMut};

@@ -2,6 +2,7 @@
 //! validation function that every entry point goes through.
 
 use crate::dtype::DType;
+use crate::tensor::{contiguous_strides, Layout, Strides};
 use std::fmt;
 
 /// Which keys a query may attend to. Positions are aligned bottom-right: query
@@ -98,8 +99,67 @@ impl std::str::FromStr for Mask {
     }
 }
 
+/// The four tensors of a call, for strides and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TensorRole {
+    Q,
+    K,
+    V,
+    Out,
+}
+
+impl TensorRole {
+    pub const ALL: [TensorRole; 4] = [TensorRole::Q, TensorRole::K, TensorRole::V, TensorRole::Out];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            TensorRole::Q => "q",
+            TensorRole::K => "k",
+            TensorRole::V => "v",
+            TensorRole::Out => "out",
+        }
+    }
+}
+
+impl fmt::Display for TensorRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Batch/seq/head strides (elements) of tensors that are not contiguous;
+/// `None` means contiguous. Part of the problem so that capabilities can
+/// reject a layout ("needs contiguous k") before any tensor exists.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TensorStrides {
+    pub q: Option<Strides>,
+    pub k: Option<Strides>,
+    pub v: Option<Strides>,
+    pub out: Option<Strides>,
+}
+
+impl TensorStrides {
+    pub fn get(&self, role: TensorRole) -> Option<Strides> {
+        match role {
+            TensorRole::Q => self.q,
+            TensorRole::K => self.k,
+            TensorRole::V => self.v,
+            TensorRole::Out => self.out,
+        }
+    }
+
+    pub fn set(&mut self, role: TensorRole, strides: Option<Strides>) {
+        match role {
+            TensorRole::Q => self.q = strides,
+            TensorRole::K => self.k = strides,
+            TensorRole::V => self.v = strides,
+            TensorRole::Out => self.out = strides,
+        }
+    }
+}
+
 /// One scaled-dot-product attention call. Tensors are `[batch, seq, heads,
-/// head_dim]`, contiguous.
+/// head_dim]`, contiguous unless `strides` says otherwise.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionProblem {
     pub batch: usize,
@@ -114,6 +174,8 @@ pub struct AttentionProblem {
     pub scale: Option<f32>,
     /// Logits become `cap * tanh(logit / cap)` before masking.
     pub softcap: Option<f32>,
+    /// Non-contiguous tensor strides (default: all contiguous).
+    pub strides: TensorStrides,
 }
 
 /// Largest window offset accepted; kernels index keys with 32-bit integers.
@@ -140,6 +202,12 @@ pub enum ProblemError {
     DType { tensor: &'static str, got: DType, expected: DType },
     #[error("tensors {a} and {b} live on different devices ({a_dev} vs {b_dev})")]
     MixedDevices { a: &'static str, b: &'static str, a_dev: String, b_dev: String },
+    #[error(
+        "tensor {tensor}: strides {got:?} do not match the problem's {expected:?} (batch, seq, head; in elements)"
+    )]
+    Strides { tensor: &'static str, got: Strides, expected: Strides },
+    #[error("tensor out: strides {strides:?} address some elements twice for shape {shape:?}")]
+    OverlappingOut { strides: Strides, shape: [usize; 4] },
 }
 
 impl AttentionProblem {
@@ -164,6 +232,7 @@ impl AttentionProblem {
             mask: Mask::None,
             scale: None,
             softcap: None,
+            strides: TensorStrides::default(),
         }
     }
 
@@ -193,6 +262,28 @@ impl AttentionProblem {
         self.q_shape()
     }
 
+    pub fn shape_of(&self, role: TensorRole) -> [usize; 4] {
+        match role {
+            TensorRole::Q | TensorRole::Out => self.q_shape(),
+            TensorRole::K | TensorRole::V => self.kv_shape(),
+        }
+    }
+
+    /// The strides `role`'s tensor must have (contiguous unless set).
+    pub fn strides_of(&self, role: TensorRole) -> Strides {
+        self.strides.get(role).unwrap_or_else(|| contiguous_strides(self.shape_of(role)))
+    }
+
+    /// Shape and strides of `role`'s tensor, offset 0.
+    pub fn layout_of(&self, role: TensorRole) -> Layout {
+        Layout { shape: self.shape_of(role), strides: self.strides_of(role), offset: 0 }
+    }
+
+    /// The tensors whose strides differ from contiguous.
+    pub fn strided_tensors(&self) -> Vec<TensorRole> {
+        TensorRole::ALL.into_iter().filter(|&r| !self.layout_of(r).is_contiguous()).collect()
+    }
+
     /// Checks every field; the error names the first field that is wrong.
     pub fn validate(&self) -> Result<(), ProblemError> {
         for (field, value) in [
@@ -210,10 +301,18 @@ impl AttentionProblem {
         if !self.num_q_heads.is_multiple_of(self.num_kv_heads) {
             return Err(ProblemError::HeadRatio { q: self.num_q_heads, kv: self.num_kv_heads });
         }
-        for (tensor, shape) in [("q", self.q_shape()), ("k", self.kv_shape()), ("v", self.kv_shape())] {
-            if checked_bytes(shape, self.dtype).is_none() {
+        for role in TensorRole::ALL {
+            let (tensor, shape) = (role.name(), self.shape_of(role));
+            let end = self.layout_of(role).end();
+            if checked_bytes(shape, self.dtype).is_none()
+                || end.and_then(|e| checked_bytes([e, 1, 1, 1], self.dtype)).is_none()
+            {
                 return Err(ProblemError::Overflow { tensor, shape, dtype: self.dtype });
             }
+        }
+        let out = self.layout_of(TensorRole::Out);
+        if !out.is_non_overlapping() {
+            return Err(ProblemError::OverlappingOut { strides: out.strides, shape: out.shape });
         }
         if let Some(s) = self.scale {
             if !(s.is_finite() && s > 0.0) {
@@ -269,6 +368,9 @@ impl fmt::Display for AttentionProblem {
         }
         if let Some(c) = self.softcap {
             write!(f, " softcap={c}")?;
+        }
+        for role in self.strided_tensors() {
+            write!(f, " {role}_strides={:?}", self.strides_of(role))?;
         }
         Ok(())
     }

@@ -8,8 +8,9 @@
 
 use crate::backend::{AttentionBackend, BackendRegistration};
 use crate::capabilities::{join, Unsupported};
-use crate::device::Device;
-use crate::problem::AttentionProblem;
+use crate::device::{Device, DeviceError};
+use crate::problem::{AttentionProblem, ProblemError};
+use crate::selection::DeviceChoice;
 use std::fmt;
 use std::sync::OnceLock;
 
@@ -52,15 +53,24 @@ impl fmt::Display for BackendChoice {
 /// Where the effective choice came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ChoiceSource {
-    Config,
+    /// `AttentionConfig::backend`; `origin` names it for messages
+    /// ("config" in the library, "--backend" on the command line).
+    Config {
+        origin: &'static str,
+    },
     Env,
     Default,
+}
+
+impl ChoiceSource {
+    /// The library's default name for an explicit choice.
+    pub const CONFIG: ChoiceSource = ChoiceSource::Config { origin: "config" };
 }
 
 impl fmt::Display for ChoiceSource {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
-            ChoiceSource::Config => "config",
+            ChoiceSource::Config { origin } => origin,
             ChoiceSource::Env => BACKEND_ENV,
             ChoiceSource::Default => "default",
         })
@@ -68,17 +78,32 @@ impl fmt::Display for ChoiceSource {
 }
 
 /// Attention settings a caller (CLI, model layer, library user) passes in.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AttentionConfig {
     /// `None` defers to the environment variable, then to auto.
     pub backend: Option<BackendChoice>,
+    /// Where to run (default: auto).
+    pub device: DeviceChoice,
+    /// How messages name an explicit `backend` ("config", "--backend").
+    pub origin: &'static str,
+}
+
+impl Default for AttentionConfig {
+    fn default() -> Self {
+        AttentionConfig { backend: None, device: DeviceChoice::Auto, origin: "config" }
+    }
 }
 
 impl AttentionConfig {
+    /// A config that forces `choice` (a name, a list, or auto).
+    pub fn with_backend(choice: BackendChoice) -> AttentionConfig {
+        AttentionConfig { backend: Some(choice), ..AttentionConfig::default() }
+    }
+
     /// The effective choice: config, then the environment, then auto.
     pub fn resolve(&self) -> Result<(BackendChoice, ChoiceSource), SelectError> {
         if let Some(choice) = &self.backend {
-            return Ok((choice.clone(), ChoiceSource::Config));
+            return Ok((choice.clone(), ChoiceSource::Config { origin: self.origin }));
         }
         match std::env::var(BACKEND_ENV) {
             Ok(value) => match BackendChoice::parse(&value)? {
@@ -106,6 +131,10 @@ pub enum SelectError {
     NothingEligible { problem: String, rejected: Vec<(&'static str, Vec<Unsupported>)> },
     #[error("backend '{0}' is registered twice")]
     Duplicate(&'static str),
+    #[error("invalid problem: {0}")]
+    InvalidProblem(ProblemError),
+    #[error("{0}")]
+    Device(DeviceError),
 }
 
 fn reasons_block(rejected: &[(&'static str, Vec<Unsupported>)]) -> String {
@@ -121,11 +150,36 @@ pub enum Verdict {
     Rejected(Vec<Unsupported>),
 }
 
-/// The outcome of selection, with the reason in words.
+/// Why a backend was selected; `Display` gives the sentence.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SelectionReason {
+    /// The first (or only) name the user asked for.
+    Requested { source: ChoiceSource },
+    /// A later name of a preference list; the earlier ones could not run.
+    FirstRunnable { source: ChoiceSource, skipped: Vec<&'static str> },
+    /// Auto: the highest-priority backend that can run it here.
+    Auto { priority: i32, device: String },
+}
+
+impl fmt::Display for SelectionReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SelectionReason::Requested { source } => write!(f, "requested by {source}"),
+            SelectionReason::FirstRunnable { source, skipped } => {
+                write!(f, "first runnable in the list from {source} (skipped {})", skipped.join(", "))
+            }
+            SelectionReason::Auto { priority, device } => {
+                write!(f, "auto: highest priority ({priority}) runnable on {device}")
+            }
+        }
+    }
+}
+
+/// The outcome of selection, with the reason.
 pub struct Selection<'r> {
     pub backend: &'r dyn AttentionBackend,
     pub source: ChoiceSource,
-    pub reason: String,
+    pub reason: SelectionReason,
 }
 
 /// All registered backends, ordered by priority (highest first), then name.
@@ -175,7 +229,7 @@ impl Registry {
     pub fn reasons(backend: &dyn AttentionBackend, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
         match p.validate() {
             Ok(()) => backend.check(p, device),
-            Err(e) => vec![Unsupported::InvalidProblem(e.to_string())],
+            Err(e) => vec![Unsupported::InvalidProblem(e)],
         }
     }
 
@@ -206,6 +260,8 @@ impl Registry {
         choice: &BackendChoice,
         source: ChoiceSource,
     ) -> Result<Selection<'_>, SelectError> {
+        // An invalid problem is one error, not the same reason per backend.
+        p.validate().map_err(SelectError::InvalidProblem)?;
         match choice {
             BackendChoice::Prefer(names) => {
                 let listed = names.iter().map(|n| self.lookup(n, source)).collect::<Result<Vec<_>, _>>()?;
@@ -214,10 +270,10 @@ impl Registry {
                     let reasons = Registry::reasons(backend, p, device);
                     if reasons.is_empty() {
                         let reason = if rejected.is_empty() {
-                            format!("requested by {source}")
+                            SelectionReason::Requested { source }
                         } else {
-                            let skipped: Vec<_> = rejected.iter().map(|(n, _): &(&str, _)| *n).collect();
-                            format!("first runnable in the list from {source} (skipped {})", skipped.join(", "))
+                            let skipped = rejected.iter().map(|(n, _): &(&'static str, _)| *n).collect();
+                            SelectionReason::FirstRunnable { source, skipped }
                         };
                         return Ok(Selection { backend, source, reason });
                     }
@@ -230,8 +286,7 @@ impl Registry {
                 for backend in self.backends() {
                     let reasons = Registry::reasons(backend, p, device);
                     if reasons.is_empty() {
-                        let reason =
-                            format!("auto: highest priority ({}) runnable on {}", backend.priority(), device.label());
+                        let reason = SelectionReason::Auto { priority: backend.priority(), device: device.label() };
                         return Ok(Selection { backend, source, reason });
                     }
                     rejected.push((backend.name(), reasons));

@@ -12,7 +12,7 @@ fuzz_target!(|data: &[u8]| {
     if let Ok(choice) = BackendChoice::parse(text) {
         let registry = Registry::global().expect("registry");
         let p = AttentionProblem::new(1, 2, 3, 2, 1, 8, DType::F32);
-        match registry.select_choice(&p, &Device::Cpu, &choice, ChoiceSource::Config) {
+        match registry.select_choice(&p, &Device::Cpu, &choice, ChoiceSource::CONFIG) {
             Ok(sel) => assert!(registry.get(sel.backend.name()).is_some()),
             Err(e) => assert!(!e.to_string().is_empty()),
         }

@@ -1,7 +1,6 @@
 //! `rocmforge bench`: time backends on shapes, as a table or JSON.
 
 use super::host_memory::{self, Item};
-use super::select::DeviceArg;
 use super::timed::{time_forward, MAX_REPEATS, MAX_WARMUP};
 use super::{inputs, CliError, ThreadArgs};
 use rocmforge::backend::AttentionBackend;
@@ -9,6 +8,7 @@ use rocmforge::device::{Device, DeviceKind};
 use rocmforge::dtype::DType;
 use rocmforge::problem::{AttentionProblem, Mask};
 use rocmforge::registry::Registry;
+use rocmforge::selection::DeviceChoice;
 use rocmforge::shape_syntax::ShapeSpec;
 use rocmforge::stats::Stats;
 use rocmforge::tensor::Tensor;
@@ -39,7 +39,7 @@ pub struct Args {
     pub backends: Vec<String>,
     /// auto (each backend on its own device kind), cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: DeviceArg,
+    pub device: DeviceChoice,
     /// Untimed runs before timing (0 to 1000).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_WARMUP as i64))]
     pub warmup: u32,
@@ -83,11 +83,11 @@ fn shape_of(p: &AttentionProblem) -> String {
     format!("{},{},{},{},{},{}", p.batch, p.num_q_heads, p.num_kv_heads, p.seq_q, p.seq_kv, p.head_dim)
 }
 
-fn device_for(arg: DeviceArg, kind: DeviceKind) -> Result<Device, String> {
+fn device_for(arg: DeviceChoice, kind: DeviceKind) -> Result<Device, String> {
     match (arg, kind) {
-        (DeviceArg::Auto, DeviceKind::Cpu) => Ok(Device::Cpu),
-        (DeviceArg::Auto, DeviceKind::Gpu) => Device::gpu(0).map_err(|e| e.to_string()),
-        (other, _) => other.open().map_err(|e| e.to_string()),
+        (DeviceChoice::Auto, DeviceKind::Cpu) | (DeviceChoice::Cpu, _) => Ok(Device::Cpu),
+        (DeviceChoice::Auto, DeviceKind::Gpu) => Device::gpu(0).map_err(|e| e.to_string()),
+        (DeviceChoice::Gpu(n), _) => Device::gpu(n).map_err(|e| e.to_string()),
     }
 }
 
@@ -166,7 +166,7 @@ fn chosen_backends<'r>(registry: &'r Registry, args: &Args) -> Result<Vec<&'r dy
     for name in &args.backends {
         let b = registry.get(name).ok_or_else(|| rocmforge::registry::SelectError::UnknownName {
             name: rocmforge::shape_syntax::shorten(name),
-            source_: rocmforge::registry::ChoiceSource::Config,
+            source_: rocmforge::registry::ChoiceSource::Config { origin: "--backends" },
             valid: registry.names(),
         })?;
         if b.name() == "cpu-reference" {
@@ -214,7 +214,7 @@ fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, Str
             let p = &r.problem;
             let (name, arch) = match &r.device {
                 Device::Cpu => (serde_json::Value::Null, serde_json::Value::Null),
-                Device::Gpu(g) => (json!(g.info().name), json!(g.info().arch)),
+                Device::Gpu(g) => (json!(g.info().name), json!(g.info().arch.to_string())),
             };
             json!({
                 "backend": r.backend,
@@ -233,7 +233,9 @@ fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, Str
     let skipped: Vec<_> = skipped.iter().map(|(b, s, why)| json!({"backend": b, "shape": s, "reason": why})).collect();
     let gpus: Vec<_> = rocmforge::device::gpus()
         .map(|list| {
-            list.iter().map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch})).collect()
+            list.iter()
+                .map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch.to_string()}))
+                .collect()
         })
         .unwrap_or_default();
     let doc = json!({

@@ -2,7 +2,7 @@
 
 use super::host_memory::{self, human, Item};
 use super::problem_args::ShapeArgs;
-use super::select::{cli_wording, source_label, SelectArgs};
+use super::select::{reason_label, source_label, SelectArgs};
 use super::{json, CliError};
 use rocmforge::registry::Verdict;
 use serde_json::json;
@@ -28,18 +28,9 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let p = args.shape.problem();
     // An invalid problem is one error, not the same reason once per backend.
     p.validate()?;
-    let (choice, source) = args.select.resolve()?;
-    let config = args.select.config()?;
-    // Explain on the device that selection would use (the first candidate
-    // with a runnable backend, else the most preferred one).
-    let (candidates, gpu_missing) = args.select.candidates(registry, &choice)?;
-    let device = candidates
-        .iter()
-        .find(|d| registry.select_choice(&p, d, &choice, source).is_ok())
-        .or(candidates.first())
-        .cloned()
-        .unwrap_or(rocmforge::Device::Cpu);
-    let (verdicts, chosen) = registry.explain(&p, &device, &config);
+    let explanation = registry.explain_choice(&p, &args.select.config()?)?;
+    let (device, verdicts) = (&explanation.device, &explanation.verdicts);
+    let (choice, source) = (&explanation.choice, explanation.source);
     let tensors = [
         Item::tensor("q", p.q_shape(), p.dtype),
         Item::tensor("k", p.kv_shape(), p.dtype),
@@ -49,7 +40,10 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let need = tensors.iter().fold(0u128, |acc, i| acc.saturating_add(i.bytes));
     let available = host_memory::available();
     let fits = available.is_none_or(|a| need <= a as u128);
-    let chosen = chosen.map(|text| cli_wording(&text)).map_err(|e| cli_wording(&e.to_string()));
+    let chosen = match &explanation.chosen {
+        Ok(c) => Ok(format!("{} ({})", c.backend.name(), reason_label(&c.reason))),
+        Err(e) => Err(e.to_string()),
+    };
 
     if args.json {
         let verdicts: Vec<_> = verdicts
@@ -69,8 +63,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
                 "schema": json::SCHEMA,
                 "command": "explain",
                 "problem": json::problem(&p),
-                "device": json::device(&device),
-                "gpu_missing": gpu_missing,
+                "device": json::device(device),
                 "choice": {"value": choice.to_string(), "source": source_label(source)},
                 "verdicts": verdicts,
                 "selected": chosen.as_ref().ok(),
@@ -81,12 +74,9 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     } else {
         writeln!(out, "problem: {p}")?;
         writeln!(out, "device:  {}", device.label())?;
-        if let Some(why) = &gpu_missing {
-            writeln!(out, "note:    no GPU for the requested GPU backend: {why}")?;
-        }
         writeln!(out, "choice:  {choice} (from {})", source_label(source))?;
         let width = verdicts.iter().map(|(n, _)| n.len()).max().unwrap_or(0);
-        for (name, verdict) in &verdicts {
+        for (name, verdict) in verdicts {
             let (word, detail) = match verdict {
                 Verdict::Chosen => ("chosen", String::new()),
                 Verdict::Eligible => ("eligible", String::new()),

@@ -32,7 +32,7 @@ pub fn device(d: &Device) -> Value {
             json!({"label": "cpu", "kind": "cpu", "name": null, "arch": null, "threads": rayon::current_num_threads()})
         }
         Device::Gpu(g) => {
-            json!({"label": g.label(), "kind": "gpu", "name": g.info().name, "arch": g.info().arch, "threads": null})
+            json!({"label": g.label(), "kind": "gpu", "name": g.info().name, "arch": g.info().arch.to_string(), "threads": null})
         }
     }
 }

@@ -106,7 +106,7 @@ pub fn main() -> ExitCode {
         // `rocmforge backends | head` closes the pipe early: not an error.
         Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", shorten_lines(&select::cli_wording(&e.to_string())));
+            eprintln!("error: {}", shorten_lines(&e.to_string()));
             ExitCode::FAILURE
         }
     }

@@ -8,7 +8,7 @@
 
 use super::host_memory::{self, Item};
 use super::problem_args::ShapeArgs;
-use super::select::{source_label, Chosen, SelectArgs};
+use super::select::{reason_label, source_label, SelectArgs};
 use super::timed::{time_forward, MAX_REPEATS, MAX_WARMUP};
 use super::{inputs, json, CliError, ThreadArgs};
 use rocmforge::compare::{against_reference, Report, REL_FLOOR};
@@ -89,15 +89,16 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     if let Some(path) = &args.out {
         check_writable(path, p.dtype)?;
     }
-    let Chosen { device, selection } = args.select.select(registry, &p)?;
+    let chosen = registry.choose(&p, &args.select.config()?)?;
+    let device = chosen.device.clone();
     host_memory::check("this run", memory_items(&p, files.is_some(), args.check))?;
     let (q, k, v) = match files {
         Some(files) => files,
         None => random_inputs(&p, args.seed)?,
     };
     let (q, k, v) = (q.into_tensor()?, k.into_tensor()?, v.into_tensor()?);
-    let backend = selection.backend;
-    let reason = super::select::cli_wording(&selection.reason);
+    let backend = chosen.backend;
+    let reason = reason_label(&chosen.reason);
     if !args.json {
         writeln!(out, "problem: {p}")?;
         writeln!(out, "device:  {}", device_description(&device))?;
@@ -144,7 +145,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             "problem": json::problem(&p),
             "device": json::device(&device),
             "backend": backend.name(),
-            "choice": {"source": source_label(selection.source), "reason": reason},
+            "choice": {"source": source_label(chosen.source), "reason": reason},
             "timing": {
                 "clock": if transfer.is_some() { "device-events" } else { "wall" },
                 "unit": "ms",

@@ -3,6 +3,7 @@
 //! `gpu.rs` builds the safe RAII types on top, so everything above this trait
 //! runs the same code on NVIDIA and AMD.
 
+use super::arch::Arch;
 use super::error::DeviceResult;
 use crate::dtype::DType;
 use std::ffi::c_void;
@@ -29,8 +30,8 @@ pub struct DeviceInfo {
     pub vendor: Vendor,
     pub ordinal: usize,
     pub name: String,
-    /// Compile target: "sm_90", "gfx90a".
-    pub arch: String,
+    /// Compile target: sm_90, gfx90a:xnack- (AMD target features kept).
+    pub arch: Arch,
     pub total_memory: u64,
     /// Read from the device (32 on NVIDIA and RDNA, 64 on CDNA/GCN).
     pub warp_size: u32,

@@ -3,14 +3,13 @@
 
 use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
-use crate::kernels::KernelSpec;
+use super::workspace::{Workspace, WorkspacePool};
+use crate::kernels::params::KernelParams;
+use crate::kernels::{KernelKey, KernelSpec};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt;
 use std::sync::{Arc, Mutex};
-
-/// Compiled-kernel cache key: (entry, defines).
-type KernelKey = (String, Vec<(String, String)>);
 
 /// One opened GPU. Shared as `Arc<GpuDevice>`; opened once per process.
 ///
@@ -22,9 +21,11 @@ type KernelKey = (String, Vec<(String, String)>);
 pub struct GpuDevice {
     driver: Box<dyn Driver>,
     stream: StreamHandle,
-    /// Compiled kernels keyed by (entry, defines); the arch is the device's,
-    /// so each specialization compiles once per process and device.
+    /// Compiled kernels keyed by (file, entry, defines); the arch is the
+    /// device's, so each specialization compiles once per process and device.
     kernels: Mutex<HashMap<KernelKey, FunctionHandle>>,
+    /// Scratch buffers lent to forward calls (see `workspace.rs`).
+    workspaces: WorkspacePool,
 }
 
 impl fmt::Debug for GpuDevice {
@@ -33,19 +34,15 @@ impl fmt::Debug for GpuDevice {
     }
 }
 
-/// A kernel argument, passed by value.
-#[derive(Clone, Copy, Debug)]
-pub enum KernelArg {
-    Ptr(u64),
-    I32(i32),
-    I64(i64),
-    F32(f32),
-}
-
 impl GpuDevice {
     pub(crate) fn new(driver: Box<dyn Driver>) -> DeviceResult<Arc<GpuDevice>> {
         let stream = driver.stream_create()?;
-        Ok(Arc::new(GpuDevice { driver, stream, kernels: Mutex::new(HashMap::new()) }))
+        Ok(Arc::new(GpuDevice {
+            driver,
+            stream,
+            kernels: Mutex::new(HashMap::new()),
+            workspaces: WorkspacePool::default(),
+        }))
     }
 
     pub fn info(&self) -> &DeviceInfo {
@@ -83,49 +80,71 @@ impl GpuDevice {
         Ok(buf)
     }
 
-    /// The compiled kernel for `spec`, compiling it on first use.
+    pub fn arch(&self) -> &super::Arch {
+        &self.info().arch
+    }
+
+    /// The compiled kernel for `spec`, compiling it on first use. The cache
+    /// lock is not held while compiling, so threads needing other kernels
+    /// never wait on a compile; two threads racing on the same new kernel
+    /// both compile it and the first to finish is kept.
     pub fn kernel(&self, spec: &KernelSpec) -> DeviceResult<Kernel> {
-        let key = (spec.entry.to_string(), spec.defines.clone());
-        let mut cache = self.kernels.lock().map_err(|_| DeviceError::Invalid("kernel cache poisoned".into()))?;
-        if let Some(&handle) = cache.get(&key) {
+        let key = spec.key();
+        let lock = || self.kernels.lock().map_err(|_| DeviceError::LockPoisoned { what: "kernel cache" });
+        if let Some(&handle) = lock()?.get(&key) {
             return Ok(Kernel { handle, entry: spec.entry });
         }
-        let options = spec.options(self.info().warp_size);
-        let handle = self.driver.compile_and_load(spec.entry, &spec.full_source(), &options)?;
-        cache.insert(key, handle);
+        let options = spec.options(self.arch());
+        let compiled = self.driver.compile_and_load(spec.entry, &spec.source(), &options)?;
+        let handle = *lock()?.entry(key).or_insert(compiled);
         Ok(Kernel { handle, entry: spec.entry })
     }
 
-    /// Queues `kernel` with `args`.
+    /// An exclusive scratch buffer of at least `bytes` from this device's
+    /// pool; it goes back to the pool when dropped.
+    pub fn workspace(self: &Arc<Self>, bytes: usize) -> DeviceResult<Workspace> {
+        Workspace::lease(self, bytes)
+    }
+
+    /// Frees the idle workspace buffers; returns the bytes freed.
+    pub fn trim_workspaces(&self) -> usize {
+        super::workspace::trim(self)
+    }
+
+    /// Bytes held by idle workspace buffers.
+    pub fn idle_workspace_bytes(&self) -> usize {
+        self.workspaces.idle_bytes()
+    }
+
+    pub(crate) fn workspace_pool(&self) -> &WorkspacePool {
+        &self.workspaces
+    }
+
+    /// Frees raw device memory of this device.
     ///
     /// # Safety
-    /// `args` match the kernel's parameter list in order and type, and every
-    /// pointer argument addresses enough live memory for what the kernel
-    /// touches under `cfg`.
-    pub unsafe fn launch(&self, kernel: &Kernel, cfg: &LaunchConfig, args: &[KernelArg]) -> DeviceResult<()> {
-        // The driver reads each argument through a pointer to its value, so
-        // the values must stay put until the launch call returns.
-        let mut values: Vec<[u8; 8]> = args
-            .iter()
-            .map(|a| {
-                let mut v = [0u8; 8];
-                match *a {
-                    KernelArg::Ptr(p) => v.copy_from_slice(&p.to_ne_bytes()),
-                    KernelArg::I64(x) => v.copy_from_slice(&x.to_ne_bytes()),
-                    KernelArg::I32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-                    KernelArg::F32(x) => v[..4].copy_from_slice(&x.to_ne_bytes()),
-                }
-                v
-            })
-            .collect();
-        let mut params: Vec<*mut c_void> = values.iter_mut().map(|v| v.as_mut_ptr() as *mut c_void).collect();
-        // SAFETY: forwarded from this function's contract; `values` outlives the call.
-        unsafe { self.driver.launch(self.stream, kernel.handle, cfg, &mut params) }.map_err(|e| match e {
-            DeviceError::Launch { detail, .. } | DeviceError::Driver { detail, .. } => {
-                DeviceError::Launch { kernel: kernel.entry.to_string(), detail }
-            }
-            other => other,
-        })
+    /// `ptr` came from this device's `alloc` and nothing uses it afterwards.
+    pub(crate) unsafe fn free_raw(&self, ptr: u64) {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.driver.free(ptr) }
+    }
+
+    /// Queues `kernel` with its parameter struct as the only argument.
+    ///
+    /// # Safety
+    /// `P` is the struct the kernel takes by value, and every device address
+    /// in `params` points to enough live memory for what the kernel touches
+    /// under `cfg`.
+    pub unsafe fn launch_params<P: KernelParams>(
+        &self,
+        kernel: &Kernel,
+        cfg: &LaunchConfig,
+        params: &P,
+    ) -> DeviceResult<()> {
+        let mut value = *params;
+        let mut args = [&mut value as *mut P as *mut c_void];
+        // SAFETY: forwarded from this function's contract; `value` outlives the call.
+        unsafe { self.driver.launch(self.stream, kernel.handle, cfg, &mut args) }.map_err(|e| launch_error(kernel, e))
     }
 
     /// Queues one strided-batched GEMM.
@@ -147,10 +166,25 @@ impl GpuDevice {
     }
 }
 
+/// A driver failure during a launch, named after the kernel.
+fn launch_error(kernel: &Kernel, e: DeviceError) -> DeviceError {
+    match e {
+        DeviceError::Launch { detail, .. } | DeviceError::Driver { detail, .. } => {
+            DeviceError::Launch { kernel: kernel.entry.to_string(), detail }
+        }
+        other => other,
+    }
+}
+
 impl Drop for GpuDevice {
     fn drop(&mut self) {
         // Buffers and events hold an `Arc` to the device, so none outlives it.
         let _ = self.driver.synchronize();
+        for (ptr, _) in self.workspaces.drain() {
+            // SAFETY: idle workspace memory came from this driver's `alloc`
+            // and nothing references it once it is back in the pool.
+            unsafe { self.driver.free(ptr) }
+        }
         // SAFETY: the stream was created in `new` and dies with the device.
         unsafe { self.driver.stream_destroy(self.stream) }
     }
@@ -192,11 +226,7 @@ impl DeviceBuffer {
 
     pub fn copy_to_host(&self, dst: &mut [u8]) -> DeviceResult<()> {
         if dst.len() != self.bytes {
-            return Err(DeviceError::Invalid(format!(
-                "download of {} bytes into a host buffer of {}",
-                self.bytes,
-                dst.len()
-            )));
+            return Err(DeviceError::CopySize { device_bytes: self.bytes, host_bytes: dst.len() });
         }
         // SAFETY: the buffer holds exactly `dst.len()` bytes and is alive.
         unsafe { self.device.driver.copy_to_host(self.device.stream, dst, self.ptr) }
@@ -214,6 +244,24 @@ impl DeviceBuffer {
         // SAFETY: both allocations are live and `self.bytes` long.
         unsafe { self.device.driver.copy_device(self.device.stream, copy.ptr, self.ptr, self.bytes)? };
         Ok(copy)
+    }
+}
+
+impl DeviceBuffer {
+    /// Gives up ownership: the memory is no longer freed on drop.
+    pub(crate) fn into_raw(self) -> (u64, usize) {
+        let raw = (self.ptr, self.bytes);
+        std::mem::forget(self);
+        raw
+    }
+
+    /// Takes ownership of memory from `into_raw` on the same device.
+    ///
+    /// # Safety
+    /// `(ptr, bytes)` came from `into_raw` of a buffer of `device` and is
+    /// owned by nobody else.
+    pub(crate) unsafe fn from_raw(device: Arc<GpuDevice>, ptr: u64, bytes: usize) -> DeviceBuffer {
+        DeviceBuffer { device, ptr, bytes }
     }
 }
 

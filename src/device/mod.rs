@@ -5,19 +5,24 @@
 //! once per process and shared, so tests and backends never re-create
 //! contexts.
 
+mod arch;
 mod driver;
 mod error;
 mod gpu;
+mod headers;
 pub mod offline;
+mod workspace;
 
 #[cfg(feature = "cuda")]
 mod cuda;
 #[cfg(feature = "rocm")]
 mod hip;
 
+pub use arch::{Arch, MatrixUnit};
 pub use driver::{DeviceInfo, GemmDesc, LaunchConfig, Vendor};
 pub use error::{DeviceError, DeviceResult};
-pub use gpu::{DeviceBuffer, Event, GpuDevice, Kernel, KernelArg};
+pub use gpu::{DeviceBuffer, Event, GpuDevice, Kernel};
+pub use workspace::Workspace;
 
 use std::fmt;
 use std::sync::{Arc, OnceLock};

@@ -1,18 +1,57 @@
 //! Compiling every kernel specialization for a named target without a GPU
-//! (`rocmforge kernels check --target T`): NVRTC for `sm_*`, `hipcc` for
-//! `gfx*`. This is how CI proves the AMD side compiles with no AMD GPU.
+//! (`rocmforge kernels check --target T`): NVRTC for `sm_*`; for `gfx*`,
+//! Debian's `hipcc` on the targets it knows (gfx90a, gfx1030, ...) and
+//! header-free `clang` (`-nogpuinc -nogpulib`, with `rf/hip_shim.h`) on
+//! newer ones (gfx942, gfx1100, ...). This is how CI proves the AMD side
+//! compiles with no AMD GPU; nothing compiled here is executed.
 
+use super::arch::Arch;
 use super::error::{DeviceError, DeviceResult};
-use crate::kernels::KernelSpec;
+use crate::kernels::{KernelSpec, HEADERS};
 use crate::registry::Registry;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 
 /// One specialization compiled for one target.
 #[derive(Clone, Debug, PartialEq)]
 pub struct CompileReport {
     pub kernel: String,
     pub target: String,
-    /// Size of the produced code object (cubin or HSA code object).
+    /// Which compiler built it ("nvrtc", "hipcc", "clang").
+    pub compiler: &'static str,
+    /// Size of the produced code object (cubin or AMDGPU ELF).
     pub bytes: usize,
+}
+
+/// Which tool compiles a target offline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OfflineCompiler {
+    Nvrtc,
+    Hipcc,
+    /// clang with `-nogpuinc -nogpulib`: no HIP installation needed.
+    HeaderFreeClang,
+}
+
+impl OfflineCompiler {
+    pub fn name(self) -> &'static str {
+        match self {
+            OfflineCompiler::Nvrtc => "nvrtc",
+            OfflineCompiler::Hipcc => "hipcc",
+            OfflineCompiler::HeaderFreeClang => "clang",
+        }
+    }
+
+    /// NVRTC for NVIDIA; for AMD, hipcc on the targets Debian's ROCm 5.2
+    /// hipcc knows, header-free clang on the rest.
+    pub fn for_arch(arch: &Arch) -> OfflineCompiler {
+        match arch.vendor() {
+            super::Vendor::Nvidia => OfflineCompiler::Nvrtc,
+            super::Vendor::Amd => match arch.processor() {
+                "gfx803" | "gfx900" | "gfx906" | "gfx908" | "gfx90a" | "gfx1010" | "gfx1030" => OfflineCompiler::Hipcc,
+                _ => OfflineCompiler::HeaderFreeClang,
+            },
+        }
+    }
 }
 
 /// Every specialization any registered backend can request, deduplicated.
@@ -28,55 +67,32 @@ pub fn all_specs(registry: &Registry) -> Vec<KernelSpec> {
     specs
 }
 
-/// Splits an AMD target ID ("gfx90a:sramecc+:xnack-", as `gcnArchName`
-/// reports it) into the processor ("gfx90a") and its feature flags
-/// (["sramecc+", "xnack-"]). Plain names ("gfx1030", "sm_90") have none.
-pub fn split_target_id(target_id: &str) -> (&str, Vec<&str>) {
-    let mut parts = target_id.split(':');
-    let arch = parts.next().unwrap_or_default();
-    (arch, parts.filter(|f| !f.is_empty()).collect())
-}
-
-/// Warp size the target runs with: 64 on gfx9 (GCN/CDNA), 32 on RDNA
-/// (gfx10+, wave32 by default) and on NVIDIA. Accepts AMD target IDs with
-/// feature flags ("gfx90a:xnack-").
-pub fn target_warp_size(target: &str) -> DeviceResult<u32> {
-    let (arch, _features) = split_target_id(target);
-    let bad = || DeviceError::Invalid(format!("unknown target '{target}': expected sm_XY (NVIDIA) or gfxNNN (AMD)"));
-    if let Some(rest) = arch.strip_prefix("sm_") {
-        if rest.is_empty() || !rest.chars().next().is_some_and(|c| c.is_ascii_digit()) {
-            return Err(bad());
-        }
-        Ok(32)
-    } else if let Some(rest) = arch.strip_prefix("gfx") {
-        if rest.len() < 3 || !rest.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(bad());
-        }
-        Ok(if rest.starts_with('9') || rest.starts_with('8') { 64 } else { 32 })
-    } else {
-        Err(bad())
-    }
-}
-
 /// Compiles every spec for `target`; the first failure is returned with the
 /// compiler log.
 pub fn compile_all(specs: &[KernelSpec], target: &str) -> DeviceResult<Vec<CompileReport>> {
-    let warp = target_warp_size(target)?;
+    let arch = Arch::parse(target)?;
+    let compiler = OfflineCompiler::for_arch(&arch);
     specs
         .iter()
         .map(|spec| {
-            let bytes = compile_one(spec, target, warp)?;
-            Ok(CompileReport { kernel: spec.label(), target: target.to_string(), bytes })
+            let code = compile_source(&spec.label(), spec.entry, &spec.source(), &arch, &spec.options(&arch))?;
+            Ok(CompileReport {
+                kernel: spec.label(),
+                target: target.to_string(),
+                compiler: compiler.name(),
+                bytes: code.len(),
+            })
         })
         .collect()
 }
 
-fn compile_one(spec: &KernelSpec, target: &str, warp: u32) -> DeviceResult<usize> {
-    let options = spec.options(warp);
-    if target.starts_with("sm_") {
-        compile_nvrtc(spec, target, &options)
-    } else {
-        compile_hipcc(spec, target, &options)
+/// Compiles any translation unit (with the embedded headers available) for
+/// `arch` with its offline compiler and returns the code object. `label`
+/// names the kernel in errors; `stem` names the temp files.
+pub fn compile_source(label: &str, stem: &str, source: &str, arch: &Arch, options: &[String]) -> DeviceResult<Vec<u8>> {
+    match OfflineCompiler::for_arch(arch) {
+        OfflineCompiler::Nvrtc => compile_nvrtc(stem, source, options, arch),
+        amd => compile_amd(amd, label, stem, source, arch, options),
     }
 }
 
@@ -94,54 +110,68 @@ pub fn nvrtc_available() -> bool {
 }
 
 #[cfg(feature = "cuda")]
-fn compile_nvrtc(spec: &KernelSpec, target: &str, options: &[String]) -> DeviceResult<usize> {
-    super::cuda::nvrtc::compile_cubin(spec.entry, &spec.full_source(), options, target).map(|c| c.len())
+fn compile_nvrtc(stem: &str, source: &str, options: &[String], arch: &Arch) -> DeviceResult<Vec<u8>> {
+    super::cuda::nvrtc::compile_cubin(stem, source, options, arch.target_id())
 }
 
 #[cfg(not(feature = "cuda"))]
-fn compile_nvrtc(_: &KernelSpec, target: &str, _: &[String]) -> DeviceResult<usize> {
-    Err(DeviceError::Invalid(format!("target {target} needs NVRTC: build with the cuda feature")))
+fn compile_nvrtc(_: &str, _: &str, _: &[String], arch: &Arch) -> DeviceResult<Vec<u8>> {
+    Err(DeviceError::NoNvrtc { why: format!("target {arch} needs NVRTC: this build lacks the cuda feature") })
 }
 
 /// The `hipcc` to run: `$HIPCC` if set, else `hipcc` from `PATH`.
 pub fn hipcc_command() -> String {
-    std::env::var("HIPCC").ok().filter(|s| !s.is_empty()).unwrap_or_else(|| "hipcc".to_string())
+    env_or("HIPCC", "hipcc")
+}
+
+/// The clang for header-free compiles: `$ROCMFORGE_CLANG`, else `clang-19`.
+pub fn clang_command() -> String {
+    env_or("ROCMFORGE_CLANG", "clang-19")
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).ok().filter(|s| !s.is_empty()).unwrap_or_else(|| default.to_string())
+}
+
+fn runs(cmd: &str) -> bool {
+    Command::new(cmd).arg("--version").stdin(Stdio::null()).output().is_ok_and(|o| o.status.success())
 }
 
 /// Whether `hipcc_command()` can be run at all (`hipcc --version` succeeds).
 pub fn hipcc_available() -> bool {
-    std::process::Command::new(hipcc_command())
-        .arg("--version")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .is_ok_and(|o| o.status.success())
+    runs(&hipcc_command())
 }
 
-/// Flags for one device-only `hipcc` compile of `src` into `obj`.
+/// Whether `clang_command()` can be run at all.
+pub fn clang_available() -> bool {
+    runs(&clang_command())
+}
+
+/// Flags for one device-only AMD compile of `src` into `obj`.
 ///
-/// - `-include hip/hip_runtime.h`: hiprtc pre-includes its runtime header
-///   (threadIdx, `__shfl_xor`, `__forceinline__`, math functions); plain
-///   clang HIP mode does not, so this gives hipcc the same environment the
-///   kernels see at run time. The kernel text itself still includes nothing.
-/// - `--offload-device-only --no-gpu-bundle-output`: only the device side,
-///   written as a plain AMDGPU ELF code object (what `hipModuleLoadData`
-///   loads), not a clang offload bundle.
-/// - `-Wno-pragma-once-outside-header`: the prelude's `#pragma once` sits in
-///   the main file because kernels are compiled as prelude + kernel text.
-pub fn hipcc_args(target: &str, options: &[String], src: &std::path::Path, obj: &std::path::Path) -> Vec<String> {
-    let mut args: Vec<String> = vec![
-        "-x".into(),
-        "hip".into(),
-        format!("--offload-arch={target}"),
-        "--offload-device-only".into(),
-        "--no-gpu-bundle-output".into(),
-        "-include".into(),
-        "hip/hip_runtime.h".into(),
-        "-Wno-pragma-once-outside-header".into(),
-        "-O3".into(),
-        "-std=c++17".into(),
-        "-c".into(),
-    ];
+/// hipcc: `-include hip/hip_runtime.h` gives it the environment hiprtc
+/// pre-includes at run time (threadIdx, `__shfl_xor`, math functions); the
+/// kernel text itself includes only our headers (`-I`). clang: no HIP
+/// installation at all (`-nogpuinc -nogpulib`); `RF_HIP_HEADER_FREE` makes
+/// `rf/platform.h` pull in `rf/hip_shim.h` instead. Both write a plain AMDGPU
+/// ELF code object (what `hipModuleLoadData` loads), not an offload bundle.
+pub fn amd_args(
+    compiler: OfflineCompiler,
+    arch: &Arch,
+    options: &[String],
+    include: &Path,
+    src: &Path,
+    obj: &Path,
+) -> Vec<String> {
+    let mut args: Vec<String> = vec!["-x".into(), "hip".into(), format!("--offload-arch={}", arch.target_id())];
+    match compiler {
+        OfflineCompiler::HeaderFreeClang => {
+            args.extend(["--cuda-device-only", "-nogpuinc", "-nogpulib", "-DRF_HIP_HEADER_FREE=1"].map(String::from));
+        }
+        _ => args.extend(["--offload-device-only", "-include", "hip/hip_runtime.h"].map(String::from)),
+    }
+    args.extend(["--no-gpu-bundle-output", "-O3", "-std=c++17", "-c"].map(String::from));
+    args.push(format!("-I{}", include.display()));
     args.extend(options.iter().cloned());
     args.push(src.display().to_string());
     args.push("-o".into());
@@ -151,16 +181,33 @@ pub fn hipcc_args(target: &str, options: &[String], src: &std::path::Path, obj: 
 
 /// A scratch directory unique to this call (tests compile in parallel
 /// threads of one process), removed on drop.
-struct ScratchDir(std::path::PathBuf);
+struct ScratchDir(PathBuf);
 
 impl ScratchDir {
     fn new() -> DeviceResult<ScratchDir> {
         static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("rocmforge-kcheck-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| DeviceError::Invalid(format!("temp dir {}: {e}", dir.display())))?;
+        create_dir(&dir)?;
         Ok(ScratchDir(dir))
     }
+
+    fn write(&self, rel: &str, text: &str) -> DeviceResult<PathBuf> {
+        let path = self.0.join(rel);
+        if let Some(parent) = path.parent() {
+            create_dir(parent)?;
+        }
+        std::fs::write(&path, text).map_err(|e| scratch_error("write", &path, e))?;
+        Ok(path)
+    }
+}
+
+fn create_dir(dir: &Path) -> DeviceResult<()> {
+    std::fs::create_dir_all(dir).map_err(|e| scratch_error("create directory", dir, e))
+}
+
+fn scratch_error(what: &'static str, path: &Path, e: std::io::Error) -> DeviceError {
+    DeviceError::Scratch { what, path: path.display().to_string(), error: e.to_string() }
 }
 
 impl Drop for ScratchDir {
@@ -169,47 +216,37 @@ impl Drop for ScratchDir {
     }
 }
 
-/// Runs `hipcc` (ROCm's clang driver) in device-only mode on a temporary
-/// copy of the translation unit and returns the code object's size.
-pub fn compile_hipcc(spec: &KernelSpec, target: &str, options: &[String]) -> DeviceResult<usize> {
-    compile_hipcc_source(&spec.label(), spec.entry, &spec.full_source(), target, options).map(|co| co.len())
-}
-
-/// `compile_hipcc` for any translation unit: returns the AMDGPU ELF code
-/// object. `label` names the kernel in errors; `stem` names the temp files.
-pub fn compile_hipcc_source(
+fn compile_amd(
+    compiler: OfflineCompiler,
     label: &str,
     stem: &str,
     source: &str,
-    target: &str,
+    arch: &Arch,
     options: &[String],
 ) -> DeviceResult<Vec<u8>> {
-    let hipcc = hipcc_command();
+    let cmd = if compiler == OfflineCompiler::Hipcc { hipcc_command() } else { clang_command() };
     let dir = ScratchDir::new()?;
-    let src = dir.0.join(format!("{stem}.hip"));
-    let obj = dir.0.join(format!("{stem}.{}.co", target.replace(':', "_")));
-    std::fs::write(&src, source).map_err(|e| DeviceError::Invalid(format!("write {}: {e}", src.display())))?;
-    let args = hipcc_args(target, options, &src, &obj);
-    let output =
-        std::process::Command::new(&hipcc).args(&args).stdin(std::process::Stdio::null()).output().map_err(|e| {
-            DeviceError::Compile {
-                kernel: label.to_string(),
-                options: args.clone(),
-                log: format!("could not run {hipcc}: {e} (install Debian's hipcc package or set HIPCC)"),
-            }
-        })?;
+    for (name, text) in HEADERS {
+        dir.write(&format!("include/{name}"), text)?;
+    }
+    let src = dir.write(&format!("{stem}.hip"), source)?;
+    let obj = dir.0.join(format!("{stem}.{}.co", arch.target_id().replace(':', "_")));
+    let args = amd_args(compiler, arch, options, &dir.0.join("include"), &src, &obj);
+    let fail = |log: String| DeviceError::Compile { kernel: label.to_string(), options: args.clone(), log };
+    let output = Command::new(&cmd).args(&args).stdin(Stdio::null()).output().map_err(|e| {
+        fail(format!("could not run {cmd}: {e} (install Debian's hipcc / clang-19, or set HIPCC / ROCMFORGE_CLANG)"))
+    })?;
     if !output.status.success() {
-        let log = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-        return Err(DeviceError::Compile { kernel: label.to_string(), options: args, log });
+        return Err(fail(format!(
+            "{}{}",
+            String::from_utf8_lossy(&output.stdout),
+            String::from_utf8_lossy(&output.stderr)
+        )));
     }
     let code = std::fs::read(&obj).unwrap_or_default();
     if !code.starts_with(b"\x7fELF") {
-        let log = if code.is_empty() {
-            "hipcc produced no code object".to_string()
-        } else {
-            "hipcc output is not an ELF code object".to_string()
-        };
-        return Err(DeviceError::Compile { kernel: label.to_string(), options: args, log });
+        let what = if code.is_empty() { "no code object" } else { "a file that is not an ELF code object" };
+        return Err(fail(format!("{cmd} produced {what}")));
     }
     Ok(code)
 }

@@ -83,6 +83,13 @@ impl Inputs {
         inputs
     }
 
+    /// Inputs from given host tensors (checked not trivial).
+    pub fn from_tensors(q: Tensor, k: Tensor, v: Tensor) -> Inputs {
+        let inputs = Inputs { q, k, v };
+        inputs.assert_not_trivial();
+        inputs
+    }
+
     /// Multiplies q and k by `factor`, so the logits grow by `factor²`.
     pub fn with_qk_scaled(self, factor: f32) -> Inputs {
         let scale = |t: &Tensor| {

@@ -4,8 +4,9 @@
 
 use crate::common::{assert_matches_reference, device_for};
 use rocmforge::backends::gpu_unfused::GpuUnfused;
-use rocmforge::device::{DeviceError, GemmDesc, GpuDevice, KernelArg, LaunchConfig, Vendor};
-use rocmforge::kernels::KernelSpec;
+use rocmforge::device::{DeviceError, GemmDesc, GpuDevice, LaunchConfig, Vendor};
+use rocmforge::kernels::params::SoftmaxParams;
+use rocmforge::kernels::{KernelFile, KernelSpec};
 use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, Mask, Tensor};
 use serial_test::serial;
 use std::sync::Arc;
@@ -27,7 +28,8 @@ fn device_reports_its_own_warp_size() {
         Vendor::Nvidia => assert_eq!(info.warp_size, 32),
         Vendor::Amd => assert!(info.warp_size == 32 || info.warp_size == 64),
     }
-    assert!(info.total_memory > 0 && !info.name.is_empty() && !info.arch.is_empty());
+    assert!(info.total_memory > 0 && !info.name.is_empty() && !info.arch.target_id().is_empty());
+    assert_eq!(info.arch.warp_size(), info.warp_size, "typed Arch and the device disagree on the warp size");
 }
 
 #[test]
@@ -62,12 +64,11 @@ fn out_of_memory_is_an_error_not_an_abort() {
 #[ignore = "needs a GPU"]
 fn compile_error_carries_the_compiler_log() {
     let Some(g) = gpu() else { return };
-    let spec = KernelSpec {
-        file: "broken.hip",
-        source: "RF_KERNEL void broken_kernel(float* x) { x[0] = not_declared; }",
-        entry: "broken_kernel",
-        defines: vec![],
+    const BROKEN: KernelFile = KernelFile {
+        path: "tests/broken.hip",
+        text: "#include \"rf/platform.h\"\nRF_KERNEL void broken_kernel(float* x) { x[0] = not_declared; }",
     };
+    let spec = KernelSpec::new(BROKEN, "broken_kernel");
     match g.kernel(&spec) {
         Err(DeviceError::Compile { kernel, log, options }) => {
             assert_eq!(kernel, "broken_kernel");
@@ -86,20 +87,21 @@ fn bad_launch_is_an_error() {
     let spec = GpuUnfused::with_workspace_cap(1 << 20).kernels().remove(0);
     let kernel = g.kernel(&spec).unwrap();
     let buf = g.alloc(4096).unwrap();
-    let args = [
-        KernelArg::Ptr(buf.ptr()),
-        KernelArg::Ptr(buf.ptr()),
-        KernelArg::I32(1),
-        KernelArg::I32(1),
-        KernelArg::F32(0.0),
-        KernelArg::I64(-1),
-        KernelArg::I64(-1),
-    ];
+    let params = SoftmaxParams {
+        scores: buf.ptr(),
+        probs: buf.ptr(),
+        win_left: -1,
+        win_right: -1,
+        seq_q: 1,
+        seq_kv: 1,
+        softcap: 0.0,
+        reserved: 0,
+    };
     // More threads per block than any GPU allows.
     let cfg = LaunchConfig { grid: (1, 1, 1), block: (4096, 1, 1), shared_mem_bytes: 0 };
     // SAFETY: the arguments match softmax_rows and address a live buffer
     // large enough for one row of one element; the launch is rejected anyway.
-    let r = unsafe { g.launch(&kernel, &cfg, &args) };
+    let r = unsafe { g.launch_params(&kernel, &cfg, &params) };
     assert!(matches!(r, Err(DeviceError::Launch { .. })), "{r:?}");
     g.synchronize().unwrap();
 }
@@ -206,6 +208,8 @@ fn unfused_rejects_host_tensors_with_an_error() {
     let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
     let v = Tensor::random(p.kv_shape(), p.dtype, 3).unwrap();
     let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
-    let err = GpuUnfused::with_workspace_cap(1 << 20).forward(&p, &q, &k, &v, &mut out).unwrap_err();
+    let err = (&GpuUnfused::with_workspace_cap(1 << 20) as &dyn AttentionBackend)
+        .forward(&p, &q, &k, &v, &mut out)
+        .unwrap_err();
     assert!(err.to_string().contains("runs on gpu"), "{err}");
 }

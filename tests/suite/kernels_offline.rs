@@ -1,21 +1,28 @@
 //! Offline kernel compiles, no GPU needed: every kernel specialization any
-//! registered backend can request, plus a prelude probe kernel, compiled
-//! for AMD targets by `hipcc` (gfx90a wave64, gfx1030 wave32) and for NVIDIA
-//! targets by NVRTC (sm_80, sm_90). This is the library-level twin of
-//! `rocmforge kernels check --target ...`.
+//! registered backend can request, plus a header probe kernel and the
+//! parameter-struct layout probes, compiled for AMD targets by `hipcc`
+//! (gfx90a wave64, gfx1030 wave32) and header-free clang (gfx942 wave64 MFMA,
+//! gfx1100 wave32 WMMA), and for NVIDIA targets by NVRTC (sm_80, sm_90).
+//! This is the library-level twin of `rocmforge kernels check --target ...`.
 //!
-//! A missing compiler prints SKIP; `ROCMFORGE_REQUIRE_HIPCC=1` /
-//! `ROCMFORGE_REQUIRE_NVRTC=1` turn SKIP into a failure (CI sets both).
+//! A missing compiler prints SKIP; `ROCMFORGE_REQUIRE_HIPCC=1` (hipcc and
+//! clang) / `ROCMFORGE_REQUIRE_NVRTC=1` turn SKIP into a failure (CI sets both).
 
 use rocmforge::device::offline::{
-    all_specs, compile_all, compile_hipcc_source, hipcc_available, nvrtc_available, split_target_id, target_warp_size,
+    all_specs, clang_available, compile_all, compile_source, hipcc_available, nvrtc_available, OfflineCompiler,
 };
-use rocmforge::kernels::{KernelSpec, PRELUDE};
-use rocmforge::Registry;
+use rocmforge::kernels::params::all_layout_probes;
+use rocmforge::kernels::{header, KernelFile, KernelSpec};
+use rocmforge::{Arch, Registry};
 
-/// A throwaway kernel that touches every prelude helper: 16-bit
-/// conversions both ways, warp and block reductions, the raw shuffle.
+/// A throwaway kernel that touches every shared-header helper: 16-bit
+/// conversions both ways, warp and block reductions, the raw shuffle and
+/// the mask rule.
 const PROBE: &str = r#"
+#include "rf/platform.h"
+#include "rf/convert.h"
+#include "rf/reduce.h"
+#include "rf/mask.h"
 RF_KERNEL void rf_prelude_probe(const rf_u16* __restrict__ x16, const float* __restrict__ x32,
                                 float* __restrict__ out, rf_u16* __restrict__ out16, int n) {
     __shared__ float scratch[1024 / RF_WARP_SIZE];
@@ -36,7 +43,8 @@ RF_KERNEL void rf_prelude_probe(const rf_u16* __restrict__ x16, const float* __r
     const float wmax = rf_warp_max(v);
     const float bmax = rf_block_max(v, scratch);
     const float bsum = rf_block_sum(expf(v - bmax), scratch);
-    if (i < n) {
+    const bool seen = rf_visible(i, rf_query_pos(0, 1, n), -1, 0);
+    if (i < n && seen) {
         out[i] = wsum + wmax + neighbour + expf(v - bmax) / bsum;
 #if P_DTYPE == RF_F16
         out16[i] = rf_float_to_half(out[i]);
@@ -47,15 +55,10 @@ RF_KERNEL void rf_prelude_probe(const rf_u16* __restrict__ x16, const float* __r
 }
 "#;
 
+const PROBE_FILE: KernelFile = KernelFile { path: "tests/header_probe.hip", text: PROBE };
+
 fn probe_specs() -> Vec<KernelSpec> {
-    (0..3)
-        .map(|dtype| KernelSpec {
-            file: "prelude_probe.hip",
-            source: PROBE,
-            entry: "rf_prelude_probe",
-            defines: vec![("P_DTYPE".to_string(), dtype.to_string())],
-        })
-        .collect()
+    (0..3).map(|dtype| KernelSpec::new(PROBE_FILE, "rf_prelude_probe").define("P_DTYPE", dtype)).collect()
 }
 
 /// Every registered specialization plus the probe.
@@ -73,29 +76,22 @@ fn required(var: &str) -> bool {
     std::env::var(var).is_ok_and(|v| v == "1")
 }
 
-/// True when hipcc is usable; otherwise prints SKIP, or fails if required.
-fn have_hipcc(test: &str) -> bool {
-    if hipcc_available() {
+/// True when the offline compiler for `target` is usable; otherwise prints
+/// SKIP, or fails if its REQUIRE variable is set.
+fn have_compiler(test: &str, target: &str) -> bool {
+    let arch = Arch::parse(target).unwrap();
+    let (ok, var, what) = match OfflineCompiler::for_arch(&arch) {
+        OfflineCompiler::Nvrtc => (nvrtc_available(), "ROCMFORGE_REQUIRE_NVRTC", "libnvrtc (nvidia-cuda-nvrtc wheel)"),
+        OfflineCompiler::Hipcc => (hipcc_available(), "ROCMFORGE_REQUIRE_HIPCC", "hipcc (Debian's hipcc package)"),
+        OfflineCompiler::HeaderFreeClang => {
+            (clang_available(), "ROCMFORGE_REQUIRE_HIPCC", "clang-19 (Debian's clang-19)")
+        }
+    };
+    if ok {
         return true;
     }
-    assert!(
-        !required("ROCMFORGE_REQUIRE_HIPCC"),
-        "{test}: hipcc not found (install Debian's hipcc package or set HIPCC) and ROCMFORGE_REQUIRE_HIPCC=1"
-    );
-    println!("SKIP {test}: hipcc not found (set ROCMFORGE_REQUIRE_HIPCC=1 to make this a failure)");
-    false
-}
-
-fn have_nvrtc(test: &str) -> bool {
-    if nvrtc_available() {
-        return true;
-    }
-    assert!(
-        !required("ROCMFORGE_REQUIRE_NVRTC"),
-        "{test}: libnvrtc could not be loaded and ROCMFORGE_REQUIRE_NVRTC=1 (install the nvidia-cuda-nvrtc wheel \
-         and put its lib dir on LD_LIBRARY_PATH)"
-    );
-    println!("SKIP {test}: libnvrtc not loadable (set ROCMFORGE_REQUIRE_NVRTC=1 to make this a failure)");
+    assert!(!required(var), "{test}: {what} not available for {target} and {var}=1");
+    println!("SKIP {test}: {what} not available for {target} (set {var}=1 to make this a failure)");
     false
 }
 
@@ -106,9 +102,9 @@ fn wavefront_size(code_object: &[u8]) -> Option<u8> {
     code_object.windows(key.len()).position(|w| w == key).and_then(|at| code_object.get(at + key.len()).copied())
 }
 
-fn check_amd_target(target: &str) {
+fn check_target(target: &str) {
     let test = format!("kernels_compile_for_{target}");
-    if !have_hipcc(&test) {
+    if !have_compiler(&test, target) {
         return;
     }
     let specs = specs_under_test();
@@ -116,39 +112,84 @@ fn check_amd_target(target: &str) {
     assert_eq!(reports.len(), specs.len());
     for r in &reports {
         assert!(r.bytes > 0, "{r:?}");
-        println!("ok {} for {} ({} bytes)", r.kernel, r.target, r.bytes);
+        println!("ok {} for {} by {} ({} bytes)", r.kernel, r.target, r.compiler, r.bytes);
+    }
+    // Parameter structs: the C side must have the Rust side's layout.
+    let arch = Arch::parse(target).unwrap();
+    for (name, probe) in all_layout_probes() {
+        let options = vec![format!("-DRF_WARP_SIZE={}", arch.warp_size())];
+        compile_source(name, "layout_probe", &probe, &arch, &options)
+            .unwrap_or_else(|e| panic!("{target}: {name} layout differs from Rust: {e}"));
     }
 }
 
 #[test]
 fn kernels_compile_for_gfx90a() {
-    check_amd_target("gfx90a");
+    check_target("gfx90a");
 }
 
 #[test]
 fn kernels_compile_for_gfx1030() {
-    check_amd_target("gfx1030");
+    check_target("gfx1030");
 }
 
-/// The code object really is wave64 on gfx90a and wave32 on gfx1030, both
-/// when the host passes RF_WARP_SIZE and when the prelude falls back to
-/// `__AMDGCN_WAVEFRONT_SIZE`; a wrong RF_WARP_SIZE trips the static_assert.
 #[test]
-fn prelude_warp_size_matches_amd_wavefront() {
-    if !have_hipcc("prelude_warp_size_matches_amd_wavefront") {
+fn kernels_compile_for_gfx942_header_free() {
+    check_target("gfx942");
+}
+
+#[test]
+fn kernels_compile_for_gfx1100_header_free() {
+    check_target("gfx1100");
+}
+
+#[test]
+fn kernels_compile_for_sm80_and_sm90() {
+    check_target("sm_80");
+    check_target("sm_90");
+}
+
+/// A wrong field offset in a parameter struct is caught: the probe built
+/// from a struct whose C twin differs fails to compile.
+#[test]
+fn layout_probe_catches_a_mismatch() {
+    if !have_compiler("layout_probe_catches_a_mismatch", "gfx90a") {
         return;
     }
-    let source = probe_specs()[0].full_source();
-    for (target, wave) in [("gfx90a", 64u32), ("gfx1030", 32u32), ("gfx90a:xnack-", 64u32)] {
-        assert_eq!(target_warp_size(target).unwrap(), wave);
+    let arch = Arch::parse("gfx90a").unwrap();
+    let (name, probe) = all_layout_probes().remove(0);
+    let broken = probe.replacen("== 0,", "== 8,", 1);
+    assert_ne!(broken, probe, "the probe asserts the first field's offset");
+    let options = vec!["-DRF_WARP_SIZE=64".to_string()];
+    match compile_source(name, "layout_probe", &broken, &arch, &options) {
+        Ok(_) => panic!("a wrong offset compiled"),
+        Err(e) => assert!(e.to_string().contains("offset differs from Rust"), "{e}"),
+    }
+}
+
+/// The code object really is wave64 on gfx90a/gfx942 and wave32 on
+/// gfx1030/gfx1100, both when the host passes RF_WARP_SIZE and when the
+/// header falls back to `__AMDGCN_WAVEFRONT_SIZE`; a wrong RF_WARP_SIZE trips
+/// the static_assert.
+#[test]
+fn warp_size_matches_amd_wavefront() {
+    let source = probe_specs()[0].source();
+    for (target, wave) in
+        [("gfx90a", 64u32), ("gfx1030", 32u32), ("gfx90a:xnack-", 64u32), ("gfx942", 64), ("gfx1100", 32)]
+    {
+        if !have_compiler("warp_size_matches_amd_wavefront", target) {
+            continue;
+        }
+        let arch = Arch::parse(target).unwrap();
+        assert_eq!(arch.warp_size(), wave);
         let given = vec![format!("-DRF_WARP_SIZE={wave}"), "-DP_DTYPE=0".to_string()];
-        let code = compile_hipcc_source("probe", "probe", &source, target, &given).unwrap_or_else(|e| panic!("{e}"));
+        let code = compile_source("probe", "probe", &source, &arch, &given).unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(wavefront_size(&code), Some(wave as u8), "{target} with RF_WARP_SIZE={wave}");
         let fallback = vec!["-DP_DTYPE=0".to_string()];
-        let code = compile_hipcc_source("probe", "probe", &source, target, &fallback).unwrap_or_else(|e| panic!("{e}"));
-        assert_eq!(wavefront_size(&code), Some(wave as u8), "{target} with the prelude's fallback");
+        let code = compile_source("probe", "probe", &source, &arch, &fallback).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(wavefront_size(&code), Some(wave as u8), "{target} with the header's fallback");
         let wrong = vec![format!("-DRF_WARP_SIZE={}", 96 - wave), "-DP_DTYPE=0".to_string()];
-        match compile_hipcc_source("probe", "probe", &source, target, &wrong) {
+        match compile_source("probe", "probe", &source, &arch, &wrong) {
             Ok(_) => panic!("{target}: RF_WARP_SIZE={} compiled, the static_assert should reject it", 96 - wave),
             Err(e) => assert!(e.to_string().contains("RF_WARP_SIZE disagrees"), "{target}: {e}"),
         }
@@ -156,31 +197,73 @@ fn prelude_warp_size_matches_amd_wavefront() {
 }
 
 #[test]
-fn nvrtc_compiles_for_sm80_and_sm90() {
-    if !have_nvrtc("nvrtc_compiles_for_sm80_and_sm90") {
-        return;
-    }
-    let specs = specs_under_test();
-    for target in ["sm_80", "sm_90"] {
-        let reports = compile_all(&specs, target).unwrap_or_else(|e| panic!("{target}: {e}"));
-        assert_eq!(reports.len(), specs.len());
-        for r in &reports {
-            assert!(r.bytes > 0, "{r:?}");
-            println!("ok {} for {} ({} bytes)", r.kernel, r.target, r.bytes);
-        }
-    }
+fn headers_are_embedded() {
+    assert!(header("rf/platform.h").is_some_and(|h| h.contains("RF_WARP_SIZE")));
 }
 
+/// The kernels' mask rule (rf/mask.h, compiled as host C++ with the
+/// system's c++) agrees with `Mask::key_range` on every (query, key) of a
+/// grid of shapes and windows.
 #[test]
-fn target_ids_split_and_map_to_warp_sizes() {
-    assert_eq!(split_target_id("gfx90a:sramecc+:xnack-"), ("gfx90a", vec!["sramecc+", "xnack-"]));
-    assert_eq!(split_target_id("gfx1030"), ("gfx1030", vec![]));
-    assert_eq!(split_target_id("sm_90"), ("sm_90", vec![]));
-    for (t, w) in [("gfx906", 64), ("gfx90a", 64), ("gfx942", 64), ("gfx1030", 32), ("gfx1100", 32), ("sm_80", 32)] {
-        assert_eq!(target_warp_size(t).unwrap(), w, "{t}");
+fn mask_header_agrees_with_host_rule() {
+    use rocmforge::Mask;
+    let Some(cxx) = ["c++", "g++", "clang++"]
+        .into_iter()
+        .find(|c| std::process::Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()))
+    else {
+        assert!(!required("ROCMFORGE_REQUIRE_HIPCC"), "no host C++ compiler for the mask-rule test");
+        println!("SKIP mask_header_agrees_with_host_rule: no host C++ compiler");
+        return;
+    };
+    let dir = std::env::temp_dir().join(format!("rf-mask-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("rf")).unwrap();
+    for name in ["rf/platform.h", "rf/mask.h"] {
+        std::fs::write(dir.join(name), header(name).unwrap()).unwrap();
     }
-    for bad in ["", "gfx", "sm_", "gfxzz", "cuda", "sm_x9"] {
-        assert!(target_warp_size(bad).is_err(), "{bad}");
+    let main = r#"#include <cstdio>
+#include <cstdlib>
+#include "rf/mask.h"
+int main(int argc, char** argv) {
+    long long sq = atoll(argv[1]), skv = atoll(argv[2]), left = atoll(argv[3]), right = atoll(argv[4]);
+    for (long long i = 0; i < sq; ++i) {
+        for (long long j = 0; j < skv; ++j) putchar(rf_visible(j, rf_query_pos(i, sq, skv), left, right) ? '1' : '0');
+        putchar('\n');
     }
-    assert!(PRELUDE.contains("RF_WARP_SIZE"));
+}"#;
+    std::fs::write(dir.join("main.cpp"), main).unwrap();
+    let exe = dir.join("mask_rule");
+    let status = std::process::Command::new(cxx)
+        .args(["-DRF_HOST_ONLY", "-DRF_WARP_SIZE=32", "-std=c++17", "-I"])
+        .arg(&dir)
+        .arg(dir.join("main.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .status()
+        .unwrap();
+    assert!(status.success(), "host compile of rf/mask.h failed");
+    let masks = [
+        (Mask::None, -1, -1),
+        (Mask::Causal, -1, 0),
+        (Mask::SlidingWindow { left: 2, right: 0 }, 2, 0),
+        (Mask::SlidingWindow { left: 0, right: 3 }, 0, 3),
+        (Mask::SlidingWindow { left: 1, right: 1 }, 1, 1),
+    ];
+    let mut checked = 0;
+    for (sq, skv) in [(1, 7), (5, 5), (7, 3), (3, 9), (9, 1)] {
+        for (mask, left, right) in masks {
+            let out = std::process::Command::new(&exe)
+                .args([sq, skv, left, right].map(|x: i64| x.to_string()))
+                .output()
+                .unwrap();
+            let text = String::from_utf8(out.stdout).unwrap();
+            for (i, line) in text.lines().enumerate() {
+                let (lo, hi) = mask.key_range(i, sq as usize, skv as usize);
+                let want: String = (0..skv as usize).map(|j| if (lo..hi).contains(&j) { '1' } else { '0' }).collect();
+                assert_eq!(line, want, "mask {mask} sq={sq} skv={skv} row {i}");
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 5 * (1 + 5 + 7 + 3 + 9));
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@ mod cli_files;
 #[cfg(feature = "cli")]
 mod cli_limits;
 mod common;
+mod concurrency;
 mod differential;
 mod gpu_device;
 mod kernels_offline;

@@ -4,11 +4,15 @@
 
 use rocmforge::capabilities::{Capabilities, HeadDims, Unsupported};
 use rocmforge::registry::{ChoiceSource, Verdict};
+use rocmforge::CheckedCall;
 use rocmforge::{
     AttentionBackend, AttentionConfig, AttentionProblem, BackendChoice, BackendError, DType, Device, DeviceKind, Mask,
     MaskKind, Registry, SelectError, Tensor, BACKEND_ENV,
 };
 use serial_test::serial;
+
+/// How often any fake backend's `run` was reached.
+static RUNS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 /// A backend that only declares things; selection never runs it.
 struct Fake {
@@ -30,15 +34,9 @@ impl AttentionBackend for Fake {
     fn capabilities(&self) -> Capabilities {
         self.caps.clone()
     }
-    fn forward(
-        &self,
-        _: &AttentionProblem,
-        _: &Tensor,
-        _: &Tensor,
-        _: &Tensor,
-        _: &mut Tensor,
-    ) -> Result<(), BackendError> {
-        unreachable!("selection tests never run a backend")
+    fn run(&self, _: CheckedCall<'_>) -> Result<(), BackendError> {
+        RUNS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
 }
 
@@ -52,6 +50,8 @@ const ANYTHING: Capabilities = Capabilities {
     masks: &MaskKind::ALL,
     max_group_size: None,
     softcap: true,
+    strided: true,
+    matrix_units: None,
     deterministic: true,
     workspace: "none",
 };
@@ -103,7 +103,7 @@ fn prefer(names: &[&str]) -> BackendChoice {
 }
 
 fn config(names: &[&str]) -> AttentionConfig {
-    AttentionConfig { backend: Some(prefer(names)) }
+    AttentionConfig::with_backend(prefer(names))
 }
 
 /// Sets the backend variable for one test and restores the old value on drop,
@@ -152,7 +152,7 @@ fn auto_picks_the_highest_priority_eligible_backend() {
     let s = r.select_choice(&problem(), &Device::Cpu, &BackendChoice::Auto, ChoiceSource::Default).unwrap();
     assert_eq!(s.backend.name(), "fast");
     assert_eq!(s.source, ChoiceSource::Default);
-    assert!(s.reason.contains("auto") && s.reason.contains("10"), "{}", s.reason);
+    assert!(s.reason.to_string().contains("auto") && s.reason.to_string().contains("10"), "{}", s.reason.to_string());
 
     // Equal priorities: the order is deterministic (by name).
     let r = registry(vec![fake("b-tie", 3, ANYTHING), fake("a-tie", 3, ANYTHING), fake("picky", 9, PICKY)]);
@@ -167,15 +167,15 @@ fn config_beats_env_beats_auto() {
     {
         let _env = EnvVar::unset();
         assert_eq!(select_name(&r, &AttentionConfig::default()), ("fast", ChoiceSource::Default));
-        assert_eq!(select_name(&r, &config(&["slow"])), ("slow", ChoiceSource::Config));
+        assert_eq!(select_name(&r, &config(&["slow"])), ("slow", ChoiceSource::CONFIG));
     }
     {
         let _env = EnvVar::set("medium");
         assert_eq!(select_name(&r, &AttentionConfig::default()), ("medium", ChoiceSource::Env));
-        assert_eq!(select_name(&r, &config(&["slow"])), ("slow", ChoiceSource::Config));
+        assert_eq!(select_name(&r, &config(&["slow"])), ("slow", ChoiceSource::CONFIG));
         // An explicit `auto` in the config also beats the environment.
-        let auto = AttentionConfig { backend: Some(BackendChoice::Auto) };
-        assert_eq!(select_name(&r, &auto), ("fast", ChoiceSource::Config));
+        let auto = AttentionConfig::with_backend(BackendChoice::Auto);
+        assert_eq!(select_name(&r, &auto), ("fast", ChoiceSource::CONFIG));
     }
     {
         let _env = EnvVar::set("auto");
@@ -185,7 +185,7 @@ fn config_beats_env_beats_auto() {
         let _env = EnvVar::set("picky, slow");
         let s = r.select(&problem(), &Device::Cpu, &AttentionConfig::default()).unwrap();
         assert_eq!((s.backend.name(), s.source), ("slow", ChoiceSource::Env));
-        assert!(s.reason.contains("picky"), "{}", s.reason);
+        assert!(s.reason.to_string().contains("picky"), "{}", s.reason.to_string());
     }
 }
 
@@ -193,13 +193,17 @@ fn config_beats_env_beats_auto() {
 fn preference_list_picks_first_runnable_and_reports_skipped() {
     let r = five();
     let s = r
-        .select_choice(&problem(), &Device::Cpu, &prefer(&["picky", "gpu-only", "slow", "fast"]), ChoiceSource::Config)
+        .select_choice(&problem(), &Device::Cpu, &prefer(&["picky", "gpu-only", "slow", "fast"]), ChoiceSource::CONFIG)
         .unwrap();
     assert_eq!(s.backend.name(), "slow");
-    assert!(s.reason.contains("picky") && s.reason.contains("gpu-only"), "reason must list skipped: {}", s.reason);
-    assert!(!s.reason.contains("fast"), "{}", s.reason);
+    assert!(
+        s.reason.to_string().contains("picky") && s.reason.to_string().contains("gpu-only"),
+        "reason must list skipped: {}",
+        s.reason
+    );
+    assert!(!s.reason.to_string().contains("fast"), "{}", s.reason.to_string());
 
-    let s = r.select_choice(&problem(), &Device::Cpu, &prefer(&["medium", "fast"]), ChoiceSource::Config).unwrap();
+    let s = r.select_choice(&problem(), &Device::Cpu, &prefer(&["medium", "fast"]), ChoiceSource::CONFIG).unwrap();
     assert_eq!(s.backend.name(), "medium", "the list order wins over priority");
 }
 
@@ -222,7 +226,7 @@ fn forced_backend_that_cannot_run_lists_every_reason() {
     assert!(text.contains(&problem().to_string()), "the message names the problem: {text}");
 
     // A list where nothing runs: every backend and every reason.
-    let err = r.select_choice(&problem(), &Device::Cpu, &prefer(&["picky", "gpu-only"]), ChoiceSource::Config);
+    let err = r.select_choice(&problem(), &Device::Cpu, &prefer(&["picky", "gpu-only"]), ChoiceSource::CONFIG);
     let text = err.err().unwrap().to_string();
     for needle in ["picky", "dtype f32", "head_dim 32", "mask causal", "gpu-only", "runs on gpu, problem is on cpu"] {
         assert!(text.contains(needle), "'{needle}' missing from: {text}");
@@ -233,7 +237,7 @@ fn forced_backend_that_cannot_run_lists_every_reason() {
 fn forced_backend_never_falls_back() {
     // A GPU backend asked for on the CPU is an error even though CPU backends could run it.
     let r = five();
-    let result = r.select_choice(&problem(), &Device::Cpu, &prefer(&["gpu-only"]), ChoiceSource::Config);
+    let result = r.select_choice(&problem(), &Device::Cpu, &prefer(&["gpu-only"]), ChoiceSource::CONFIG);
     assert!(matches!(result, Err(SelectError::ForcedUnsupported { .. })));
 }
 
@@ -241,7 +245,7 @@ fn forced_backend_never_falls_back() {
 fn unknown_name_lists_valid_names() {
     let r = five();
     for choice in [prefer(&["nope"]), prefer(&["fast", "nope"])] {
-        let err = r.select_choice(&problem(), &Device::Cpu, &choice, ChoiceSource::Config).err().unwrap();
+        let err = r.select_choice(&problem(), &Device::Cpu, &choice, ChoiceSource::CONFIG).err().unwrap();
         match &err {
             SelectError::UnknownName { name, valid, .. } => {
                 assert_eq!(name, "nope");
@@ -294,25 +298,19 @@ fn invalid_problem_is_rejected_by_every_backend() {
     let r = five();
     let mut bad = problem();
     bad.num_kv_heads = 3; // 4 q heads are not a multiple of 3
-    let only_invalid =
-        |reasons: &[Unsupported]| matches!(reasons, [Unsupported::InvalidProblem(why)] if why.contains("num_kv_heads"));
+    let only_invalid = |reasons: &[Unsupported]| matches!(reasons, [Unsupported::InvalidProblem(why)] if why.to_string().contains("num_kv_heads"));
 
-    match r.select_choice(&bad, &Device::Cpu, &BackendChoice::Auto, ChoiceSource::Default) {
-        Err(SelectError::NothingEligible { rejected, .. }) => {
-            assert_eq!(rejected.len(), 5);
-            assert!(rejected.iter().all(|(_, reasons)| only_invalid(reasons)), "{rejected:?}");
+    // Selection reports an invalid problem once, not once per backend.
+    for choice in [BackendChoice::Auto, prefer(&["fast"])] {
+        match r.select_choice(&bad, &Device::Cpu, &choice, ChoiceSource::Default) {
+            Err(SelectError::InvalidProblem(e)) => assert!(e.to_string().contains("num_kv_heads"), "{e}"),
+            Err(e) => panic!("expected InvalidProblem, got {e}"),
+            Ok(s) => panic!("invalid problem selected {}", s.backend.name()),
         }
-        Err(e) => panic!("expected NothingEligible, got {e}"),
-        Ok(s) => panic!("invalid problem selected {}", s.backend.name()),
     }
-    match r.select_choice(&bad, &Device::Cpu, &prefer(&["fast"]), ChoiceSource::Config) {
-        Err(SelectError::ForcedUnsupported { rejected, .. }) => {
-            assert!(rejected.len() == 1 && only_invalid(&rejected[0].1), "{rejected:?}")
-        }
-        Err(e) => panic!("expected ForcedUnsupported, got {e}"),
-        Ok(s) => panic!("invalid problem selected {}", s.backend.name()),
-    }
-    let (verdicts, chosen) = r.explain(&bad, &Device::Cpu, &AttentionConfig { backend: Some(BackendChoice::Auto) });
+    let err = r.choose(&bad, &AttentionConfig::default()).err().unwrap();
+    assert_eq!(err.to_string().matches("num_kv_heads").count(), 1, "{err}");
+    let (verdicts, chosen) = r.explain(&bad, &Device::Cpu, &AttentionConfig::with_backend(BackendChoice::Auto));
     assert!(chosen.is_err());
     assert_eq!(verdicts.len(), 5);
     for (name, verdict) in verdicts {
@@ -323,7 +321,7 @@ fn invalid_problem_is_rejected_by_every_backend() {
 #[test]
 fn explain_gives_one_verdict_per_backend_and_exactly_one_chosen() {
     let r = five();
-    let auto = AttentionConfig { backend: Some(BackendChoice::Auto) };
+    let auto = AttentionConfig::with_backend(BackendChoice::Auto);
     let (verdicts, chosen) = r.explain(&problem(), &Device::Cpu, &auto);
     let names: Vec<&str> = verdicts.iter().map(|(n, _)| *n).collect();
     assert_eq!(names, r.names());
@@ -366,7 +364,7 @@ fn bad_env_value_is_an_error() {
         Err(SelectError::EmptyName { .. })
     ));
     // The config is stronger, so a bad environment does not matter then.
-    assert_eq!(config(&["slow"]).resolve(), Ok((prefer(&["slow"]), ChoiceSource::Config)));
+    assert_eq!(config(&["slow"]).resolve(), Ok((prefer(&["slow"]), ChoiceSource::CONFIG)));
 
     drop(_env);
     let _env = EnvVar::set("nope");
@@ -394,4 +392,51 @@ fn choice_parsing() {
     assert_eq!(BackendChoice::parse(" fast , slow "), Ok(prefer(&["fast", "slow"])));
     assert!(matches!(BackendChoice::parse("fast,"), Err(SelectError::EmptyName { .. })));
     assert_eq!(prefer(&["fast", "slow"]).to_string(), "fast,slow");
+}
+
+/// The library's device + backend policy: explicit CPU, auto, and a forced
+/// GPU backend with no GPU (an error naming the reason, never a CPU run).
+#[test]
+#[serial]
+fn choose_picks_device_and_backend_in_the_library() {
+    let r = five();
+    let cpu = AttentionConfig { device: rocmforge::DeviceChoice::Cpu, ..AttentionConfig::default() };
+    let c = r.choose(&problem(), &cpu).unwrap();
+    assert_eq!((c.backend.name(), c.device.label()), ("fast", "cpu".to_string()));
+    let forced = AttentionConfig { origin: "--backend", ..AttentionConfig::with_backend(prefer(&["gpu-only"])) };
+    match r.choose(&problem(), &forced) {
+        Ok(c) => assert!(matches!(c.device, Device::Gpu(_)), "a GPU backend ran on {}", c.device.label()),
+        Err(e) => {
+            let text = e.to_string();
+            assert!(text.contains("gpu-only") && text.contains("--backend"), "{text}");
+            assert!(text.contains("needs a GPU") || text.contains("runs on gpu"), "{text}");
+        }
+    }
+    let explained = r.explain_choice(&problem(), &cpu).unwrap();
+    assert_eq!(explained.verdicts.len(), 5);
+    assert_eq!(explained.chosen.unwrap().backend.name(), "fast");
+}
+
+/// `forward` validates before any backend code runs: a wrong shape, dtype
+/// or stride never reaches `run`; a correct call does, exactly once.
+#[test]
+#[serial]
+fn forward_validates_before_run() {
+    use std::sync::atomic::Ordering;
+    let backend: &dyn AttentionBackend = &Fake { name: "fake", priority: 1, caps: ANYTHING };
+    let p = problem();
+    let q = Tensor::random(p.q_shape(), p.dtype, 1).unwrap();
+    let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
+    let v = Tensor::random(p.kv_shape(), p.dtype, 3).unwrap();
+    let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+    let before = RUNS.load(Ordering::SeqCst);
+    assert!(backend.forward(&p, &q, &q, &v, &mut out).is_err(), "k with q's shape");
+    let wrong_dtype = Tensor::random(p.kv_shape(), DType::BF16, 2).unwrap();
+    assert!(backend.forward(&p, &q, &wrong_dtype, &v, &mut out).is_err());
+    let mut strided = p.clone();
+    strided.strides.k = Some([1 << 20, 1 << 10, 8]);
+    assert!(backend.forward(&strided, &q, &k, &v, &mut out).is_err(), "k is contiguous, problem says strided");
+    assert_eq!(RUNS.load(Ordering::SeqCst), before, "run was reached by an invalid call");
+    backend.forward(&p, &q, &k, &v, &mut out).unwrap();
+    assert_eq!(RUNS.load(Ordering::SeqCst), before + 1);
 }

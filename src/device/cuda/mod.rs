@@ -8,6 +8,7 @@
 mod checked;
 pub(crate) mod nvrtc;
 
+use super::arch::Arch;
 use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use crate::dtype::DType;
@@ -66,7 +67,7 @@ impl CudaDriver {
             vendor: Vendor::Nvidia,
             ordinal,
             name: drv("cuDeviceGetName", cu::device::get_name(device))?,
-            arch: format!("sm_{major}{minor}"),
+            arch: Arch::parse(&format!("sm_{major}{minor}"))?,
             // SAFETY: valid device handle.
             total_memory: drv("cuDeviceTotalMem", unsafe { cu::device::total_mem(device) })? as u64,
             warp_size: attr(A::CU_DEVICE_ATTRIBUTE_WARP_SIZE)? as u32,
@@ -189,12 +190,12 @@ impl Driver for CudaDriver {
     }
 
     fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle> {
-        let image = nvrtc::compile_cubin(entry, source, options, &self.info.arch)?;
+        let image = nvrtc::compile_cubin(entry, source, options, self.info.arch.target_id())?;
         self.bind()?;
         // SAFETY: `image` is a complete cubin produced for this device's arch.
         let module = drv("cuModuleLoadData", unsafe { cu::module::load_data(image.as_ptr() as *const c_void) })?;
-        self.modules.lock().map_err(|_| DeviceError::Invalid("module list poisoned".into()))?.push(module);
-        let name = CString::new(entry).map_err(|_| DeviceError::Invalid(format!("bad kernel name {entry}")))?;
+        self.modules.lock().map_err(|_| DeviceError::LockPoisoned { what: "module list" })?.push(module);
+        let name = CString::new(entry).map_err(|_| DeviceError::BadEntryName { entry: entry.to_string() })?;
         // SAFETY: `module` is loaded and stays loaded until the driver drops.
         let f = drv("cuModuleGetFunction", unsafe { cu::module::get_function(module, name) })?;
         Ok(FunctionHandle(f as usize))
@@ -218,7 +219,7 @@ impl Driver for CudaDriver {
 
     unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {
         self.bind()?;
-        let handle = self.cublas.lock().map_err(|_| DeviceError::Invalid("cuBLAS handle poisoned".into()))?;
+        let handle = self.cublas.lock().map_err(|_| DeviceError::LockPoisoned { what: "cuBLAS handle" })?;
         let op = |t: bool| {
             if t {
                 blas_sys::cublasOperation_t::CUBLAS_OP_T

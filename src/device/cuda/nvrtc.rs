@@ -2,6 +2,7 @@
 //! driver and offline by `rocmforge kernels check` (no GPU needed).
 
 use crate::device::error::{DeviceError, DeviceResult};
+use crate::device::headers::CHeaders;
 use cudarc::nvrtc::{result as rtc, sys};
 use std::ffi::CString;
 
@@ -15,14 +16,27 @@ pub(crate) fn available() -> bool {
 /// A compile error carries NVRTC's log and the options used.
 pub(crate) fn compile_cubin(entry: &str, source: &str, options: &[String], arch: &str) -> DeviceResult<Vec<u8>> {
     if !available() {
-        return Err(DeviceError::NoDevice("NVRTC (libnvrtc) is not installed".into()));
+        return Err(DeviceError::NoNvrtc {
+            why: "libnvrtc could not be loaded (install the CUDA toolkit or the nvidia-cuda-nvrtc wheel and put its \
+                  lib directory on LD_LIBRARY_PATH)"
+                .into(),
+        });
     }
     let mut opts: Vec<String> = vec![format!("--gpu-architecture={arch}"), "-std=c++17".into()];
     opts.extend(options.iter().cloned());
     let fail = |log: String| DeviceError::Compile { kernel: entry.to_string(), options: opts.clone(), log };
     let src = CString::new(source).map_err(|_| fail("source contains a NUL byte".into()))?;
     let name = CString::new(format!("{entry}.cu")).map_err(|_| fail("bad kernel name".into()))?;
-    let prog = rtc::create_program(&src, Some(&name)).map_err(|e| fail(format!("nvrtcCreateProgram: {:?}", e.0)))?;
+    let headers = CHeaders::all();
+    let (texts, names) = (headers.text_ptrs(), headers.name_ptrs());
+    let mut prog: sys::nvrtcProgram = std::ptr::null_mut();
+    // SAFETY: `src`, `name` and the header arrays (`headers.count()` entries
+    // each, owned by `headers`) are NUL-terminated and outlive the call.
+    unsafe {
+        sys::nvrtcCreateProgram(&mut prog, src.as_ptr(), name.as_ptr(), headers.count(), texts.as_ptr(), names.as_ptr())
+    }
+    .result()
+    .map_err(|e| fail(format!("nvrtcCreateProgram: {:?}", e.0)))?;
     // SAFETY: `prog` is live until the destroy below; `src`/`name` outlive it.
     let result = unsafe {
         let compiled = rtc::compile_program(prog, &opts);

@@ -7,6 +7,7 @@
 
 use super::checked;
 use crate::device::error::{DeviceError, DeviceResult};
+use crate::device::headers::CHeaders;
 use std::ffi::{c_char, c_int, c_void, CString};
 
 /// `hiprtcResult` is a C enum; it is kept as a plain `c_int` so that a value
@@ -134,10 +135,13 @@ pub(super) fn compile_code_object(
     let num_options = c_int::try_from(c_opt_ptrs.len()).map_err(|_| fail("too many options".into()))?;
 
     let mut prog = Program(std::ptr::null_mut());
-    // SAFETY: `src` and `name` are NUL-terminated and outlive the call; no
-    // headers are passed (null arrays with a zero count).
-    let r =
-        unsafe { hiprtcCreateProgram(&mut prog.0, src.as_ptr(), name.as_ptr(), 0, std::ptr::null(), std::ptr::null()) };
+    let headers = CHeaders::all();
+    let (texts, names) = (headers.text_ptrs(), headers.name_ptrs());
+    // SAFETY: `src`, `name` and the header arrays (`headers.count()` entries
+    // each, owned by `headers`) are NUL-terminated and outlive the call.
+    let r = unsafe {
+        hiprtcCreateProgram(&mut prog.0, src.as_ptr(), name.as_ptr(), headers.count(), texts.as_ptr(), names.as_ptr())
+    };
     if r != HIPRTC_SUCCESS {
         return Err(fail(format!("hiprtcCreateProgram: {}", checked::rtc_describe(r))));
     }

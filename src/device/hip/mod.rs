@@ -18,9 +18,9 @@
 mod checked;
 pub(crate) mod hiprtc;
 
+use super::arch::Arch;
 use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
-use super::offline::split_target_id;
 use crate::dtype::DType;
 use checked::{blas, hip};
 use hip_runtime_sys as sys;
@@ -77,11 +77,8 @@ fn c_array_text(chars: &[c_char]) -> String {
     String::from_utf8_lossy(&bytes).trim().to_string()
 }
 
-fn positive(what: &str, v: c_int) -> DeviceResult<u32> {
-    u32::try_from(v)
-        .ok()
-        .filter(|&v| v > 0)
-        .ok_or_else(|| DeviceError::Invalid(format!("HIP device reports {what} = {v}")))
+fn positive(what: &'static str, v: c_int) -> DeviceResult<u32> {
+    u32::try_from(v).ok().filter(|&v| v > 0).ok_or(DeviceError::Property { property: what, value: v as i64 })
 }
 
 impl HipDriver {
@@ -100,18 +97,13 @@ impl HipDriver {
         let props = unsafe { buf.assume_init() }.props;
 
         let target_id = c_array_text(&props.gcnArchName);
-        let (arch, _features) = split_target_id(&target_id);
-        if !arch.starts_with("gfx") {
-            return Err(DeviceError::Invalid(format!(
-                "HIP device {ordinal} reports gcnArchName '{target_id}' (gcnArch {}), not a gfx target",
-                props.gcnArch
-            )));
-        }
+        // A name that is not a gfx target is a typed UnknownTarget error.
+        let arch = Arch::parse(&target_id)?;
         let info = DeviceInfo {
             vendor: Vendor::Amd,
             ordinal: ordinal as usize,
             name: c_array_text(&props.name),
-            arch: arch.to_string(),
+            arch,
             total_memory: props.totalGlobalMem as u64,
             // Read from the device: 64 on CDNA/GCN, 32 on RDNA.
             warp_size: positive("warpSize", props.warpSize)?,
@@ -296,8 +288,8 @@ impl Driver for HipDriver {
         // SAFETY: `image` is a complete code object compiled for this
         // device's target ID; `module` is a valid out-pointer.
         hip("hipModuleLoadData", unsafe { sys::hipModuleLoadData(&mut module, image.as_ptr() as *const c_void) })?;
-        self.modules.lock().map_err(|_| DeviceError::Invalid("module list poisoned".into()))?.push(module);
-        let name = CString::new(entry).map_err(|_| DeviceError::Invalid(format!("bad kernel name {entry}")))?;
+        self.modules.lock().map_err(|_| DeviceError::LockPoisoned { what: "module list" })?.push(module);
+        let name = CString::new(entry).map_err(|_| DeviceError::BadEntryName { entry: entry.to_string() })?;
         let mut function: sys::hipFunction_t = std::ptr::null_mut();
         // SAFETY: `module` is loaded and stays loaded until the driver drops;
         // `name` is NUL-terminated.
@@ -340,7 +332,7 @@ impl Driver for HipDriver {
 
     unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {
         self.bind()?;
-        let handle = self.hipblas.lock().map_err(|_| DeviceError::Invalid("hipBLAS handle poisoned".into()))?;
+        let handle = self.hipblas.lock().map_err(|_| DeviceError::LockPoisoned { what: "hipBLAS handle" })?;
         // SAFETY: the handle is ours and the stream is live.
         blas("hipblasSetStream", unsafe { blas_sys::hipblasSetStream(*handle, raw(stream) as _) })?;
         let (alpha, beta) = (g.alpha, g.beta);

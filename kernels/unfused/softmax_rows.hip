@@ -1,11 +1,16 @@
 // Row softmax for the unfused attention path. One block per score row:
 // optional logit soft-cap, the mask (bottom-right aligned causal / sliding
-// window), then a numerically stable softmax. Scores arrive already scaled
-// (the QK^T GEMM applies the scale as its alpha).
+// window, rf/mask.h), then a numerically stable softmax. Scores arrive
+// already scaled (the QK^T GEMM applies the scale as its alpha).
 //
 // Specializations: P_DTYPE = RF_F32 writes probabilities in place over the
 // scores; RF_F16 / RF_BF16 write them to a separate 16-bit buffer for the
 // second GEMM.
+#include "rf/platform.h"
+#include "rf/convert.h"
+#include "rf/reduce.h"
+#include "rf/mask.h"
+#include "rf/params.h"
 
 #ifndef P_DTYPE
 #define P_DTYPE RF_F32
@@ -22,31 +27,24 @@ typedef rf_u16 p_t;
 RF_DEVICE p_t to_p(float x) { return rf_float_to_bf16(x); }
 #endif
 
-// A key is visible to query `i` if it lies in [pos - left, pos + right],
-// pos = i + seq_kv - seq_q; a negative bound means unbounded on that side.
-RF_DEVICE bool rf_visible(long long j, long long pos, long long left, long long right) {
-    return (left < 0 || j >= pos - left) && (right < 0 || j <= pos + right);
-}
-
 RF_DEVICE float rf_logit(float s, float softcap) {
     return softcap > 0.0f ? softcap * tanhf(s / softcap) : s;
 }
 
-// scores: rows x seq_kv f32, row r belongs to query r % seq_q.
-// probs:  rows x seq_kv p_t (may alias scores when P_DTYPE is f32).
-RF_KERNEL void softmax_rows(const float* scores, p_t* probs, int seq_q, int seq_kv,
-                            float softcap, long long win_left, long long win_right) {
+// Row r of the scores belongs to query r % seq_q.
+RF_KERNEL void softmax_rows(RfSoftmaxParams prm) {
     __shared__ float scratch[1024 / RF_WARP_SIZE];
     const long long row = blockIdx.x;
-    const long long pos = row % seq_q + (long long)seq_kv - seq_q;
-    const float* s = scores + row * (long long)seq_kv;
-    p_t* p = probs + row * (long long)seq_kv;
+    const long long pos = rf_query_pos(row % prm.seq_q, prm.seq_q, prm.seq_kv);
+    const float* s = prm.scores + row * (long long)prm.seq_kv;
+    p_t* p = (p_t*)prm.probs + row * (long long)prm.seq_kv;
+    const int seq_kv = prm.seq_kv;
 
     // Pass 1: each thread keeps an online (max, sum of exp) pair.
     float m = RF_NEG_INF, l = 0.0f;
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
-        if (!rf_visible(j, pos, win_left, win_right)) continue;
-        const float x = rf_logit(s[j], softcap);
+        if (!rf_visible(j, pos, prm.win_left, prm.win_right)) continue;
+        const float x = rf_logit(s[j], prm.softcap);
         if (x > m) {
             l = l * expf(m - x) + 1.0f;
             m = x;
@@ -65,8 +63,8 @@ RF_KERNEL void softmax_rows(const float* scores, p_t* probs, int seq_q, int seq_
     // so writing in place is safe.
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
         float out = 0.0f;
-        if (inv != 0.0f && rf_visible(j, pos, win_left, win_right)) {
-            out = expf(rf_logit(s[j], softcap) - row_max) * inv;
+        if (inv != 0.0f && rf_visible(j, pos, prm.win_left, prm.win_right)) {
+            out = expf(rf_logit(s[j], prm.softcap) - row_max) * inv;
         }
         p[j] = to_p(out);
     }

@@ -1,4 +1,9 @@
-//! Tensors in `[batch, seq, heads, head_dim]` layout, on the host or on a GPU.
+//! Tensors in `[batch, seq, heads, head_dim]` layout, on the host or on a GPU,
+//! and strided views of them (`view.rs`).
+
+mod view;
+
+pub use view::{contiguous_strides, Layout, Strides, TensorView, TensorViewMut};
 
 use crate::device::{Device, DeviceBuffer, DeviceError};
 use crate::dtype::DType;
@@ -60,6 +65,16 @@ impl HostData {
         }
     }
 
+    /// Rounds `value` to the element type and stores it at `i`.
+    #[inline]
+    pub fn set_f32(&mut self, i: usize, value: f32) {
+        match self {
+            HostData::F32(v) => v[i] = value,
+            HostData::F16(v) => v[i] = f16::from_f32(value),
+            HostData::BF16(v) => v[i] = bf16::from_f32(value),
+        }
+    }
+
     pub fn as_bytes(&self) -> &[u8] {
         match self {
             HostData::F32(v) => bytemuck::cast_slice(v),
@@ -99,6 +114,10 @@ pub enum TensorError {
     Length { tensor: String, got: usize, expected: usize, shape: [usize; 4] },
     #[error("tensor shape {0:?} overflows usize")]
     Overflow([usize; 4]),
+    #[error("view {layout:?} reaches element {end}, past the {len} elements of its storage")]
+    ViewOutOfBounds { layout: Layout, end: usize, len: usize },
+    #[error("view {layout:?} addresses some elements twice, so it cannot be written")]
+    OverlappingOutput { layout: Layout },
     #[error(transparent)]
     Device(#[from] DeviceError),
 }
@@ -209,6 +228,28 @@ impl Tensor {
         }
     }
 
+    /// The whole tensor as a read-only view.
+    pub fn view(&self) -> TensorView<'_> {
+        TensorView { layout: Layout::contiguous(self.shape), dtype: self.dtype, storage: &self.storage }
+    }
+
+    /// The whole tensor as a writable view.
+    pub fn view_mut(&mut self) -> TensorViewMut<'_> {
+        TensorViewMut { layout: Layout::contiguous(self.shape), dtype: self.dtype, storage: &mut self.storage }
+    }
+
+    /// A strided view of this tensor's storage (e.g. the first `len`
+    /// positions of a KV cache). Fails if it reaches past the storage.
+    pub fn strided_view(&self, layout: Layout) -> Result<TensorView<'_>, TensorError> {
+        self.view().restrided(layout)
+    }
+
+    /// A writable strided view; it must not address an element twice.
+    pub fn strided_view_mut(&mut self, layout: Layout) -> Result<TensorViewMut<'_>, TensorError> {
+        view::check_layout(&layout, view::storage_len(&self.storage, self.dtype), true)?;
+        Ok(TensorViewMut { layout, dtype: self.dtype, storage: &mut self.storage })
+    }
+
     /// The device the elements live on.
     pub fn device(&self) -> Device {
         match &self.storage {
@@ -261,6 +302,18 @@ impl Tensor {
     /// The elements widened to f32 (downloading if needed).
     pub fn to_f32_vec(&self) -> Result<Vec<f32>, TensorError> {
         Ok(self.download()?.to_f32())
+    }
+}
+
+impl<'a> From<&'a Tensor> for TensorView<'a> {
+    fn from(t: &'a Tensor) -> TensorView<'a> {
+        t.view()
+    }
+}
+
+impl<'a> From<&'a mut Tensor> for TensorViewMut<'a> {
+    fn from(t: &'a mut Tensor) -> TensorViewMut<'a> {
+        t.view_mut()
     }
 }
 

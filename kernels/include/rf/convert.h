@@ -1,0 +1,42 @@
+// Element type codes and 16-bit float conversions. 16-bit floats travel as
+// raw bits (rf_u16) so no vendor half/bfloat16 header is needed.
+#pragma once
+#include "rf/platform.h"
+
+// Element type codes used by -D specializations. The host takes them from
+// DType::kernel_code(); a test checks both agree.
+#define RF_F32 0
+#define RF_F16 1
+#define RF_BF16 2
+
+RF_DEVICE float rf_bf16_to_float(rf_u16 h) {
+    return __uint_as_float(((unsigned int)h) << 16);
+}
+
+RF_DEVICE rf_u16 rf_float_to_bf16(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (rf_u16)((u >> 16) | 0x40u); // keep NaN quiet
+    u += 0x7fffu + ((u >> 16) & 1u);  // round to nearest even
+    return (rf_u16)(u >> 16);
+}
+
+#if defined(RF_HIP)
+RF_DEVICE float rf_half_to_float(rf_u16 h) {
+    _Float16 v = __builtin_bit_cast(_Float16, h);
+    return (float)v;
+}
+RF_DEVICE rf_u16 rf_float_to_half(float f) {
+    return __builtin_bit_cast(rf_u16, (_Float16)f);
+}
+#else
+RF_DEVICE float rf_half_to_float(rf_u16 h) {
+    float f;
+    asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
+    return f;
+}
+RF_DEVICE rf_u16 rf_float_to_half(float f) {
+    rf_u16 h;
+    asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
+    return h;
+}
+#endif

@@ -1,0 +1,18 @@
+// Parameter structs of the kernel families, passed by value as each
+// kernel's single argument. Each struct is mirrored by a `#[repr(C)]` struct
+// in src/kernels/params.rs; a test compiles static_asserts of every field
+// offset and size generated from the Rust side, so the two cannot drift.
+// Fields are ordered 8-byte first so neither side inserts hidden padding.
+#pragma once
+
+// unfused/softmax_rows.hip
+struct RfSoftmaxParams {
+    const float* scores;     // rows x seq_kv f32 scores (already scaled)
+    void* probs;             // rows x seq_kv probabilities (P_DTYPE); may alias scores
+    long long win_left;      // mask bounds, negative = unbounded (see rf/mask.h)
+    long long win_right;
+    int seq_q;
+    int seq_kv;
+    float softcap;           // 0 = none
+    int reserved;
+};

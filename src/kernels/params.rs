@@ -1,0 +1,94 @@
+//! Kernel parameter structs: one `#[repr(C)]` struct per kernel family,
+//! passed by value as the kernel's only argument and mirrored by a C struct
+//! in `kernels/include/rf/`. [`layout_probe`] turns a struct's Rust layout
+//! into `static_assert`s that the offline tests compile with hipcc and
+//! NVRTC, so the two sides cannot drift apart silently.
+
+/// A parameter struct shared with kernels.
+pub trait KernelParams: Copy + Send + Sync + 'static {
+    /// The C struct's name.
+    const C_NAME: &'static str;
+    /// The header (include name) declaring it.
+    const HEADER: &'static str;
+    /// (field, byte offset, byte size) of every field, in order.
+    fn fields() -> Vec<(&'static str, usize, usize)>;
+}
+
+/// Declares a `#[repr(C)]` parameter struct and its [`KernelParams`] impl
+/// (field list from `offset_of!`), so the layout is written exactly once.
+#[macro_export]
+macro_rules! kernel_params {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident as $c_name:literal in $header:literal {
+            $( $(#[$field_meta:meta])* pub $field:ident : $ty:ty, )*
+        }
+    ) => {
+        $(#[$meta])*
+        #[repr(C)]
+        #[derive(Clone, Copy, Debug, PartialEq)]
+        pub struct $name {
+            $( $(#[$field_meta])* pub $field: $ty, )*
+        }
+
+        impl $crate::kernels::params::KernelParams for $name {
+            const C_NAME: &'static str = $c_name;
+            const HEADER: &'static str = $header;
+            fn fields() -> Vec<(&'static str, usize, usize)> {
+                vec![$( (stringify!($field), std::mem::offset_of!($name, $field), std::mem::size_of::<$ty>()), )*]
+            }
+        }
+    };
+}
+
+kernel_params! {
+    /// `RfSoftmaxParams` of `unfused/softmax_rows.hip`.
+    pub struct SoftmaxParams as "RfSoftmaxParams" in "rf/params.h" {
+        /// f32 scores, rows x seq_kv.
+        pub scores: u64,
+        /// Probabilities in the problem's dtype (may alias `scores` for f32).
+        pub probs: u64,
+        /// Mask bounds, negative = unbounded (`rf/mask.h`).
+        pub win_left: i64,
+        pub win_right: i64,
+        pub seq_q: i32,
+        pub seq_kv: i32,
+        /// 0 = no soft-cap.
+        pub softcap: f32,
+        pub reserved: i32,
+    }
+}
+
+/// A translation unit that fails to compile unless the C struct has the
+/// Rust struct's size and every field's offset and size.
+pub fn layout_probe<P: KernelParams>() -> String {
+    let c = P::C_NAME;
+    let mut src = format!("#include \"rf/platform.h\"\n#include \"{}\"\n", P::HEADER);
+    src.push_str(&format!("static_assert(sizeof({c}) == {}, \"{c}: size differs from Rust\");\n", size_of::<P>()));
+    for (field, offset, size) in P::fields() {
+        src.push_str(&format!(
+            "static_assert(__builtin_offsetof({c}, {field}) == {offset}, \"{c}.{field}: offset differs from Rust\");\n\
+             static_assert(sizeof((({c}*)0)->{field}) == {size}, \"{c}.{field}: size differs from Rust\");\n"
+        ));
+    }
+    src.push_str("RF_KERNEL void rf_layout_probe() {}\n");
+    src
+}
+
+/// Layout probes of every parameter struct, for the offline compile tests.
+pub fn all_layout_probes() -> Vec<(&'static str, String)> {
+    vec![(SoftmaxParams::C_NAME, layout_probe::<SoftmaxParams>())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn probe_asserts_every_field() {
+        let probe = layout_probe::<SoftmaxParams>();
+        assert!(probe.contains("sizeof(RfSoftmaxParams) == 48"), "{probe}");
+        assert!(probe.contains("__builtin_offsetof(RfSoftmaxParams, seq_kv) == 36"), "{probe}");
+        assert_eq!(SoftmaxParams::fields().len(), 8);
+    }
+}
