@@ -151,6 +151,12 @@ fn unknown_backend_lists_valid_names() {
     let refs: Vec<&str> = args.iter().map(String::as_str).collect();
     assert_clean_error(&rocmforge(&refs).env(BACKEND_ENV, "bogus").output().unwrap(), BACKEND_ENV);
     assert_clean_error(&rocmforge(&refs).env(BACKEND_ENV, "a,,b").output().unwrap(), "empty backend name");
+    use std::os::unix::ffi::OsStrExt;
+    let not_utf8 = std::ffi::OsStr::from_bytes(b"cpu-flash\xff");
+    assert_clean_error(&rocmforge(&refs).env(BACKEND_ENV, not_utf8).output().unwrap(), "is not valid UTF-8");
+    // "auto" from the environment is auto, and says where it came from.
+    let out = assert_ok(&rocmforge(&refs).env(BACKEND_ENV, "auto").output().unwrap());
+    assert!(out.contains("backend: cpu-flash (auto: highest priority"), "{out}");
 }
 
 #[test]
