@@ -92,14 +92,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     }
     let chosen = registry.choose(&p, &args.select.config()?)?;
     let device = chosen.device.clone();
-    let mut items = memory_items(&p, files.is_some(), args.check);
-    // Backends do not declare their host working memory yet; cpu-reference's
-    // is large (its f64 result), so it is counted here by name.
-    if chosen.backend.name() == "cpu-reference" {
-        let f32_out = Item::tensor("cpu-reference's f64 result", p.out_shape(), DType::F32);
-        items.push(Item { bytes: f32_out.bytes * 2, formula: format!("{} × 2 (f64)", f32_out.formula), ..f32_out });
-    }
-    host_memory::check("this run", items)?;
+    host_memory::check("this run", memory_items(&p, chosen.backend.name(), files.is_some(), args.check))?;
     let (q, k, v) = match files {
         Some(files) => files,
         None => random_inputs(&p, args.seed)?,
@@ -114,22 +107,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     }
 
     let warmup = args.warmup.unwrap_or(if matches!(device, Device::Gpu(_)) { 1 } else { 0 });
-    let (output, times, transfer) = match &device {
-        Device::Cpu => {
-            let (o, t) = time_forward(backend, &p, &device, (&q, &k, &v), warmup, args.repeats)?;
-            (o, t, None)
-        }
-        Device::Gpu(gpu) => {
-            let t = Instant::now();
-            let (dq, dk, dv) = (q.to_device(&device)?, k.to_device(&device)?, v.to_device(&device)?);
-            gpu.synchronize()?;
-            let upload_ms = t.elapsed().as_secs_f64() * 1e3;
-            let (o, times) = time_forward(backend, &p, &device, (&dq, &dk, &dv), warmup, args.repeats)?;
-            let t = Instant::now();
-            let host = o.to_device(&Device::Cpu)?;
-            (host, times, Some((upload_ms, t.elapsed().as_secs_f64() * 1e3)))
-        }
-    };
+    let Measured { output, times, transfer } = measure(backend, &p, &device, (&q, &k, &v), warmup, args.repeats)?;
     let stats = Stats::of(&times).ok_or_else(|| CliError::Usage("no timed run".into()))?;
     let gflops = p.flops() / (stats.median * 1e-3) / 1e9;
     if !args.json {
@@ -154,13 +132,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             "device": json::device(&device),
             "backend": backend.name(),
             "choice": {"source": source_label(chosen.source), "reason": reason},
-            "timing": {
-                "clock": if transfer.is_some() { "device-events" } else { "wall" },
-                "unit": "ms",
-                "warmup": warmup,
-                "count": stats.count, "median": stats.median, "min": stats.min, "max": stats.max,
-                "spread": stats.spread(),
-            },
+            "timing": timing_json(&stats, warmup, transfer.is_some()),
             "gflops": gflops,
             "transfer_ms": transfer.map(|(up, down)| json!({"upload": up, "download": down})),
             "out": args.out.as_ref().map(|p| p.display().to_string()),
@@ -178,6 +150,52 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         ))),
         _ => Ok(()),
     }
+}
+
+/// The last output (on the host), the times, and on a GPU the upload and
+/// download times in milliseconds.
+struct Measured {
+    output: Tensor,
+    times: Vec<f64>,
+    transfer: Option<(f64, f64)>,
+}
+
+/// Runs the backend on `device`, uploading the host inputs first on a GPU
+/// (outside the kernel time, reported apart).
+fn measure(
+    backend: &dyn rocmforge::AttentionBackend,
+    p: &AttentionProblem,
+    device: &Device,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    warmup: u32,
+    repeats: u32,
+) -> Result<Measured, CliError> {
+    match device {
+        Device::Cpu => {
+            let (output, times) = time_forward(backend, p, device, (q, k, v), warmup, repeats)?;
+            Ok(Measured { output, times, transfer: None })
+        }
+        Device::Gpu(gpu) => {
+            let t = Instant::now();
+            let (dq, dk, dv) = (q.to_device(device)?, k.to_device(device)?, v.to_device(device)?);
+            gpu.synchronize()?;
+            let upload_ms = t.elapsed().as_secs_f64() * 1e3;
+            let (o, times) = time_forward(backend, p, device, (&dq, &dk, &dv), warmup, repeats)?;
+            let t = Instant::now();
+            let output = o.to_device(&Device::Cpu)?;
+            Ok(Measured { output, times, transfer: Some((upload_ms, t.elapsed().as_secs_f64() * 1e3)) })
+        }
+    }
+}
+
+fn timing_json(stats: &Stats, warmup: u32, device_events: bool) -> serde_json::Value {
+    json!({
+        "clock": if device_events { "device-events" } else { "wall" },
+        "unit": "ms",
+        "warmup": warmup,
+        "count": stats.count, "median": stats.median, "min": stats.min, "max": stats.max,
+        "spread": stats.spread(),
+    })
 }
 
 /// Compares with the oracle, printing progress on stderr when the
@@ -274,9 +292,16 @@ fn device_description(device: &Device) -> String {
 }
 
 /// Host memory this run allocates: inputs (unless already read from files),
-/// the output, and for `--check` the reference's per-group buffers.
-fn memory_items(p: &AttentionProblem, inputs_read: bool, check: bool) -> Vec<Item> {
+/// the output, the backend's own (where known), and for `--check` the
+/// reference's per-group buffers.
+fn memory_items(p: &AttentionProblem, backend: &str, inputs_read: bool, check: bool) -> Vec<Item> {
     let mut items = Vec::new();
+    // Backends do not declare their host working memory yet; cpu-reference's
+    // is large (its f64 result), so it is counted here by name.
+    if backend == "cpu-reference" {
+        let f32_out = Item::tensor("cpu-reference's f64 result", p.out_shape(), DType::F32);
+        items.push(Item { bytes: f32_out.bytes * 2, formula: format!("{} × 2 (f64)", f32_out.formula), ..f32_out });
+    }
     if !inputs_read {
         items.push(Item::tensor("q", p.q_shape(), p.dtype));
         items.push(Item::tensor("k", p.kv_shape(), p.dtype));
