@@ -55,6 +55,10 @@ pub struct StreamHandle(pub usize);
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FunctionHandle(pub usize);
 
+/// Opaque handle of a loaded module (one compiled translation unit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ModuleHandle(pub usize);
+
 /// One strided-batched GEMM in BLAS (column-major) terms:
 /// `C_i = alpha * op(A_i) * op(B_i) + beta * C_i` for `i < batch`.
 /// A and B share a dtype; C is that dtype or f32; accumulation is f32.
@@ -110,7 +114,15 @@ pub(crate) trait Driver: Send + Sync {
     unsafe fn fill_bytes(&self, stream: StreamHandle, dst: u64, value: u8, bytes: usize) -> DeviceResult<()>;
     /// Compiles `source` for this device with the runtime compiler and loads
     /// `entry` from it. The module stays loaded until the driver drops.
-    fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle>;
+    fn compile_and_load(
+        &self,
+        entry: &str,
+        source: &str,
+        options: &[String],
+    ) -> DeviceResult<(ModuleHandle, FunctionHandle)>;
+    /// Device address and size of the `extern "C"` global `name` of a
+    /// loaded module (kernels export facts such as their launch shape).
+    fn module_global(&self, module: ModuleHandle, name: &str) -> DeviceResult<(u64, usize)>;
     /// # Safety
     /// `params` point to values matching the kernel's signature, and every
     /// buffer the kernel touches is large enough for `cfg`.

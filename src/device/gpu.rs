@@ -1,7 +1,7 @@
 //! The vendor-neutral GPU API: a device, its buffers, events and kernel
 //! cache. Safe RAII types over whichever `Driver` opened the device.
 
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, ModuleHandle, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use super::workspace::{Workspace, WorkspacePool};
 use crate::kernels::params::KernelParams;
@@ -23,7 +23,7 @@ pub struct GpuDevice {
     stream: StreamHandle,
     /// Compiled kernels keyed by (file, entry, defines); the arch is the
     /// device's, so each specialization compiles once per process and device.
-    kernels: Mutex<HashMap<KernelKey, FunctionHandle>>,
+    kernels: Mutex<HashMap<KernelKey, (ModuleHandle, FunctionHandle)>>,
     /// Scratch buffers lent to forward calls (see `workspace.rs`).
     workspaces: WorkspacePool,
 }
@@ -91,13 +91,24 @@ impl GpuDevice {
     pub fn kernel(&self, spec: &KernelSpec) -> DeviceResult<Kernel> {
         let key = spec.key();
         let lock = || self.kernels.lock().map_err(|_| DeviceError::LockPoisoned { what: "kernel cache" });
-        if let Some(&handle) = lock()?.get(&key) {
-            return Ok(Kernel { handle, entry: spec.entry });
+        if let Some(&(module, handle)) = lock()?.get(&key) {
+            return Ok(Kernel { handle, module, entry: spec.entry });
         }
         let options = spec.options(self.arch());
         let compiled = self.driver.compile_and_load(spec.entry, &spec.source(), &options)?;
-        let handle = *lock()?.entry(key).or_insert(compiled);
-        Ok(Kernel { handle, entry: spec.entry })
+        let (module, handle) = *lock()?.entry(key).or_insert(compiled);
+        Ok(Kernel { handle, module, entry: spec.entry })
+    }
+
+    /// The `extern "C"` `int` array `name` that `kernel`'s module exports
+    /// (e.g. the launch shape a kernel derives from its own tiling, so the
+    /// host never duplicates that logic). Read once at setup, not per call.
+    pub fn kernel_global_i32s(&self, kernel: &Kernel, name: &str) -> DeviceResult<Vec<i32>> {
+        let (ptr, bytes) = self.driver.module_global(kernel.module, name)?;
+        let mut raw = vec![0u8; bytes];
+        // SAFETY: the global is `bytes` long and lives as long as the module.
+        unsafe { self.driver.copy_to_host(self.stream, &mut raw, ptr)? };
+        Ok(raw.chunks_exact(4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
     }
 
     /// An exclusive scratch buffer of at least `bytes` from this device's
@@ -194,6 +205,7 @@ impl Drop for GpuDevice {
 #[derive(Clone, Copy, Debug)]
 pub struct Kernel {
     handle: FunctionHandle,
+    module: ModuleHandle,
     entry: &'static str,
 }
 

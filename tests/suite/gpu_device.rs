@@ -213,3 +213,42 @@ fn unfused_rejects_host_tensors_with_an_error() {
         .unwrap_err();
     assert!(err.to_string().contains("runs on gpu"), "{err}");
 }
+
+/// A kernel module's exported global is readable from the host (kernels
+/// export their launch shape this way); a missing name is an error.
+#[test]
+#[serial]
+fn kernel_exports_a_global_the_host_reads() {
+    let Some(g) = gpu() else { return };
+    const FILE: KernelFile = KernelFile {
+        path: "tests/global_probe.hip",
+        text: "#include \"rf/platform.h\"\n\
+               extern \"C\" __device__ const int rf_test_shape[3] = {RF_WARP_SIZE, 7, -2};\n\
+               RF_KERNEL void rf_global_probe(int* x) { x[0] = rf_test_shape[1]; }\n",
+    };
+    let kernel = g.kernel(&KernelSpec::new(FILE, "rf_global_probe")).unwrap();
+    assert_eq!(g.kernel_global_i32s(&kernel, "rf_test_shape").unwrap(), vec![g.info().warp_size as i32, 7, -2]);
+    assert!(g.kernel_global_i32s(&kernel, "rf_no_such_global").is_err());
+}
+
+/// Workspace leases are exclusive, come back to the device's pool on drop,
+/// are reused, and `trim_workspaces` frees them.
+#[test]
+#[serial]
+fn workspace_leases_are_exclusive_and_pooled() {
+    let Some(g) = gpu() else { return };
+    g.trim_workspaces();
+    let a = g.workspace(1 << 20).unwrap();
+    let b = g.workspace(1 << 20).unwrap();
+    assert_ne!(a.ptr(), b.ptr(), "two live leases share memory");
+    assert!(a.len_bytes() >= 1 << 20 && b.len_bytes() >= 1 << 20);
+    let a_ptr = a.ptr();
+    drop(a);
+    drop(b);
+    assert!(g.idle_workspace_bytes() >= 2 << 20);
+    let c = g.workspace(1000).unwrap();
+    assert!(c.ptr() == a_ptr || g.idle_workspace_bytes() >= 1 << 20, "an idle buffer was not reused");
+    drop(c);
+    assert!(g.trim_workspaces() >= 2 << 20);
+    assert_eq!(g.idle_workspace_bytes(), 0);
+}

@@ -9,7 +9,7 @@ mod checked;
 pub(crate) mod nvrtc;
 
 use super::arch::Arch;
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, ModuleHandle, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use crate::dtype::DType;
 use checked::{blas, drv};
@@ -17,6 +17,9 @@ use cudarc::cublas::sys as blas_sys;
 use cudarc::driver::{result as cu, sys};
 use std::ffi::{c_void, CString};
 use std::sync::Mutex;
+
+/// Dynamic shared memory a launch may use without opting in (48 KiB).
+const STATIC_SHARED_LIMIT: u32 = 48 * 1024;
 
 /// One CUDA device with its primary context and cuBLAS handle. Work goes to
 /// the streams the caller passes (created by `stream_create`).
@@ -189,7 +192,12 @@ impl Driver for CudaDriver {
         drv("cuMemsetD8Async", unsafe { cu::memset_d8_async(dst, value, bytes, raw(stream)) })
     }
 
-    fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle> {
+    fn compile_and_load(
+        &self,
+        entry: &str,
+        source: &str,
+        options: &[String],
+    ) -> DeviceResult<(ModuleHandle, FunctionHandle)> {
         let image = nvrtc::compile_cubin(entry, source, options, self.info.arch.target_id())?;
         self.bind()?;
         // SAFETY: `image` is a complete cubin produced for this device's arch.
@@ -198,7 +206,17 @@ impl Driver for CudaDriver {
         let name = CString::new(entry).map_err(|_| DeviceError::BadEntryName { entry: entry.to_string() })?;
         // SAFETY: `module` is loaded and stays loaded until the driver drops.
         let f = drv("cuModuleGetFunction", unsafe { cu::module::get_function(module, name) })?;
-        Ok(FunctionHandle(f as usize))
+        Ok((ModuleHandle(module as usize), FunctionHandle(f as usize)))
+    }
+
+    fn module_global(&self, module: ModuleHandle, name: &str) -> DeviceResult<(u64, usize)> {
+        self.bind()?;
+        let c_name = CString::new(name).map_err(|_| DeviceError::BadEntryName { entry: name.to_string() })?;
+        // SAFETY: `module` came from `compile_and_load` and stays loaded
+        // until the driver drops.
+        let (ptr, bytes) =
+            drv("cuModuleGetGlobal", unsafe { cu::module::get_global(module.0 as sys::CUmodule, c_name) })?;
+        Ok((ptr, bytes))
     }
 
     unsafe fn launch(
@@ -209,6 +227,15 @@ impl Driver for CudaDriver {
         params: &mut [*mut c_void],
     ) -> DeviceResult<()> {
         self.bind()?;
+        if cfg.shared_mem_bytes > STATIC_SHARED_LIMIT {
+            // Above 48 KiB a kernel must opt in to dynamic shared memory.
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            let bytes = i32::try_from(cfg.shared_mem_bytes).unwrap_or(i32::MAX);
+            // SAFETY: `f` is a live function of this driver's context.
+            drv("cuFuncSetAttribute", unsafe {
+                cu::function::set_function_attribute(f.0 as sys::CUfunction, attr, bytes)
+            })?;
+        }
         // SAFETY: the handle came from `compile_and_load`; caller guarantees
         // the parameters match the kernel signature.
         let r = unsafe {

@@ -19,7 +19,7 @@ mod checked;
 pub(crate) mod hiprtc;
 
 use super::arch::Arch;
-use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, StreamHandle, Vendor};
+use super::driver::{DeviceInfo, Driver, FunctionHandle, GemmDesc, LaunchConfig, ModuleHandle, StreamHandle, Vendor};
 use super::error::{DeviceError, DeviceResult};
 use crate::dtype::DType;
 use checked::{blas, hip};
@@ -281,7 +281,12 @@ impl Driver for HipDriver {
         hip("hipMemsetAsync", r)
     }
 
-    fn compile_and_load(&self, entry: &str, source: &str, options: &[String]) -> DeviceResult<FunctionHandle> {
+    fn compile_and_load(
+        &self,
+        entry: &str,
+        source: &str,
+        options: &[String],
+    ) -> DeviceResult<(ModuleHandle, FunctionHandle)> {
         let image = hiprtc::compile_code_object(entry, source, options, &self.target_id)?;
         self.bind()?;
         let mut module: sys::hipModule_t = std::ptr::null_mut();
@@ -298,7 +303,20 @@ impl Driver for HipDriver {
         if let Ok(mut entries) = self.entries.lock() {
             entries.insert(handle.0, entry.to_string());
         }
-        Ok(handle)
+        Ok((ModuleHandle(module as usize), handle))
+    }
+
+    fn module_global(&self, module: ModuleHandle, name: &str) -> DeviceResult<(u64, usize)> {
+        self.bind()?;
+        let c_name = CString::new(name).map_err(|_| DeviceError::BadEntryName { entry: name.to_string() })?;
+        let mut ptr: sys::hipDeviceptr_t = std::ptr::null_mut();
+        let mut bytes: usize = 0;
+        // SAFETY: `module` came from `compile_and_load` and stays loaded;
+        // the out-pointers are valid and `c_name` is NUL-terminated.
+        hip("hipModuleGetGlobal", unsafe {
+            sys::hipModuleGetGlobal(&mut ptr, &mut bytes, module.0 as sys::hipModule_t, c_name.as_ptr())
+        })?;
+        Ok((ptr as u64, bytes))
     }
 
     unsafe fn launch(
