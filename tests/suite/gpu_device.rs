@@ -218,6 +218,7 @@ fn unfused_rejects_host_tensors_with_an_error() {
 /// export their launch shape this way); a missing name is an error.
 #[test]
 #[serial]
+#[ignore = "needs a GPU"]
 fn kernel_exports_a_global_the_host_reads() {
     let Some(g) = gpu() else { return };
     const FILE: KernelFile = KernelFile {
@@ -235,6 +236,7 @@ fn kernel_exports_a_global_the_host_reads() {
 /// are reused, and `trim_workspaces` frees them.
 #[test]
 #[serial]
+#[ignore = "needs a GPU"]
 fn workspace_leases_are_exclusive_and_pooled() {
     let Some(g) = gpu() else { return };
     g.trim_workspaces();
