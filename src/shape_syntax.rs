@@ -92,12 +92,8 @@ impl fmt::Display for ShapeSpec {
     }
 }
 
-/// `s` cut to 40 characters for an error message, saying how long it was.
-pub fn shorten(s: &str) -> String {
-    match s.char_indices().nth(40) {
-        None => s.to_string(),
-        Some((cut, _)) => format!("{}... ({} bytes)", &s[..cut], s.len()),
-    }
+fn shorten(s: &str) -> String {
+    crate::text::truncated(s, 40)
 }
 
 #[cfg(test)]

@@ -165,7 +165,7 @@ fn chosen_backends<'r>(registry: &'r Registry, args: &Args) -> Result<Vec<&'r dy
     let mut list = Vec::new();
     for name in &args.backends {
         let b = registry.get(name).ok_or_else(|| rocmforge::registry::SelectError::UnknownName {
-            name: rocmforge::shape_syntax::shorten(name),
+            name: rocmforge::text::truncated(name, 64),
             source_: rocmforge::registry::ChoiceSource::Config { origin: "--backends" },
             valid: registry.names(),
         })?;

@@ -112,13 +112,10 @@ impl HostTensor {
 /// Longest piece of file content or user input quoted in an error.
 const QUOTE_MAX: usize = 64;
 
-/// `text`, cut to `QUOTE_MAX` characters with a note of what was left out,
-/// so a megabyte of garbage never lands in an error message.
+/// `text`, cut to `QUOTE_MAX` characters with a note of its length, so a
+/// megabyte of garbage never lands in an error message.
 pub(crate) fn shorten(text: &str) -> String {
-    match text.char_indices().nth(QUOTE_MAX) {
-        None => text.to_string(),
-        Some((cut, _)) => format!("{}... ({} bytes in all)", &text[..cut], text.len()),
-    }
+    crate::text::truncated(text, QUOTE_MAX)
 }
 
 /// An empty vector with room for `len` elements, or a typed error instead of
@@ -325,6 +322,6 @@ mod tests {
         assert_eq!(shorten("abc"), "abc");
         let long = "é".repeat(1000);
         let short = shorten(&long);
-        assert!(short.ends_with("(2000 bytes in all)") && short.chars().count() < 100, "{short}");
+        assert!(short.ends_with("(2000 bytes)") && short.chars().count() < 100, "{short}");
     }
 }
