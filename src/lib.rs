@@ -49,6 +49,7 @@ pub mod env_flag;
 pub mod io;
 pub mod kernels;
 pub mod mask_count;
+pub mod model;
 pub mod problem;
 pub mod registry;
 pub mod selection;

@@ -6,6 +6,7 @@ mod backends;
 mod bench;
 mod devices;
 mod explain;
+mod generate;
 mod host_memory;
 mod inputs;
 mod json;
@@ -55,6 +56,8 @@ pub enum Command {
     Devices(devices::Args),
     /// Kernel tools: compile every kernel specialization for a target.
     Kernels(kernels::Args),
+    /// Greedy generation with a Hugging Face model directory (Llama, Mistral, Qwen2, GLM).
+    Generate(generate::Args),
 }
 
 /// Everything a command can fail with; `main` prints it as `error: ...`.
@@ -80,6 +83,8 @@ pub enum CliError {
     CheckFailed(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
+    #[error(transparent)]
+    Model(#[from] rocmforge::model::ModelError),
 }
 
 /// Entry point of the binary: parses arguments, runs the command, and turns
@@ -99,6 +104,7 @@ pub fn main() -> ExitCode {
         Some(Command::Bench(a)) => bench::execute(&a, &mut out),
         Some(Command::Devices(a)) => devices::execute(&a, &mut out),
         Some(Command::Kernels(a)) => kernels::execute(&a, &mut out),
+        Some(Command::Generate(a)) => generate::execute(&a, &mut out),
     };
     let _ = out.flush();
     match result {

@@ -54,26 +54,28 @@ impl OfflineCompiler {
     }
 }
 
-/// Every specialization any registered backend can request, deduplicated.
+/// Every specialization any registered backend or the model layer can
+/// request, deduplicated.
 pub fn all_specs(registry: &Registry) -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> = Vec::new();
-    for backend in registry.backends() {
-        for spec in backend.kernels() {
-            if !specs.contains(&spec) {
-                specs.push(spec);
-            }
+    let wanted = registry.backends().flat_map(|b| b.kernels()).chain(crate::model::engine::kernels::all());
+    for spec in wanted {
+        if !specs.contains(&spec) {
+            specs.push(spec);
         }
     }
     specs
 }
 
-/// Compiles every spec for `target`; the first failure is returned with the
-/// compiler log.
+/// Compiles every spec for `target`, in parallel (compiles are independent
+/// processes or NVRTC programs); the first failure in spec order is returned
+/// with the compiler log.
 pub fn compile_all(specs: &[KernelSpec], target: &str) -> DeviceResult<Vec<CompileReport>> {
+    use rayon::prelude::*;
     let arch = Arch::parse(target)?;
     let compiler = OfflineCompiler::for_arch(&arch);
     specs
-        .iter()
+        .par_iter()
         .map(|spec| {
             let code = compile_source(&spec.label(), spec.entry, &spec.source(), &arch, &spec.options(&arch))?;
             Ok(CompileReport {

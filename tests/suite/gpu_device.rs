@@ -229,7 +229,21 @@ fn kernel_exports_a_global_the_host_reads() {
     };
     let kernel = g.kernel(&KernelSpec::new(FILE, "rf_global_probe")).unwrap();
     assert_eq!(g.kernel_global_i32s(&kernel, "rf_test_shape").unwrap(), vec![g.info().warp_size as i32, 7, -2]);
-    assert!(g.kernel_global_i32s(&kernel, "rf_no_such_global").is_err());
+}
+
+/// Asking a module for a global it lacks is a typed error, not an abort.
+/// (Provokes a driver error on purpose: skipped under the sanitizers.)
+#[test]
+#[serial]
+#[ignore = "needs a GPU"]
+fn missing_kernel_global_is_an_error() {
+    let Some(g) = gpu() else { return };
+    let spec = GpuUnfused::with_workspace_cap(1 << 20).kernels().remove(0);
+    let kernel = g.kernel(&spec).unwrap();
+    match g.kernel_global_i32s(&kernel, "rf_no_such_global") {
+        Err(DeviceError::Driver { call, .. }) => assert_eq!(call, "cuModuleGetGlobal"),
+        other => panic!("expected a driver error, got {other:?}"),
+    }
 }
 
 /// Workspace leases are exclusive, come back to the device's pool on drop,

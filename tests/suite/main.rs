@@ -14,6 +14,12 @@ mod concurrency;
 mod differential;
 mod gpu_device;
 mod kernels_offline;
+#[cfg(feature = "cli")]
+mod model_cli;
+mod model_errors;
+mod model_fixtures;
+mod model_gpu;
+mod model_kernels_offline;
 mod nonfinite;
 mod oracle;
 mod selection;

@@ -55,6 +55,22 @@ __device__ inline float __shfl_xor(float v, int lane_mask, int width = RF_WARP_S
     return __builtin_bit_cast(float, __builtin_amdgcn_ds_bpermute(target << 2, __builtin_bit_cast(int, v)));
 }
 
+__device__ inline int rf_shim_lane() {
+    return (int)__builtin_amdgcn_mbcnt_hi(~0u, __builtin_amdgcn_mbcnt_lo(~0u, 0u));
+}
+
+__device__ inline float __shfl(float v, int src_lane, int width = RF_WARP_SIZE) {
+    const int lane = rf_shim_lane();
+    const int target = (src_lane & (width - 1)) | (lane & ~(width - 1));
+    return __builtin_bit_cast(float, __builtin_amdgcn_ds_bpermute(target << 2, __builtin_bit_cast(int, v)));
+}
+
+__device__ inline int __shfl(int v, int src_lane, int width = RF_WARP_SIZE) {
+    const int lane = rf_shim_lane();
+    const int target = (src_lane & (width - 1)) | (lane & ~(width - 1));
+    return __builtin_amdgcn_ds_bpermute(target << 2, v);
+}
+
 __device__ inline float exp2f(float x) { return __builtin_amdgcn_exp2f(x); }
 __device__ inline float expf(float x) { return __builtin_amdgcn_exp2f(x * 1.4426950408889634f); }
 __device__ inline float fmaxf(float a, float b) { return __builtin_fmaxf(a, b); }

@@ -1,0 +1,184 @@
+//! `rocmforge generate`: greedy generation with a model directory
+//! (config.json + safetensors), reporting the attention backends used for
+//! prefill and decode, time to first token and decode tokens/s.
+
+use super::CliError;
+use rocmforge::device::Device;
+use rocmforge::dtype::DType;
+use rocmforge::model::{generate, CacheKind, Decoder, DecoderOptions, GenerateRequest, Generation, ShapeClass};
+use rocmforge::registry::{AttentionConfig, BackendChoice};
+use rocmforge::selection::DeviceChoice;
+use std::io::Write;
+use std::path::PathBuf;
+
+/// Which cache layout `--cache` names.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum CacheArg {
+    #[default]
+    Contiguous,
+    Paged,
+}
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "Dense layers (projections, norms, MLP, LM head) run in f32 on --device; \
+    attention runs through the selected backend there, reading the KV cache in place when the \
+    backend accepts strided tensors. Time to first token covers the prefill of every prompt and \
+    the first argmax; tokens/s counts the tokens after the first, over the whole batch.")]
+pub struct Args {
+    /// Model directory: config.json and model.safetensors (or model.safetensors.index.json + shards).
+    #[arg(long, value_name = "DIR")]
+    pub model: PathBuf,
+    /// Prompt token ids, comma-separated.
+    #[arg(long, value_name = "ID,ID,..", value_delimiter = ',', required = true, num_args = 1..)]
+    pub tokens: Vec<u32>,
+    /// Tokens to generate per sequence.
+    #[arg(long, default_value_t = 32, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_new: u32,
+    /// Attention backend name, comma-separated preference list, or `auto`
+    /// (flag > ROCMFORGE_ATTENTION_BACKEND > auto).
+    #[arg(long, value_name = "NAME[,NAME..]")]
+    pub backend: Option<String>,
+    /// Where the model runs (weights, activations, KV cache, attention):
+    /// cpu, gpu, gpu:N, or auto (a GPU when one is present and a GPU backend
+    /// accepts the model's attention, else the CPU).
+    #[arg(long, default_value = "auto", value_name = "DEVICE")]
+    pub device: DeviceChoice,
+    /// KV cache layout.
+    #[arg(long, value_enum, default_value_t = CacheArg::Contiguous)]
+    pub cache: CacheArg,
+    /// Tokens per block of the paged cache (16 or 32).
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    pub block_size: usize,
+    /// Element type of the KV cache and the attention calls.
+    #[arg(long, default_value = "f32", value_name = "DTYPE")]
+    pub kv_dtype: DType,
+    /// Sequences generated together (each with the same prompt).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub batch: u32,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    let attention = AttentionConfig {
+        backend: args.backend.as_deref().map(BackendChoice::parse).transpose()?,
+        device: args.device,
+        origin: "--backend",
+    };
+    let options = DecoderOptions { attention, kv_dtype: args.kv_dtype };
+    let mut decoder = Decoder::load(&args.model, options)?;
+    let device = decoder.device().clone();
+    let cache = match args.cache {
+        CacheArg::Contiguous => CacheKind::Contiguous,
+        CacheArg::Paged => CacheKind::Paged { block_size: args.block_size },
+    };
+    let request = GenerateRequest {
+        prompts: vec![args.tokens.clone(); args.batch as usize],
+        max_new: args.max_new as usize,
+        cache,
+    };
+    let g = generate(&mut decoder, &request)?;
+    if args.json {
+        writeln!(out, "{}", json_report(args, &decoder, &device, &g))?;
+    } else {
+        text_report(args, &decoder, &device, &g, out)?;
+    }
+    Ok(())
+}
+
+/// "cpu-flash (auto: ...)" for one class, or one line per layer when layers differ.
+fn backend_lines(g: &Generation, class: ShapeClass) -> Vec<String> {
+    let Some(layers) = g.choices.get(&class) else {
+        return vec!["none (no such step)".into()];
+    };
+    let first = &layers[0].1;
+    if layers.iter().all(|(_, c)| c.backend == first.backend && c.reason == first.reason) {
+        return vec![format!("{} ({})", first.backend, first.reason)];
+    }
+    layers.iter().map(|(i, c)| format!("layer {i}: {} ({})", c.backend, c.reason)).collect()
+}
+
+fn describe_model(d: &Decoder) -> String {
+    let c = d.config();
+    format!(
+        "{} layers, hidden {}, heads {}/{}, head_dim {}, vocab {}",
+        c.num_layers, c.hidden_size, c.num_heads, c.num_kv_heads, c.head_dim, c.vocab_size
+    )
+}
+
+fn describe_device(device: &Device) -> String {
+    match device {
+        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Gpu(g) => format!("{} {} ({})", g.label(), g.info().name, g.info().arch),
+    }
+}
+
+fn cache_label(args: &Args, g: &Generation) -> String {
+    match args.cache {
+        CacheArg::Contiguous => format!("{} ({})", g.cache, args.kv_dtype),
+        CacheArg::Paged => format!("{} (blocks of {}, {})", g.cache, args.block_size, args.kv_dtype),
+    }
+}
+
+fn text_report(args: &Args, d: &Decoder, device: &Device, g: &Generation, out: &mut dyn Write) -> Result<(), CliError> {
+    writeln!(out, "model:    {} ({}, {})", args.model.display(), d.config().family, describe_model(d))?;
+    writeln!(out, "device:   {}", describe_device(device))?;
+    writeln!(out, "cache:    {}", cache_label(args, g))?;
+    writeln!(out, "prompt:   {} tokens × batch {}", args.tokens.len(), args.batch)?;
+    for (i, t) in g.tokens.iter().enumerate() {
+        let ids: Vec<String> = t.iter().map(u32::to_string).collect();
+        let label = if g.tokens.len() > 1 { format!("seq {i}:") } else { "ids:".into() };
+        writeln!(out, "{label:9} {}", ids.join(","))?;
+    }
+    for (class, label) in [(ShapeClass::Prefill, "prefill:"), (ShapeClass::Decode, "decode:")] {
+        for line in backend_lines(g, class) {
+            writeln!(out, "{label:9} {line}")?;
+        }
+        let layers = g.choices.get(&class).into_iter().flatten();
+        let (calls, in_place) = layers.fold((0, 0), |(c, i), (_, ch)| (c + ch.calls, i + ch.in_place));
+        if calls > 0 {
+            writeln!(out, "{:9} KV cache read in place in {in_place} of {calls} attention calls (else gathered)", "")?;
+        }
+    }
+    writeln!(out, "time to first token: {:.3} ms", g.time_to_first_token * 1e3)?;
+    match g.decode_tokens_per_second() {
+        Some(tps) => writeln!(
+            out,
+            "decode:   {} tokens in {:.3} ms = {tps:.1} tokens/s (batch {})",
+            g.decode_tokens,
+            g.decode_seconds * 1e3,
+            args.batch
+        )?,
+        None => writeln!(out, "decode:   no decode steps (--max-new 1)")?,
+    }
+    Ok(())
+}
+
+fn json_report(args: &Args, d: &Decoder, device: &Device, g: &Generation) -> serde_json::Value {
+    let class = |c: ShapeClass| {
+        serde_json::json!({
+            "backends": g.backends(c),
+            "layers": g.choices.get(&c).into_iter().flatten().map(|(i, ch)| serde_json::json!({
+                "layer": i, "backend": ch.backend, "reason": ch.reason, "calls": ch.calls, "in_place": ch.in_place,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    serde_json::json!({
+        "model": args.model.display().to_string(),
+        "family": d.config().family.model_type(),
+        "device": device.label(),
+        "cache": g.cache,
+        "block_size": matches!(args.cache, CacheArg::Paged).then_some(args.block_size),
+        "kv_dtype": args.kv_dtype.name(),
+        "batch": args.batch,
+        "prompt": args.tokens,
+        "tokens": g.tokens,
+        "prefill": class(ShapeClass::Prefill),
+        "decode": class(ShapeClass::Decode),
+        "time_to_first_token_ms": g.time_to_first_token * 1e3,
+        "decode_ms": g.decode_seconds * 1e3,
+        "decode_tokens": g.decode_tokens,
+        "decode_tokens_per_s": g.decode_tokens_per_second(),
+    })
+}

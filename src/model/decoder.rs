@@ -1,0 +1,351 @@
+//! The decoder: token embeddings, then per layer
+//! `h += [norm] attn(norm(h))` and `h += [norm] mlp(norm(h))` (the bracketed
+//! norms are GLM-4's), a final RMSNorm and the LM head (tied to the
+//! embeddings or not). Dense math runs on the [`Engine`] of the chosen
+//! device, the KV cache lives there too, and attention runs through the
+//! backend selected for that device.
+
+use super::config::ModelConfig;
+use super::dispatch::{AttentionChoice, ShapeClass};
+use super::engine::Engine;
+use super::error::ModelError;
+use super::kv_cache::{CacheShape, ContiguousCache, KvCache, PagedCache, SeqId};
+use super::layer::{AttentionLayer, Projections, Span};
+use super::matrix::Matrix;
+use super::rope::Rope;
+use super::weights::{GateUp, LayerWeights, ModelWeights};
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::problem::{AttentionProblem, Mask};
+use crate::registry::{AttentionConfig, Registry};
+use crate::selection::DeviceChoice;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// How the decoder runs.
+#[derive(Clone, Debug)]
+pub struct DecoderOptions {
+    /// Backend choice (`None` = env, then auto) and device. The device
+    /// holds the weights, the activations and the KV cache; `Auto` resolves
+    /// once, through `Registry::choose`.
+    pub attention: AttentionConfig,
+    /// Element type of the KV cache and of the attention problems.
+    pub kv_dtype: DType,
+}
+
+impl Default for DecoderOptions {
+    /// The CPU, an f32 cache, the backend from the environment or auto.
+    fn default() -> Self {
+        let attention = AttentionConfig { device: DeviceChoice::Cpu, ..AttentionConfig::default() };
+        DecoderOptions { attention, kv_dtype: DType::F32 }
+    }
+}
+
+/// The device the model runs on: the one named, or for `Auto` the one
+/// `Registry::choose` picks for a decode step of this model.
+fn resolve_device(config: &ModelConfig, options: &DecoderOptions) -> Result<Device, ModelError> {
+    match options.attention.device {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Gpu(n) => Ok(Device::gpu(n)?),
+        DeviceChoice::Auto => {
+            let (h, hkv, d) = (config.num_heads, config.num_kv_heads, config.head_dim);
+            let p = AttentionProblem::new(1, 1, 1, h, hkv, d, options.kv_dtype).with_mask(Mask::Causal);
+            let registry = Registry::global().map_err(ModelError::DeviceChoice)?;
+            Ok(registry.choose(&p, &options.attention).map_err(ModelError::DeviceChoice)?.device)
+        }
+    }
+}
+
+/// The MLP's projections.
+enum Mlp {
+    Split {
+        gate: Matrix,
+        up: Matrix,
+        down: Matrix,
+        biases: Option<Box<[Matrix; 3]>>,
+    },
+    /// `[gate; up]` in one matrix (GLM).
+    Fused {
+        gate_up: Matrix,
+        down: Matrix,
+    },
+}
+
+impl Mlp {
+    fn forward(&self, engine: &Engine, x: &Matrix) -> Result<Matrix, ModelError> {
+        match self {
+            Mlp::Split { gate, up, down, biases } => {
+                let [gb, ub, db] = match biases.as_deref() {
+                    Some([g, u, d]) => [Some(g), Some(u), Some(d)],
+                    None => [None, None, None],
+                };
+                let g = engine.linear(x, gate, gb)?;
+                let u = engine.linear(x, up, ub)?;
+                engine.linear(&engine.swiglu(&g, Some(&u))?, down, db)
+            }
+            Mlp::Fused { gate_up, down } => {
+                let both = engine.linear(x, gate_up, None)?;
+                engine.linear(&engine.swiglu(&both, None)?, down, None)
+            }
+        }
+    }
+}
+
+struct Block {
+    input_norm: Matrix,
+    post_attention_norm: Matrix,
+    post_self_attn_norm: Option<Matrix>,
+    post_mlp_norm: Option<Matrix>,
+    attention: AttentionLayer,
+    mlp: Mlp,
+}
+
+/// Which logits `forward` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogitsFor {
+    /// Only each sequence's last new token (generation).
+    Last,
+    /// Every new token (scoring, tests).
+    All,
+}
+
+/// New tokens for one sequence.
+#[derive(Clone, Copy, Debug)]
+pub struct Step<'a> {
+    pub seq: SeqId,
+    pub tokens: &'a [u32],
+}
+
+/// Which cache layout to build.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheKind {
+    Contiguous,
+    Paged { block_size: usize },
+}
+
+pub struct Decoder {
+    config: ModelConfig,
+    device: Device,
+    engine: Engine,
+    kv_dtype: DType,
+    rope: Rope,
+    embed: Matrix,
+    blocks: Vec<Block>,
+    final_norm: Matrix,
+    /// `None` when tied to the embeddings.
+    lm_head: Option<Matrix>,
+}
+
+impl Decoder {
+    /// Loads `dir/config.json` and the weights next to it.
+    pub fn load(dir: &Path, options: DecoderOptions) -> Result<Decoder, ModelError> {
+        let config = ModelConfig::from_dir(dir)?;
+        let weights = ModelWeights::load(dir, &config)?;
+        Decoder::new(config, &weights, options)
+    }
+
+    pub fn new(config: ModelConfig, weights: &ModelWeights, options: DecoderOptions) -> Result<Decoder, ModelError> {
+        let device = resolve_device(&config, &options)?;
+        let engine = Engine::for_device(&device);
+        let blocks = weights
+            .layers
+            .iter()
+            .enumerate()
+            .map(|(i, w)| block(i, &config, w, &options, &engine))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Decoder {
+            rope: Rope::new(&config.rope, config.head_dim)?,
+            embed: engine.weight(&weights.embed)?,
+            final_norm: engine.weight(&weights.final_norm)?,
+            lm_head: weights.lm_head.as_ref().map(|w| engine.weight(w)).transpose()?,
+            kv_dtype: options.kv_dtype,
+            blocks,
+            config,
+            device,
+            engine,
+        })
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    /// Where the model runs.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// A cache for this model on its device: `sequences` slots of
+    /// `capacity` tokens (contiguous), or a pool with room for that many
+    /// tokens (paged).
+    pub fn new_cache(
+        &self,
+        kind: CacheKind,
+        sequences: usize,
+        capacity: usize,
+    ) -> Result<Box<dyn KvCache>, ModelError> {
+        let c = &self.config;
+        let shape = CacheShape {
+            num_layers: c.num_layers,
+            num_kv_heads: c.num_kv_heads,
+            head_dim: c.head_dim,
+            dtype: self.kv_dtype,
+        };
+        let d = &self.device;
+        Ok(match kind {
+            CacheKind::Contiguous => Box::new(ContiguousCache::on(d, shape, sequences, capacity)?),
+            CacheKind::Paged { block_size } => {
+                let blocks = sequences.saturating_mul(capacity.div_ceil(block_size.max(1)));
+                Box::new(PagedCache::on(d, shape, block_size, blocks)?)
+            }
+        })
+    }
+
+    /// Runs the new tokens of every step through the model, appending to
+    /// `cache`, and returns logits per step (in step order): `[1, vocab]` or
+    /// `[tokens, vocab]` flattened, as `which` says. On error the cache keeps
+    /// its committed lengths (the steps' tokens are not committed).
+    pub fn forward(
+        &mut self,
+        cache: &mut dyn KvCache,
+        steps: &[Step<'_>],
+        which: LogitsFor,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        if !super::kv_cache::same_device(&cache.device(), &self.device) {
+            return Err(ModelError::Request(format!(
+                "the cache is on {}, the model on {}",
+                cache.device().label(),
+                self.device.label()
+            )));
+        }
+        let (spans, order) = self.prepare(cache, steps)?;
+        let ids: Vec<u32> = order.iter().flat_map(|&i| steps[i].tokens.iter().copied()).collect();
+        let positions: Vec<usize> = spans.iter().flat_map(|s| s.start..s.start + s.len).collect();
+        let engine = &self.engine;
+        let rope_in = engine.rope_input(&self.rope, positions)?;
+        let mut h = engine.embed(&self.embed, &ids)?;
+        let eps = self.config.rms_norm_eps;
+        for block in &mut self.blocks {
+            let x = engine.rms_norm(&h, &block.input_norm, eps)?;
+            let mut a = block.attention.forward(engine, &x, &spans, (&self.rope, &rope_in), cache)?;
+            if let Some(w) = &block.post_self_attn_norm {
+                a = engine.rms_norm(&a, w, eps)?;
+            }
+            engine.add(&mut h, &a)?;
+            let mut m = block.mlp.forward(engine, &engine.rms_norm(&h, &block.post_attention_norm, eps)?)?;
+            if let Some(w) = &block.post_mlp_norm {
+                m = engine.rms_norm(&m, w, eps)?;
+            }
+            engine.add(&mut h, &m)?;
+        }
+        for s in &spans {
+            cache.commit(s.seq, s.len)?;
+        }
+        let rows: Vec<usize> = spans
+            .iter()
+            .flat_map(|s| match which {
+                LogitsFor::All => s.first_row..s.first_row + s.len,
+                LogitsFor::Last => s.first_row + s.len - 1..s.first_row + s.len,
+            })
+            .collect();
+        let x = engine.rms_norm(&engine.select_rows(&h, &rows)?, &self.final_norm, eps)?;
+        let logits = engine.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?.to_vec()?;
+        // Back to step order.
+        let vocab = self.config.vocab_size;
+        let mut out = vec![Vec::new(); steps.len()];
+        let mut at = 0;
+        for (span, &step) in spans.iter().zip(&order) {
+            let n = if which == LogitsFor::All { span.len } else { 1 };
+            out[step] = logits[at * vocab..(at + n) * vocab].to_vec();
+            at += n;
+        }
+        Ok(out)
+    }
+
+    /// Checks the steps, reserves cache room for them and lays out their
+    /// rows: steps sorted by (cached length, new tokens) so that those that
+    /// can share an attention call are adjacent. Returns the spans in row
+    /// order and, for each, the index of its step.
+    fn prepare(&self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<(Vec<Span>, Vec<usize>), ModelError> {
+        let mut starts = Vec::with_capacity(steps.len());
+        for (i, step) in steps.iter().enumerate() {
+            if step.tokens.is_empty() {
+                return Err(ModelError::Request(format!("step {i} ({}) has no tokens", step.seq)));
+            }
+            if steps[..i].iter().any(|o| o.seq == step.seq) {
+                return Err(ModelError::Request(format!("{} appears twice in one forward call", step.seq)));
+            }
+            let vocab_size = self.config.vocab_size;
+            if let Some((position, &token)) = step.tokens.iter().enumerate().find(|(_, &t)| t as usize >= vocab_size) {
+                return Err(ModelError::Token { token, position, vocab_size });
+            }
+            starts.push(cache.len(step.seq)?);
+        }
+        let mut order: Vec<usize> = (0..steps.len()).collect();
+        order.sort_by_key(|&i| (starts[i], steps[i].tokens.len(), i));
+        for &i in &order {
+            cache.reserve(steps[i].seq, steps[i].tokens.len())?;
+        }
+        let mut spans = Vec::with_capacity(steps.len());
+        let mut first_row = 0;
+        for &i in &order {
+            let len = steps[i].tokens.len();
+            spans.push(Span { seq: steps[i].seq, start: starts[i], len, first_row });
+            first_row += len;
+        }
+        Ok((spans, order))
+    }
+
+    /// For each shape class, every layer's choice (layer index, choice).
+    pub fn attention_choices(&self) -> BTreeMap<ShapeClass, Vec<(usize, AttentionChoice)>> {
+        let mut out: BTreeMap<ShapeClass, Vec<(usize, AttentionChoice)>> = BTreeMap::new();
+        for (i, b) in self.blocks.iter().enumerate() {
+            for (class, choice) in b.attention.choices() {
+                out.entry(class).or_default().push((i, choice));
+            }
+        }
+        out
+    }
+}
+
+fn block(
+    i: usize,
+    c: &ModelConfig,
+    w: &LayerWeights,
+    options: &DecoderOptions,
+    engine: &Engine,
+) -> Result<Block, ModelError> {
+    let opt = |b: &Option<super::weights::Weight>| b.as_ref().map(|b| engine.weight(b)).transpose();
+    let proj = Projections {
+        q: engine.weight(&w.q)?,
+        k: engine.weight(&w.k)?,
+        v: engine.weight(&w.v)?,
+        o: engine.weight(&w.o)?,
+        q_bias: opt(&w.q_bias)?,
+        k_bias: opt(&w.k_bias)?,
+        v_bias: opt(&w.v_bias)?,
+        o_bias: opt(&w.o_bias)?,
+    };
+    let attention = AttentionLayer::new(i, c, proj, options.kv_dtype, options.attention.clone(), engine.device());
+    let down = engine.weight(&w.down)?;
+    let mlp = match &w.gate_up {
+        GateUp::Split { gate, up, gate_bias, up_bias } => {
+            let biases = match (gate_bias, up_bias, &w.down_bias) {
+                (Some(g), Some(u), Some(d)) => {
+                    Some(Box::new([engine.weight(g)?, engine.weight(u)?, engine.weight(d)?]))
+                }
+                _ => None,
+            };
+            Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases }
+        }
+        GateUp::Fused(gate_up) => Mlp::Fused { gate_up: engine.weight(gate_up)?, down },
+    };
+    Ok(Block {
+        input_norm: engine.weight(&w.input_norm)?,
+        post_attention_norm: engine.weight(&w.post_attention_norm)?,
+        post_self_attn_norm: opt(&w.post_self_attn_norm)?,
+        post_mlp_norm: opt(&w.post_mlp_norm)?,
+        attention,
+        mlp,
+    })
+}

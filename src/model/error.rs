@@ -1,0 +1,37 @@
+//! The model layer's error type: each layer of the stack keeps its own
+//! typed error as the source.
+
+use super::config::ConfigError;
+use super::kv_cache::KvCacheError;
+use super::rope::RopeError;
+use super::weights::WeightsError;
+use crate::backend::BackendError;
+use crate::device::DeviceError;
+use crate::registry::SelectError;
+use crate::tensor::TensorError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error("kv cache: {0}")]
+    KvCache(#[from] KvCacheError),
+    #[error("rope: {0}")]
+    Rope(#[from] RopeError),
+    #[error("layer {layer}: attention backend selection failed: {source}")]
+    Select { layer: usize, source: SelectError },
+    #[error("layer {layer}: attention backend {backend} failed: {source}")]
+    Backend { layer: usize, backend: &'static str, source: BackendError },
+    #[error(transparent)]
+    Tensor(#[from] TensorError),
+    #[error(transparent)]
+    Device(#[from] DeviceError),
+    #[error("choosing the device for attention: {0}")]
+    DeviceChoice(SelectError),
+    #[error("token id {token} at position {position} is outside the vocabulary (vocab_size {vocab_size})")]
+    Token { token: u32, position: usize, vocab_size: usize },
+    #[error("{0}")]
+    Request(String),
+}

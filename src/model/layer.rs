@@ -1,0 +1,204 @@
+//! The attention layer: q/k/v projections (optional biases), RoPE on q and
+//! k, the new keys and values appended to the cache, attention over the
+//! cache through the backend the [`Dispatcher`] selects, and the output
+//! projection. Dense steps run on the decoder's [`Engine`].
+//!
+//! Sequences in one call may have different cached lengths. Adjacent spans
+//! with the same (cached length, new tokens) form one batched attention
+//! call (the problem has one `seq_kv` for its whole batch); the decoder
+//! orders its rows so that such spans are adjacent.
+
+use super::config::ModelConfig;
+use super::dispatch::{AttentionChoice, Dispatcher, ShapeClass};
+use super::engine::{Engine, RopeInput};
+use super::error::ModelError;
+use super::kv_cache::{AppendRows, KvCache, SeqId};
+use super::matrix::Matrix;
+use super::rope::Rope;
+use crate::device::Device;
+use crate::dtype::DType;
+use crate::problem::{AttentionProblem, Mask, TensorRole};
+use crate::registry::{AttentionConfig, Registry};
+use crate::tensor::{Tensor, TensorView};
+use std::collections::BTreeMap;
+
+/// The new tokens of one sequence within a batch of rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Span {
+    pub seq: SeqId,
+    /// Tokens already in the cache (= position of the first new token).
+    pub start: usize,
+    /// New tokens.
+    pub len: usize,
+    /// Index of this span's first row in the batch.
+    pub first_row: usize,
+}
+
+/// The four projections of one layer (`[out, in]` weights) and their biases.
+pub struct Projections {
+    pub q: Matrix,
+    pub k: Matrix,
+    pub v: Matrix,
+    pub o: Matrix,
+    pub q_bias: Option<Matrix>,
+    pub k_bias: Option<Matrix>,
+    pub v_bias: Option<Matrix>,
+    pub o_bias: Option<Matrix>,
+}
+
+pub struct AttentionLayer {
+    index: usize,
+    proj: Projections,
+    num_heads: usize,
+    num_kv_heads: usize,
+    head_dim: usize,
+    mask: Mask,
+    /// Element type of the attention problem (the cache's dtype).
+    dtype: DType,
+    dispatcher: Dispatcher,
+}
+
+impl AttentionLayer {
+    pub fn new(
+        index: usize,
+        config: &ModelConfig,
+        proj: Projections,
+        dtype: DType,
+        attention: AttentionConfig,
+        device: Device,
+    ) -> AttentionLayer {
+        // A window of w positions includes the query's own: w - 1 to the left.
+        let mask = match config.layer_windows.get(index).copied().flatten() {
+            Some(w) => Mask::SlidingWindow { left: w - 1, right: 0 },
+            None => Mask::Causal,
+        };
+        AttentionLayer {
+            index,
+            proj,
+            num_heads: config.num_heads,
+            num_kv_heads: config.num_kv_heads,
+            head_dim: config.head_dim,
+            mask,
+            dtype,
+            dispatcher: Dispatcher::new(index, attention, device),
+        }
+    }
+
+    pub fn mask(&self) -> Mask {
+        self.mask
+    }
+
+    /// Backends chosen so far, per shape class.
+    pub fn choices(&self) -> BTreeMap<ShapeClass, AttentionChoice> {
+        self.dispatcher.choices()
+    }
+
+    /// `x` is `[rows, hidden]` (already normed), rows grouped by `spans`.
+    /// Appends this layer's keys and values to `cache` (reserved by the
+    /// caller) and returns the attention block's output, `[rows, hidden]`.
+    pub fn forward(
+        &mut self,
+        engine: &Engine,
+        x: &Matrix,
+        spans: &[Span],
+        rope: (&Rope, &RopeInput),
+        cache: &mut dyn KvCache,
+    ) -> Result<Matrix, ModelError> {
+        let p = &self.proj;
+        let mut q = engine.linear(x, &p.q, p.q_bias.as_ref())?;
+        let mut k = engine.linear(x, &p.k, p.k_bias.as_ref())?;
+        let v = engine.linear(x, &p.v, p.v_bias.as_ref())?;
+        engine.rope(&mut q, self.num_heads, rope.0, rope.1)?;
+        engine.rope(&mut k, self.num_kv_heads, rope.0, rope.1)?;
+        let entries: Vec<AppendRows> =
+            spans.iter().map(|s| AppendRows { seq: s.seq, first_row: s.first_row, len: s.len }).collect();
+        cache.append(self.index, &entries, &k, &v)?;
+        let mut attn = Matrix::nan(x.rows(), self.num_heads * self.head_dim, &engine.device())?;
+        for group in groups(spans) {
+            let out = self.attend(engine, &q, group, cache)?;
+            engine.write_rows(&mut attn, group[0].first_row, &out)?;
+        }
+        engine.linear(&attn, &self.proj.o, self.proj.o_bias.as_ref())
+    }
+
+    /// One batched attention call for adjacent spans that share their cached
+    /// length. Reads the cache in place when it offers strided views and the
+    /// chosen backend accepts them; otherwise from a gathered contiguous copy.
+    fn attend(
+        &mut self,
+        engine: &Engine,
+        q: &Matrix,
+        group: &[Span],
+        cache: &dyn KvCache,
+    ) -> Result<Tensor, ModelError> {
+        let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let (len, kv_len) = (group[0].len, group[0].start + group[0].len);
+        let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
+        // The choice is made on the contiguous problem, so it does not
+        // depend on how the cache happens to be laid out.
+        let backend = self.dispatcher.backend_for(&p)?;
+        let device = self.dispatcher.device().clone();
+        let seqs: Vec<SeqId> = group.iter().map(|s| s.seq).collect();
+        let q = engine.rows_as(q, group[0].first_row, p.q_shape(), self.dtype)?;
+        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        let layer = self.index;
+        let run = |p: &AttentionProblem, k: TensorView<'_>, v: TensorView<'_>, out: &mut Tensor| {
+            backend.forward(p, &q, k, v, out).map_err(|source| ModelError::Backend {
+                layer,
+                backend: backend.name(),
+                source,
+            })
+        };
+        if let Some(views) = cache.views(self.index, &seqs, kv_len)? {
+            let mut strided = p.clone();
+            for (role, view) in [(TensorRole::K, &views.k), (TensorRole::V, &views.v)] {
+                strided.strides.set(role, (!view.layout().is_contiguous()).then_some(view.layout().strides));
+            }
+            if Registry::reasons(backend, &strided, &device).is_empty() {
+                run(&strided, views.k, views.v, &mut out)?;
+                self.dispatcher.note_in_place(ShapeClass::of(&p));
+                return Ok(out);
+            }
+        }
+        let (k, v) = cache.gather(self.index, &seqs, kv_len)?;
+        run(&p, k.view(), v.view(), &mut out)?;
+        Ok(out)
+    }
+}
+
+/// Maximal runs of spans that are adjacent in rows and share (start, len).
+fn groups(spans: &[Span]) -> Vec<&[Span]> {
+    let mut out = Vec::new();
+    let mut begin = 0;
+    for i in 1..=spans.len() {
+        let ends = i == spans.len() || {
+            let (a, b) = (&spans[i - 1], &spans[i]);
+            (a.start, a.len) != (b.start, b.len) || a.first_row + a.len != b.first_row
+        };
+        if ends {
+            out.push(&spans[begin..i]);
+            begin = i;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn span(seq: usize, start: usize, len: usize, first_row: usize) -> Span {
+        Span { seq: SeqId(seq), start, len, first_row }
+    }
+
+    #[test]
+    fn groups_are_adjacent_equal_shapes() {
+        let spans = [span(0, 4, 1, 0), span(1, 4, 1, 1), span(2, 7, 1, 2), span(3, 7, 1, 3), span(4, 7, 2, 4)];
+        let g: Vec<Vec<usize>> = groups(&spans).iter().map(|g| g.iter().map(|s| s.seq.0).collect()).collect();
+        assert_eq!(g, vec![vec![0, 1], vec![2, 3], vec![4]]);
+        // Same shape but not adjacent in rows: separate calls.
+        let spans = [span(0, 4, 1, 0), span(1, 4, 1, 5)];
+        assert_eq!(groups(&spans).len(), 2);
+        assert!(groups(&[]).is_empty());
+    }
+}

@@ -1,0 +1,307 @@
+//! Model weights from `model.safetensors`, or from the shards listed in
+//! `model.safetensors.index.json`, checked against the config: every tensor
+//! the decoder needs must be present with the shape the config implies, in
+//! f32, f16 or bf16, and no unexpected tensor may be left over (a leftover
+//! usually means the config does not describe these weights). Errors name
+//! the file and the tensor.
+
+use super::config::ModelConfig;
+use crate::dtype::DType;
+use crate::tensor::HostData;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+pub const SINGLE_FILE: &str = "model.safetensors";
+pub const INDEX_FILE: &str = "model.safetensors.index.json";
+
+/// One weight tensor, in the dtype it was stored in.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Weight {
+    pub shape: Vec<usize>,
+    pub data: HostData,
+}
+
+impl Weight {
+    pub fn dtype(&self) -> DType {
+        self.data.dtype()
+    }
+
+    /// The elements widened to f32 (exact for every supported dtype).
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.data.to_f32()
+    }
+}
+
+/// The MLP's input projections: separate, or one fused `[gate; up]` matrix (GLM).
+#[derive(Clone, Debug, PartialEq)]
+pub enum GateUp {
+    Split { gate: Weight, up: Weight, gate_bias: Option<Weight>, up_bias: Option<Weight> },
+    Fused(Weight),
+}
+
+/// One decoder layer's weights. Matrices are `[out, in]` as in `nn.Linear`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LayerWeights {
+    pub input_norm: Weight,
+    pub post_attention_norm: Weight,
+    /// GLM-4 (`glm4`) only: norms of the attention and MLP outputs.
+    pub post_self_attn_norm: Option<Weight>,
+    pub post_mlp_norm: Option<Weight>,
+    pub q: Weight,
+    pub k: Weight,
+    pub v: Weight,
+    pub q_bias: Option<Weight>,
+    pub k_bias: Option<Weight>,
+    pub v_bias: Option<Weight>,
+    pub o: Weight,
+    pub o_bias: Option<Weight>,
+    pub gate_up: GateUp,
+    pub down: Weight,
+    pub down_bias: Option<Weight>,
+}
+
+/// Every weight of a model.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ModelWeights {
+    pub embed: Weight,
+    pub layers: Vec<LayerWeights>,
+    pub final_norm: Weight,
+    /// `None` when the LM head is tied to the embeddings.
+    pub lm_head: Option<Weight>,
+}
+
+/// What went wrong loading weights. `file` is the file being read.
+#[derive(Debug, thiserror::Error)]
+pub enum WeightsError {
+    #[error("{}: no {SINGLE_FILE} or {INDEX_FILE} in the model directory", .dir.display())]
+    NoWeights { dir: PathBuf },
+    #[error("{}: cannot read: {source}", .file.display())]
+    Read { file: PathBuf, source: std::io::Error },
+    #[error("{}: not a valid safetensors file: {why}", .file.display())]
+    Format { file: PathBuf, why: String },
+    #[error("{}: bad index: {why}", .file.display())]
+    Index { file: PathBuf, why: String },
+    #[error("{}: tensor `{tensor}` is missing", .file.display())]
+    Missing { file: PathBuf, tensor: String },
+    #[error("{}: tensor `{tensor}` has shape {got:?}, the config implies {expected:?}", .file.display())]
+    Shape { file: PathBuf, tensor: String, got: Vec<usize>, expected: Vec<usize> },
+    #[error("{}: tensor `{tensor}` has dtype {got}; supported: F32, F16, BF16", .file.display())]
+    DType { file: PathBuf, tensor: String, got: String },
+    #[error("{}: unexpected tensor `{tensor}` (does config.json describe these weights?)", .file.display())]
+    Unexpected { file: PathBuf, tensor: String },
+}
+
+/// Tensor names as transformers saves them.
+fn layer_name(i: usize, rest: &str) -> String {
+    format!("model.layers.{i}.{rest}")
+}
+
+/// The safetensors files of a model directory, parsed once, and where each
+/// tensor lives.
+struct Sources<'b> {
+    files: Vec<(PathBuf, SafeTensors<'b>)>,
+    /// Tensor name -> index into `files`.
+    location: HashMap<String, usize>,
+    /// Where a missing tensor would have been expected (for messages).
+    default_file: PathBuf,
+}
+
+impl<'b> Sources<'b> {
+    fn parse(layout: &Layout, buffers: &'b [Vec<u8>]) -> Result<Sources<'b>, WeightsError> {
+        let paths = &layout.files;
+        let mut files = Vec::new();
+        let mut location = HashMap::new();
+        for (i, (path, bytes)) in paths.iter().zip(buffers).enumerate() {
+            let parsed = SafeTensors::deserialize(bytes)
+                .map_err(|e| WeightsError::Format { file: path.clone(), why: e.to_string() })?;
+            for name in parsed.names() {
+                location.insert(name.clone(), i);
+            }
+            files.push((path.clone(), parsed));
+        }
+        // Every tensor the index lists must be in the shard it names.
+        let mut default_file = paths[0].clone();
+        if let Some((index_file, entries)) = &layout.index {
+            for (tensor, shard) in entries {
+                if location.get(tensor).map(|&i| &files[i].0) != Some(shard) {
+                    return Err(WeightsError::Missing { file: shard.clone(), tensor: tensor.clone() });
+                }
+            }
+            default_file = index_file.clone();
+        }
+        Ok(Sources { files, location, default_file })
+    }
+
+    /// Removes `name` from the set still to be consumed and decodes it,
+    /// checking its shape.
+    fn take(&mut self, name: &str, expected: &[usize]) -> Result<Weight, WeightsError> {
+        let Some(i) = self.location.remove(name) else {
+            return Err(WeightsError::Missing { file: self.default_file.clone(), tensor: name.to_string() });
+        };
+        let (file, parsed) = &self.files[i];
+        let view = parsed.tensor(name).map_err(|e| WeightsError::Format { file: file.clone(), why: e.to_string() })?;
+        if view.shape() != expected {
+            return Err(WeightsError::Shape {
+                file: file.clone(),
+                tensor: name.to_string(),
+                got: view.shape().to_vec(),
+                expected: expected.to_vec(),
+            });
+        }
+        let dtype = match view.dtype() {
+            Dtype::F32 => DType::F32,
+            Dtype::F16 => DType::F16,
+            Dtype::BF16 => DType::BF16,
+            other => {
+                return Err(WeightsError::DType {
+                    file: file.clone(),
+                    tensor: name.to_string(),
+                    got: format!("{other:?}"),
+                })
+            }
+        };
+        // The crate has checked that the data length matches shape and dtype.
+        let data = crate::io::host_from_le(dtype, view.data())
+            .map_err(|e| WeightsError::Format { file: file.clone(), why: e.to_string() })?;
+        Ok(Weight { shape: expected.to_vec(), data })
+    }
+
+    fn take_if(&mut self, present: bool, name: &str, expected: &[usize]) -> Result<Option<Weight>, WeightsError> {
+        present.then(|| self.take(name, expected)).transpose()
+    }
+
+    /// Fails on the first tensor nobody asked for (in name order).
+    fn finish(self) -> Result<(), WeightsError> {
+        let leftover: BTreeMap<&String, &usize> = self.location.iter().collect();
+        match leftover.into_iter().next() {
+            None => Ok(()),
+            Some((name, &i)) => Err(WeightsError::Unexpected { file: self.files[i].0.clone(), tensor: name.clone() }),
+        }
+    }
+}
+
+/// Where the weights are: the files, and for a sharded model the index
+/// file with its tensor -> shard map.
+struct Layout {
+    files: Vec<PathBuf>,
+    index: Option<(PathBuf, Vec<(String, PathBuf)>)>,
+}
+
+/// The files holding the weights: the single file, or every shard the index names.
+fn weight_files(dir: &Path) -> Result<Layout, WeightsError> {
+    let single = dir.join(SINGLE_FILE);
+    if single.is_file() {
+        return Ok(Layout { files: vec![single], index: None });
+    }
+    let index = dir.join(INDEX_FILE);
+    if !index.is_file() {
+        return Err(WeightsError::NoWeights { dir: dir.to_path_buf() });
+    }
+    let text = std::fs::read_to_string(&index).map_err(|source| WeightsError::Read { file: index.clone(), source })?;
+    let bad = |why: String| WeightsError::Index { file: index.clone(), why };
+    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
+    let map = json
+        .get("weight_map")
+        .and_then(|m| m.as_object())
+        .ok_or_else(|| bad("missing object field `weight_map`".into()))?;
+    let mut shards: Vec<String> = Vec::new();
+    let mut entries = Vec::new();
+    for (tensor, file) in map {
+        let file = file.as_str().ok_or_else(|| bad(format!("`weight_map.{tensor}` must be a file name")))?;
+        if file.contains('/') || file.contains('\\') || file == ".." {
+            return Err(bad(format!("`weight_map.{tensor}` = \"{file}\" must be a file in the model directory")));
+        }
+        if !shards.iter().any(|s| s == file) {
+            shards.push(file.to_string());
+        }
+        entries.push((tensor.clone(), dir.join(file)));
+    }
+    if shards.is_empty() {
+        return Err(bad("`weight_map` is empty".into()));
+    }
+    shards.sort();
+    Ok(Layout { files: shards.into_iter().map(|s| dir.join(s)).collect(), index: Some((index, entries)) })
+}
+
+impl ModelWeights {
+    /// Loads and checks every weight of the model in `dir`.
+    pub fn load(dir: &Path, config: &ModelConfig) -> Result<ModelWeights, WeightsError> {
+        let layout = weight_files(dir)?;
+        let buffers = layout
+            .files
+            .iter()
+            .map(|p| std::fs::read(p).map_err(|source| WeightsError::Read { file: p.clone(), source }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut src = Sources::parse(&layout, &buffers)?;
+        let weights = ModelWeights::take_all(&mut src, config)?;
+        src.finish()?;
+        Ok(weights)
+    }
+
+    fn take_all(src: &mut Sources<'_>, c: &ModelConfig) -> Result<ModelWeights, WeightsError> {
+        let (h, v) = (c.hidden_size, c.vocab_size);
+        let embed = src.take("model.embed_tokens.weight", &[v, h])?;
+        let layers = (0..c.num_layers).map(|i| take_layer(src, c, i)).collect::<Result<Vec<_>, _>>()?;
+        let final_norm = src.take("model.norm.weight", &[h])?;
+        let lm_head = if c.tie_word_embeddings {
+            // Tied checkpoints may still carry a copy; it is not used.
+            if src.location.contains_key("lm_head.weight") {
+                src.take("lm_head.weight", &[v, h])?;
+            }
+            None
+        } else {
+            Some(src.take("lm_head.weight", &[v, h])?)
+        };
+        Ok(ModelWeights { embed, layers, final_norm, lm_head })
+    }
+
+    /// The dtypes the weights were stored in (usually one).
+    pub fn dtypes(&self) -> Vec<DType> {
+        let mut out: Vec<DType> = vec![self.embed.dtype()];
+        for l in &self.layers {
+            for w in [&l.q, &l.k, &l.v, &l.o, &l.down] {
+                if !out.contains(&w.dtype()) {
+                    out.push(w.dtype());
+                }
+            }
+        }
+        out
+    }
+}
+
+fn take_layer(src: &mut Sources<'_>, c: &ModelConfig, i: usize) -> Result<LayerWeights, WeightsError> {
+    let (h, q, kv, inter) = (c.hidden_size, c.q_width(), c.kv_width(), c.intermediate_size);
+    let n = |rest: &str| layer_name(i, rest);
+    let post = c.family.post_sublayer_norms();
+    let gate_up = if c.family.fused_gate_up() {
+        GateUp::Fused(src.take(&n("mlp.gate_up_proj.weight"), &[2 * inter, h])?)
+    } else {
+        GateUp::Split {
+            gate: src.take(&n("mlp.gate_proj.weight"), &[inter, h])?,
+            up: src.take(&n("mlp.up_proj.weight"), &[inter, h])?,
+            gate_bias: src.take_if(c.mlp_bias, &n("mlp.gate_proj.bias"), &[inter])?,
+            up_bias: src.take_if(c.mlp_bias, &n("mlp.up_proj.bias"), &[inter])?,
+        }
+    };
+    Ok(LayerWeights {
+        input_norm: src.take(&n("input_layernorm.weight"), &[h])?,
+        post_attention_norm: src.take(&n("post_attention_layernorm.weight"), &[h])?,
+        post_self_attn_norm: src.take_if(post, &n("post_self_attn_layernorm.weight"), &[h])?,
+        post_mlp_norm: src.take_if(post, &n("post_mlp_layernorm.weight"), &[h])?,
+        q: src.take(&n("self_attn.q_proj.weight"), &[q, h])?,
+        k: src.take(&n("self_attn.k_proj.weight"), &[kv, h])?,
+        v: src.take(&n("self_attn.v_proj.weight"), &[kv, h])?,
+        q_bias: src.take_if(c.qkv_bias, &n("self_attn.q_proj.bias"), &[q])?,
+        k_bias: src.take_if(c.qkv_bias, &n("self_attn.k_proj.bias"), &[kv])?,
+        v_bias: src.take_if(c.qkv_bias, &n("self_attn.v_proj.bias"), &[kv])?,
+        o: src.take(&n("self_attn.o_proj.weight"), &[h, q])?,
+        o_bias: src.take_if(c.o_bias, &n("self_attn.o_proj.bias"), &[h])?,
+        gate_up,
+        down: src.take(&n("mlp.down_proj.weight"), &[h, inter])?,
+        down_bias: src.take_if(c.mlp_bias, &n("mlp.down_proj.bias"), &[h])?,
+    })
+}
+
+#[cfg(test)]
+mod tests;
