@@ -3,4 +3,6 @@
 
 pub mod cpu_flash;
 pub mod cpu_reference;
+pub mod gpu_flash;
 pub mod gpu_unfused;
+pub mod mqa_replicate;

@@ -134,6 +134,16 @@ pub enum Unsupported {
     Layout {
         tensor: TensorRole,
     },
+    /// A stride of `tensor` is not a multiple of the kernel's vector width.
+    StrideMultiple {
+        tensor: TensorRole,
+        multiple: usize,
+    },
+    /// A tensor's first element is not 16-byte aligned (a call-time fact).
+    Misaligned {
+        tensor: &'static str,
+        address: u64,
+    },
     /// The GPU's matrix unit is not one the backend has kernels for.
     MatrixUnit {
         arch: String,
@@ -172,6 +182,12 @@ impl fmt::Display for Unsupported {
             Unsupported::GroupSize { got, max } => write!(f, "q/kv head ratio {got} exceeds {max}"),
             Unsupported::Softcap => f.write_str("logit soft-cap not supported"),
             Unsupported::Layout { tensor } => write!(f, "needs contiguous {tensor}"),
+            Unsupported::StrideMultiple { tensor, multiple } => {
+                write!(f, "{tensor} strides must be multiples of {multiple} elements (16-byte vector loads)")
+            }
+            Unsupported::Misaligned { tensor, address } => {
+                write!(f, "{tensor} starts at 0x{address:x}, not 16-byte aligned")
+            }
             Unsupported::MatrixUnit { arch, got, supported } => {
                 write!(f, "{arch} has matrix unit {got}, kernels exist for {{{}}}", join(supported.iter()))
             }

@@ -59,6 +59,63 @@ kernel_params! {
     }
 }
 
+kernel_params! {
+    /// `rf_flash_params` of `flash/fwd.hip`. Strides are in elements.
+    pub struct FlashParams as "rf_flash_params" in "rf/flash_params.h" {
+        pub q: u64,
+        pub k: u64,
+        pub v: u64,
+        pub o: u64,
+        /// f32 [batch, heads_q, seq_q] log-sum-exp, or 0 for none.
+        pub lse: u64,
+        pub q_batch_stride: i64,
+        pub q_seq_stride: i64,
+        pub q_head_stride: i64,
+        pub k_batch_stride: i64,
+        pub k_seq_stride: i64,
+        pub k_head_stride: i64,
+        pub v_batch_stride: i64,
+        pub v_seq_stride: i64,
+        pub v_head_stride: i64,
+        pub o_batch_stride: i64,
+        pub o_seq_stride: i64,
+        pub o_head_stride: i64,
+        /// Mask bounds, negative = unbounded (`rf/mask.h`).
+        pub window_left: i64,
+        pub window_right: i64,
+        pub batch: i32,
+        pub seq_q: i32,
+        pub seq_kv: i32,
+        pub heads_q: i32,
+        pub heads_kv: i32,
+        pub scale: f32,
+        /// <= 0 = no soft-cap.
+        pub softcap: f32,
+        pub reserved: i32,
+    }
+}
+
+kernel_params! {
+    /// `RfExpandKvParams` of `replicate/expand_kv.hip`.
+    pub struct ExpandKvParams as "RfExpandKvParams" in "rf/params.h" {
+        pub src_k: u64,
+        pub src_v: u64,
+        pub dst_k: u64,
+        pub dst_v: u64,
+        pub k_batch_stride: i64,
+        pub k_seq_stride: i64,
+        pub k_head_stride: i64,
+        pub v_batch_stride: i64,
+        pub v_seq_stride: i64,
+        pub v_head_stride: i64,
+        pub rows: i64,
+        pub seq: i32,
+        pub heads_q: i32,
+        pub heads_kv: i32,
+        pub head_dim: i32,
+    }
+}
+
 /// A translation unit that fails to compile unless the C struct has the
 /// Rust struct's size and every field's offset and size.
 pub fn layout_probe<P: KernelParams>() -> String {
@@ -77,7 +134,11 @@ pub fn layout_probe<P: KernelParams>() -> String {
 
 /// Layout probes of every parameter struct, for the offline compile tests.
 pub fn all_layout_probes() -> Vec<(&'static str, String)> {
-    vec![(SoftmaxParams::C_NAME, layout_probe::<SoftmaxParams>())]
+    vec![
+        (SoftmaxParams::C_NAME, layout_probe::<SoftmaxParams>()),
+        (FlashParams::C_NAME, layout_probe::<FlashParams>()),
+        (ExpandKvParams::C_NAME, layout_probe::<ExpandKvParams>()),
+    ]
 }
 
 #[cfg(test)]

@@ -61,14 +61,22 @@ fn probe_specs() -> Vec<KernelSpec> {
     (0..3).map(|dtype| KernelSpec::new(PROBE_FILE, "rf_prelude_probe").define("P_DTYPE", dtype)).collect()
 }
 
-/// Every registered specialization plus the probe.
+/// The registered specializations (every small kernel; a sample of the
+/// flash variants: every dtype at head_dim 128 and bf16 at every other
+/// head_dim; `rocmforge kernels check` in CI compiles all of them) plus the
+/// header probe.
 fn specs_under_test() -> Vec<KernelSpec> {
     let registry = Registry::global().expect("registry builds");
-    let mut specs = all_specs(registry);
+    let all = all_specs(registry);
+    assert!(!all.is_empty(), "no registered backend requests a kernel: a GPU backend was dropped");
+    let sampled = |s: &KernelSpec| {
+        let has = |k: &str, v: &str| s.defines.iter().any(|(a, b)| a == k && b == v);
+        s.file.path != "flash/fwd.hip" || has("RF_HEAD_DIM", "128") || has("RF_DTYPE", "2")
+    };
+    let mut specs: Vec<KernelSpec> = all.into_iter().filter(sampled).collect();
     let registered = specs.len();
-    assert!(registered > 0, "no registered backend requests a kernel: a GPU backend was dropped");
     specs.extend(probe_specs());
-    println!("{registered} registered kernel specialization(s) + {} prelude probe(s)", probe_specs().len());
+    println!("{registered} registered kernel specialization(s) + {} header probe(s)", probe_specs().len());
     specs
 }
 

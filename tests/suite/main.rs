@@ -12,6 +12,7 @@ mod cli_limits;
 mod common;
 mod concurrency;
 mod differential;
+mod flash;
 mod gpu_device;
 mod kernels_offline;
 #[cfg(feature = "cli")]

@@ -16,3 +16,18 @@ struct RfSoftmaxParams {
     float softcap;           // 0 = none
     int reserved;
 };
+
+// replicate/expand_kv.hip
+struct RfExpandKvParams {
+    unsigned long long src_k;   // [batch, seq, heads_kv, head_dim], strided
+    unsigned long long src_v;
+    unsigned long long dst_k;   // [batch, seq, heads_q, head_dim], contiguous
+    unsigned long long dst_v;
+    long long k_batch_stride, k_seq_stride, k_head_stride;  // elements
+    long long v_batch_stride, v_seq_stride, v_head_stride;
+    long long rows;             // batch * seq * heads_q
+    int seq;
+    int heads_q;
+    int heads_kv;
+    int head_dim;
+};

@@ -1,0 +1,133 @@
+//! `mqa-replicate`: GQA/MQA by copying. A kernel expands K and V to one head
+//! per query head in a workspace leased from the device, then the dense
+//! fused kernel runs on the copy. Native GQA (`flash-*`) reads K/V in place
+//! and wins in auto; this backend exists for the design the project grew
+//! from and as a second opinion in differential tests.
+
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
+use crate::backends::gpu_flash::launch::{self, FlashPointers};
+use crate::capabilities::{Capabilities, HeadDims, Unsupported};
+use crate::device::{Device, DeviceError, DeviceKind, LaunchConfig};
+use crate::dtype::DType;
+use crate::kernels::params::ExpandKvParams;
+use crate::kernels::{KernelSpec, REPLICATE_EXPAND_KV};
+use crate::problem::{AttentionProblem, MaskKind, TensorRole};
+
+/// Largest K+V copy (bytes) it will lease; bigger problems are rejected
+/// with the numbers, and auto moves on.
+pub const WORKSPACE_CAP: usize = 4 << 30;
+const THREADS: u32 = 128;
+/// Enough blocks to fill any current GPU; the kernel grid-strides the rest.
+const MAX_BLOCKS: usize = 65536;
+
+pub struct MqaReplicate;
+
+inventory::submit! { BackendRegistration { create: || Box::new(MqaReplicate) } }
+
+/// Bytes of the replicated K and V.
+fn copy_bytes(p: &AttentionProblem) -> Option<usize> {
+    [p.batch, p.seq_kv, p.num_q_heads, p.head_dim, p.dtype.size_in_bytes(), 2]
+        .iter()
+        .try_fold(1usize, |acc, &x| acc.checked_mul(x))
+}
+
+fn spec(dtype: DType) -> KernelSpec {
+    KernelSpec::new(REPLICATE_EXPAND_KV, "rf_expand_kv").define("RF_ELEM_BYTES", dtype.size_in_bytes())
+}
+
+impl AttentionBackend for MqaReplicate {
+    fn name(&self) -> &'static str {
+        "mqa-replicate"
+    }
+
+    fn priority(&self) -> i32 {
+        200
+    }
+
+    fn description(&self) -> &'static str {
+        "expands K/V heads to the query-head count in a workspace, then the dense fused kernel"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            device: DeviceKind::Gpu,
+            dtypes: &DType::ALL,
+            head_dims: HeadDims::List(launch::HEAD_DIMS),
+            max_seq_q: None,
+            max_seq_kv: None,
+            masks: &MaskKind::ALL,
+            max_group_size: None,
+            softcap: true,
+            strided: true,
+            matrix_units: None,
+            deterministic: true,
+            workspace: "a K and V copy with one head per query head (cap 4 GiB)",
+        }
+    }
+
+    fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
+        let mut reasons = self.capabilities().reasons(p, device);
+        // Only Q and O keep their own strides; K/V come from the contiguous copy.
+        let mut dense = p.clone();
+        dense.strides.set(TensorRole::K, None);
+        dense.strides.set(TensorRole::V, None);
+        dense.num_kv_heads = p.num_q_heads;
+        reasons.extend(launch::layout_reasons(&dense));
+        match copy_bytes(p) {
+            Some(n) if n <= WORKSPACE_CAP => {}
+            needed => reasons.push(Unsupported::Workspace { what: "replicated K and V", needed, cap: WORKSPACE_CAP }),
+        }
+        reasons
+    }
+
+    fn kernels(&self) -> Vec<KernelSpec> {
+        let mut specs: Vec<KernelSpec> = [DType::F32, DType::BF16].iter().map(|&d| spec(d)).collect();
+        specs.extend(launch::all_specs());
+        specs
+    }
+
+    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+        let p = call.problem();
+        let Device::Gpu(gpu) = call.device().clone() else {
+            return Err(BackendError::Internal { backend: self.name(), what: "a checked GPU call is on the CPU" });
+        };
+        let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
+        let (q, k, v) = (ptr(call.q().gpu_ptr(), "q")?, ptr(call.k().gpu_ptr(), "k")?, ptr(call.v().gpu_ptr(), "v")?);
+        let o = ptr(call.out().gpu_ptr(), "out")?;
+        let internal = || BackendError::Internal { backend: "mqa-replicate", what: "checked problem exceeds the cap" };
+        let bytes = copy_bytes(p).ok_or_else(internal)?;
+        let workspace = gpu.workspace(bytes)?;
+        let (dst_k, dst_v) = (workspace.ptr(), workspace.ptr() + (bytes / 2) as u64);
+        let [sk, sv] = [TensorRole::K, TensorRole::V].map(|r| p.strides_of(r).map(|s| s as i64));
+        let rows = p.batch * p.seq_kv * p.num_q_heads;
+        let params = ExpandKvParams {
+            src_k: k,
+            src_v: v,
+            dst_k,
+            dst_v,
+            k_batch_stride: sk[0],
+            k_seq_stride: sk[1],
+            k_head_stride: sk[2],
+            v_batch_stride: sv[0],
+            v_seq_stride: sv[1],
+            v_head_stride: sv[2],
+            rows: rows as i64,
+            seq: p.seq_kv as i32,
+            heads_q: p.num_q_heads as i32,
+            heads_kv: p.num_kv_heads as i32,
+            head_dim: p.head_dim as i32,
+        };
+        let kernel = gpu.kernel(&spec(p.dtype))?;
+        let cfg = LaunchConfig { grid: (rows.min(MAX_BLOCKS) as u32, 1, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: rf_expand_kv takes RfExpandKvParams (layout probe-checked);
+        // sources are the checked K/V views, destinations the workspace of
+        // 2 * rows * head_dim elements.
+        unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
+        let dense_strides = [p.seq_kv * p.num_q_heads * p.head_dim, p.num_q_heads * p.head_dim, p.head_dim];
+        let ptrs = FlashPointers { q, k: dst_k, v: dst_v, o, lse: 0 };
+        launch::launch(&gpu, self.name(), p, ptrs, Some((dense_strides, p.num_q_heads)))?;
+        // Back to the pool once queued: later work on the stream runs after.
+        drop(workspace);
+        Ok(())
+    }
+}

@@ -1,0 +1,43 @@
+"""The kernel specializations the harness builds: the ones the Rust side
+registers (defaults) plus tuning candidates (explicit tile overrides)."""
+
+F32, F16, BF16 = 0, 1, 2
+F32_SIMT, F32_TF32X3, F32_TF32 = 0, 1, 2
+DTYPE_NAME = {F32: "f32", F16: "f16", BF16: "bf16"}
+HEAD_DIMS = [32, 64, 96, 128, 256]
+
+
+def default_variants():
+    """name -> defines, for every variant the backends use on NVIDIA."""
+    out = {}
+    for dt in (BF16, F16):
+        for d in HEAD_DIMS:
+            out[f"{DTYPE_NAME[dt]}_d{d}"] = dict(RF_DTYPE=dt, RF_HEAD_DIM=d)
+    for d in HEAD_DIMS:
+        out[f"f32x3_d{d}"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=d, RF_F32_MODE=F32_TF32X3)
+        out[f"f32simt_d{d}"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=d, RF_F32_MODE=F32_SIMT)
+    out["f32tf32_d128"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32)
+    out["f32tf32_d64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=64, RF_F32_MODE=F32_TF32)
+    return out
+
+
+def tuning_variants():
+    """Tile-shape candidates (BM, BN, WARPS, STAGES) for the timed shapes."""
+    out = {}
+    cands = {
+        (BF16, 128): [(128, 32, 4, 2), (64, 64, 4, 2)],
+        (BF16, 64): [(128, 64, 4, 2), (128, 128, 4, 2)],
+        (F32, 128): [(128, 64, 8, 1)],
+    }
+    out["bf16_d128_headorder"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128, RF_FLASH_GLOBAL_ORDER=0)
+    out["f32x3_d128_acck16"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=16)
+    out["f32x3_d128_acck64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=64)
+    for (dt, d), lst in cands.items():
+        for bm, bn, w, st in lst:
+            defs = dict(RF_DTYPE=dt, RF_HEAD_DIM=d, RF_FLASH_BM=bm, RF_FLASH_BN=bn, RF_FLASH_WARPS=w,
+                        RF_FLASH_STAGES=st)
+            name = f"{'f32x3' if dt == F32 else DTYPE_NAME[dt]}_d{d}_{bm}x{bn}w{w}s{st}"
+            if dt == F32:
+                defs["RF_F32_MODE"] = F32_TF32X3
+            out[name] = defs
+    return out
