@@ -8,7 +8,7 @@
 #![allow(dead_code)]
 
 use rocmforge::backends::cpu_reference::reference_attention;
-use rocmforge::compare::{compare, Report};
+use rocmforge::compare::Report;
 use rocmforge::dtype::Tolerance;
 use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, HostData, Registry, Tensor};
 
@@ -38,8 +38,14 @@ pub fn first_gpu() -> Result<Device, String> {
 
 /// The device a backend of `kind` runs on in tests: the CPU, or the first
 /// GPU. Only GPU tests (all `#[ignore = "needs a GPU"]`) ask for a GPU, so
-/// a missing one is a failure that says why.
-pub fn device_for(kind: DeviceKind) -> Device {
+/// a missing one is a failure that says why. Always `Some`: the `Option`
+/// keeps `let Some(d) = device_for(kind) else { return }` call sites
+/// compiling, but a GPU test can no longer pass by returning early.
+pub fn device_for(kind: DeviceKind) -> Option<Device> {
+    Some(gpu_or_cpu(kind))
+}
+
+fn gpu_or_cpu(kind: DeviceKind) -> Device {
     match kind {
         DeviceKind::Cpu => Device::Cpu,
         DeviceKind::Gpu => {
@@ -59,7 +65,7 @@ pub fn backend_targets(kind: DeviceKind) -> Vec<(&'static dyn AttentionBackend, 
         test_name(),
         registry.names()
     );
-    let device = device_for(kind);
+    let device = gpu_or_cpu(kind);
     of_kind.into_iter().map(|b| (b, device.clone())).collect()
 }
 
@@ -152,6 +158,11 @@ pub fn check_output(backend: &str, p: &AttentionProblem, got: &[f32], expected: 
     check_output_with(backend, p, got, expected, p.dtype.tolerance())
 }
 
+/// `check_output` without the report, under the name older tests use.
+pub fn compare(backend: &str, p: &AttentionProblem, got: &[f32], expected: &[f64]) -> Result<(), String> {
+    check_output(backend, p, got, expected).map(|_| ())
+}
+
 /// `check_output` with an explicit tolerance, for deliberately
 /// ill-conditioned inputs.
 pub fn check_output_with(
@@ -161,7 +172,7 @@ pub fn check_output_with(
     expected: &[f64],
     tol: Tolerance,
 ) -> Result<Report, String> {
-    let report = compare(p.dtype, tol, got, expected);
+    let report = rocmforge::compare::compare(p.dtype, tol, got, expected);
     match report.failure(backend, p) {
         Some(message) => Err(message),
         None => Ok(report),

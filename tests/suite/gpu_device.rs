@@ -12,7 +12,7 @@ use serial_test::serial;
 use std::sync::Arc;
 
 fn gpu() -> Option<Arc<GpuDevice>> {
-    match device_for(DeviceKind::Gpu) {
+    match device_for(DeviceKind::Gpu)? {
         Device::Gpu(g) => Some(g),
         Device::Cpu => None,
     }

@@ -18,7 +18,7 @@ use rocmforge::tensor::SplitMix64;
 use rocmforge::{AttentionConfig, BackendChoice, DType, Device, DeviceKind, Registry};
 
 fn gpu() -> Option<Device> {
-    Some(device_for(DeviceKind::Gpu))
+    device_for(DeviceKind::Gpu)
 }
 
 fn random(n: usize, seed: u64) -> Vec<f32> {
