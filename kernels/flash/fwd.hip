@@ -24,6 +24,7 @@
 #include "rf/platform.h"
 #include "rf/convert.h"
 #include "rf/reduce.h"
+#include "rf/mask.h"
 #include "rf/flash_params.h"
 #include "rf/mma/mma.h"
 
@@ -37,10 +38,10 @@
 // ------------------------------------------------------------ tile config
 #if defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE != RF_F32
 // 16-bit tensor cores, measured on an H100 (scripts/flash_dev/NOTES.md):
-// d = 96, 128: 4 warps x 2 strips (FA2's 128 x 64); d <= 64: 4 warps x 1
-// strip, Q in registers; d = 256: 8 warps x 1 strip.
-#define RF_CFG_BM (RF_HEAD_DIM <= 64 ? 64 : 128)
-#define RF_CFG_BN 64
+// 4 warps x 2 strips; BLOCK_N 64 (FA2's 128 x 64) for d = 96, 128 and 128
+// for d <= 64; d = 256: 8 warps x 1 strip.
+#define RF_CFG_BM 128
+#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 128 : 64)
 #define RF_CFG_WARPS (RF_HEAD_DIM == 256 ? 8 : 4)
 #define RF_CFG_STAGES 2
 #elif defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC
@@ -148,10 +149,11 @@ constexpr int SMEM_LIMIT = 99 * 1024;
 #endif
 
 // The preferred tiling shrinks to fit the target: one stage first, then one
-// 16-row strip per warp.
-constexpr int BN = RF_FLASH_BN;
-constexpr int STAGES = SmemBytes<RF_FLASH_BM, BN, RF_FLASH_STAGES>::value <= SMEM_LIMIT ? RF_FLASH_STAGES : 1;
-constexpr int BM = SmemBytes<RF_FLASH_BM, BN, STAGES>::value <= SMEM_LIMIT ? RF_FLASH_BM : 16 * WARPS;
+// 16-row strip per warp, then 16 keys per tile.
+constexpr int STAGES =
+    SmemBytes<RF_FLASH_BM, RF_FLASH_BN, RF_FLASH_STAGES>::value <= SMEM_LIMIT ? RF_FLASH_STAGES : 1;
+constexpr int BM = SmemBytes<RF_FLASH_BM, RF_FLASH_BN, STAGES>::value <= SMEM_LIMIT ? RF_FLASH_BM : 16 * WARPS;
+constexpr int BN = SmemBytes<BM, RF_FLASH_BN, STAGES>::value <= SMEM_LIMIT ? RF_FLASH_BN : 16;
 constexpr int MT = BM / (16 * WARPS);  // 16-row strips per warp
 constexpr int SMEM_BYTES = SmemBytes<BM, BN, STAGES>::value;
 static_assert(MT >= 1 && BM == 16 * WARPS * MT, "BLOCK_M must be 16 * warps * strips");
@@ -460,7 +462,7 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     }
     const int hk = hq / (p.heads_q / p.heads_kv);
     const int m0 = m_block * BM;
-    const long long shift = (long long)p.seq_kv - p.seq_q;  // pos = row + shift
+    const long long shift = rf_query_pos(0, p.seq_q, p.seq_kv);  // pos = row + shift (rf/mask.h)
     const int m_last = (int)min_ll(m0 + BM, p.seq_q) - 1;
 
     // Key tiles the block can see: [pos_min - left, pos_max + right].
@@ -623,8 +625,10 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         if (!full) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) {
-                // The visible keys of each row form one interval [first, last]
-                // (rf_visible is an interval test); columns are tile-relative.
+                // The visible keys of each row form one interval [first, last]:
+                // rf_visible (rf/mask.h) is the test j >= pos - left &&
+                // j <= pos + right, each side unbounded when negative. Columns
+                // are tile-relative; the harness checks every mask kind.
                 int first[RF_MMA_ROWS], last[RF_MMA_ROWS];
 #pragma unroll
                 for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {

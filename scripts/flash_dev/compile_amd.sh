@@ -7,7 +7,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 OUT="${1:-/tmp/flash_amd}"
 mkdir -p "$OUT"
-INC=(-I kernels/include -I scripts/flash_dev/include)
+INC=(-I kernels/include)
 fail=0; n=0
 compile() { # tool target dtype dim
     local tool=$1 tgt=$2 dt=$3 d=$4 obj="$OUT/$2_dt$3_d$4.o"
@@ -15,7 +15,7 @@ compile() { # tool target dtype dim
     if [[ $tool == hipcc ]]; then
         args+=(--offload-device-only --no-gpu-bundle-output -include hip/hip_runtime.h)
     else
-        args+=(--cuda-device-only -nogpuinc -nogpulib)
+        args+=(--cuda-device-only -nogpuinc -nogpulib -DRF_HIP_HEADER_FREE=1)
     fi
     n=$((n + 1))
     if ! "$tool" "${args[@]}" kernels/flash/fwd.hip -o "$obj" 2>"$obj.log"; then

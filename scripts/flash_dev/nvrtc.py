@@ -11,8 +11,7 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.abspath(os.path.join(HERE, "..", ".."))
 KERNEL = os.path.join(ROOT, "kernels", "flash", "fwd.hip")
-# kernels/include first; the harness folder only fills in headers main lacks.
-INCLUDES = [os.path.join(ROOT, "kernels", "include"), os.path.join(HERE, "include")]
+INCLUDES = [os.path.join(ROOT, "kernels", "include")]
 
 
 def _find_nvrtc():

@@ -26,7 +26,7 @@ def tuning_variants():
     out = {}
     cands = {
         (BF16, 128): [(128, 32, 4, 2), (64, 64, 4, 2)],
-        (BF16, 64): [(128, 64, 4, 2), (128, 128, 4, 2)],
+        (BF16, 64): [(128, 64, 4, 2), (64, 64, 4, 2)],
         (F32, 128): [(128, 64, 8, 1)],
     }
     out["bf16_d128_headorder"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128, RF_FLASH_GLOBAL_ORDER=0)
