@@ -173,4 +173,41 @@ mod tests {
             reference_attention(&p, &HostData::F32(vec![1.0; 3]), &HostData::F32(vec![1.0]), &HostData::F32(vec![7.0]));
         assert_eq!(out, vec![0.0, 0.0, 7.0]);
     }
+
+    /// The NaN/Inf rules of docs/semantics.md, worked by hand on the oracle
+    /// that defines them.
+    #[test]
+    fn non_finite_inputs_follow_the_documented_rules() {
+        let p = AttentionProblem::new(1, 2, 2, 1, 1, 2, DType::F32).with_mask(Mask::Causal);
+        let run = |q: [f32; 4], k: [f32; 4], v: [f32; 4]| {
+            reference_attention(&p, &HostData::F32(q.to_vec()), &HostData::F32(k.to_vec()), &HostData::F32(v.to_vec()))
+        };
+        let (q, k, v) = ([0.5, -0.25, 0.75, 0.1], [0.3, 0.2, -0.4, 0.9], [1.0, 2.0, 3.0, 4.0]);
+        // NaN in query row 1: that row is NaN, row 0 untouched.
+        let out = run([0.5, -0.25, f32::NAN, 0.1], k, v);
+        assert!(out[..2].iter().all(|x| x.is_finite()) && out[2..].iter().all(|x| x.is_nan()), "{out:?}");
+        // NaN in key 1, which row 0 cannot see (causal): row 0 stays finite.
+        let out = run(q, [0.3, 0.2, f32::NAN, 0.9], v);
+        assert!(out[..2].iter().all(|x| x.is_finite()) && out[2..].iter().all(|x| x.is_nan()), "{out:?}");
+        // +Inf in value 0, dimension 1: only that dimension becomes Inf.
+        let out = run(q, k, [1.0, f32::INFINITY, 3.0, 4.0]);
+        assert_eq!((out[1], out[3]), (f64::INFINITY, f64::INFINITY));
+        assert!(out[0].is_finite() && out[2].is_finite(), "{out:?}");
+        // +Inf in a query: the logits are infinite, inf - inf is NaN ...
+        let out = run([f32::INFINITY, -0.25, 0.75, 0.1], k, v);
+        assert!(out[..2].iter().all(|x| x.is_nan()), "{out:?}");
+        // ... unless a soft-cap maps them to ±cap first: then the row is finite.
+        let mut capped = p.clone();
+        capped.softcap = Some(4.0);
+        let out = reference_attention(
+            &capped,
+            &HostData::F32(vec![f32::INFINITY, -0.25, 0.75, 0.1]),
+            &HostData::F32(k.to_vec()),
+            &HostData::F32(v.to_vec()),
+        );
+        assert!(out.iter().all(|x| x.is_finite()), "{out:?}");
+        // Huge finite logits: the row is the value of the largest one.
+        let out = run([1e30, 0.0, 0.75, 0.1], k, v);
+        assert_eq!(&out[..2], &[1.0, 2.0]);
+    }
 }

@@ -118,7 +118,8 @@ impl AttentionBackend for MqaReplicate {
             head_dim: p.head_dim as i32,
         };
         let kernel = gpu.kernel(&spec(p.dtype))?;
-        let cfg = LaunchConfig { grid: (rows.min(MAX_BLOCKS) as u32, 1, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg =
+            LaunchConfig { grid: (rows.min(MAX_BLOCKS) as u32, 1, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: rf_expand_kv takes RfExpandKvParams (layout probe-checked);
         // sources are the checked K/V views, destinations the workspace of
         // 2 * rows * head_dim elements.

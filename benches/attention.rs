@@ -17,21 +17,24 @@
 //! kernels' real time, not their launch time.
 //!
 //! Environment:
-//! - `ROCMFORGE_BENCH_SHAPES="b,hq,hkv,s,d[,causal];..."` replaces the
-//!   default shapes (seq_q = seq_kv = s), e.g. for GPU runs
-//!   `"4,32,32,2048,128;4,32,32,2048,128,causal;1,32,8,1024,128,causal"`.
+//! - `ROCMFORGE_BENCH_SHAPES="B,HQ,HKV,SQ,SKV,D[:MASK];..."` replaces the
+//!   default shapes (the shape syntax of `rocmforge bench --shape`,
+//!   `rocmforge::shape_syntax`), e.g. for GPU runs
+//!   `"4,32,32,2048,2048,128;4,32,32,2048,2048,128:causal;1,32,8,1024,1024,128:causal"`.
 //! - `ROCMFORGE_BENCH_DTYPE=f32|f16|bf16` (default f32).
-//! - `ROCMFORGE_REQUIRE_GPU=1` makes a missing GPU an error instead of a note.
+//! - `ROCMFORGE_REQUIRE_GPU=1` (or true/yes/on) makes a missing GPU an error
+//!   instead of a note.
 //!
 //! `cargo bench -- --test` runs every benchmark once (a smoke test);
 //! `cargo bench -- gpu_vs_cpu` runs one group.
 
 use criterion::{criterion_group, criterion_main, BenchmarkGroup, BenchmarkId, Criterion, Throughput};
+use rocmforge::shape_syntax::parse_list;
 use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, Mask, Registry, Tensor};
 use std::time::Duration;
 
 /// Small enough to be bearable on a 2-core machine.
-const DEFAULT_SHAPES: &str = "1,8,8,256,64;1,8,2,512,64,causal";
+const DEFAULT_SHAPES: &str = "1,8,8,256,256,64;1,8,2,512,512,64:causal";
 
 /// `cpu-reference` is the test oracle, not a fast path: above this many FLOPs
 /// it would only make the run long.
@@ -44,33 +47,17 @@ fn dtype() -> DType {
     }
 }
 
-/// Parses `b,hq,hkv,s,d[,causal|none]`.
-fn parse_shape(spec: &str, dtype: DType) -> Result<AttentionProblem, String> {
-    let fields: Vec<&str> = spec.split(',').map(str::trim).collect();
-    if !(5..=6).contains(&fields.len()) {
-        return Err(format!("'{spec}': expected b,hq,hkv,s,d[,causal]"));
-    }
-    let n: Vec<usize> = fields[..5]
-        .iter()
-        .map(|f| f.parse().map_err(|_| format!("'{spec}': '{f}' is not a positive integer")))
-        .collect::<Result<_, _>>()?;
-    let mask = match fields.get(5) {
-        None | Some(&"none") => Mask::None,
-        Some(&"causal") => Mask::Causal,
-        Some(other) => return Err(format!("'{spec}': mask '{other}' is not causal or none")),
-    };
-    let p = AttentionProblem::new(n[0], n[3], n[3], n[1], n[2], n[4], dtype).with_mask(mask);
-    p.validate().map_err(|e| format!("'{spec}': {e}"))?;
-    Ok(p)
-}
-
 fn shapes() -> Vec<AttentionProblem> {
     let specs = std::env::var("ROCMFORGE_BENCH_SHAPES").unwrap_or_else(|_| DEFAULT_SHAPES.to_string());
     let dtype = dtype();
+    let specs = parse_list(&specs).unwrap_or_else(|e| panic!("ROCMFORGE_BENCH_SHAPES: {e}"));
     specs
-        .split(';')
-        .filter(|s| !s.trim().is_empty())
-        .map(|s| parse_shape(s, dtype).unwrap_or_else(|e| panic!("ROCMFORGE_BENCH_SHAPES: {e}")))
+        .iter()
+        .map(|s| {
+            let p = s.problem(dtype, Mask::None);
+            p.validate().unwrap_or_else(|e| panic!("ROCMFORGE_BENCH_SHAPES: {s}: {e}"));
+            p
+        })
         .collect()
 }
 
@@ -82,7 +69,7 @@ fn label(p: &AttentionProblem) -> String {
 }
 
 fn require_gpu() -> bool {
-    std::env::var("ROCMFORGE_REQUIRE_GPU").is_ok_and(|v| v.trim() == "1")
+    rocmforge::env_flag::env_flag("ROCMFORGE_REQUIRE_GPU").unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The first GPU, or `None` with the reason printed once per call site.

@@ -19,6 +19,8 @@
 //! runs `--reference-repeats` times (default 1), always on the full shape.
 
 use rocmforge::backends::cpu_flash::{CpuFlash, CpuIsa};
+use rocmforge::shape_syntax::ShapeSpec;
+use rocmforge::stats::Stats;
 use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, Mask, Registry, Tensor};
 use std::time::Instant;
 
@@ -49,15 +51,9 @@ fn parse_args() -> Result<Args, String> {
         let num = |s: String| s.parse::<usize>().map_err(|e| format!("bad number '{s}': {e}"));
         match flag.as_str() {
             "--shape" => {
-                let full = value()?;
-                let (v, shape_mask) = match full.split_once(':') {
-                    Some((dims, m)) => (dims.to_string(), Some(m.parse::<Mask>().map_err(|e| format!("{e}"))?)),
-                    None => (full.clone(), None),
-                };
-                let dims: Vec<usize> = v.split(',').map(|x| num(x.trim().to_string())).collect::<Result<_, _>>()?;
-                let dims: [usize; 6] =
-                    dims.try_into().map_err(|_| format!("--shape wants b,hq,hkv,sq,skv,d, got {v}"))?;
-                args.shapes.push((dims, shape_mask));
+                // The shared shape syntax (rocmforge::shape_syntax), as in `rocmforge bench`.
+                let s: ShapeSpec = value()?.parse().map_err(|e| format!("{e}"))?;
+                args.shapes.push(([s.batch, s.q_heads, s.kv_heads, s.seq_q, s.seq_kv, s.head_dim], s.mask));
             }
             "--mask" => mask = value()?.parse().map_err(|e| format!("{e}"))?,
             "--dtype" => args.dtype = value()?.parse().map_err(|e| format!("{e}"))?,
@@ -132,8 +128,9 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                     cpu_times.push(b.saturating_sub(a) as f64 * 1e-6);
                 }
             }
-            let median = median_of(&mut times);
-            let cpu_median = (cpu_times.len() == repeats).then(|| median_of(&mut cpu_times));
+            let stats = Stats::of(&times).ok_or("no timed run")?;
+            let median = stats.median;
+            let cpu_median = (cpu_times.len() == repeats).then(|| Stats::of(&cpu_times).map(|s| s.median)).flatten();
             let gflops = p.flops() / (median * 1e-3) / 1e9;
             let isa = match (name.as_str(), &forced) {
                 ("cpu-flash", Some(flash)) => flash.isa().name(),
@@ -146,7 +143,7 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
                 "mask": mask.to_string(),
                 "dtype": p.dtype.name(),
                 "median_ms": median,
-                "min_ms": times[0],
+                "min_ms": stats.min,
                 "cpu_median_ms": cpu_median,
                 "times_ms": times,
                 "gflops": gflops,
@@ -162,17 +159,6 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
     }
     println!("{}", serde_json::to_string_pretty(&results)?);
     Ok(())
-}
-
-/// Sorts `xs` (not empty) and returns its median.
-fn median_of(xs: &mut [f64]) -> f64 {
-    xs.sort_by(f64::total_cmp);
-    let n = xs.len();
-    if n % 2 == 1 {
-        xs[n / 2]
-    } else {
-        (xs[n / 2 - 1] + xs[n / 2]) / 2.0
-    }
 }
 
 /// CPU time of every thread of this process so far, in ns (Linux

@@ -3,8 +3,11 @@
 #   ./run.sh OUTDIR [step...]
 # Steps (default: all, in this order): devices tests check memcheck
 # racecheck bench compare. Each step's log goes to OUTDIR/<step>.log; the
-# script exits non-zero if any step failed. GPU tests run with
-# ROCMFORGE_REQUIRE_GPU=1, so a missing GPU is a failure, never a skip.
+# script exits non-zero if any step failed. GPU tests are marked
+# #[ignore = "needs a GPU"] in the suite (so `cargo test` without a GPU lists
+# them as ignored); here they run with --include-ignored and
+# ROCMFORGE_REQUIRE_GPU=1, so a missing GPU is a failure, never a skip, and
+# the tests step fails unless GPU tests actually passed.
 set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 out=${1:?usage: run.sh OUTDIR [step...]}
@@ -46,7 +49,15 @@ run_step() {
 for step in "${steps[@]}"; do
     case $step in
     devices) run_step devices ./rocmforge devices ;;
-    tests) run_step tests ./suite --test-threads=1 ;;
+    tests)
+        run_step tests ./suite --test-threads=1 --include-ignored
+        gpu_passed=$(grep -c -E '(::gpu|^test gpu_device::.*) \.\.\. ok$' "$out/tests.log" || true)
+        echo "   GPU tests passed: $gpu_passed"
+        if [ "$gpu_passed" -eq 0 ]; then
+            echo "   error: no GPU test passed; the suite ran without its GPU half" >&2
+            failed=1
+        fi
+        ;;
     check)
         run_step check-f32 ./rocmforge run --backend gpu-unfused --check
         run_step check-bf16 ./rocmforge run --backend gpu-unfused --dtype bf16 --check
@@ -54,14 +65,14 @@ for step in "${steps[@]}"; do
         ;;
     memcheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
-            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 gpu_device differential concurrency $deliberate_errors
+            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency $deliberate_errors
         ;;
     racecheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
-            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 gpu_device differential $deliberate_errors
+            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu --skip concurrency $deliberate_errors
         ;;
     bench)
-        ROCMFORGE_BENCH_SHAPES=${BENCH_SHAPES:-"1,32,8,1024,128,causal;4,32,32,2048,128"} \
+        ROCMFORGE_BENCH_SHAPES=${BENCH_SHAPES:-"1,32,8,1024,1024,128:causal;4,32,32,2048,2048,128"} \
             run_step bench ./attention-bench --bench gpu_vs_cpu
         ;;
     compare) run_step compare python3 compare_torch.py --rocmforge ./rocmforge --json "$out/compare.json" ;;

@@ -1,5 +1,9 @@
-//! The `rocmforge` binary; all logic lives in `rocmforge::cli`.
+//! The `rocmforge` binary. The command line lives in `src/cli/`, a module
+//! tree of this binary only: the library's API carries no CLI types and no
+//! library module depends on it.
+
+mod cli;
 
 fn main() -> std::process::ExitCode {
-    rocmforge::cli::main()
+    cli::main()
 }

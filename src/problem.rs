@@ -339,12 +339,7 @@ impl AttentionProblem {
     /// (2 for QK^T, 2 for PV) over every batch and query head. For a causal
     /// square problem this is 4·b·h·d·s(s+1)/2, about half the dense count.
     pub fn flops(&self) -> f64 {
-        let pairs: u64 = (0..self.seq_q)
-            .map(|i| {
-                let (lo, hi) = self.mask.key_range(i, self.seq_q, self.seq_kv);
-                hi.saturating_sub(lo) as u64
-            })
-            .sum();
+        let pairs = crate::mask_count::unmasked_pairs(self.mask, self.seq_q, self.seq_kv);
         4.0 * self.batch as f64 * self.num_q_heads as f64 * self.head_dim as f64 * pairs as f64
     }
 }

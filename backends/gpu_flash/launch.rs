@@ -40,7 +40,8 @@ impl F32Mode {
 /// kernel's own default (TF32x3 on sm_80+, SIMT elsewhere) applies when
 /// `f32_mode` is `None`.
 pub fn spec(dtype: DType, head_dim: usize, f32_mode: Option<F32Mode>) -> KernelSpec {
-    let spec = KernelSpec::new(FLASH_FWD, "rf_flash_fwd").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim);
+    let spec =
+        KernelSpec::new(FLASH_FWD, "rf_flash_fwd").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim);
     match (dtype, f32_mode) {
         (DType::F32, Some(mode)) => spec.define("RF_F32_MODE", mode.code()),
         _ => spec,

@@ -2,21 +2,26 @@
 //! as a text table or as the Markdown matrix committed as docs/backends.md.
 
 use super::CliError;
-use crate::backend::AttentionBackend;
-use crate::capabilities::Capabilities;
-use crate::registry::Registry;
+use rocmforge::backend::AttentionBackend;
+use rocmforge::capabilities::Capabilities;
+use rocmforge::registry::Registry;
 use std::io::Write;
 
 #[derive(clap::Args, Debug, Clone, Default)]
 pub struct Args {
     /// Print the Markdown support matrix (the committed docs/backends.md).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "json")]
     pub markdown: bool,
+    /// Print the capabilities as one JSON document (schema in docs/cli.md).
+    #[arg(long)]
+    pub json: bool,
 }
 
 pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let registry = super::registry()?;
-    if args.markdown {
+    if args.json {
+        super::json::write(out, &json(registry))?;
+    } else if args.markdown {
         out.write_all(markdown(registry).as_bytes())?;
     } else {
         out.write_all(table(registry).as_bytes())?;
@@ -49,6 +54,32 @@ fn yes_no(b: bool) -> &'static str {
     } else {
         "no"
     }
+}
+
+/// Every backend's capabilities as data, in registry order.
+pub fn json(registry: &Registry) -> serde_json::Value {
+    let backends: Vec<_> = registry
+        .backends()
+        .map(|b| {
+            let c = b.capabilities();
+            serde_json::json!({
+                "name": b.name(),
+                "priority": b.priority(),
+                "description": b.description(),
+                "device": c.device.to_string(),
+                "dtypes": c.dtypes.iter().map(|d| d.name()).collect::<Vec<_>>(),
+                "head_dims": c.head_dims.to_string(),
+                "max_seq_q": c.max_seq_q,
+                "max_seq_kv": c.max_seq_kv,
+                "masks": c.masks.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
+                "max_group_size": c.max_group_size,
+                "softcap": c.softcap,
+                "deterministic": c.deterministic,
+                "workspace": c.workspace,
+            })
+        })
+        .collect();
+    serde_json::json!({"schema": super::json::SCHEMA, "command": "backends", "backends": backends})
 }
 
 /// One row of cells per backend, in registry order (priority, then name).

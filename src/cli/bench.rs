@@ -1,15 +1,18 @@
 //! `rocmforge bench`: time backends on shapes, as a table or JSON.
 
-use super::{CliError, DeviceArg};
-use crate::backend::AttentionBackend;
-use crate::device::{Device, DeviceKind};
-use crate::dtype::DType;
-use crate::problem::{AttentionProblem, Mask};
-use crate::registry::Registry;
-use crate::tensor::Tensor;
+use super::host_memory::{self, Item};
+use super::timed::{time_forward, MAX_REPEATS, MAX_WARMUP};
+use super::{inputs, CliError, ThreadArgs};
+use rocmforge::backend::AttentionBackend;
+use rocmforge::device::{Device, DeviceKind};
+use rocmforge::dtype::DType;
+use rocmforge::problem::{AttentionProblem, Mask};
+use rocmforge::registry::Registry;
+use rocmforge::selection::DeviceChoice;
+use rocmforge::shape_syntax::ShapeSpec;
+use rocmforge::stats::Stats;
+use rocmforge::tensor::Tensor;
 use std::io::Write;
-use std::str::FromStr;
-use std::time::Instant;
 
 /// Times every eligible backend (cpu-reference only when named in
 /// --backends) on each shape, each backend on the device it runs on.
@@ -20,9 +23,10 @@ use std::time::Instant;
     (4*b*hq*d*s*(s+1)/2 when seq_q = seq_kv = s).\n\
     Default shapes: 1,32,32,1024,1024,128 with no mask and 1,32,8,1024,1024,128 causal.")]
 pub struct Args {
-    /// Shape batch,q_heads,kv_heads,seq_q,seq_kv,head_dim; repeat for several.
-    #[arg(long = "shape", value_name = "B,HQ,HKV,SQ,SKV,D")]
-    pub shapes: Vec<Shape>,
+    /// Shape batch,q_heads,kv_heads,seq_q,seq_kv,head_dim, with an optional
+    /// :MASK (e.g. 1,32,8,1024,1024,128:causal); repeat for several.
+    #[arg(long = "shape", value_name = "B,HQ,HKV,SQ,SKV,D[:MASK]")]
+    pub shapes: Vec<ShapeSpec>,
     /// Mask for every shape: none, causal or window:L,R [default: none for
     /// --shape, the defaults' own masks otherwise].
     #[arg(long, value_name = "MASK")]
@@ -35,13 +39,15 @@ pub struct Args {
     pub backends: Vec<String>,
     /// auto (each backend on its own device kind), cpu, gpu or gpu:N.
     #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: DeviceArg,
-    /// Untimed runs before timing.
-    #[arg(long, default_value_t = 1, value_name = "N")]
-    pub warmup: usize,
-    /// Timed runs per backend and shape.
-    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub device: DeviceChoice,
+    /// Untimed runs before timing (0 to 1000).
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_WARMUP as i64))]
+    pub warmup: u32,
+    /// Timed runs per backend and shape (1 to 1000).
+    #[arg(long, default_value_t = 5, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_REPEATS as i64))]
     pub repeats: u32,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -50,51 +56,18 @@ pub struct Args {
     pub seed: u64,
 }
 
-/// `b,hq,hkv,sq,skv,d`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Shape {
-    pub batch: usize,
-    pub q_heads: usize,
-    pub kv_heads: usize,
-    pub seq_q: usize,
-    pub seq_kv: usize,
-    pub head_dim: usize,
-}
-
-impl FromStr for Shape {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let nums: Vec<usize> = s
-            .split(',')
-            .map(|x| x.trim().parse::<usize>())
-            .collect::<Result<_, _>>()
-            .map_err(|e| format!("'{s}': {e}; expected six integers b,hq,hkv,sq,skv,d"))?;
-        match nums[..] {
-            [batch, q_heads, kv_heads, seq_q, seq_kv, head_dim] => {
-                Ok(Shape { batch, q_heads, kv_heads, seq_q, seq_kv, head_dim })
-            }
-            _ => Err(format!("'{s}' has {} numbers; expected six: b,hq,hkv,sq,skv,d", nums.len())),
-        }
-    }
-}
-
-impl std::fmt::Display for Shape {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{},{},{},{},{},{}", self.batch, self.q_heads, self.kv_heads, self.seq_q, self.seq_kv, self.head_dim)
-    }
-}
-
 /// The problems to time: the given shapes, or the two defaults.
 pub fn problems(args: &Args) -> Vec<AttentionProblem> {
-    let make = |s: Shape, mask: Mask| {
-        AttentionProblem::new(s.batch, s.seq_q, s.seq_kv, s.q_heads, s.kv_heads, s.head_dim, args.dtype).with_mask(mask)
-    };
     if args.shapes.is_empty() {
-        let dense = Shape { batch: 1, q_heads: 32, kv_heads: 32, seq_q: 1024, seq_kv: 1024, head_dim: 128 };
-        let gqa = Shape { kv_heads: 8, ..dense };
-        vec![make(dense, args.mask.unwrap_or(Mask::None)), make(gqa, args.mask.unwrap_or(Mask::Causal))]
+        let dense =
+            ShapeSpec { batch: 1, q_heads: 32, kv_heads: 32, seq_q: 1024, seq_kv: 1024, head_dim: 128, mask: None };
+        let gqa = ShapeSpec { kv_heads: 8, ..dense };
+        vec![
+            dense.problem(args.dtype, args.mask.unwrap_or(Mask::None)),
+            gqa.problem(args.dtype, args.mask.unwrap_or(Mask::Causal)),
+        ]
     } else {
-        args.shapes.iter().map(|&s| make(s, args.mask.unwrap_or(Mask::None))).collect()
+        args.shapes.iter().map(|s| s.problem(args.dtype, args.mask.unwrap_or(Mask::None))).collect()
     }
 }
 
@@ -102,8 +75,7 @@ struct Row {
     backend: &'static str,
     device: Device,
     problem: AttentionProblem,
-    median_ms: f64,
-    min_ms: f64,
+    stats: Stats,
     gflops: f64,
 }
 
@@ -111,15 +83,16 @@ fn shape_of(p: &AttentionProblem) -> String {
     format!("{},{},{},{},{},{}", p.batch, p.num_q_heads, p.num_kv_heads, p.seq_q, p.seq_kv, p.head_dim)
 }
 
-fn device_for(arg: DeviceArg, kind: DeviceKind) -> Result<Device, String> {
+fn device_for(arg: DeviceChoice, kind: DeviceKind) -> Result<Device, String> {
     match (arg, kind) {
-        (DeviceArg::Auto, DeviceKind::Cpu) => Ok(Device::Cpu),
-        (DeviceArg::Auto, DeviceKind::Gpu) => Device::gpu(0).map_err(|e| e.to_string()),
-        (other, _) => other.open().map_err(|e| e.to_string()),
+        (DeviceChoice::Auto, DeviceKind::Cpu) | (DeviceChoice::Cpu, _) => Ok(Device::Cpu),
+        (DeviceChoice::Auto, DeviceKind::Gpu) => Device::gpu(0).map_err(|e| e.to_string()),
+        (DeviceChoice::Gpu(n), _) => Device::gpu(n).map_err(|e| e.to_string()),
     }
 }
 
 pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    args.threads.apply()?;
     let registry = super::registry()?;
     let backends = chosen_backends(registry, args)?;
     let problems = problems(args);
@@ -129,9 +102,24 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let mut step = 0;
     for p in &problems {
         p.validate()?;
-        let q = Tensor::random(p.q_shape(), p.dtype, args.seed)?;
-        let k = Tensor::random(p.kv_shape(), p.dtype, args.seed.wrapping_add(1))?;
-        let v = Tensor::random(p.kv_shape(), p.dtype, args.seed.wrapping_add(2))?;
+    }
+    for p in &problems {
+        // Inputs, their copies on the backend's device (a clone on the CPU) and the output.
+        let (q_item, kv_item) = (Item::tensor("q", p.q_shape(), p.dtype), Item::tensor("k", p.kv_shape(), p.dtype));
+        let copies = Item {
+            what: "copies of q, k, v".into(),
+            bytes: q_item.bytes + 2 * kv_item.bytes,
+            formula: "the size of q, k and v again".into(),
+        };
+        let v_item = Item { what: "v".into(), ..kv_item.clone() };
+        let items = vec![q_item, kv_item, v_item, copies, Item::tensor("output", p.out_shape(), p.dtype)];
+        host_memory::check(&format!("bench shape {}", shape_of(p)), items)?;
+        let tensor = |shape, seed, what| -> Result<Tensor, CliError> {
+            Ok(inputs::random(shape, p.dtype, seed, what)?.into_tensor()?)
+        };
+        let q = tensor(p.q_shape(), args.seed, "q")?;
+        let k = tensor(p.kv_shape(), args.seed.wrapping_add(1), "k")?;
+        let v = tensor(p.kv_shape(), args.seed.wrapping_add(2), "v")?;
         for &b in &backends {
             step += 1;
             let device = match device_for(args.device, b.capabilities().device) {
@@ -155,15 +143,12 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
                 p.mask,
                 p.dtype
             );
-            let (median_ms, min_ms) = time_one(b, p, &device, (&q, &k, &v), args)?;
-            rows.push(Row {
-                backend: b.name(),
-                device,
-                problem: p.clone(),
-                median_ms,
-                min_ms,
-                gflops: p.flops() / (median_ms * 1e-3) / 1e9,
-            });
+            // Inputs are uploaded once per backend and shape, outside the timing.
+            let (dq, dk, dv) = (q.to_device(&device)?, k.to_device(&device)?, v.to_device(&device)?);
+            let (_, times) = time_forward(b, p, &device, (&dq, &dk, &dv), args.warmup, args.repeats)?;
+            let stats = Stats::of(&times).ok_or_else(|| CliError::Usage("no timed run".into()))?;
+            let gflops = p.flops() / (stats.median * 1e-3) / 1e9;
+            rows.push(Row { backend: b.name(), device, problem: p.clone(), stats, gflops });
         }
     }
     if args.json {
@@ -179,9 +164,9 @@ fn chosen_backends<'r>(registry: &'r Registry, args: &Args) -> Result<Vec<&'r dy
     }
     let mut list = Vec::new();
     for name in &args.backends {
-        let b = registry.get(name).ok_or_else(|| crate::registry::SelectError::UnknownName {
-            name: name.clone(),
-            source_: crate::registry::ChoiceSource::Config { origin: "--backend" },
+        let b = registry.get(name).ok_or_else(|| rocmforge::registry::SelectError::UnknownName {
+            name: rocmforge::text::truncated(name, 64),
+            source_: rocmforge::registry::ChoiceSource::Config { origin: "--backends" },
             valid: registry.names(),
         })?;
         if b.name() == "cpu-reference" {
@@ -190,43 +175,6 @@ fn chosen_backends<'r>(registry: &'r Registry, args: &Args) -> Result<Vec<&'r dy
         list.push(b);
     }
     Ok(list)
-}
-
-/// (median ms, min ms) of `repeats` timed runs after `warmup` runs.
-fn time_one(
-    b: &dyn AttentionBackend,
-    p: &AttentionProblem,
-    device: &Device,
-    (q, k, v): (&Tensor, &Tensor, &Tensor),
-    args: &Args,
-) -> Result<(f64, f64), CliError> {
-    // Inputs are uploaded once per backend and shape, outside the timing.
-    let (q, k, v) = (q.to_device(device)?, k.to_device(device)?, v.to_device(device)?);
-    let mut o = Tensor::nan(p.out_shape(), p.dtype, device)?;
-    for _ in 0..args.warmup {
-        b.forward(p, &q, &k, &v, &mut o)?;
-    }
-    let mut times = Vec::with_capacity(args.repeats as usize);
-    match device {
-        Device::Cpu => {
-            for _ in 0..args.repeats.max(1) {
-                let t = Instant::now();
-                b.forward(p, &q, &k, &v, &mut o)?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-        }
-        Device::Gpu(gpu) => {
-            let (start, end) = (gpu.event()?, gpu.event()?);
-            for _ in 0..args.repeats.max(1) {
-                start.record()?;
-                b.forward(p, &q, &k, &v, &mut o)?;
-                end.record()?;
-                times.push(start.elapsed_ms(&end)? as f64);
-            }
-        }
-    }
-    times.sort_by(|a, b| a.total_cmp(b));
-    Ok((times[times.len() / 2], times[0]))
 }
 
 fn write_table(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, String)]) -> Result<(), CliError> {
@@ -244,8 +192,8 @@ fn write_table(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, St
             shape_of(&r.problem),
             r.problem.mask.to_string(),
             r.problem.dtype.to_string(),
-            r.median_ms,
-            r.min_ms,
+            r.stats.median,
+            r.stats.min,
             r.gflops
         )?;
     }
@@ -277,12 +225,13 @@ fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, Str
                 "seq_q": p.seq_q, "seq_kv": p.seq_kv, "head_dim": p.head_dim,
                 "mask": p.mask.to_string(), "dtype": p.dtype.name(),
                 "flops": p.flops(),
-                "median_ms": r.median_ms, "min_ms": r.min_ms, "gflops": r.gflops,
+                "median_ms": r.stats.median, "min_ms": r.stats.min, "max_ms": r.stats.max,
+                "repeats": r.stats.count, "spread": r.stats.spread(), "gflops": r.gflops,
             })
         })
         .collect();
     let skipped: Vec<_> = skipped.iter().map(|(b, s, why)| json!({"backend": b, "shape": s, "reason": why})).collect();
-    let gpus: Vec<_> = crate::device::gpus()
+    let gpus: Vec<_> = rocmforge::device::gpus()
         .map(|list| {
             list.iter()
                 .map(|g| json!({"label": g.label(), "name": g.info().name, "arch": g.info().arch.to_string()}))
@@ -290,6 +239,8 @@ fn write_json(out: &mut dyn Write, rows: &[Row], skipped: &[(String, String, Str
         })
         .unwrap_or_default();
     let doc = json!({
+        "schema": super::json::SCHEMA,
+        "command": "bench",
         "flops_formula": "4 * batch * q_heads * head_dim * unmasked (query, key) pairs",
         "gpus": gpus,
         "cpu_threads": rayon::current_num_threads(),

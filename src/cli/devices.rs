@@ -8,7 +8,7 @@ pub struct Args {}
 
 pub fn execute(_: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "cpu: {} threads", rayon::current_num_threads())?;
-    match crate::device::gpus() {
+    match rocmforge::device::gpus() {
         Ok(list) if !list.is_empty() => {
             for g in list {
                 let i = g.info();

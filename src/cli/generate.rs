@@ -3,11 +3,11 @@
 //! prefill and decode, time to first token and decode tokens/s.
 
 use super::CliError;
-use crate::device::Device;
-use crate::dtype::DType;
-use crate::model::{generate, CacheKind, Decoder, DecoderOptions, GenerateRequest, Generation, ShapeClass};
-use crate::registry::{AttentionConfig, BackendChoice};
-use crate::selection::DeviceChoice;
+use rocmforge::device::Device;
+use rocmforge::dtype::DType;
+use rocmforge::model::{generate, CacheKind, Decoder, DecoderOptions, GenerateRequest, Generation, ShapeClass};
+use rocmforge::registry::{AttentionConfig, BackendChoice};
+use rocmforge::selection::DeviceChoice;
 use std::io::Write;
 use std::path::PathBuf;
 

@@ -30,13 +30,43 @@ pub struct CheckArgs {
 pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let KernelsCommand::Check(check) = &args.command;
     let registry = super::registry()?;
-    let specs = crate::device::offline::all_specs(registry);
+    let specs = rocmforge::device::offline::all_specs(registry);
     for target in &check.targets {
-        let reports = crate::device::offline::compile_all(&specs, target)?;
+        missing_compiler(target)?;
+        let reports = rocmforge::device::offline::compile_all(&specs, target)?;
         for r in &reports {
             writeln!(out, "{target}: {} -> {} bytes", r.kernel, r.bytes)?;
         }
         writeln!(out, "{target}: {} specializations compiled", reports.len())?;
     }
     Ok(())
+}
+
+/// Says which compiler a target needs when it is missing, before trying:
+/// without this, a missing NVRTC surfaced as a device-layer error.
+fn missing_compiler(target: &str) -> Result<(), CliError> {
+    use rocmforge::device::offline::{
+        clang_available, clang_command, hipcc_available, hipcc_command, nvrtc_available, OfflineCompiler,
+    };
+    let arch = rocmforge::Arch::parse(target)?; // an unknown target is its own error
+    let missing = match OfflineCompiler::for_arch(&arch) {
+        OfflineCompiler::Nvrtc if !nvrtc_available() => Some(
+            "NVRTC, and NVRTC is missing: libnvrtc could not be loaded (install CUDA or the nvidia-cuda-nvrtc \
+             Python wheel and put the folder holding libnvrtc.so.* on LD_LIBRARY_PATH; the binary must be \
+             built with the cuda feature)"
+                .to_string(),
+        ),
+        OfflineCompiler::Hipcc if !hipcc_available() => Some(format!(
+            "hipcc, and '{}' cannot be run (install Debian's hipcc package, or set HIPCC)",
+            hipcc_command()
+        )),
+        OfflineCompiler::HeaderFreeClang if !clang_available() => {
+            Some(format!("clang, and '{}' cannot be run (install clang, or set ROCMFORGE_CLANG)", clang_command()))
+        }
+        _ => None,
+    };
+    match missing {
+        Some(what) => Err(CliError::Usage(format!("target {target} is compiled with {what}"))),
+        None => Ok(()),
+    }
 }

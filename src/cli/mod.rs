@@ -1,33 +1,40 @@
-//! The `rocmforge` command line: one file per command. The binary's `main`
-//! only calls [`main`]; everything here is library code so tests can call
-//! generators such as [`backends::markdown`] directly.
+//! The `rocmforge` command line: one file per command, declared from
+//! `src/main.rs` only. Everything reusable (comparison with the oracle,
+//! timing statistics, the shape syntax, selection) lives in the library.
 
-pub mod backends;
-pub mod bench;
-pub mod check;
-pub mod devices;
-pub mod explain;
-pub mod generate;
-pub mod kernels;
-pub mod problem_args;
-pub mod run;
+mod backends;
+mod bench;
+mod devices;
+mod explain;
+mod generate;
+mod host_memory;
+mod inputs;
+mod json;
+mod kernels;
+mod problem_args;
+mod run;
+mod select;
+mod timed;
 
-use crate::backend::BackendError;
-use crate::device::{Device, DeviceError, DeviceKind};
-use crate::io::IoError;
-use crate::problem::ProblemError;
-use crate::registry::{AttentionConfig, BackendChoice, ChoiceSource, Registry, SelectError, Selection};
-use crate::tensor::TensorError;
 use clap::{Parser, Subcommand};
+use rocmforge::backend::BackendError;
+use rocmforge::device::DeviceError;
+use rocmforge::io::IoError;
+use rocmforge::problem::ProblemError;
+use rocmforge::registry::{Registry, SelectError};
+use rocmforge::tensor::TensorError;
 use std::io::Write;
 use std::process::ExitCode;
-use std::str::FromStr;
 
 /// Scaled-dot-product attention through a registry of pluggable backends.
 ///
 /// With no command, runs a Llama-like problem (batch 1, 32 query heads,
 /// 8 KV heads, seq 1024, head_dim 128, causal, f32) on the best available
 /// device and checks it against cpu-reference: the same as `rocmforge run --check`.
+///
+/// Tensors are [batch, seq, heads, head_dim] everywhere (PyTorch's SDPA uses
+/// [batch, heads, seq, head_dim]: transpose(1, 2) first). CPU backends use
+/// every core; set --threads or RAYON_NUM_THREADS to change that.
 #[derive(Parser, Debug)]
 #[command(name = "rocmforge", version, propagate_version = true)]
 pub struct Cli {
@@ -70,12 +77,14 @@ pub enum CliError {
     Tensor(#[from] TensorError),
     #[error("invalid problem: {0}")]
     Problem(#[from] ProblemError),
+    #[error(transparent)]
+    HostMemory(#[from] host_memory::HostMemoryError),
     #[error("check against cpu-reference failed: {0}")]
     CheckFailed(String),
     #[error("cannot write output: {0}")]
     Output(#[from] std::io::Error),
     #[error(transparent)]
-    Model(#[from] crate::model::ModelError),
+    Model(#[from] rocmforge::model::ModelError),
 }
 
 /// Entry point of the binary: parses arguments, runs the command, and turns
@@ -103,7 +112,7 @@ pub fn main() -> ExitCode {
         // `rocmforge backends | head` closes the pipe early: not an error.
         Err(CliError::Output(e)) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {}", cli_wording(&e.to_string()));
+            eprintln!("error: {}", shorten_lines(&e.to_string()));
             ExitCode::FAILURE
         }
     }
@@ -132,6 +141,7 @@ fn clap_exit(e: clap::Error) -> ExitCode {
                 .map(str::trim)
                 .collect();
             let first = if first.is_empty() { "error: invalid arguments".to_string() } else { first.join(" ") };
+            let first = shorten_lines(&first);
             if first.starts_with("error:") {
                 eprintln!("{first} (see --help)");
             } else {
@@ -142,157 +152,63 @@ fn clap_exit(e: clap::Error) -> ExitCode {
     }
 }
 
-/// `--device auto|cpu|gpu|gpu:N`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub enum DeviceArg {
-    /// The best device on which the requested backend (or any backend) runs.
-    #[default]
-    Auto,
-    Cpu,
-    Gpu(usize),
-}
+/// Longest word of an error message, and longest line: what the user typed
+/// is echoed in errors (by clap and by the library), and a megabyte argument
+/// must not become a megabyte message.
+const WORD_MAX: usize = 80;
+const LINE_MAX: usize = 2000;
 
-impl FromStr for DeviceArg {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(DeviceArg::Auto),
-            "cpu" => Ok(DeviceArg::Cpu),
-            "gpu" => Ok(DeviceArg::Gpu(0)),
-            _ => s
-                .strip_prefix("gpu:")
-                .and_then(|n| n.parse().ok())
-                .map(DeviceArg::Gpu)
-                .ok_or_else(|| format!("expected auto, cpu, gpu or gpu:N, got '{s}'")),
-        }
-    }
-}
-
-impl DeviceArg {
-    /// Opens the device this argument names (`Auto` means the best available).
-    pub fn open(self) -> Result<Device, CliError> {
-        match self {
-            DeviceArg::Auto => Ok(Device::best_available()),
-            DeviceArg::Cpu => Ok(Device::Cpu),
-            DeviceArg::Gpu(n) => Ok(Device::gpu(n)?),
-        }
-    }
-}
-
-/// Backend and device flags shared by `explain` and `run`.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct SelectArgs {
-    /// Backend name, comma-separated preference list, or `auto`. Overrides
-    /// the ROCMFORGE_ATTENTION_BACKEND environment variable (flag > env > auto).
-    #[arg(long, value_name = "NAME[,NAME..]")]
-    pub backend: Option<String>,
-    /// Where to run: auto, cpu, gpu or gpu:N. With auto and a forced backend,
-    /// the device kind that backend runs on; otherwise the best device that
-    /// has an eligible backend (a GPU first, then the CPU).
-    #[arg(long, default_value = "auto", value_name = "DEVICE")]
-    pub device: DeviceArg,
-}
-
-/// The effective backend choice and where it came from.
-pub struct Resolved {
-    pub choice: BackendChoice,
-    pub source: ChoiceSource,
-}
-
-impl SelectArgs {
-    pub fn config(&self) -> Result<AttentionConfig, CliError> {
-        Ok(AttentionConfig {
-            backend: self.backend.as_deref().map(BackendChoice::parse).transpose()?,
-            origin: "--backend",
-            ..AttentionConfig::default()
-        })
-    }
-
-    pub fn resolve(&self) -> Result<Resolved, CliError> {
-        let (choice, source) = self.config()?.resolve()?;
-        Ok(Resolved { choice, source })
-    }
-
-    /// Devices to try, in order of preference.
-    pub fn candidates(&self, registry: &Registry, choice: &BackendChoice) -> Result<Vec<Device>, CliError> {
-        let auto_gpu = || Device::gpu(0).ok();
-        match self.device {
-            DeviceArg::Cpu | DeviceArg::Gpu(_) => Ok(vec![self.device.open()?]),
-            DeviceArg::Auto => {
-                let mut out: Vec<Device> = Vec::new();
-                let mut push = |d: Device| {
-                    if !out.iter().any(|o| o.label() == d.label()) {
-                        out.push(d);
-                    }
-                };
-                match choice {
-                    BackendChoice::Prefer(names) => {
-                        for kind in names.iter().filter_map(|n| registry.get(n)).map(|b| b.capabilities().device) {
-                            // A GPU backend with no GPU present is tried on the CPU,
-                            // so the error says "runs on gpu, problem is on cpu".
-                            push(match kind {
-                                DeviceKind::Gpu => match Device::gpu(0) {
-                                    Ok(g) => g,
-                                    Err(why) => {
-                                        eprintln!("note: {why}");
-                                        Device::Cpu
-                                    }
-                                },
-                                DeviceKind::Cpu => Device::Cpu,
-                            });
-                        }
-                    }
-                    BackendChoice::Auto => {
-                        if let Some(g) = auto_gpu() {
-                            push(g);
-                        }
-                    }
-                }
-                push(Device::Cpu);
-                Ok(out)
-            }
-        }
-    }
-
-    /// Picks the device and the backend. Unknown names fail at once; otherwise
-    /// the first candidate device with a runnable backend wins, and if none
-    /// has one, the error of the most preferred device is returned.
-    pub fn select<'r>(
-        &self,
-        registry: &'r Registry,
-        p: &crate::problem::AttentionProblem,
-    ) -> Result<(Device, Selection<'r>), CliError> {
-        let Resolved { choice, source } = self.resolve()?;
-        let mut first_err = None;
-        for device in self.candidates(registry, &choice)? {
-            match registry.select_choice(p, &device, &choice, source) {
-                Ok(sel) => return Ok((device, sel)),
-                Err(e @ SelectError::UnknownName { .. }) => return Err(e.into()),
-                Err(e) => {
-                    first_err.get_or_insert(e);
-                }
-            }
-        }
-        Err(first_err.map(CliError::from).unwrap_or_else(|| CliError::Usage("no device to run on".into())))
-    }
-}
-
-/// How the CLI names a choice source.
-pub fn source_label(source: ChoiceSource) -> String {
-    match source {
-        ChoiceSource::Config { origin } => origin.to_string(),
-        ChoiceSource::Env => format!("env {}", crate::registry::BACKEND_ENV),
-        ChoiceSource::Default => "default".to_string(),
-    }
-}
-
-/// Registry messages call the explicit choice "config"; on the command line
-/// that is the --backend flag.
-pub fn cli_wording(text: &str) -> String {
-    text.replace("(from config)", "(from --backend)").replace("by config", "by --backend")
+/// `text` with every word longer than `WORD_MAX` and every line longer than
+/// `LINE_MAX` cut, each saying how long it was. Words are cut, rather than
+/// lines, so the flag named after a long value survives.
+pub fn shorten_lines(text: &str) -> String {
+    let cut = |s: &str, max: usize| match s.char_indices().nth(max) {
+        None => s.to_string(),
+        Some((at, _)) => format!("{}... [{} bytes in all]", &s[..at], s.len()),
+    };
+    text.lines()
+        .map(|line| cut(&line.split(' ').map(|w| cut(w, WORD_MAX)).collect::<Vec<_>>().join(" "), LINE_MAX))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The global registry, or the error that prevented building it.
 pub fn registry() -> Result<&'static Registry, CliError> {
     Ok(Registry::global()?)
+}
+
+/// `--threads N`: the size of the CPU thread pool (CPU backends and the
+/// `--check` reference). Without it rayon reads RAYON_NUM_THREADS, else uses
+/// one thread per core.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ThreadArgs {
+    /// CPU threads for CPU backends and --check [default: RAYON_NUM_THREADS, else one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+}
+
+impl ThreadArgs {
+    /// Sizes the global pool; must run before anything else uses rayon.
+    pub fn apply(&self) -> Result<(), CliError> {
+        if let Some(n) = self.threads {
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(n as usize)
+                .build_global()
+                .map_err(|e| CliError::Usage(format!("--threads {n}: {e}")))?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_lines_are_cut() {
+        assert_eq!(shorten_lines("short\nlines"), "short\nlines");
+        let long = format!("invalid value '{}' for '--mask'", "x".repeat(100_000));
+        let cut = shorten_lines(&long);
+        assert!(cut.len() < 200 && cut.contains("[100002 bytes in all] for '--mask'"), "{cut}");
+    }
 }

@@ -1,9 +1,9 @@
 //! Problem flags shared by `explain` and `run`.
 
 use super::CliError;
-use crate::dtype::DType;
-use crate::io::HostTensor;
-use crate::problem::{AttentionProblem, Mask};
+use rocmforge::dtype::DType;
+use rocmforge::io::HostTensor;
+use rocmforge::problem::{AttentionProblem, Mask};
 
 /// Defaults: the Llama-like problem (batch 1, 32 q heads, 8 kv heads,
 /// seq 1024, head_dim 128, causal, f32).

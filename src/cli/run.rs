@@ -1,55 +1,76 @@
 //! `rocmforge run`: one attention problem, timed, optionally checked
 //! against cpu-reference and written to a file.
+//!
+//! Order of work, so that every mistake is reported before time is spent:
+//! read the input files, validate the problem (an invalid one is reported
+//! once, as invalid), check `--out`, select the device and backend, check
+//! that the host memory exists, and only then allocate and compute.
 
-use super::check::{against_reference, REL_FLOOR};
+use super::host_memory::{self, Item};
 use super::problem_args::ShapeArgs;
-use super::{CliError, SelectArgs};
-use crate::device::Device;
-use crate::io::{read_tensor, write_tensor, HostTensor};
-use crate::problem::AttentionProblem;
-use crate::tensor::Tensor;
+use super::select::{reason_label, source_label, SelectArgs};
+use super::timed::{time_forward, MAX_REPEATS, MAX_WARMUP};
+use super::{inputs, json, CliError, ThreadArgs};
+use rocmforge::compare::{against_reference, Report, REL_FLOOR};
+use rocmforge::device::Device;
+use rocmforge::io::{check_writable, read_tensor, write_tensor, HostTensor};
+use rocmforge::problem::AttentionProblem;
+use rocmforge::stats::Stats;
+use rocmforge::tensor::Tensor;
+use rocmforge::DType;
+use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Instant;
 
 /// Runs one problem. Inputs are seeded random values, or Q/K/V read from
-/// `.npy` / `.safetensors` files (shape `[batch, seq, heads, head_dim]`; the
-/// problem's shape and dtype are taken from the files). A `.safetensors`
-/// file holding several tensors is read by role name: `q`, `k`, `v`.
+/// `.npy` / `.safetensors` files.
 #[derive(clap::Args, Debug, Clone, Default)]
-#[command(after_help = "Time: on a GPU, kernel time is measured with device events and reported \
+#[command(after_help = "Layout: every tensor is [batch, seq, heads, head_dim], C order. PyTorch's \
+    scaled_dot_product_attention takes [batch, heads, seq, head_dim]: pass q.transpose(1, 2).contiguous() \
+    (and the same for k and v) when saving.\n\
+    Time: on a GPU, kernel time is measured with device events and reported \
     apart from the upload/download time; on the CPU with a wall clock.\n\
     --check compares with cpu-reference in f64: max abs error, and max relative error \
-    |got - ref| / max(|ref|, 1e-3); it fails (exit 1) if any element is outside the dtype's tolerance.")]
+    |got - ref| / max(|ref|, 1e-3); it fails (exit 1) if any element is outside the dtype's tolerance. \
+    NaN/Inf rules: docs/semantics.md.\n\
+    --json prints one JSON document (schema in docs/cli.md) instead of the text report.")]
 pub struct Args {
     #[command(flatten)]
     pub shape: ShapeArgs,
     #[command(flatten)]
     pub select: SelectArgs,
+    #[command(flatten)]
+    pub threads: ThreadArgs,
     /// Seed of the random inputs (q uses SEED, k SEED+1, v SEED+2).
     #[arg(long, default_value_t = 0, value_name = "SEED")]
     pub seed: u64,
-    /// Query tensor file (.npy or .safetensors); needs --k and --v.
+    /// Query tensor file (.npy or .safetensors), shape [batch, seq_q, q_heads, head_dim]
+    /// (PyTorch's [b, h, s, d] must be transposed to [b, s, h, d]); needs --k and --v.
     #[arg(long, value_name = "FILE", requires_all = ["k", "v"])]
     pub q: Option<PathBuf>,
-    /// Key tensor file.
+    /// Key tensor file, shape [batch, seq_kv, kv_heads, head_dim].
     #[arg(long, value_name = "FILE", requires_all = ["q", "v"])]
     pub k: Option<PathBuf>,
-    /// Value tensor file.
+    /// Value tensor file, shape [batch, seq_kv, kv_heads, head_dim].
     #[arg(long, value_name = "FILE", requires_all = ["q", "k"])]
     pub v: Option<PathBuf>,
     /// Write the output to this file (.npy or .safetensors; bf16 needs .safetensors).
+    /// Checked before anything is computed.
     #[arg(long, value_name = "FILE")]
     pub out: Option<PathBuf>,
     /// Compare the output with cpu-reference (f64) and report the error.
     #[arg(long)]
     pub check: bool,
     /// Untimed runs before the timed ones [default: 1 on a GPU, 0 on the CPU].
-    #[arg(long, value_name = "N")]
-    pub warmup: Option<usize>,
-    /// Timed runs; the median is reported.
-    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(0..=MAX_WARMUP as i64))]
+    pub warmup: Option<u32>,
+    /// Timed runs (1 to 1000); the median is reported.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=MAX_REPEATS as i64))]
     pub repeats: u32,
+    /// Print one JSON document instead of the text report.
+    #[arg(long)]
+    pub json: bool,
 }
 
 impl Args {
@@ -59,99 +80,208 @@ impl Args {
     }
 }
 
-fn load(path: &std::path::Path, role: &str) -> Result<HostTensor, CliError> {
-    Ok(read_tensor(path, Some(role))?)
-}
+type Inputs = (HostTensor, HostTensor, HostTensor);
 
 pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
+    args.threads.apply()?;
     let registry = super::registry()?;
     let (p, files) = problem(args)?;
-    // Select before validating, so a forced backend's error lists every reason.
-    let (device, selection) = args.select.select(registry, &p)?;
     p.validate()?;
+    if let Some(path) = &args.out {
+        check_writable(path, p.dtype)?;
+    }
+    let chosen = registry.choose(&p, &args.select.config()?)?;
+    let device = chosen.device.clone();
+    host_memory::check("this run", memory_items(&p, chosen.backend.name(), files.is_some(), args.check))?;
     let (q, k, v) = match files {
         Some(files) => files,
         None => random_inputs(&p, args.seed)?,
     };
-    let backend = selection.backend;
-    writeln!(out, "problem: {p}")?;
-    writeln!(out, "device:  {}", device_description(&device))?;
-    writeln!(out, "backend: {} ({})", backend.name(), super::cli_wording(&selection.reason.to_string()))?;
+    let (q, k, v) = (q.into_tensor()?, k.into_tensor()?, v.into_tensor()?);
+    let backend = chosen.backend;
+    let reason = reason_label(&chosen.reason);
+    if !args.json {
+        writeln!(out, "problem: {p}")?;
+        writeln!(out, "device:  {}", device_description(&device))?;
+        writeln!(out, "backend: {} ({reason})", backend.name())?;
+    }
 
     let warmup = args.warmup.unwrap_or(if matches!(device, Device::Gpu(_)) { 1 } else { 0 });
-    let mut times = Vec::with_capacity(args.repeats as usize);
-    let output = match &device {
+    let Measured { output, times, transfer } = measure(backend, &p, &device, (&q, &k, &v), warmup, args.repeats)?;
+    let stats = Stats::of(&times).ok_or_else(|| CliError::Usage("no timed run".into()))?;
+    let gflops = p.flops() / (stats.median * 1e-3) / 1e9;
+    if !args.json {
+        if let Some((up, down)) = transfer {
+            writeln!(out, "transfer: upload {up:.3} ms, download {down:.3} ms (not in the kernel time)")?;
+        }
+        let what = if transfer.is_some() { "kernel time (device events)" } else { "time" };
+        writeln!(out, "{what}: {}; {gflops:.1} GFLOP/s", stats.describe_ms())?;
+    }
+    if let Some(path) = &args.out {
+        write_tensor(path, "out", &output)?;
+        if !args.json {
+            writeln!(out, "wrote:   {}", path.display())?;
+        }
+    }
+    let report = if args.check { Some(check(&p, (&q, &k, &v), &output, args.json, out)?) } else { None };
+    if args.json {
+        let doc = json!({
+            "schema": json::SCHEMA,
+            "command": "run",
+            "problem": json::problem(&p),
+            "device": json::device(&device),
+            "backend": backend.name(),
+            "choice": {"source": source_label(chosen.source), "reason": reason},
+            "timing": timing_json(&stats, warmup, transfer.is_some()),
+            "gflops": gflops,
+            "transfer_ms": transfer.map(|(up, down)| json!({"upload": up, "download": down})),
+            "out": args.out.as_ref().map(|p| p.display().to_string()),
+            "check": report.as_ref().map(check_json),
+        });
+        json::write(out, &doc)?;
+    }
+    match report {
+        Some(r) if !r.passed() => Err(CliError::CheckFailed(format!(
+            "{} of {} elements outside the {} tolerance{}",
+            r.outside,
+            r.total,
+            r.dtype,
+            if r.max_abs == 0.0 { " (every mismatch involves NaN or Inf)" } else { "" }
+        ))),
+        _ => Ok(()),
+    }
+}
+
+/// The last output (on the host), the times, and on a GPU the upload and
+/// download times in milliseconds.
+struct Measured {
+    output: Tensor,
+    times: Vec<f64>,
+    transfer: Option<(f64, f64)>,
+}
+
+/// Runs the backend on `device`, uploading the host inputs first on a GPU
+/// (outside the kernel time, reported apart).
+fn measure(
+    backend: &dyn rocmforge::AttentionBackend,
+    p: &AttentionProblem,
+    device: &Device,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    warmup: u32,
+    repeats: u32,
+) -> Result<Measured, CliError> {
+    match device {
         Device::Cpu => {
-            let (q, k, v) = (q.clone().into_tensor()?, k.clone().into_tensor()?, v.clone().into_tensor()?);
-            let mut o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
-            for _ in 0..warmup {
-                backend.forward(&p, &q, &k, &v, &mut o)?;
-            }
-            for _ in 0..args.repeats.max(1) {
-                o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
-                let t = Instant::now();
-                backend.forward(&p, &q, &k, &v, &mut o)?;
-                times.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            o
+            let (output, times) = time_forward(backend, p, device, (q, k, v), warmup, repeats)?;
+            Ok(Measured { output, times, transfer: None })
         }
         Device::Gpu(gpu) => {
             let t = Instant::now();
-            let dq = q.clone().into_tensor()?.to_device(&device)?;
-            let dk = k.clone().into_tensor()?.to_device(&device)?;
-            let dv = v.clone().into_tensor()?.to_device(&device)?;
-            let mut o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
+            let (dq, dk, dv) = (q.to_device(device)?, k.to_device(device)?, v.to_device(device)?);
             gpu.synchronize()?;
             let upload_ms = t.elapsed().as_secs_f64() * 1e3;
-            for _ in 0..warmup {
-                backend.forward(&p, &dq, &dk, &dv, &mut o)?;
-            }
-            // Poison again so the timed run must write every element.
-            o = Tensor::nan(p.out_shape(), p.dtype, &device)?;
-            let (start, end) = (gpu.event()?, gpu.event()?);
-            for _ in 0..args.repeats.max(1) {
-                start.record()?;
-                backend.forward(&p, &dq, &dk, &dv, &mut o)?;
-                end.record()?;
-                times.push(start.elapsed_ms(&end)? as f64);
-            }
+            let (o, times) = time_forward(backend, p, device, (&dq, &dk, &dv), warmup, repeats)?;
             let t = Instant::now();
-            let host = o.to_device(&Device::Cpu)?;
-            let download_ms = t.elapsed().as_secs_f64() * 1e3;
-            writeln!(out, "transfer: upload {upload_ms:.3} ms, download {download_ms:.3} ms (not in the kernel time)")?;
-            host
+            let output = o.to_device(&Device::Cpu)?;
+            Ok(Measured { output, times, transfer: Some((upload_ms, t.elapsed().as_secs_f64() * 1e3)) })
         }
-    };
-    times.sort_by(|a, b| a.total_cmp(b));
-    let median = times[times.len() / 2];
-    let gflops = p.flops() / (median * 1e-3) / 1e9;
-    let what = if matches!(device, Device::Gpu(_)) { "kernel time (device events)" } else { "time" };
-    let of = if times.len() > 1 { format!(", median of {}", times.len()) } else { String::new() };
-    writeln!(out, "{what}: {median:.3} ms{of} ({gflops:.1} GFLOP/s)")?;
-
-    if let Some(path) = &args.out {
-        write_tensor(path, "out", &output)?;
-        writeln!(out, "wrote:   {}", path.display())?;
     }
-    if args.check {
-        let host = output.download()?;
-        let t = Instant::now();
-        let report = against_reference(&p, &q.data, &k.data, &v.data, &host);
+}
+
+fn timing_json(stats: &Stats, warmup: u32, device_events: bool) -> serde_json::Value {
+    json!({
+        "clock": if device_events { "device-events" } else { "wall" },
+        "unit": "ms",
+        "warmup": warmup,
+        "count": stats.count, "median": stats.median, "min": stats.min, "max": stats.max,
+        "spread": stats.spread(),
+    })
+}
+
+/// Compares with the oracle, printing progress on stderr when the
+/// reference will take a while (it is naive f64 loops).
+fn check(
+    p: &AttentionProblem,
+    (q, k, v): (&Tensor, &Tensor, &Tensor),
+    output: &Tensor,
+    json: bool,
+    out: &mut dyn Write,
+) -> Result<Report, CliError> {
+    fn host(t: &Tensor) -> Result<&rocmforge::HostData, CliError> {
+        t.host().ok_or_else(|| CliError::Usage("inputs are expected on the host".into()))
+    }
+    let got = output.download()?;
+    let t = Instant::now();
+    let progress = Progress::new(p);
+    let report = against_reference(p, (host(q)?, host(k)?, host(v)?), &got, &|done, total| progress.tick(done, total));
+    if !json {
         writeln!(
             out,
             "check vs cpu-reference: {} [{:.1} s; rel err = |got-ref|/max(|ref|,{REL_FLOOR:e})]",
             report.summary(),
             t.elapsed().as_secs_f64()
         )?;
-        if !report.passed() {
-            return Err(CliError::CheckFailed(format!(
-                "{} of {} elements outside the {} tolerance",
-                report.outside, report.total, report.dtype
-            )));
+        if report.passed() {
+            writeln!(out, "check: PASS")?;
         }
-        writeln!(out, "check: PASS")?;
     }
-    Ok(())
+    Ok(report)
+}
+
+fn check_json(r: &Report) -> serde_json::Value {
+    json!({
+        "passed": r.passed(),
+        "total": r.total,
+        "outside": r.outside,
+        "max_abs": r.max_abs,
+        "max_rel": r.max_rel,
+        "rel_floor": REL_FLOOR,
+        "tolerance": {"abs": r.tolerance.abs, "rel": r.tolerance.rel},
+        "output_nan": r.got_nan,
+        "output_inf": r.got_inf,
+        "reference_nonfinite": r.expected_nonfinite,
+    })
+}
+
+/// Reference work above which `--check` reports progress: about half a
+/// second of the f64 loops on one core (the default problem's check takes
+/// about 20 s, and must not look like a hang).
+const PROGRESS_FLOPS: f64 = 5e7;
+
+/// Progress lines on stderr, at most one a second.
+struct Progress {
+    start: Instant,
+    last: std::sync::Mutex<Instant>,
+    enabled: bool,
+}
+
+impl Progress {
+    fn new(p: &AttentionProblem) -> Progress {
+        let enabled = p.flops() > PROGRESS_FLOPS;
+        if enabled {
+            eprintln!(
+                "check: computing the f64 reference ({:.1} GFLOP on {} threads); progress every second",
+                p.flops() / 1e9,
+                rayon::current_num_threads()
+            );
+        }
+        Progress { start: Instant::now(), last: std::sync::Mutex::new(Instant::now()), enabled }
+    }
+
+    fn tick(&self, done: usize, total: usize) {
+        if !self.enabled {
+            return;
+        }
+        let Ok(mut last) = self.last.lock() else { return };
+        if last.elapsed().as_secs_f64() >= 1.0 || done == total {
+            *last = Instant::now();
+            eprintln!(
+                "check: reference {done} of {total} (batch, kv-head) groups, {:.0} %, {:.1} s",
+                100.0 * done as f64 / total.max(1) as f64,
+                self.start.elapsed().as_secs_f64()
+            );
+        }
+    }
 }
 
 fn device_description(device: &Device) -> String {
@@ -161,12 +291,41 @@ fn device_description(device: &Device) -> String {
     }
 }
 
-type Inputs = (HostTensor, HostTensor, HostTensor);
+/// Host memory this run allocates: inputs (unless already read from files),
+/// the output, the backend's own (where known), and for `--check` the
+/// reference's per-group buffers.
+fn memory_items(p: &AttentionProblem, backend: &str, inputs_read: bool, check: bool) -> Vec<Item> {
+    let mut items = Vec::new();
+    // Backends do not declare their host working memory yet; cpu-reference's
+    // is large (its f64 result), so it is counted here by name.
+    if backend == "cpu-reference" {
+        let f32_out = Item::tensor("cpu-reference's f64 result", p.out_shape(), DType::F32);
+        items.push(Item { bytes: f32_out.bytes * 2, formula: format!("{} × 2 (f64)", f32_out.formula), ..f32_out });
+    }
+    if !inputs_read {
+        items.push(Item::tensor("q", p.q_shape(), p.dtype));
+        items.push(Item::tensor("k", p.kv_shape(), p.dtype));
+        items.push(Item::tensor("v", p.kv_shape(), p.dtype));
+    }
+    items.push(Item::tensor("output", p.out_shape(), p.dtype));
+    if check {
+        // Per thread: one (batch, kv-head) group's q gathered as f32, its f64
+        // reference, and k, v gathered as f32 (compare::against_reference).
+        let threads = rayon::current_num_threads() as u128;
+        let (rows, kv) = ((p.seq_q * p.group_size()) as u128, p.seq_kv as u128);
+        let d = p.head_dim as u128;
+        let bytes = threads.saturating_mul(rows * d * 12 + kv * d * 8);
+        let formula = format!("{threads} threads × ({rows} × {d} × 12 + {kv} × {d} × 8) bytes");
+        items.push(Item { what: "--check reference".into(), bytes, formula });
+    }
+    items
+}
 
 /// The problem, and its inputs when they come from files.
 fn problem(args: &Args) -> Result<(AttentionProblem, Option<Inputs>), CliError> {
     match (&args.q, &args.k, &args.v) {
         (Some(qp), Some(kp), Some(vp)) => {
+            let load = |path: &PathBuf, role| read_tensor(path, Some(role));
             let (q, k, v) = (load(qp, "q")?, load(kp, "k")?, load(vp, "v")?);
             let names = |p: &PathBuf| p.display().to_string();
             let p = args.shape.problem_from_tensors((&names(qp), &q), (&names(kp), &k), (&names(vp), &v))?;
@@ -179,13 +338,9 @@ fn problem(args: &Args) -> Result<(AttentionProblem, Option<Inputs>), CliError> 
 
 /// Seeded uniform inputs in [-1, 1): q from `seed`, k from `seed + 1`, v from `seed + 2`.
 fn random_inputs(p: &AttentionProblem, seed: u64) -> Result<Inputs, CliError> {
-    let random = |shape, seed| -> Result<HostTensor, CliError> {
-        let t = Tensor::random(shape, p.dtype, seed)?;
-        Ok(HostTensor { shape, data: t.download()? })
-    };
     Ok((
-        random(p.q_shape(), seed)?,
-        random(p.kv_shape(), seed.wrapping_add(1))?,
-        random(p.kv_shape(), seed.wrapping_add(2))?,
+        inputs::random(p.q_shape(), p.dtype, seed, "q")?,
+        inputs::random(p.kv_shape(), p.dtype, seed.wrapping_add(1), "k")?,
+        inputs::random(p.kv_shape(), p.dtype, seed.wrapping_add(2), "v")?,
     ))
 }

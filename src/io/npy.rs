@@ -1,5 +1,13 @@
 //! NumPy `.npy` files, format versions 1.0, 2.0 and 3.0, little-endian
 //! `<f4` and `<f2`, C order. Written as version 1.0.
+//!
+//! The reader accepts a subset of what `numpy.load` accepts and nothing it
+//! rejects: the header must be one Python dict literal with exactly the keys
+//! `descr`, `fortran_order` and `shape` (no key twice), followed only by
+//! whitespace; `shape` must be a real tuple (`(3)` is an int to Python);
+//! integers have no leading zeros; the header is at most 10000 bytes (numpy's
+//! own limit); and the data must be exactly the bytes the shape needs. Errors
+//! give the byte offset in the file and what was expected there.
 
 use super::{check_len, four_d, host_from_le, host_to_le, HostTensor, IoErrorKind};
 use crate::dtype::DType;
@@ -7,8 +15,49 @@ use crate::tensor::HostData;
 
 const MAGIC: &[u8] = b"\x93NUMPY";
 
+/// `numpy.lib.format` refuses longer headers unless told to trust the file.
+pub const MAX_HEADER_LEN: usize = 10_000;
+
 /// Parses a whole `.npy` file.
 pub fn decode_npy(bytes: &[u8]) -> Result<HostTensor, IoErrorKind> {
+    let (header_start, header_end, utf8) = preamble(bytes)?;
+    let raw = &bytes[header_start..header_end];
+    let header = if utf8 {
+        std::str::from_utf8(raw).map_err(|e| {
+            malformed(header_start + e.valid_up_to(), "UTF-8 text (version 3.0 headers are UTF-8)", "invalid UTF-8")
+        })?
+    } else {
+        match raw.iter().position(|b| !b.is_ascii()) {
+            Some(i) => {
+                return Err(malformed(header_start + i, "ASCII text (version 1.0/2.0 header)", "a non-ASCII byte"))
+            }
+            // ASCII is valid UTF-8, so this cannot fail; map it anyway rather than unwrap.
+            None => std::str::from_utf8(raw).map_err(|_| malformed(header_start, "ASCII text", "invalid text"))?,
+        }
+    };
+    let dict = HeaderParser { s: header.as_bytes(), i: 0, base: header_start }.dict()?;
+    if dict.fortran_order {
+        return Err(IoErrorKind::FortranOrder);
+    }
+    let dtype = match dict.descr.as_str() {
+        "<f4" => DType::F32,
+        "<f2" => DType::F16,
+        other => {
+            return Err(IoErrorKind::UnsupportedDType {
+                got: format!("'{}'", super::shorten(other)),
+                expected: "'<f4' (f32) or '<f2' (f16); bf16 needs .safetensors",
+            })
+        }
+    };
+    let shape = four_d(&dict.shape)?;
+    let data = &bytes[header_end..];
+    check_len(&dict.shape, dtype, data, header_end)?;
+    Ok(HostTensor { shape, data: host_from_le(dtype, data)? })
+}
+
+/// Checks magic, version and header length; returns the header's byte range
+/// and whether it is UTF-8 (version 3.0) rather than ASCII.
+fn preamble(bytes: &[u8]) -> Result<(usize, usize, bool), IoErrorKind> {
     if bytes.len() < MAGIC.len() {
         if MAGIC.starts_with(bytes) {
             return Err(IoErrorKind::Truncated(format!("{} bytes, shorter than the .npy magic", bytes.len())));
@@ -20,69 +69,51 @@ pub fn decode_npy(bytes: &[u8]) -> Result<HostTensor, IoErrorKind> {
     }
     let (major, minor) = match (bytes.get(6), bytes.get(7)) {
         (Some(&a), Some(&b)) => (a, b),
-        _ => return Err(IoErrorKind::Truncated("file ends inside the version bytes".into())),
+        _ => return Err(IoErrorKind::Truncated("file ends inside the version bytes (offset 6)".into())),
     };
-    let (len_bytes, utf8) = match major {
-        1 => (2usize, false),
-        2 => (4, false),
-        3 => (4, true),
-        _ => return Err(IoErrorKind::BadHeader(format!("unsupported .npy version {major}.{minor}"))),
+    let (len_bytes, utf8) = match (major, minor) {
+        (1, 0) => (2usize, false),
+        (2, 0) => (4, false),
+        (3, 0) => (4, true),
+        _ => return Err(malformed(6, "format version 1.0, 2.0 or 3.0", &format!("version {major}.{minor}"))),
     };
-    let len_end = 8 + len_bytes;
-    let len_field =
-        bytes.get(8..len_end).ok_or_else(|| IoErrorKind::Truncated("file ends inside the header length".into()))?;
+    let header_start = 8 + len_bytes;
+    let len_field = bytes
+        .get(8..header_start)
+        .ok_or_else(|| IoErrorKind::Truncated("file ends inside the header length (offset 8)".into()))?;
     let header_len = if len_bytes == 2 {
         u16::from_le_bytes([len_field[0], len_field[1]]) as usize
     } else {
         u32::from_le_bytes([len_field[0], len_field[1], len_field[2], len_field[3]]) as usize
     };
-    let header_end =
-        len_end.checked_add(header_len).ok_or_else(|| IoErrorKind::BadHeader("header length overflows".into()))?;
-    let header = bytes.get(len_end..header_end).ok_or_else(|| {
-        IoErrorKind::Truncated(format!(
-            "header says {header_len} bytes, file has {} after the preamble",
-            bytes.len() - len_end
-        ))
-    })?;
-    let header = if utf8 {
-        std::str::from_utf8(header).map_err(|_| IoErrorKind::BadHeader("header is not UTF-8".into()))?
-    } else if header.is_ascii() {
-        // ASCII is valid UTF-8.
-        std::str::from_utf8(header).map_err(|_| IoErrorKind::BadHeader("header is not ASCII".into()))?
-    } else {
-        return Err(IoErrorKind::BadHeader("header is not ASCII (versions 1 and 2)".into()));
-    };
-    let dict = parse_header(header)?;
-    if dict.fortran_order {
-        return Err(IoErrorKind::FortranOrder);
+    if header_len > MAX_HEADER_LEN {
+        return Err(malformed(
+            8,
+            &format!("a header length of at most {MAX_HEADER_LEN} bytes (numpy's limit)"),
+            &header_len.to_string(),
+        ));
     }
-    let dtype = match dict.descr.as_str() {
-        "<f4" => DType::F32,
-        "<f2" => DType::F16,
-        other => {
-            return Err(IoErrorKind::UnsupportedDType {
-                got: format!("'{other}'"),
-                expected: "'<f4' (f32) or '<f2' (f16); bf16 needs .safetensors",
-            })
-        }
-    };
-    let shape = four_d(&dict.shape)?;
-    let data = &bytes[header_end..];
-    check_len(&dict.shape, dtype, data)?;
-    Ok(HostTensor { shape, data: host_from_le(dtype, data) })
+    let header_end = header_start + header_len;
+    if header_end > bytes.len() {
+        return Err(IoErrorKind::Truncated(format!(
+            "header says {header_len} bytes, file has {} after the preamble",
+            bytes.len() - header_start
+        )));
+    }
+    Ok((header_start, header_end, utf8))
 }
 
 fn bad_magic() -> IoErrorKind {
     IoErrorKind::BadMagic { format: ".npy", why: "it does not start with \\x93NUMPY".into() }
 }
 
+fn malformed(offset: usize, expected: &str, found: &str) -> IoErrorKind {
+    IoErrorKind::Malformed { offset, expected: expected.to_string(), found: super::shorten(found) }
+}
+
 /// Serializes a tensor as a version 1.0 `.npy` file.
 pub fn encode_npy(shape: [usize; 4], data: &HostData) -> Result<Vec<u8>, IoErrorKind> {
-    let descr = match data.dtype() {
-        DType::F32 => "<f4",
-        DType::F16 => "<f2",
-        DType::BF16 => return Err(IoErrorKind::Bf16Npy),
-    };
+    let descr = npy_descr(data.dtype())?;
     let shape_text = shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ");
     let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': ({shape_text}), }}");
     // Pad with spaces so the data starts on a 64-byte boundary; end with '\n'.
@@ -91,13 +122,23 @@ pub fn encode_npy(shape: [usize; 4], data: &HostData) -> Result<Vec<u8>, IoError
     header.push('\n');
     let header_len =
         u16::try_from(header.len()).map_err(|_| IoErrorKind::BadHeader("header longer than 65535 bytes".into()))?;
-    let mut out = Vec::with_capacity(10 + header.len() + data.len() * data.dtype().size_in_bytes());
+    let body = host_to_le(data)?;
+    let mut out = super::try_vec(10 + header.len() + body.len(), "the .npy file being written")?;
     out.extend_from_slice(MAGIC);
     out.extend_from_slice(&[1, 0]);
     out.extend_from_slice(&header_len.to_le_bytes());
     out.extend_from_slice(header.as_bytes());
-    out.extend_from_slice(&host_to_le(data));
+    out.extend_from_slice(&body);
     Ok(out)
+}
+
+/// The `.npy` descriptor of `dtype`, or why it has none.
+pub fn npy_descr(dtype: DType) -> Result<&'static str, IoErrorKind> {
+    match dtype {
+        DType::F32 => Ok("<f4"),
+        DType::F16 => Ok("<f2"),
+        DType::BF16 => Err(IoErrorKind::Bf16Npy),
+    }
 }
 
 /// The three keys of an `.npy` header dictionary.
@@ -108,48 +149,26 @@ struct Header {
     shape: Vec<usize>,
 }
 
-/// Parses the Python dict literal of an `.npy` header, e.g.
-/// `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`.
-fn parse_header(text: &str) -> Result<Header, IoErrorKind> {
-    let bad = |why: &str| IoErrorKind::BadHeader(format!("{why} in {:?}", text.trim_end()));
-    let mut p = Parser { s: text.as_bytes(), i: 0 };
-    let (mut descr, mut fortran, mut shape) = (None, None, None);
-    p.expect(b'{').map_err(|_| bad("expected '{'"))?;
-    loop {
-        p.skip_ws();
-        if p.eat(b'}') {
-            break;
-        }
-        let key = p.string().ok_or_else(|| bad("expected a quoted key"))?;
-        p.skip_ws();
-        p.expect(b':').map_err(|_| bad("expected ':'"))?;
-        p.skip_ws();
-        match key.as_str() {
-            "descr" => descr = Some(p.string().ok_or_else(|| bad("descr is not a string"))?),
-            "fortran_order" => fortran = Some(p.boolean().ok_or_else(|| bad("fortran_order is not True/False"))?),
-            "shape" => shape = Some(p.tuple().ok_or_else(|| bad("shape is not a tuple of integers"))?),
-            _ => return Err(bad(&format!("unexpected key '{key}'"))),
-        }
-        p.skip_ws();
-        if !p.eat(b',') {
-            p.skip_ws();
-            p.expect(b'}').map_err(|_| bad("expected ',' or '}'"))?;
-            break;
-        }
-    }
-    Ok(Header {
-        descr: descr.ok_or_else(|| bad("missing 'descr'"))?,
-        fortran_order: fortran.ok_or_else(|| bad("missing 'fortran_order'"))?,
-        shape: shape.ok_or_else(|| bad("missing 'shape'"))?,
-    })
-}
-
-struct Parser<'a> {
+/// A parser for the one Python literal an `.npy` header holds, e.g.
+/// `{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }`. `base` is
+/// the header's offset in the file, so errors point into the file.
+struct HeaderParser<'a> {
     s: &'a [u8],
     i: usize,
+    base: usize,
 }
 
-impl Parser<'_> {
+impl HeaderParser<'_> {
+    fn err(&self, expected: &str) -> IoErrorKind {
+        let rest = &self.s[self.i.min(self.s.len())..];
+        let found = if rest.is_empty() {
+            "the end of the header".to_string()
+        } else {
+            format!("{:?}", String::from_utf8_lossy(&rest[..rest.len().min(24)]))
+        };
+        malformed(self.base + self.i, expected, &found)
+    }
+
     fn peek(&self) -> Option<u8> {
         self.s.get(self.i).copied()
     }
@@ -169,148 +188,139 @@ impl Parser<'_> {
         }
     }
 
-    fn expect(&mut self, c: u8) -> Result<(), ()> {
+    fn expect(&mut self, c: u8, what: &str) -> Result<(), IoErrorKind> {
         if self.eat(c) {
             Ok(())
         } else {
-            Err(())
+            Err(self.err(what))
         }
     }
 
+    fn dict(&mut self) -> Result<Header, IoErrorKind> {
+        let (mut descr, mut fortran, mut shape) = (None, None, None);
+        self.expect(b'{', "'{' starting the header dict")?;
+        loop {
+            self.skip_ws();
+            if self.eat(b'}') {
+                break;
+            }
+            let key_at = self.i;
+            let key = self.string().ok_or_else(|| self.err("a quoted key or '}'"))?;
+            self.skip_ws();
+            self.expect(b':', "':' after the key")?;
+            self.skip_ws();
+            let duplicate = || malformed(self.base + key_at, "each key once", &format!("'{key}' a second time"));
+            match key.as_str() {
+                "descr" if descr.is_some() => return Err(duplicate()),
+                "fortran_order" if fortran.is_some() => return Err(duplicate()),
+                "shape" if shape.is_some() => return Err(duplicate()),
+                "descr" => descr = Some(self.string().ok_or_else(|| self.err("a quoted descr such as '<f4'"))?),
+                "fortran_order" => fortran = Some(self.boolean().ok_or_else(|| self.err("True or False"))?),
+                "shape" => shape = Some(self.tuple()?),
+                other => {
+                    return Err(malformed(
+                        self.base + key_at,
+                        "only the keys 'descr', 'fortran_order' and 'shape'",
+                        &format!("key '{other}'"),
+                    ))
+                }
+            }
+            self.skip_ws();
+            if !self.eat(b',') {
+                self.skip_ws();
+                self.expect(b'}', "',' or '}' after a value")?;
+                break;
+            }
+        }
+        // Only padding may follow the dict: numpy evaluates the whole header
+        // as one literal, so anything else is a syntax error there.
+        self.skip_ws();
+        if self.i != self.s.len() {
+            return Err(self.err("only spaces or a newline after the header dict"));
+        }
+        let missing = |key: &str| malformed(self.base + self.s.len(), &format!("the key '{key}'"), "no such key");
+        Ok(Header {
+            descr: descr.ok_or_else(|| missing("descr"))?,
+            fortran_order: fortran.ok_or_else(|| missing("fortran_order"))?,
+            shape: shape.ok_or_else(|| missing("shape"))?,
+        })
+    }
+
+    /// A quoted string without escapes (none of the three keys needs one).
     fn string(&mut self) -> Option<String> {
         let quote = self.peek().filter(|&q| q == b'\'' || q == b'"')?;
-        self.i += 1;
-        let start = self.i;
-        while self.peek()? != quote {
-            self.i += 1;
+        let start = self.i + 1;
+        let len = self.s.get(start..)?.iter().position(|&c| c == quote || c == b'\\' || c == b'\n')?;
+        if self.s[start + len] != quote {
+            return None;
         }
-        let out = std::str::from_utf8(&self.s[start..self.i]).ok()?.to_string();
-        self.i += 1;
+        let out = std::str::from_utf8(&self.s[start..start + len]).ok()?.to_string();
+        self.i = start + len + 1;
         Some(out)
     }
 
     fn boolean(&mut self) -> Option<bool> {
         for (word, value) in [(&b"True"[..], true), (&b"False"[..], false)] {
-            if self.s.get(self.i..self.i + word.len()) == Some(word) {
-                self.i += word.len();
+            let end = self.i + word.len();
+            let follows_ident = self.s.get(end).is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_');
+            if self.s.get(self.i..end) == Some(word) && !follows_ident {
+                self.i = end;
                 return Some(value);
             }
         }
         None
     }
 
-    fn tuple(&mut self) -> Option<Vec<usize>> {
-        if !self.eat(b'(') {
-            return None;
-        }
+    /// A Python tuple of non-negative integers: `()`, `(n,)`, `(a, b)` or
+    /// `(a, b,)`. `(n)` is rejected: to Python it is an int, not a tuple.
+    fn tuple(&mut self) -> Result<Vec<usize>, IoErrorKind> {
+        self.expect(b'(', "a shape tuple such as (1, 16, 8, 64)")?;
         let mut dims = Vec::new();
+        let mut trailing_comma = false;
         loop {
             self.skip_ws();
             if self.eat(b')') {
-                return Some(dims);
+                if dims.len() == 1 && !trailing_comma {
+                    return Err(malformed(self.base + self.i - 1, "a tuple: (n,) with a comma", "(n), an int"));
+                }
+                return Ok(dims);
             }
-            let start = self.i;
-            while matches!(self.peek(), Some(b'0'..=b'9')) {
-                self.i += 1;
-            }
-            let digits = std::str::from_utf8(&self.s[start..self.i]).ok()?;
-            // numpy may write Python 2 longs as "3L".
-            self.eat(b'L');
-            dims.push(digits.parse().ok()?);
+            dims.push(self.integer()?);
             self.skip_ws();
-            if !self.eat(b',') {
+            trailing_comma = self.eat(b',');
+            if !trailing_comma {
                 self.skip_ws();
-                return if self.eat(b')') { Some(dims) } else { None };
+                self.expect(b')', "',' or ')' in the shape tuple")?;
+                if dims.len() == 1 {
+                    return Err(malformed(self.base + self.i - 1, "a tuple: (n,) with a comma", "(n), an int"));
+                }
+                return Ok(dims);
             }
         }
+    }
+
+    /// A decimal integer as Python 3 writes it (no leading zeros), with the
+    /// `L` suffix Python 2 numpy wrote accepted as numpy still does.
+    fn integer(&mut self) -> Result<usize, IoErrorKind> {
+        let start = self.i;
+        while matches!(self.peek(), Some(b'0'..=b'9')) {
+            self.i += 1;
+        }
+        let digits = &self.s[start..self.i];
+        if digits.is_empty() {
+            return Err(self.err("a non-negative integer dimension"));
+        }
+        if digits.len() > 1 && digits[0] == b'0' {
+            return Err(malformed(self.base + start, "an integer without leading zeros", "a leading zero"));
+        }
+        let text = std::str::from_utf8(digits).map_err(|_| self.err("digits"))?;
+        let value = text.parse::<usize>().map_err(|_| {
+            malformed(self.base + start, "a dimension that fits in usize", &format!("{text} (too large)"))
+        })?;
+        self.eat(b'L');
+        Ok(value)
     }
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn file(version: u8, header: &str, data: &[u8]) -> Vec<u8> {
-        let mut out = MAGIC.to_vec();
-        out.extend_from_slice(&[version, 0]);
-        if version == 1 {
-            out.extend_from_slice(&(header.len() as u16).to_le_bytes());
-        } else {
-            out.extend_from_slice(&(header.len() as u32).to_le_bytes());
-        }
-        out.extend_from_slice(header.as_bytes());
-        out.extend_from_slice(data);
-        out
-    }
-
-    fn f32_bytes(n: usize) -> Vec<u8> {
-        (0..n).flat_map(|i| (i as f32 * 0.5).to_le_bytes()).collect()
-    }
-
-    #[test]
-    fn reads_every_version() {
-        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 2, 1, 3), }\n";
-        for version in [1, 2, 3] {
-            let t = decode_npy(&file(version, h, &f32_bytes(6))).unwrap();
-            assert_eq!(t.shape, [1, 2, 1, 3]);
-            assert_eq!(t.data, HostData::F32(vec![0.0, 0.5, 1.0, 1.5, 2.0, 2.5]));
-        }
-    }
-
-    #[test]
-    fn encoded_header_is_aligned_and_round_trips() {
-        for dtype in [DType::F32, DType::F16] {
-            let data = HostData::from_f32(dtype, &[1.0, -2.0, 0.25, 8.0]);
-            let bytes = encode_npy([1, 1, 2, 2], &data).unwrap();
-            let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
-            assert_eq!((10 + header_len) % 64, 0);
-            assert_eq!(decode_npy(&bytes).unwrap(), HostTensor { shape: [1, 1, 2, 2], data });
-        }
-    }
-
-    #[test]
-    fn truncated_files() {
-        let good = encode_npy([1, 2, 2, 2], &HostData::F32(vec![1.0; 8])).unwrap();
-        for cut in [0, 3, 7, 9, 20, good.len() - 1] {
-            let err = decode_npy(&good[..cut]).unwrap_err();
-            assert!(matches!(err, IoErrorKind::Truncated(_)), "cut {cut}: {err}");
-        }
-    }
-
-    #[test]
-    fn bad_magic_and_headers() {
-        assert!(matches!(decode_npy(b"PK\x03\x04 not numpy at all"), Err(IoErrorKind::BadMagic { .. })));
-        let bad = file(1, "{'descr': '<f4', 'shape': (1, 1, 1, 1), }", &f32_bytes(1));
-        assert!(matches!(decode_npy(&bad), Err(IoErrorKind::BadHeader(_))));
-        let bad = file(1, "not a dict", &f32_bytes(1));
-        assert!(matches!(decode_npy(&bad), Err(IoErrorKind::BadHeader(_))));
-        let bad = file(9, "{}", &[]);
-        assert!(matches!(decode_npy(&bad), Err(IoErrorKind::BadHeader(_))));
-    }
-
-    #[test]
-    fn wrong_rank_dtype_order_and_length() {
-        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (2, 3), }";
-        assert!(matches!(decode_npy(&file(1, h, &f32_bytes(6))), Err(IoErrorKind::NotFourD(s)) if s == [2, 3]));
-        let h = "{'descr': '<f8', 'fortran_order': False, 'shape': (1, 1, 1, 1), }";
-        assert!(matches!(decode_npy(&file(1, h, &[0; 8])), Err(IoErrorKind::UnsupportedDType { .. })));
-        let h = "{'descr': '>f4', 'fortran_order': False, 'shape': (1, 1, 1, 1), }";
-        assert!(matches!(decode_npy(&file(1, h, &[0; 4])), Err(IoErrorKind::UnsupportedDType { .. })));
-        let h = "{'descr': '<f4', 'fortran_order': True, 'shape': (1, 1, 1, 1), }";
-        assert!(matches!(decode_npy(&file(1, h, &[0; 4])), Err(IoErrorKind::FortranOrder)));
-        let h = "{'descr': '<f4', 'fortran_order': False, 'shape': (1, 1, 1, 2), }";
-        assert!(matches!(decode_npy(&file(1, h, &f32_bytes(3))), Err(IoErrorKind::DataLength { .. })));
-    }
-
-    #[test]
-    fn never_panics_on_garbage() {
-        let good = encode_npy([1, 1, 1, 2], &HostData::F32(vec![1.0, 2.0])).unwrap();
-        for i in 0..good.len() {
-            for byte in [0u8, b'(', b')', b',', b'\'', 0xFF] {
-                let mut bad = good.clone();
-                bad[i] = byte;
-                let _ = decode_npy(&bad);
-            }
-        }
-    }
-}
+mod tests;

@@ -162,7 +162,9 @@ impl<'b> Sources<'b> {
             }
         };
         // The crate has checked that the data length matches shape and dtype.
-        Ok(Weight { shape: expected.to_vec(), data: crate::io::host_from_le(dtype, view.data()) })
+        let data = crate::io::host_from_le(dtype, view.data())
+            .map_err(|e| WeightsError::Format { file: file.clone(), why: e.to_string() })?;
+        Ok(Weight { shape: expected.to_vec(), data })
     }
 
     fn take_if(&mut self, present: bool, name: &str, expected: &[usize]) -> Result<Option<Weight>, WeightsError> {

@@ -1,20 +1,26 @@
-//! Shared fixtures for the integration tests: one device fixture (the same
+//! Shared fixtures for the integration tests: the device fixture (the same
 //! for every test and every backend), random inputs, the run-and-compare
-//! harness against the f64 oracle, and registry iteration.
+//! harness against the f64 oracle, and registry iteration by device kind.
 //!
-//! Every test binary includes this module but uses a different part of it.
+//! GPU tests are `#[ignore = "needs a GPU"]`, so `cargo test` lists them as
+//! ignored; the GPU bundle runs them with `--include-ignored`. A GPU test
+//! that runs and finds no GPU fails: it was asked for explicitly.
 #![allow(dead_code)]
 
 use rocmforge::backends::cpu_reference::reference_attention;
+use rocmforge::compare::Report;
 use rocmforge::dtype::Tolerance;
 use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, HostData, Registry, Tensor};
 
-/// Set to `1` on GPU machines: a missing GPU then fails the test instead of
-/// skipping it, so a GPU run can never pass by skipping.
+/// Set on GPU machines: a missing GPU then fails the suite's availability
+/// check instead of being reported as "GPU tests ignored".
 pub const REQUIRE_GPU_ENV: &str = "ROCMFORGE_REQUIRE_GPU";
 
+/// The value of `ROCMFORGE_REQUIRE_GPU` (`rocmforge::env_flag`: 1/true/
+/// yes/on or 0/false/no/off); anything else is a mistake that must not
+/// silently mean "no", so it panics naming the accepted spellings.
 pub fn require_gpu() -> bool {
-    std::env::var(REQUIRE_GPU_ENV).is_ok_and(|v| v.trim() == "1")
+    rocmforge::env_flag::env_flag(REQUIRE_GPU_ENV).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// The running test's name; libtest names each test's thread after it.
@@ -22,44 +28,45 @@ pub fn test_name() -> String {
     std::thread::current().name().unwrap_or("<unnamed test>").to_string()
 }
 
-/// The device a backend of `kind` runs on in tests: the CPU, or the first GPU.
-/// Without a GPU this prints `SKIP: <test>: no GPU (<reason>)` and returns
-/// `None`, unless `ROCMFORGE_REQUIRE_GPU=1`, where it panics with the reason.
+/// The first GPU, or why there is none.
+pub fn first_gpu() -> Result<Device, String> {
+    match rocmforge::device::gpus() {
+        Ok(list) => list.first().map(|g| Device::Gpu(g.clone())).ok_or("the driver reports no devices".into()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The device a backend of `kind` runs on in tests: the CPU, or the first
+/// GPU. Only GPU tests (all `#[ignore = "needs a GPU"]`) ask for a GPU, so
+/// a missing one is a failure that says why. Always `Some`: the `Option`
+/// keeps `let Some(d) = device_for(kind) else { return }` call sites
+/// compiling, but a GPU test can no longer pass by returning early.
 pub fn device_for(kind: DeviceKind) -> Option<Device> {
+    Some(gpu_or_cpu(kind))
+}
+
+fn gpu_or_cpu(kind: DeviceKind) -> Device {
     match kind {
-        DeviceKind::Cpu => Some(Device::Cpu),
+        DeviceKind::Cpu => Device::Cpu,
         DeviceKind::Gpu => {
-            let reason = match rocmforge::device::gpus() {
-                Ok(list) => match list.first() {
-                    Some(gpu) => return Some(Device::Gpu(gpu.clone())),
-                    None => "the driver reports no devices".to_string(),
-                },
-                Err(e) => e.to_string(),
-            };
-            if require_gpu() {
-                panic!("{}: {REQUIRE_GPU_ENV}=1 but there is no GPU: {reason}", test_name());
-            }
-            println!("SKIP: {}: no GPU ({reason})", test_name());
-            None
+            first_gpu().unwrap_or_else(|why| panic!("{}: needs a GPU, and there is none: {why}", test_name()))
         }
     }
 }
 
-/// Every registered backend paired with the device it runs on. Backends whose
-/// device is missing are skipped (with the `SKIP` line from `device_for`).
-/// Under `ROCMFORGE_REQUIRE_GPU=1` there must be at least one GPU backend, so a
-/// GPU run cannot pass by having nothing to test.
-pub fn backend_targets() -> Vec<(&'static dyn AttentionBackend, Device)> {
+/// Every registered backend of `kind`, paired with the device it runs on.
+/// A GPU test with no GPU backend registered fails: it would test nothing.
+pub fn backend_targets(kind: DeviceKind) -> Vec<(&'static dyn AttentionBackend, Device)> {
     let registry = Registry::global().expect("the global registry builds");
-    if require_gpu() {
-        assert!(
-            registry.backends().any(|b| b.capabilities().device == DeviceKind::Gpu),
-            "{}: {REQUIRE_GPU_ENV}=1 but no GPU backend is registered (registered: {:?})",
-            test_name(),
-            registry.names()
-        );
-    }
-    registry.backends().filter_map(|b| device_for(b.capabilities().device).map(|d| (b, d))).collect()
+    let of_kind: Vec<_> = registry.backends().filter(|b| b.capabilities().device == kind).collect();
+    assert!(
+        !of_kind.is_empty(),
+        "{}: no {kind} backend is registered (registered: {:?})",
+        test_name(),
+        registry.names()
+    );
+    let device = gpu_or_cpu(kind);
+    of_kind.into_iter().map(|b| (b, device.clone())).collect()
 }
 
 /// Host inputs for one problem, kept on the host so the oracle and every
@@ -126,7 +133,7 @@ pub fn reference(p: &AttentionProblem, inputs: &Inputs) -> Vec<f64> {
 }
 
 /// Runs `backend` on `device`: uploads the inputs, poisons the output with
-/// NaN on the device, runs `forward` and downloads the output as f32.
+/// NaN on the device, runs `forward` and downloads the output.
 pub fn run_backend(
     backend: &dyn AttentionBackend,
     p: &AttentionProblem,
@@ -144,63 +151,32 @@ pub fn run_backend(
     out.download().map_err(|e| fail("download", &e))
 }
 
-/// Element-wise comparison with the problem dtype's tolerance. The error names
-/// the backend, the problem, the first bad index (as [b, s, h, d]), got,
-/// expected, the number of bad elements and the max error. NaN never passes.
-pub fn compare(backend: &str, p: &AttentionProblem, got: &[f32], expected: &[f64]) -> Result<(), String> {
-    compare_with(backend, p, got, expected, p.dtype.tolerance())
+/// Element-wise comparison through the library's one oracle comparison
+/// (`rocmforge::compare`): the problem dtype's tolerance, NaN never passes
+/// where a number was expected, NaN/Inf references follow docs/semantics.md.
+pub fn check_output(backend: &str, p: &AttentionProblem, got: &[f32], expected: &[f64]) -> Result<Report, String> {
+    check_output_with(backend, p, got, expected, p.dtype.tolerance())
 }
 
-/// `compare` with an explicit tolerance, for tests whose inputs are
-/// deliberately ill-conditioned.
-pub fn compare_with(
+/// `check_output` without the report, under the name older tests use.
+pub fn compare(backend: &str, p: &AttentionProblem, got: &[f32], expected: &[f64]) -> Result<(), String> {
+    check_output(backend, p, got, expected).map(|_| ())
+}
+
+/// `check_output` with an explicit tolerance, for deliberately
+/// ill-conditioned inputs.
+pub fn check_output_with(
     backend: &str,
     p: &AttentionProblem,
     got: &[f32],
     expected: &[f64],
     tol: Tolerance,
-) -> Result<(), String> {
-    if got.len() != expected.len() {
-        return Err(format!("backend {backend} on {p}: {} output elements, expected {}", got.len(), expected.len()));
+) -> Result<Report, String> {
+    let report = rocmforge::compare::compare(p.dtype, tol, got, expected);
+    match report.failure(backend, p) {
+        Some(message) => Err(message),
+        None => Ok(report),
     }
-    let mut first_bad = None;
-    let mut bad = 0usize;
-    let mut max_err = 0.0f64;
-    let mut nans = 0usize;
-    for (i, (&g, &e)) in got.iter().zip(expected).enumerate() {
-        let err = (g as f64 - e).abs();
-        if err.is_nan() {
-            nans += 1;
-        } else {
-            max_err = max_err.max(err);
-        }
-        if !tol.accepts(g as f64, e) {
-            bad += 1;
-            first_bad.get_or_insert(i);
-        }
-    }
-    match first_bad {
-        None => Ok(()),
-        Some(i) => Err(format!(
-            "backend {backend} on {p}: {bad} of {} elements out of tolerance (abs {} + rel {}); \
-             first at index {i} {:?}: got {}, expected {}; max abs error {max_err} ({nans} NaN)",
-            got.len(),
-            tol.abs,
-            tol.rel,
-            unflatten(p, i),
-            got[i],
-            expected[i],
-        )),
-    }
-}
-
-/// `[batch, seq, head, dim]` of a flat output index.
-pub fn unflatten(p: &AttentionProblem, i: usize) -> [usize; 4] {
-    let d = i % p.head_dim;
-    let h = (i / p.head_dim) % p.num_q_heads;
-    let s = (i / (p.head_dim * p.num_q_heads)) % p.seq_q;
-    let b = i / (p.head_dim * p.num_q_heads * p.seq_q);
-    [b, s, h, d]
 }
 
 /// Runs `backend` and compares it with the oracle computed from `inputs`.
@@ -212,7 +188,7 @@ pub fn check_backend(
     expected: &[f64],
 ) -> Result<HostData, String> {
     let out = run_backend(backend, p, inputs, device)?;
-    compare(backend.name(), p, &out.to_f32(), expected)?;
+    check_output(backend.name(), p, &out.to_f32(), expected)?;
     Ok(out)
 }
 
@@ -247,4 +223,30 @@ pub fn accepting<'a>(
         .collect()
 }
 
+/// `[batch, seq, head, dim]` of a flat output index.
+pub fn unflatten(p: &AttentionProblem, i: usize) -> [usize; 4] {
+    rocmforge::compare::position(p, i)
+}
+
 pub const ALL_DTYPES: [DType; 3] = DType::ALL;
+
+/// Runs the test function `$name(kind)` twice: on the CPU backends, and on
+/// the GPU backends as a test ignored unless asked for ("needs a GPU").
+macro_rules! cpu_and_gpu {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            #[serial_test::serial]
+            fn cpu() {
+                super::$name(rocmforge::DeviceKind::Cpu)
+            }
+            #[test]
+            #[serial_test::serial]
+            #[ignore = "needs a GPU"]
+            fn gpu() {
+                super::$name(rocmforge::DeviceKind::Gpu)
+            }
+        }
+    )*};
+}
+pub(crate) use cpu_and_gpu;

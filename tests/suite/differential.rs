@@ -2,18 +2,23 @@
 //! compared with the f64 oracle (`reference_attention`) on the same inputs.
 //!
 //! Nothing here names a backend except the registration test: backends are
-//! found by iterating the registry, each runs on the device of its kind (the
-//! shared fixture in `common`), so backends merged later join with no edits.
-//! Every test may touch the GPU, so every test is `#[serial]`.
+//! found by iterating the registry, each on the device of its kind, so
+//! backends merged later join with no edits. Each test runs twice through
+//! `cpu_and_gpu!`: `<test>::cpu` on the CPU backends, and `<test>::gpu` on
+//! the GPU backends, ignored unless asked for ("needs a GPU").
+//!
+//! NaN/Inf/huge inputs are in `nonfinite`; the oracle's own check against an
+//! independent implementation is in `oracle`.
 
 use crate::common::{
-    accepting, backend_targets, check_backend, compare_with, reference, run_backend, unflatten, Inputs,
+    accepting, backend_targets, check_backend, check_output_with, cpu_and_gpu, reference, run_backend, unflatten,
+    Inputs,
 };
 use proptest::prelude::*;
+use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use rocmforge::dtype::Tolerance;
-use rocmforge::{AttentionProblem, DType, Mask, Registry};
-use serial_test::serial;
+use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, Mask, Registry};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -26,6 +31,13 @@ const MAX_WORK: usize = 1 << 19;
 
 /// Cases per run; `PROPTEST_CASES` overrides it as it does for `proptest!`.
 const DEFAULT_CASES: u32 = 64;
+
+/// Every runnable backend must have run at least this many random cases
+/// (fewer when PROPTEST_CASES asks for a short run, at least 1).
+const MIN_RUNS_PER_BACKEND: u32 = 16;
+
+/// Draws allowed when topping up a backend that the shared cases missed.
+const TOP_UP_DRAWS: usize = 2000;
 
 fn work(p: &AttentionProblem) -> usize {
     p.batch * p.num_q_heads * p.seq_q * p.seq_kv * p.head_dim
@@ -64,7 +76,7 @@ fn mask() -> impl Strategy<Value = Mask> {
 }
 
 /// A valid random problem and the seed of its inputs.
-fn problem() -> impl Strategy<Value = (AttentionProblem, u64)> {
+pub fn problem() -> impl Strategy<Value = (AttentionProblem, u64)> {
     (
         (1usize..=2, seq_len(), seq_len()),
         (1usize..=3, 1usize..=4, proptest::sample::select(HEAD_DIMS.to_vec())),
@@ -83,78 +95,103 @@ fn problem() -> impl Strategy<Value = (AttentionProblem, u64)> {
         })
 }
 
-fn proptest_config() -> ProptestConfig {
-    let cases = std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_CASES);
-    ProptestConfig { cases, source_file: Some(file!()), ..ProptestConfig::default() }
+fn cases() -> u32 {
+    std::env::var("PROPTEST_CASES").ok().and_then(|s| s.parse().ok()).unwrap_or(DEFAULT_CASES)
 }
 
-#[test]
-#[serial]
-fn random_problems_match_reference_on_every_backend() {
-    let targets = backend_targets();
-    let runs: RefCell<BTreeMap<&'static str, usize>> = RefCell::default();
+fn proptest_config() -> ProptestConfig {
+    ProptestConfig { cases: cases(), source_file: Some(file!()), ..ProptestConfig::default() }
+}
+
+/// Runs one case on one backend, counting it.
+fn run_case(
+    backend: &dyn AttentionBackend,
+    device: &Device,
+    p: &AttentionProblem,
+    seed: u64,
+    runs: &RefCell<BTreeMap<&'static str, u32>>,
+) -> Result<(), String> {
+    let inputs = Inputs::random(p, seed);
+    let expected = reference(p, &inputs);
+    check_backend(backend, p, &inputs, device, &expected)?;
+    *runs.borrow_mut().entry(backend.name()).or_default() += 1;
+    Ok(())
+}
+
+/// Random problems on every backend of `kind`; then every such backend must
+/// have run at least `MIN_RUNS_PER_BACKEND` cases, named in the failure.
+/// A backend whose capabilities the shared cases rarely hit (a decode-only
+/// backend, say) gets problems drawn until it has its share.
+fn random_problems_match_reference(kind: DeviceKind) {
+    let targets = backend_targets(kind);
+    let runs: RefCell<BTreeMap<&'static str, u32>> = RefCell::default();
     let mut runner = TestRunner::new(proptest_config());
     let result = runner.run(&problem(), |(p, seed)| {
         prop_assert!(p.validate().is_ok(), "strategy made an invalid problem {p}: {:?}", p.validate());
-        let inputs = Inputs::random(&p, seed);
-        let expected = reference(&p, &inputs);
-        let mut ran = 0;
         for (backend, device) in &targets {
-            if !Registry::reasons(*backend, &p, device).is_empty() {
-                continue;
+            if Registry::reasons(*backend, &p, device).is_empty() {
+                run_case(*backend, device, &p, seed, &runs).map_err(TestCaseError::fail)?;
             }
-            check_backend(*backend, &p, &inputs, device, &expected).map_err(TestCaseError::fail)?;
-            *runs.borrow_mut().entry(backend.name()).or_default() += 1;
-            ran += 1;
         }
-        // cpu-reference takes every valid problem, so a case nobody ran is a bug.
-        prop_assert!(ran > 0, "no backend accepted {p}");
         Ok(())
     });
-    println!("differential runs per backend: {:?}", runs.borrow());
     if let Err(e) = result {
         panic!("{e}");
     }
-    // Not an assertion: a backend with narrow capabilities (say, decode only)
-    // can miss every case in a short run; the line makes that visible.
-    for (backend, _) in &targets {
-        if !runs.borrow().contains_key(backend.name()) {
-            println!("note: backend {} accepted none of the random problems", backend.name());
+    let wanted = MIN_RUNS_PER_BACKEND.min(cases() / 4).max(1);
+    let mut runner = TestRunner::new(proptest_config());
+    for (backend, device) in &targets {
+        let mut draws = 0;
+        while runs.borrow().get(backend.name()).copied().unwrap_or(0) < wanted && draws < TOP_UP_DRAWS {
+            draws += 1;
+            let (p, seed) = problem().new_tree(&mut runner).expect("strategy").current();
+            if Registry::reasons(*backend, &p, device).is_empty() {
+                run_case(*backend, device, &p, seed, &runs).unwrap_or_else(|e| panic!("{e}"));
+            }
         }
     }
+    println!("differential runs per {kind} backend: {:?}", runs.borrow());
+    let short: Vec<String> = targets
+        .iter()
+        .map(|(b, _)| (b.name(), runs.borrow().get(b.name()).copied().unwrap_or(0)))
+        .filter(|&(_, n)| n < wanted)
+        .map(|(name, n)| format!("{name} ran {n}"))
+        .collect();
+    assert!(short.is_empty(), "every {kind} backend must run at least {wanted} random cases: {}", short.join(", "));
 }
 
-/// Runs `body` on every backend (on its own device) that accepts `p`, and
-/// fails if none did, so a fixed-case test can never pass by running nothing.
+/// Runs `body` on every backend of `kind` that accepts each problem, and
+/// fails unless every backend of `kind` ran at least one of them, so a
+/// fixed-case test can never pass by running nothing.
 fn for_each_backend(
+    kind: DeviceKind,
     problems: &[AttentionProblem],
-    mut body: impl FnMut(&dyn rocmforge::AttentionBackend, &rocmforge::Device, &AttentionProblem),
+    mut body: impl FnMut(&dyn AttentionBackend, &Device, &AttentionProblem),
 ) {
-    let targets = backend_targets();
-    let mut ran = 0;
+    let targets = backend_targets(kind);
+    let mut ran: BTreeMap<&'static str, usize> = targets.iter().map(|(b, _)| (b.name(), 0)).collect();
     for p in problems {
         assert!(p.validate().is_ok(), "test problem is invalid: {p}");
         for (backend, device) in accepting(&targets, p) {
             body(backend, device, p);
-            ran += 1;
+            *ran.entry(backend.name()).or_default() += 1;
         }
     }
-    assert!(ran > 0, "no backend accepted any of the problems");
+    let idle: Vec<&str> = ran.iter().filter(|(_, &n)| n == 0).map(|(name, _)| *name).collect();
+    assert!(idle.is_empty(), "{kind} backends that accepted none of the problems: {idle:?}");
 }
 
 fn all_dtypes(p: AttentionProblem) -> Vec<AttentionProblem> {
     DType::ALL.iter().map(|&dtype| AttentionProblem { dtype, ..p.clone() }).collect()
 }
 
-#[test]
-#[serial]
-fn fully_masked_rows_are_exact_zeros() {
+fn fully_masked_rows_are_exact_zeros(kind: DeviceKind) {
     // seq_q > seq_kv with bottom-right alignment: the first rows see no key.
     let mut problems = all_dtypes(AttentionProblem::new(2, 7, 3, 4, 2, 16, DType::F32).with_mask(Mask::Causal));
     problems.extend(all_dtypes(
         AttentionProblem::new(1, 6, 3, 2, 1, 8, DType::F32).with_mask(Mask::SlidingWindow { left: 1, right: 0 }),
     ));
-    for_each_backend(&problems, |backend, device, p| {
+    for_each_backend(kind, &problems, |backend, device, p| {
         let inputs = Inputs::random(p, 11);
         let expected = reference(p, &inputs);
         let out = check_backend(backend, p, &inputs, device, &expected).unwrap_or_else(|e| panic!("{e}"));
@@ -177,23 +214,19 @@ fn fully_masked_rows_are_exact_zeros() {
     });
 }
 
-#[test]
-#[serial]
-fn decode_one_query_long_cache() {
+fn decode_one_query_long_cache(kind: DeviceKind) {
     let mut problems = Vec::new();
     for mask in [Mask::None, Mask::Causal, Mask::SlidingWindow { left: 64, right: 0 }] {
         problems.extend(all_dtypes(AttentionProblem::new(2, 1, 257, 8, 2, 64, DType::F32).with_mask(mask)));
     }
-    for_each_backend(&problems, |backend, device, p| {
+    for_each_backend(kind, &problems, |backend, device, p| {
         let inputs = Inputs::random(p, 257);
         let expected = reference(p, &inputs);
         check_backend(backend, p, &inputs, device, &expected).unwrap_or_else(|e| panic!("{e}"));
     });
 }
 
-#[test]
-#[serial]
-fn large_logits_stay_finite_and_accurate() {
+fn large_logits_stay_finite_and_accurate(kind: DeviceKind) {
     // q and k scaled by 30 make logits of several hundred: exp overflows f32
     // unless the softmax subtracts the running maximum. A correct backend
     // that accumulates q.k in f32 still carries a logit error of about
@@ -206,7 +239,7 @@ fn large_logits_stay_finite_and_accurate() {
     for mask in [Mask::None, Mask::Causal] {
         problems.extend(all_dtypes(AttentionProblem::new(1, 33, 47, 4, 2, 32, DType::F32).with_mask(mask)));
     }
-    for_each_backend(&problems, |backend, device, p| {
+    for_each_backend(kind, &problems, |backend, device, p| {
         let inputs = Inputs::random(p, 30).with_qk_scaled(30.0);
         let expected = reference(p, &inputs);
         assert!(expected.iter().all(|x| x.is_finite()), "oracle overflowed on {p}");
@@ -217,7 +250,32 @@ fn large_logits_stay_finite_and_accurate() {
         }
         let base = p.dtype.tolerance();
         let tol = Tolerance { abs: base.abs + 4e-7 * max_abs_logit(p, &inputs) * max_abs(&inputs.v), rel: base.rel };
-        compare_with(backend.name(), p, &out, &expected, tol).unwrap_or_else(|e| panic!("q, k x30: {e}"));
+        check_output_with(backend.name(), p, &out, &expected, tol).unwrap_or_else(|e| panic!("q, k x30: {e}"));
+    });
+}
+
+/// Soft-cap with logits far past the cap: q and k scaled by 12 give logits
+/// up to a few hundred against a cap of 5, so a backend that skips the cap
+/// (or applies it before the scale) fails by far more than the tolerance.
+/// The test first proves that about itself, on the oracle.
+fn softcap_with_large_logits(kind: DeviceKind) {
+    let mut problems = Vec::new();
+    for mask in [Mask::None, Mask::Causal] {
+        let mut p = AttentionProblem::new(1, 17, 23, 4, 2, 32, DType::F32).with_mask(mask);
+        p.softcap = Some(5.0);
+        problems.extend(all_dtypes(p));
+    }
+    for_each_backend(kind, &problems, |backend, device, p| {
+        let inputs = Inputs::random(p, 12).with_qk_scaled(12.0);
+        assert!(max_abs_logit(p, &inputs) > 40.0, "logits too small to test the cap");
+        let expected = reference(p, &inputs);
+        let uncapped = reference(&AttentionProblem { softcap: None, ..p.clone() }, &inputs);
+        let gap = expected.iter().zip(&uncapped).map(|(a, b)| (a - b).abs()).fold(0.0, f64::max);
+        assert!(gap > 100.0 * p.dtype.tolerance().abs, "ignoring the cap would pass on {p}: gap {gap}");
+        let out = run_backend(backend, p, &inputs, device).unwrap_or_else(|e| panic!("{e}"));
+        // Capped logits are at most 5, so the ordinary tolerance holds.
+        check_output_with(backend.name(), p, &out.to_f32(), &expected, p.dtype.tolerance())
+            .unwrap_or_else(|e| panic!("softcap 5 on logits ~{:.0}: {e}", max_abs_logit(p, &inputs)));
     });
 }
 
@@ -260,19 +318,17 @@ fn repeat_kv_heads(t: &rocmforge::Tensor, group: usize) -> rocmforge::Tensor {
     rocmforge::Tensor::from_f32([b, s, h * group, d], t.dtype(), &out).unwrap()
 }
 
-#[test]
-#[serial]
-fn gqa_equals_mha_with_repeated_kv_heads() {
+fn gqa_equals_mha_with_repeated_kv_heads(kind: DeviceKind) {
     let mut problems = Vec::new();
     for mask in [Mask::None, Mask::Causal] {
         problems.extend(all_dtypes(AttentionProblem::new(2, 9, 13, 8, 2, 16, DType::F32).with_mask(mask)));
     }
-    for_each_backend(&problems, |backend, device, gqa| {
+    for_each_backend(kind, &problems, |backend, device, gqa| {
         let group = gqa.group_size();
         let mha = AttentionProblem { num_kv_heads: gqa.num_q_heads, ..gqa.clone() };
         let inputs = Inputs::random(gqa, 4);
         let repeated = Inputs {
-            q: inputs.q.to_device(&rocmforge::Device::Cpu).unwrap(),
+            q: inputs.q.to_device(&Device::Cpu).unwrap(),
             k: repeat_kv_heads(&inputs.k, group),
             v: repeat_kv_heads(&inputs.v, group),
         };
@@ -288,15 +344,18 @@ fn gqa_equals_mha_with_repeated_kv_heads() {
     });
 }
 
-#[test]
-#[serial]
-fn deterministic_backends_are_bit_identical() {
+/// Backends declared deterministic give bit-identical outputs run after run,
+/// and, on the CPU, whatever the size of the thread pool (1, 2 and 3
+/// threads, so work is split differently each time).
+fn deterministic_backends_are_bit_identical(kind: DeviceKind) {
     let mut problems = Vec::new();
     for mask in [Mask::None, Mask::Causal] {
         problems.extend(all_dtypes(AttentionProblem::new(2, 37, 53, 4, 2, 64, DType::F32).with_mask(mask)));
     }
+    let pools: Vec<rayon::ThreadPool> =
+        [1, 2, 3].iter().map(|&n| rayon::ThreadPoolBuilder::new().num_threads(n).build().unwrap()).collect();
     let mut checked = 0;
-    for_each_backend(&problems, |backend, device, p| {
+    for_each_backend(kind, &problems, |backend, device, p| {
         if !backend.capabilities().deterministic {
             println!("note: {} is not declared deterministic; not checked", backend.name());
             return;
@@ -304,28 +363,31 @@ fn deterministic_backends_are_bit_identical() {
         let inputs = Inputs::random(p, 99);
         let expected = reference(p, &inputs);
         let first = check_backend(backend, p, &inputs, device, &expected).unwrap_or_else(|e| panic!("{e}"));
-        let second = check_backend(backend, p, &inputs, device, &expected).unwrap_or_else(|e| panic!("{e}"));
-        if let Some(i) = first.as_bytes().iter().zip(second.as_bytes()).position(|(a, b)| a != b) {
-            let i = i / p.dtype.size_in_bytes();
-            panic!(
-                "backend {} declares deterministic but two runs on {p} differ at {:?}: {} vs {}",
-                backend.name(),
-                unflatten(p, i),
-                first.get_f32(i),
-                second.get_f32(i)
-            );
+        for pool in &pools {
+            let again = pool
+                .install(|| check_backend(backend, p, &inputs, device, &expected))
+                .unwrap_or_else(|e| panic!("{e}"));
+            if let Some(i) = first.as_bytes().iter().zip(again.as_bytes()).position(|(a, b)| a != b) {
+                let i = i / p.dtype.size_in_bytes();
+                panic!(
+                    "backend {} declares deterministic but runs on {p} differ ({} threads vs the default pool) \
+                     at {:?}: {} vs {}",
+                    backend.name(),
+                    pool.current_num_threads(),
+                    unflatten(p, i),
+                    first.get_f32(i),
+                    again.get_f32(i)
+                );
+            }
         }
         checked += 1;
     });
-    // cpu-reference is declared deterministic, so this cannot be vacuous.
-    assert!(checked > 0, "no deterministic backend was checked");
+    assert!(checked > 0, "no deterministic {kind} backend was checked");
 }
 
-#[test]
-#[serial]
-fn forward_rejects_wrong_output_shape() {
+fn forward_rejects_wrong_output_shape(kind: DeviceKind) {
     let p = AttentionProblem::new(1, 4, 5, 2, 1, 8, DType::F32);
-    for_each_backend(&[p], |backend, device, p| {
+    for_each_backend(kind, &[p], |backend, device, p| {
         let inputs = Inputs::random(p, 5);
         let up = |t: &rocmforge::Tensor| t.to_device(device).unwrap();
         let (q, k, v) = (up(&inputs.q), up(&inputs.k), up(&inputs.v));
@@ -334,6 +396,17 @@ fn forward_rejects_wrong_output_shape() {
         assert!(result.is_err(), "backend {} accepted an output of shape [1, 4, 2, 9] for {p}", backend.name());
     });
 }
+
+cpu_and_gpu!(
+    random_problems_match_reference,
+    fully_masked_rows_are_exact_zeros,
+    decode_one_query_long_cache,
+    large_logits_stay_finite_and_accurate,
+    softcap_with_large_logits,
+    gqa_equals_mha_with_repeated_kv_heads,
+    deterministic_backends_are_bit_identical,
+    forward_rejects_wrong_output_shape,
+);
 
 /// Guards against the linker dropping a backend: `inventory` registrations in
 /// an unreferenced object file can silently disappear.
@@ -359,5 +432,19 @@ fn backend_names_are_kebab_case() {
             && !name.ends_with('-')
             && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
         assert!(ok, "backend name '{name}' is not kebab-case (it is used in {})", rocmforge::BACKEND_ENV);
+    }
+}
+
+/// Says, in the normal output of a run with `--nocapture` and always through
+/// the ignored count, whether the GPU tests could run here; fails when
+/// `ROCMFORGE_REQUIRE_GPU` is set and there is no GPU.
+#[test]
+fn gpu_availability() {
+    match crate::common::first_gpu() {
+        Ok(d) => println!("GPU {} present: run the tests marked 'needs a GPU' with --include-ignored", d.label()),
+        Err(why) if crate::common::require_gpu() => {
+            panic!("{}=1 but there is no GPU: {why}", crate::common::REQUIRE_GPU_ENV)
+        }
+        Err(why) => println!("no GPU ({why}): the tests marked 'needs a GPU' are ignored"),
     }
 }

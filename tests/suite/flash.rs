@@ -39,7 +39,11 @@ fn expect_runs(ran: &BTreeMap<&'static str, usize>, at_least: usize) {
     }
     println!("cases run: {ran:?}");
     for name in FLASH {
-        assert!(ran.get(name).copied().unwrap_or(0) >= at_least, "{name} ran {:?} cases, want >= {at_least}", ran.get(name));
+        assert!(
+            ran.get(name).copied().unwrap_or(0) >= at_least,
+            "{name} ran {:?} cases, want >= {at_least}",
+            ran.get(name)
+        );
     }
 }
 

@@ -1,17 +1,26 @@
 //! One integration-test binary for everything, so the GPU bundle ships a
-//! single file. GPU tests print SKIP without a GPU and fail instead under
-//! ROCMFORGE_REQUIRE_GPU=1.
+//! single file. GPU tests are `#[ignore = "needs a GPU"]`: `cargo test`
+//! reports them as ignored, and the GPU bundle runs them with
+//! `--include-ignored` under ROCMFORGE_REQUIRE_GPU=1.
 
+#[cfg(feature = "cli")]
 mod cli;
+#[cfg(feature = "cli")]
+mod cli_files;
+#[cfg(feature = "cli")]
+mod cli_limits;
 mod common;
 mod concurrency;
 mod differential;
 mod flash;
 mod gpu_device;
 mod kernels_offline;
+#[cfg(feature = "cli")]
 mod model_cli;
 mod model_errors;
 mod model_fixtures;
 mod model_gpu;
 mod model_kernels_offline;
+mod nonfinite;
+mod oracle;
 mod selection;
