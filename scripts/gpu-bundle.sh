@@ -31,12 +31,16 @@ cargo build --release --bin rocmforge
 cp target/release/rocmforge "$out/"
 suite=$(cargo test --release --test suite --no-run --message-format=json | executable_of suite)
 cp "$suite" "$out/suite"
+# The library's unit tests: on the GPU machine's CPU they exercise
+# cpu-flash's AVX-512 micro-kernels, which the development CPU lacks.
+libtests=$(cargo test --release --lib --no-run --message-format=json | executable_of rocmforge)
+cp "$libtests" "$out/lib-tests"
 bench=$(cargo bench --bench attention --no-run --message-format=json | executable_of attention)
 cp "$bench" "$out/attention-bench"
 cp scripts/gpu-run.sh "$out/run.sh"
 cp scripts/compare_torch.py "$out/"
 chmod +x "$out/run.sh"
-strip "$out/rocmforge" "$out/suite" "$out/attention-bench" 2>/dev/null || true
+strip "$out/rocmforge" "$out/suite" "$out/lib-tests" "$out/attention-bench" 2>/dev/null || true
 
 size=$(du -sm "$out" | cut -f1)
 echo "gpu-bundle: ${size} MiB"
