@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from inside the bundle folder:
 #   ./run.sh OUTDIR [step...]
 # Steps (default: all, in this order): devices tests check memcheck
-# racecheck bench compare. Each step's log goes to OUTDIR/<step>.log; the
+# racecheck synccheck cpu-avx512 bench compare. Each step's log goes to OUTDIR/<step>.log; the
 # script exits non-zero if any step failed. GPU tests are marked
 # #[ignore = "needs a GPU"] in the suite (so `cargo test` without a GPU lists
 # them as ignored); here they run with --include-ignored and
@@ -14,7 +14,7 @@ out=${1:?usage: run.sh OUTDIR [step...]}
 shift
 mkdir -p "$out"
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(devices tests check memcheck racecheck bench compare)
+[ ${#steps[@]} -gt 0 ] || steps=(devices tests check memcheck racecheck synccheck cpu-avx512 bench compare)
 
 # NVRTC and cuBLAS load at run time; find them wherever this machine keeps them.
 for lib in libnvrtc.so libcublas.so; do
@@ -25,6 +25,9 @@ for lib in libnvrtc.so libcublas.so; do
 done
 export ROCMFORGE_REQUIRE_GPU=1
 export ROCMFORGE_BIN="$here/rocmforge"
+# The model tests read the committed fixtures; point them at the repository
+# copy when the bundle runs from a checkout (run.sh OUT from the repo root).
+[ -d "${ROCMFORGE_MODEL_FIXTURES:-}" ] || export ROCMFORGE_MODEL_FIXTURES="$(pwd)/tests/fixtures/models"
 cd "$here"
 
 failed=0
@@ -62,20 +65,34 @@ for step in "${steps[@]}"; do
         run_step check-f32 ./rocmforge run --backend gpu-unfused --check
         run_step check-bf16 ./rocmforge run --backend gpu-unfused --dtype bf16 --check
         run_step check-default ./rocmforge
+        run_step check-flash-bf16 ./rocmforge run --backend flash-causal --dtype bf16 --check
+        run_step check-flash-f32 ./rocmforge run --backend flash-causal --check
+        run_step check-flash-noncausal ./rocmforge run --backend flash-noncausal --mask none --dtype f16 --check
+        run_step check-mqa ./rocmforge run --backend mqa-replicate --dtype f16 --check
         ;;
     memcheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
-            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency $deliberate_errors
+            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency flash model_gpu --skip flash_16k $deliberate_errors
         ;;
     racecheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
-            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu --skip concurrency $deliberate_errors
+            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu flash --skip concurrency --skip flash_16k $deliberate_errors
         ;;
     bench)
         ROCMFORGE_BENCH_SHAPES=${BENCH_SHAPES:-"1,32,8,1024,1024,128:causal;4,32,32,2048,2048,128"} \
             run_step bench ./attention-bench --bench gpu_vs_cpu
         ;;
-    compare) run_step compare python3 compare_torch.py --rocmforge ./rocmforge --json "$out/compare.json" ;;
+    synccheck)
+        PROPTEST_CASES=4 run_step synccheck \
+            compute-sanitizer --tool synccheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored flash --skip flash_16k
+        ;;
+    cpu-avx512) run_step cpu-avx512 ./lib-tests cpu_flash ;;
+    compare)
+        run_step compare python3 compare_torch.py --rocmforge ./rocmforge --json "$out/compare.json" \
+            --backends flash-causal,flash-noncausal,gpu-unfused --shape 4,32,32,2048,2048,128 \
+            --shape 4,32,8,2048,2048,128 --shape 1,32,32,8192,8192,128 --shape 8,16,16,1024,1024,64 \
+            --dtypes bf16,f16,f32 --masks causal,none --repeats 15
+        ;;
     *) echo "unknown step $step" >&2; failed=1 ;;
     esac
 done
