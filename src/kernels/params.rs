@@ -117,14 +117,20 @@ kernel_params! {
 }
 
 /// A translation unit that fails to compile unless the C struct has the
-/// Rust struct's size and every field's offset and size.
+/// Rust struct's size and every field's offset and size. Some NVRTC
+/// versions (CUDA 13.0's) reject `__builtin_offsetof` ("type name is not
+/// allowed"), so under NVRTC only the sizes are asserted; hipcc and clang
+/// check every offset, and the structs are plain fixed-width C, laid out
+/// the same by every compiler.
 pub fn layout_probe<P: KernelParams>() -> String {
     let c = P::C_NAME;
     let mut src = format!("#include \"rf/platform.h\"\n#include \"{}\"\n", P::HEADER);
     src.push_str(&format!("static_assert(sizeof({c}) == {}, \"{c}: size differs from Rust\");\n", size_of::<P>()));
     for (field, offset, size) in P::fields() {
         src.push_str(&format!(
-            "static_assert(__builtin_offsetof({c}, {field}) == {offset}, \"{c}.{field}: offset differs from Rust\");\n\
+            "#if !defined(__CUDACC_RTC__)\n\
+             static_assert(__builtin_offsetof({c}, {field}) == {offset}, \"{c}.{field}: offset differs from Rust\");\n\
+             #endif\n\
              static_assert(sizeof((({c}*)0)->{field}) == {size}, \"{c}.{field}: size differs from Rust\");\n"
         ));
     }

@@ -15,8 +15,7 @@ use std::collections::BTreeMap;
 /// is not a skip: a listed backend still runs every case and must still
 /// fail (printed as KNOWN BROKEN); once it passes, the test fails until the
 /// entry is removed, so the list cannot outlive the bug.
-const KNOWN_BROKEN: &[(&str, &str)] =
-    &[("cpu-flash", "turns NaN/Inf rows into zeros (issue 7); the fix is on branch cpu-flash-split")];
+const KNOWN_BROKEN: &[(&str, &str)] = &[];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Poison {
