@@ -18,7 +18,7 @@ use proptest::prelude::*;
 use proptest::strategy::ValueTree;
 use proptest::test_runner::{Config as ProptestConfig, TestCaseError, TestRunner};
 use rocmforge::dtype::Tolerance;
-use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, Mask, Registry};
+use rocmforge::{AttentionBackend, AttentionProblem, DType, Device, DeviceKind, Mask, Registry, Unsupported};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 
@@ -177,7 +177,18 @@ fn for_each_backend(
             *ran.entry(backend.name()).or_default() += 1;
         }
     }
-    let idle: Vec<&str> = ran.iter().filter(|(_, &n)| n == 0).map(|(name, _)| *name).collect();
+    // A backend whose only objection to every problem is the mask family
+    // (flash-noncausal in a fully-masked-rows test) cannot apply: noted, not failed.
+    let mask_only = |name: &str| {
+        let b = targets.iter().find(|(b, _)| b.name() == name);
+        b.is_some_and(|(b, d)| {
+            problems.iter().all(|p| {
+                let r = Registry::reasons(*b, p, d);
+                !r.is_empty() && r.iter().all(|r| matches!(r, Unsupported::Mask { .. }))
+            })
+        })
+    };
+    let idle: Vec<&str> = ran.iter().filter(|(name, &n)| n == 0 && !mask_only(name)).map(|(name, _)| *name).collect();
     assert!(idle.is_empty(), "{kind} backends that accepted none of the problems: {idle:?}");
 }
 
@@ -187,9 +198,9 @@ fn all_dtypes(p: AttentionProblem) -> Vec<AttentionProblem> {
 
 fn fully_masked_rows_are_exact_zeros(kind: DeviceKind) {
     // seq_q > seq_kv with bottom-right alignment: the first rows see no key.
-    let mut problems = all_dtypes(AttentionProblem::new(2, 7, 3, 4, 2, 16, DType::F32).with_mask(Mask::Causal));
+    let mut problems = all_dtypes(AttentionProblem::new(2, 7, 3, 4, 2, 32, DType::F32).with_mask(Mask::Causal));
     problems.extend(all_dtypes(
-        AttentionProblem::new(1, 6, 3, 2, 1, 8, DType::F32).with_mask(Mask::SlidingWindow { left: 1, right: 0 }),
+        AttentionProblem::new(1, 6, 3, 2, 1, 32, DType::F32).with_mask(Mask::SlidingWindow { left: 1, right: 0 }),
     ));
     for_each_backend(kind, &problems, |backend, device, p| {
         let inputs = Inputs::random(p, 11);
@@ -321,7 +332,7 @@ fn repeat_kv_heads(t: &rocmforge::Tensor, group: usize) -> rocmforge::Tensor {
 fn gqa_equals_mha_with_repeated_kv_heads(kind: DeviceKind) {
     let mut problems = Vec::new();
     for mask in [Mask::None, Mask::Causal] {
-        problems.extend(all_dtypes(AttentionProblem::new(2, 9, 13, 8, 2, 16, DType::F32).with_mask(mask)));
+        problems.extend(all_dtypes(AttentionProblem::new(2, 9, 13, 8, 2, 32, DType::F32).with_mask(mask)));
     }
     for_each_backend(kind, &problems, |backend, device, gqa| {
         let group = gqa.group_size();
@@ -386,7 +397,7 @@ fn deterministic_backends_are_bit_identical(kind: DeviceKind) {
 }
 
 fn forward_rejects_wrong_output_shape(kind: DeviceKind) {
-    let p = AttentionProblem::new(1, 4, 5, 2, 1, 8, DType::F32);
+    let p = AttentionProblem::new(1, 4, 5, 2, 1, 32, DType::F32);
     for_each_backend(kind, &[p], |backend, device, p| {
         let inputs = Inputs::random(p, 5);
         let up = |t: &rocmforge::Tensor| t.to_device(device).unwrap();

@@ -196,7 +196,9 @@ fn gpu_decoder(device: &Device, name: &str, backend: &str, kv_dtype: DType) -> D
 fn gpu_backends(head_dim: usize) -> Vec<&'static str> {
     let mut names = Vec::new();
     for b in Registry::global().unwrap().backends().filter(|b| b.capabilities().device == DeviceKind::Gpu) {
-        if b.capabilities().head_dims.contains(head_dim) {
+        let caps = b.capabilities();
+        // The decoder's attention is causal (or windowed): mask-none-only backends cannot apply.
+        if caps.head_dims.contains(head_dim) && caps.masks.contains(&rocmforge::MaskKind::Causal) {
             names.push(b.name());
         } else {
             println!("note: {} has no kernel for head_dim {head_dim}", b.name());

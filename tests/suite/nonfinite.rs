@@ -15,7 +15,13 @@ use std::collections::BTreeMap;
 /// is not a skip: a listed backend still runs every case and must still
 /// fail (printed as KNOWN BROKEN); once it passes, the test fails until the
 /// entry is removed, so the list cannot outlive the bug.
-const KNOWN_BROKEN: &[(&str, &str)] = &[];
+const KNOWN_BROKEN: &[(&str, &str)] =
+    &[("flash-causal", FLASH_NONFINITE), ("flash-noncausal", FLASH_NONFINITE), ("mqa-replicate", FLASH_NONFINITE)];
+
+/// The fused kernel's documented gaps (docs/kernels.md): a NaN/Inf in V at
+/// a masked key inside a tile the block computes leaks through 0 · NaN, and
+/// ±Inf in the f32 split-TF32 path can become NaN (Inf · 0 in the split).
+const FLASH_NONFINITE: &str = "V NaN at masked keys inside computed tiles; Inf in split-TF32 (issue 8)";
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Poison {
@@ -59,7 +65,7 @@ fn problems() -> Vec<AttentionProblem> {
         // seq_q > seq_kv with causal and window masks: some rows see no key.
         for mask in [Mask::None, Mask::Causal, Mask::SlidingWindow { left: 2, right: 1 }] {
             for softcap in [None, Some(8.0)] {
-                let mut p = AttentionProblem::new(2, 9, 7, 4, 2, 16, dtype).with_mask(mask);
+                let mut p = AttentionProblem::new(2, 9, 7, 4, 2, 32, dtype).with_mask(mask);
                 p.softcap = softcap;
                 out.push(p);
             }
