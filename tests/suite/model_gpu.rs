@@ -270,8 +270,12 @@ fn gpu_decoder_matches_transformers_on_every_gpu_backend_and_cache() {
         }
     }
     assert_eq!(runs, expected);
-    // Every registered GPU backend ran at least one fixture.
-    for b in Registry::global().unwrap().backends().filter(|b| b.capabilities().device == DeviceKind::Gpu) {
+    // Every registered GPU backend that can run causal attention ran a fixture.
+    let causal_gpu = Registry::global().unwrap().backends().filter(|b| {
+        let caps = b.capabilities();
+        caps.device == DeviceKind::Gpu && caps.masks.contains(&rocmforge::MaskKind::Causal)
+    });
+    for b in causal_gpu {
         assert!(seen.contains(b.name()), "{} ran no fixture", b.name());
     }
 }
