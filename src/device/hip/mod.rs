@@ -33,9 +33,6 @@ use std::sync::Mutex;
 pub(crate) struct HipDriver {
     info: DeviceInfo,
     ordinal: c_int,
-    /// Full target ID as the device reports it ("gfx90a:sramecc+:xnack-"):
-    /// hiprtc compiles for exactly this, so feature flags match the device.
-    target_id: String,
     hipblas: Mutex<blas_sys::hipblasHandle_t>,
     modules: Mutex<Vec<sys::hipModule_t>>,
     /// Entry name of every loaded function, for launch-failure messages.
@@ -117,7 +114,6 @@ impl HipDriver {
         Ok(HipDriver {
             info,
             ordinal,
-            target_id,
             hipblas: Mutex::new(handle),
             modules: Mutex::new(Vec::new()),
             entries: Mutex::new(HashMap::new()),
@@ -287,7 +283,9 @@ impl Driver for HipDriver {
         source: &str,
         options: &[String],
     ) -> DeviceResult<(ModuleHandle, FunctionHandle)> {
-        let image = hiprtc::compile_code_object(entry, source, options, &self.target_id)?;
+        // The full target ID as the device reports it ("gfx90a:sramecc+:xnack-"),
+        // so hiprtc's feature flags match the device.
+        let image = hiprtc::compile_code_object(entry, source, options, self.info.arch.target_id())?;
         self.bind()?;
         let mut module: sys::hipModule_t = std::ptr::null_mut();
         // SAFETY: `image` is a complete code object compiled for this
