@@ -4,11 +4,13 @@
 # bench, the torch comparison script and run.sh. Binaries are
 # self-contained: kernels are embedded, CUDA/HIP libraries load at run time.
 #
-#   scripts/gpu-bundle.sh            # then ship gpu-bundle/ and run:
-#   gpu-bundle/run.sh OUTDIR [step...]
+#   scripts/gpu-bundle.sh [DIR]      # DIR defaults to gpu-bundle; ship it and run:
+#   DIR/run.sh OUTDIR [step...]
+# DIR must be a git-ignored folder of the checkout the device tool sends
+# (e.g. gpu-bundle, or .gpuwork/NAME when .git/info/exclude lists .gpuwork/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-out=gpu-bundle
+out="${1:-gpu-bundle}"
 rm -rf "$out"
 mkdir -p "$out"
 
