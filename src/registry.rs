@@ -100,18 +100,28 @@ impl AttentionConfig {
         AttentionConfig { backend: Some(choice), ..AttentionConfig::default() }
     }
 
-    /// The effective choice: config, then the environment, then auto.
+    /// The effective choice: config, then the environment variable
+    /// [`BACKEND_ENV`] of this process, then auto.
     pub fn resolve(&self) -> Result<(BackendChoice, ChoiceSource), SelectError> {
+        self.resolve_with_env(std::env::var_os(BACKEND_ENV).as_deref())
+    }
+
+    /// Like [`resolve`](Self::resolve), with the environment variable's
+    /// value given (`None`: unset), so callers and tests never need to
+    /// change the process environment.
+    pub fn resolve_with_env(
+        &self,
+        env: Option<&std::ffi::OsStr>,
+    ) -> Result<(BackendChoice, ChoiceSource), SelectError> {
         if let Some(choice) = &self.backend {
             return Ok((choice.clone(), ChoiceSource::Config { origin: self.origin }));
         }
-        match std::env::var(BACKEND_ENV) {
-            Ok(value) => match BackendChoice::parse(&value)? {
-                BackendChoice::Auto => Ok((BackendChoice::Auto, ChoiceSource::Env)),
-                choice => Ok((choice, ChoiceSource::Env)),
-            },
-            Err(std::env::VarError::NotPresent) => Ok((BackendChoice::Auto, ChoiceSource::Default)),
-            Err(std::env::VarError::NotUnicode(_)) => Err(SelectError::EnvNotUnicode),
+        match env {
+            None => Ok((BackendChoice::Auto, ChoiceSource::Default)),
+            Some(value) => {
+                let value = value.to_str().ok_or(SelectError::EnvNotUnicode)?;
+                Ok((BackendChoice::parse(value)?, ChoiceSource::Env))
+            }
         }
     }
 }

@@ -50,16 +50,18 @@ pub fn spec(dtype: DType, head_dim: usize, f32_mode: Option<F32Mode>) -> KernelS
 
 /// Every specialization the flash backends may compile. f32 uses the
 /// kernel's per-target default (split-TF32 where `mma.sync` exists, SIMT
-/// elsewhere), so every spec compiles for every target; the explicit SIMT
-/// variant is there for accuracy comparisons on NVIDIA.
+/// elsewhere), so every spec compiles for every target. One explicit SIMT
+/// variant (head_dim 128) keeps the SIMT flavour compiled by NVRTC too,
+/// where the default never selects it; one is enough, because the head
+/// dim only changes loop bounds, and CI compiles every spec for six targets.
 pub fn all_specs() -> Vec<KernelSpec> {
     let mut specs = Vec::new();
     for &d in HEAD_DIMS {
         for dtype in DType::ALL {
             specs.push(spec(dtype, d, None));
         }
-        specs.push(spec(DType::F32, d, Some(F32Mode::Simt)));
     }
+    specs.push(spec(DType::F32, 128, Some(F32Mode::Simt)));
     specs
 }
 

@@ -91,14 +91,31 @@ impl HostData {
         }
     }
 
-    /// `len` elements of `dtype`, every one NaN.
-    pub fn nan(dtype: DType, len: usize) -> HostData {
-        match dtype {
-            DType::F32 => HostData::F32(vec![f32::NAN; len]),
-            DType::F16 => HostData::F16(vec![f16::NAN; len]),
-            DType::BF16 => HostData::BF16(vec![bf16::NAN; len]),
-        }
+    /// `len` elements of `dtype`, every one NaN; an allocation the host
+    /// cannot make is an error, not an abort.
+    pub fn nan(dtype: DType, len: usize) -> Result<HostData, TensorError> {
+        HostData::from_fn(dtype, len, |_| f32::NAN)
     }
+
+    /// `len` elements of `dtype`, element `i` being `value(i)` rounded to
+    /// `dtype` (in index order), allocated fallibly.
+    pub fn from_fn(dtype: DType, len: usize, mut value: impl FnMut(usize) -> f32) -> Result<HostData, TensorError> {
+        Ok(match dtype {
+            DType::F32 => HostData::F32(filled(len, &mut value)?),
+            DType::F16 => HostData::F16(filled(len, |i| f16::from_f32(value(i)))?),
+            DType::BF16 => HostData::BF16(filled(len, |i| bf16::from_f32(value(i)))?),
+        })
+    }
+}
+
+/// `len` elements from `value`, or `TensorError::HostAlloc` where the host
+/// cannot hold them.
+fn filled<T>(len: usize, value: impl FnMut(usize) -> T) -> Result<Vec<T>, TensorError> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len)
+        .map_err(|_| TensorError::HostAlloc { bytes: len.saturating_mul(std::mem::size_of::<T>()) })?;
+    v.extend((0..len).map(value));
+    Ok(v)
 }
 
 /// Where a tensor's elements live.
@@ -114,6 +131,8 @@ pub enum TensorError {
     Length { tensor: String, got: usize, expected: usize, shape: [usize; 4] },
     #[error("tensor shape {0:?} overflows usize")]
     Overflow([usize; 4]),
+    #[error("cannot allocate {bytes} bytes of host memory for a tensor")]
+    HostAlloc { bytes: usize },
     #[error("view {layout:?} reaches element {end}, past the {len} elements of its storage")]
     ViewOutOfBounds { layout: Layout, end: usize, len: usize },
     #[error("view {layout:?} addresses some elements twice, so it cannot be written")]
@@ -152,8 +171,7 @@ impl Tensor {
     pub fn random(shape: [usize; 4], dtype: DType, seed: u64) -> Result<Tensor, TensorError> {
         let n = element_count(shape)?;
         let mut rng = SplitMix64(seed);
-        let values: Vec<f32> = (0..n).map(|_| rng.next_unit() * 2.0 - 1.0).collect();
-        Tensor::from_f32(shape, dtype, &values)
+        Tensor::from_host(shape, HostData::from_fn(dtype, n, |_| rng.next_unit() * 2.0 - 1.0)?)
     }
 
     /// A tensor on `device` whose every element is NaN, so that any element
@@ -161,9 +179,10 @@ impl Tensor {
     pub fn nan(shape: [usize; 4], dtype: DType, device: &Device) -> Result<Tensor, TensorError> {
         let n = element_count(shape)?;
         let storage = match device {
-            Device::Cpu => Storage::Host(HostData::nan(dtype, n)),
+            Device::Cpu => Storage::Host(HostData::nan(dtype, n)?),
             Device::Gpu(gpu) => {
-                let buf = gpu.alloc(n * dtype.size_in_bytes())?;
+                let bytes = n.checked_mul(dtype.size_in_bytes()).ok_or(TensorError::Overflow(shape))?;
+                let buf = gpu.alloc(bytes)?;
                 // All-ones bits are NaN in f32, f16 and bf16 alike.
                 buf.fill_bytes(0xFF)?;
                 Storage::Gpu(buf)
@@ -292,7 +311,7 @@ impl Tensor {
         match &self.storage {
             Storage::Host(h) => Ok(h.clone()),
             Storage::Gpu(b) => {
-                let mut host = HostData::nan(self.dtype, self.len());
+                let mut host = HostData::nan(self.dtype, self.len())?;
                 b.copy_to_host(host.as_bytes_mut())?;
                 Ok(host)
             }
@@ -354,6 +373,18 @@ mod tests {
     fn length_mismatch_is_an_error() {
         let err = Tensor::from_f32([1, 2, 1, 2], DType::F32, &[1.0; 3]).unwrap_err();
         assert!(err.to_string().contains("3 elements"));
+    }
+
+    #[test]
+    fn host_tensors_too_large_for_memory_are_errors_not_aborts() {
+        // 2^50 elements: the shape is valid, no host can hold it.
+        let shape = [1 << 20, 1 << 20, 1 << 10, 1];
+        for dtype in DType::ALL {
+            assert!(matches!(Tensor::random(shape, dtype, 1), Err(TensorError::HostAlloc { .. })));
+            assert!(matches!(Tensor::nan(shape, dtype, &Device::Cpu), Err(TensorError::HostAlloc { .. })));
+        }
+        let overflowing = [usize::MAX, 2, 1, 1];
+        assert!(matches!(Tensor::random(overflowing, DType::F32, 1), Err(TensorError::Overflow(_))));
     }
 
     #[test]

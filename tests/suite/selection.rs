@@ -1,6 +1,8 @@
 //! Selection policy, on registries of fake backends built here (never the
 //! global one), so the rules are tested independently of which real backends
-//! exist. Tests that set or read `ROCMFORGE_ATTENTION_BACKEND` are `#[serial]`.
+//! exist. No test changes the process environment: the backend variable's
+//! value is passed to `AttentionConfig::resolve_with_env` instead, because
+//! tests that spawn the CLI run in parallel and would inherit it.
 
 use rocmforge::capabilities::{Capabilities, HeadDims, Unsupported};
 use rocmforge::registry::{ChoiceSource, Verdict};
@@ -106,34 +108,29 @@ fn config(names: &[&str]) -> AttentionConfig {
     AttentionConfig::with_backend(prefer(names))
 }
 
-/// Sets the backend variable for one test and restores the old value on drop,
-/// so a failing test cannot leak it into the next.
-struct EnvVar(Option<std::ffi::OsString>);
-
-impl EnvVar {
-    fn set(value: impl AsRef<std::ffi::OsStr>) -> EnvVar {
-        let old = std::env::var_os(BACKEND_ENV);
-        std::env::set_var(BACKEND_ENV, value);
-        EnvVar(old)
-    }
-    fn unset() -> EnvVar {
-        let old = std::env::var_os(BACKEND_ENV);
-        std::env::remove_var(BACKEND_ENV);
-        EnvVar(old)
-    }
+/// The choice `c` resolves to when the backend variable holds `env`
+/// (`None`: unset). The process environment is never changed: tests that
+/// spawn the CLI run in parallel and would inherit it.
+fn resolve(c: &AttentionConfig, env: Option<&str>) -> Result<(BackendChoice, ChoiceSource), SelectError> {
+    c.resolve_with_env(env.map(std::ffi::OsStr::new))
 }
 
-impl Drop for EnvVar {
-    fn drop(&mut self) {
-        match self.0.take() {
-            Some(v) => std::env::set_var(BACKEND_ENV, v),
-            None => std::env::remove_var(BACKEND_ENV),
-        }
-    }
+/// `Registry::select` as it behaves with the backend variable set to `env`.
+fn select_with_env<'r>(
+    r: &'r Registry,
+    c: &AttentionConfig,
+    env: Option<&str>,
+) -> Result<rocmforge::registry::Selection<'r>, SelectError> {
+    let (choice, source) = resolve(c, env)?;
+    r.select_choice(&problem(), &Device::Cpu, &choice, source)
 }
 
 fn select_name(r: &Registry, c: &AttentionConfig) -> (&'static str, ChoiceSource) {
-    match r.select(&problem(), &Device::Cpu, c) {
+    select_name_env(r, c, None)
+}
+
+fn select_name_env(r: &Registry, c: &AttentionConfig, env: Option<&str>) -> (&'static str, ChoiceSource) {
+    match select_with_env(r, c, env) {
         Ok(s) => (s.backend.name(), s.source),
         Err(e) => panic!("selection failed: {e}"),
     }
@@ -161,32 +158,23 @@ fn auto_picks_the_highest_priority_eligible_backend() {
 }
 
 #[test]
-#[serial]
 fn config_beats_env_beats_auto() {
     let r = five();
-    {
-        let _env = EnvVar::unset();
-        assert_eq!(select_name(&r, &AttentionConfig::default()), ("fast", ChoiceSource::Default));
-        assert_eq!(select_name(&r, &config(&["slow"])), ("slow", ChoiceSource::CONFIG));
-    }
-    {
-        let _env = EnvVar::set("medium");
-        assert_eq!(select_name(&r, &AttentionConfig::default()), ("medium", ChoiceSource::Env));
-        assert_eq!(select_name(&r, &config(&["slow"])), ("slow", ChoiceSource::CONFIG));
-        // An explicit `auto` in the config also beats the environment.
-        let auto = AttentionConfig::with_backend(BackendChoice::Auto);
-        assert_eq!(select_name(&r, &auto), ("fast", ChoiceSource::CONFIG));
-    }
-    {
-        let _env = EnvVar::set("auto");
-        assert_eq!(select_name(&r, &AttentionConfig::default()), ("fast", ChoiceSource::Env));
-    }
-    {
-        let _env = EnvVar::set("picky, slow");
-        let s = r.select(&problem(), &Device::Cpu, &AttentionConfig::default()).unwrap();
-        assert_eq!((s.backend.name(), s.source), ("slow", ChoiceSource::Env));
-        assert!(s.reason.to_string().contains("picky"), "{}", s.reason.to_string());
-    }
+    let default = AttentionConfig::default();
+    assert_eq!(select_name_env(&r, &default, None), ("fast", ChoiceSource::Default));
+    assert_eq!(select_name_env(&r, &config(&["slow"]), None), ("slow", ChoiceSource::CONFIG));
+
+    assert_eq!(select_name_env(&r, &default, Some("medium")), ("medium", ChoiceSource::Env));
+    assert_eq!(select_name_env(&r, &config(&["slow"]), Some("medium")), ("slow", ChoiceSource::CONFIG));
+    // An explicit `auto` in the config also beats the environment.
+    let auto = AttentionConfig::with_backend(BackendChoice::Auto);
+    assert_eq!(select_name_env(&r, &auto, Some("medium")), ("fast", ChoiceSource::CONFIG));
+
+    assert_eq!(select_name_env(&r, &default, Some("auto")), ("fast", ChoiceSource::Env));
+
+    let s = select_with_env(&r, &default, Some("picky, slow")).unwrap();
+    assert_eq!((s.backend.name(), s.source), ("slow", ChoiceSource::Env));
+    assert!(s.reason.to_string().contains("picky"), "{}", s.reason.to_string());
 }
 
 #[test]
@@ -351,24 +339,18 @@ fn explain_gives_one_verdict_per_backend_and_exactly_one_chosen() {
 }
 
 #[test]
-#[serial]
 fn bad_env_value_is_an_error() {
     let r = five();
-    let _env = EnvVar::set("a,,b");
-    match AttentionConfig::default().resolve() {
+    let default = AttentionConfig::default();
+    match resolve(&default, Some("a,,b")) {
         Err(SelectError::EmptyName { input }) => assert_eq!(input, "a,,b"),
         other => panic!("expected EmptyName, got {other:?}"),
     }
-    assert!(matches!(
-        r.select(&problem(), &Device::Cpu, &AttentionConfig::default()),
-        Err(SelectError::EmptyName { .. })
-    ));
+    assert!(matches!(select_with_env(&r, &default, Some("a,,b")), Err(SelectError::EmptyName { .. })));
     // The config is stronger, so a bad environment does not matter then.
-    assert_eq!(config(&["slow"]).resolve(), Ok((prefer(&["slow"]), ChoiceSource::CONFIG)));
+    assert_eq!(resolve(&config(&["slow"]), Some("a,,b")), Ok((prefer(&["slow"]), ChoiceSource::CONFIG)));
 
-    drop(_env);
-    let _env = EnvVar::set("nope");
-    match r.select(&problem(), &Device::Cpu, &AttentionConfig::default()) {
+    match select_with_env(&r, &default, Some("nope")) {
         Err(SelectError::UnknownName { name, source_, .. }) => {
             assert_eq!((name.as_str(), source_), ("nope", ChoiceSource::Env))
         }
@@ -378,11 +360,10 @@ fn bad_env_value_is_an_error() {
 }
 
 #[test]
-#[serial]
 fn non_unicode_env_value_is_an_error() {
     use std::os::unix::ffi::OsStrExt;
-    let _env = EnvVar::set(std::ffi::OsStr::from_bytes(b"fast\xff"));
-    assert_eq!(AttentionConfig::default().resolve(), Err(SelectError::EnvNotUnicode));
+    let bad = std::ffi::OsStr::from_bytes(b"fast\xff");
+    assert_eq!(AttentionConfig::default().resolve_with_env(Some(bad)), Err(SelectError::EnvNotUnicode));
 }
 
 #[test]
@@ -397,10 +378,12 @@ fn choice_parsing() {
 /// The library's device + backend policy: explicit CPU, auto, and a forced
 /// GPU backend with no GPU (an error naming the reason, never a CPU run).
 #[test]
-#[serial]
 fn choose_picks_device_and_backend_in_the_library() {
     let r = five();
-    let cpu = AttentionConfig { device: rocmforge::DeviceChoice::Cpu, ..AttentionConfig::default() };
+    // An explicit `auto`, so the test's result does not depend on the
+    // backend variable of the environment the tests were started in.
+    let cpu =
+        AttentionConfig { device: rocmforge::DeviceChoice::Cpu, ..AttentionConfig::with_backend(BackendChoice::Auto) };
     let c = r.choose(&problem(), &cpu).unwrap();
     assert_eq!((c.backend.name(), c.device.label()), ("fast", "cpu".to_string()));
     let forced = AttentionConfig { origin: "--backend", ..AttentionConfig::with_backend(prefer(&["gpu-only"])) };
