@@ -125,10 +125,6 @@ fn select_with_env<'r>(
     r.select_choice(&problem(), &Device::Cpu, &choice, source)
 }
 
-fn select_name(r: &Registry, c: &AttentionConfig) -> (&'static str, ChoiceSource) {
-    select_name_env(r, c, None)
-}
-
 fn select_name_env(r: &Registry, c: &AttentionConfig, env: Option<&str>) -> (&'static str, ChoiceSource) {
     match select_with_env(r, c, env) {
         Ok(s) => (s.backend.name(), s.source),
