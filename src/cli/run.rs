@@ -107,7 +107,8 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     }
 
     let warmup = args.warmup.unwrap_or(if matches!(device, Device::Gpu(_)) { 1 } else { 0 });
-    let Measured { output, times, transfer } = measure(backend, &p, &device, (&q, &k, &v), warmup, args.repeats)?;
+    let Measured { output, times, transfer, memory } =
+        measure(backend, &p, &device, (&q, &k, &v), warmup, args.repeats)?;
     let stats = Stats::of(&times).ok_or_else(|| CliError::Usage("no timed run".into()))?;
     let gflops = p.flops() / (stats.median * 1e-3) / 1e9;
     if !args.json {
@@ -116,6 +117,9 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         }
         let what = if transfer.is_some() { "kernel time (device events)" } else { "time" };
         writeln!(out, "{what}: {}; {gflops:.1} GFLOP/s", stats.describe_ms())?;
+        if let Some(m) = &memory {
+            writeln!(out, "device memory: {}", m.describe())?;
+        }
     }
     if let Some(path) = &args.out {
         write_tensor(path, "out", &output)?;
@@ -135,6 +139,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
             "timing": timing_json(&stats, warmup, transfer.is_some()),
             "gflops": gflops,
             "transfer_ms": transfer.map(|(up, down)| json!({"upload": up, "download": down})),
+            "device_memory": memory.as_ref().map(PeakMemory::to_json),
             "out": args.out.as_ref().map(|p| p.display().to_string()),
             "check": report.as_ref().map(check_json),
         });
@@ -153,11 +158,42 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
 }
 
 /// The last output (on the host), the times, and on a GPU the upload and
-/// download times in milliseconds.
+/// download times in milliseconds and the device memory used.
 struct Measured {
     output: Tensor,
     times: Vec<f64>,
     transfer: Option<(f64, f64)>,
+    memory: Option<PeakMemory>,
+}
+
+/// The most device memory held at once from the upload of the inputs to
+/// the end of the last run, next to what the inputs and the output need.
+struct PeakMemory {
+    peak_bytes: usize,
+    tensor_bytes: usize,
+}
+
+impl PeakMemory {
+    /// Peak over the tensors, in percent (0 when the backend allocated
+    /// nothing of its own).
+    fn overhead_percent(&self) -> f64 {
+        100.0 * (self.peak_bytes as f64 - self.tensor_bytes as f64) / self.tensor_bytes.max(1) as f64
+    }
+
+    fn describe(&self) -> String {
+        const MIB: f64 = 1024.0 * 1024.0;
+        format!(
+            "peak {:.1} MiB allocated (q, k, v and output: {:.1} MiB; {:+.2} %)",
+            self.peak_bytes as f64 / MIB,
+            self.tensor_bytes as f64 / MIB,
+            self.overhead_percent()
+        )
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({"peak_bytes": self.peak_bytes, "tensor_bytes": self.tensor_bytes,
+               "overhead_percent": self.overhead_percent()})
+    }
 }
 
 /// Runs the backend on `device`, uploading the host inputs first on a GPU
@@ -173,17 +209,26 @@ fn measure(
     match device {
         Device::Cpu => {
             let (output, times) = time_forward(backend, p, device, (q, k, v), warmup, repeats)?;
-            Ok(Measured { output, times, transfer: None })
+            Ok(Measured { output, times, transfer: None, memory: None })
         }
         Device::Gpu(gpu) => {
+            // Idle workspaces of earlier calls would count as peak.
+            gpu.trim_workspaces();
+            let held_before = gpu.memory().live_bytes;
+            gpu.reset_peak_memory();
             let t = Instant::now();
             let (dq, dk, dv) = (q.to_device(device)?, k.to_device(device)?, v.to_device(device)?);
             gpu.synchronize()?;
             let upload_ms = t.elapsed().as_secs_f64() * 1e3;
             let (o, times) = time_forward(backend, p, device, (&dq, &dk, &dv), warmup, repeats)?;
+            let memory = PeakMemory {
+                peak_bytes: gpu.memory().peak_bytes.saturating_sub(held_before),
+                tensor_bytes: dq.size_in_bytes() + dk.size_in_bytes() + dv.size_in_bytes() + o.size_in_bytes(),
+            };
             let t = Instant::now();
             let output = o.to_device(&Device::Cpu)?;
-            Ok(Measured { output, times, transfer: Some((upload_ms, t.elapsed().as_secs_f64() * 1e3)) })
+            let download_ms = t.elapsed().as_secs_f64() * 1e3;
+            Ok(Measured { output, times, transfer: Some((upload_ms, download_ms)), memory: Some(memory) })
         }
     }
 }

@@ -9,6 +9,7 @@ use crate::kernels::{KernelKey, KernelSpec};
 use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fmt;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// One opened GPU. Shared as `Arc<GpuDevice>`; opened once per process.
@@ -26,6 +27,37 @@ pub struct GpuDevice {
     kernels: Mutex<HashMap<KernelKey, (ModuleHandle, FunctionHandle)>>,
     /// Scratch buffers lent to forward calls (see `workspace.rs`).
     workspaces: WorkspacePool,
+    /// Device memory this process holds through this device, and its peak.
+    memory: MemoryCounter,
+}
+
+/// Device memory allocated through a [`GpuDevice`] (buffers, tensors,
+/// workspaces, idle ones included), in bytes. Memory the vendor libraries
+/// allocate themselves (BLAS handles, loaded modules) is not counted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DeviceMemory {
+    /// Held now.
+    pub live_bytes: usize,
+    /// The most held at once since the device opened or the last
+    /// [`GpuDevice::reset_peak_memory`].
+    pub peak_bytes: usize,
+}
+
+#[derive(Default)]
+struct MemoryCounter {
+    live: AtomicUsize,
+    peak: AtomicUsize,
+}
+
+impl MemoryCounter {
+    fn add(&self, bytes: usize) {
+        let live = self.live.fetch_add(bytes, Ordering::SeqCst) + bytes;
+        self.peak.fetch_max(live, Ordering::SeqCst);
+    }
+
+    fn sub(&self, bytes: usize) {
+        self.live.fetch_sub(bytes, Ordering::SeqCst);
+    }
 }
 
 impl fmt::Debug for GpuDevice {
@@ -42,6 +74,7 @@ impl GpuDevice {
             stream,
             kernels: Mutex::new(HashMap::new()),
             workspaces: WorkspacePool::default(),
+            memory: MemoryCounter::default(),
         }))
     }
 
@@ -70,7 +103,21 @@ impl GpuDevice {
     pub fn alloc(self: &Arc<Self>, bytes: usize) -> DeviceResult<DeviceBuffer> {
         // Zero-byte allocations are legal for us but not for every driver.
         let ptr = self.driver.alloc(bytes.max(1))?;
+        self.memory.add(bytes);
         Ok(DeviceBuffer { device: self.clone(), ptr, bytes })
+    }
+
+    /// Device memory held through this device now, and the peak.
+    pub fn memory(&self) -> DeviceMemory {
+        DeviceMemory {
+            live_bytes: self.memory.live.load(Ordering::SeqCst),
+            peak_bytes: self.memory.peak.load(Ordering::SeqCst),
+        }
+    }
+
+    /// Starts a new peak measurement from what is held now.
+    pub fn reset_peak_memory(&self) {
+        self.memory.peak.store(self.memory.live.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
     pub fn upload(self: &Arc<Self>, data: &[u8]) -> DeviceResult<DeviceBuffer> {
@@ -134,10 +181,12 @@ impl GpuDevice {
     /// Frees raw device memory of this device.
     ///
     /// # Safety
-    /// `ptr` came from this device's `alloc` and nothing uses it afterwards.
-    pub(crate) unsafe fn free_raw(&self, ptr: u64) {
+    /// `ptr` came from this device's `alloc` of `bytes` bytes and nothing
+    /// uses it afterwards.
+    pub(crate) unsafe fn free_raw(&self, ptr: u64, bytes: usize) {
         // SAFETY: forwarded from this function's contract.
-        unsafe { self.driver.free(ptr) }
+        unsafe { self.driver.free(ptr) };
+        self.memory.sub(bytes);
     }
 
     /// Queues `kernel` with its parameter struct as the only argument.
@@ -191,10 +240,10 @@ impl Drop for GpuDevice {
     fn drop(&mut self) {
         // Buffers and events hold an `Arc` to the device, so none outlives it.
         let _ = self.driver.synchronize();
-        for (ptr, _) in self.workspaces.drain() {
-            // SAFETY: idle workspace memory came from this driver's `alloc`
+        for (ptr, bytes) in self.workspaces.drain() {
+            // SAFETY: idle workspace memory came from this device's `alloc`
             // and nothing references it once it is back in the pool.
-            unsafe { self.driver.free(ptr) }
+            unsafe { self.free_raw(ptr, bytes) }
         }
         // SAFETY: the stream was created in `new` and dies with the device.
         unsafe { self.driver.stream_destroy(self.stream) }
@@ -279,8 +328,9 @@ impl DeviceBuffer {
 
 impl Drop for DeviceBuffer {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from this device's `alloc` and dies with `self`.
-        unsafe { self.device.driver.free(self.ptr) }
+        // SAFETY: `ptr` came from this device's `alloc` of `self.bytes`
+        // bytes and dies with `self`.
+        unsafe { self.device.free_raw(self.ptr, self.bytes) }
     }
 }
 

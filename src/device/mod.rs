@@ -21,7 +21,7 @@ mod hip;
 pub use arch::{Arch, MatrixUnit};
 pub use driver::{DeviceInfo, GemmDesc, LaunchConfig, Vendor};
 pub use error::{DeviceError, DeviceResult};
-pub use gpu::{DeviceBuffer, Event, GpuDevice, Kernel};
+pub use gpu::{DeviceBuffer, DeviceMemory, Event, GpuDevice, Kernel};
 pub use workspace::Workspace;
 
 use std::fmt;

@@ -61,10 +61,10 @@ impl WorkspacePool {
 /// Frees the idle workspace buffers of `device`; returns the bytes freed.
 pub(crate) fn trim(device: &GpuDevice) -> usize {
     let freed = device.workspace_pool().drain();
-    for &(ptr, _) in &freed {
-        // SAFETY: idle buffers came from this device's `alloc` and nobody
-        // references them while they sit in the pool.
-        unsafe { device.free_raw(ptr) };
+    for &(ptr, bytes) in &freed {
+        // SAFETY: idle buffers came from this device's `alloc` of `bytes`
+        // bytes and nobody references them while they sit in the pool.
+        unsafe { device.free_raw(ptr, bytes) };
     }
     freed.iter().map(|&(_, b)| b).sum()
 }

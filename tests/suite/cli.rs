@@ -251,6 +251,7 @@ fn json_documents_for_run_explain_backends() {
     assert_eq!(doc["check"]["passed"], true);
     assert_eq!(doc["check"]["total"], 64);
     assert_eq!(doc["check"]["outside"], 0);
+    assert!(doc["device_memory"].is_null(), "device memory on the CPU: {}", doc["device_memory"]);
 
     let doc = json(&run_owned(&tiny(&["explain", "--json"])));
     assert_eq!(doc["command"], "explain");
@@ -379,4 +380,30 @@ fn committed_backends_doc_is_current() {
         committed == generated,
         "docs/backends.md is stale; run `cargo run -- backends --markdown > docs/backends.md`"
     );
+}
+
+/// `run` on a GPU reports the peak device memory: exactly the tensors for
+/// the fused kernel (it allocates nothing), more for gpu-unfused (its
+/// score workspace).
+#[test]
+#[ignore = "needs a GPU"]
+fn run_reports_peak_device_memory_on_a_gpu() {
+    if !crate::common::require_gpu() && rocmforge::device::gpus().map_or(true, |g| g.is_empty()) {
+        println!("SKIP: no GPU");
+        return;
+    }
+    let shape = ["--batch", "1", "--heads", "4", "--kv-heads", "2", "--seq-q", "300", "--seq-kv", "300"];
+    let peak = |backend: &str| {
+        let mut args = vec!["run", "--json", "--mask", "causal", "--head-dim", "64", "--dtype", "bf16", "--backend"];
+        args.push(backend);
+        args.extend(shape);
+        let doc = json(&run(&args));
+        let m = &doc["device_memory"];
+        (m["peak_bytes"].as_u64().unwrap(), m["tensor_bytes"].as_u64().unwrap())
+    };
+    let tensors = 2 * (2 * 300 * 4 * 64 + 2 * 300 * 2 * 64);
+    assert_eq!(peak("flash-causal"), (tensors, tensors), "flash-causal allocated beyond its tensors");
+    let (unfused, t) = peak("gpu-unfused");
+    assert_eq!(t, tensors);
+    assert!(unfused > tensors, "gpu-unfused's scores need a workspace: peak {unfused}");
 }

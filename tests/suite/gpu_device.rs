@@ -268,3 +268,31 @@ fn workspace_leases_are_exclusive_and_pooled() {
     assert!(g.trim_workspaces() >= 2 << 20);
     assert_eq!(g.idle_workspace_bytes(), 0);
 }
+
+/// The device's memory counter follows buffers and workspaces: allocating
+/// raises the live bytes and the peak, freeing (and trimming idle
+/// workspaces) lowers the live bytes, and a reset starts the peak afresh.
+/// `rocmforge run` reports its peak from this counter.
+#[test]
+#[serial]
+#[ignore = "needs a GPU"]
+fn memory_counter_tracks_buffers_and_workspaces() {
+    let Some(g) = gpu() else { return };
+    g.trim_workspaces();
+    let base = g.memory().live_bytes;
+    g.reset_peak_memory();
+    let a = g.alloc(3 << 20).unwrap();
+    let lease = g.workspace(1 << 20).unwrap();
+    let held = g.memory().live_bytes - base;
+    assert!(held >= (4 << 20), "live grew by {held} bytes for 4 MiB");
+    drop(a);
+    drop(lease);
+    // The lease is idle in the pool: still allocated, still counted.
+    assert!(g.memory().live_bytes - base >= 1 << 20);
+    let freed = g.trim_workspaces();
+    assert!(freed >= 1 << 20);
+    assert_eq!(g.memory().live_bytes, base, "memory still counted after free and trim");
+    assert!(g.memory().peak_bytes - base >= 4 << 20, "the peak forgot the 4 MiB");
+    g.reset_peak_memory();
+    assert_eq!(g.memory().peak_bytes, base);
+}
