@@ -23,6 +23,9 @@ fn concurrent_forwards_match_the_reference(kind: DeviceKind) {
         if !rocmforge::Registry::reasons(*backend, &probe, device).is_empty() {
             continue;
         }
+        // Per-backend progress, so a slow or stuck backend (e.g. under a
+        // sanitizer) is named in the log.
+        let started = std::time::Instant::now();
         std::thread::scope(|scope| {
             for t in 0..THREADS {
                 let (backend, device) = (*backend, device.clone());
@@ -40,6 +43,7 @@ fn concurrent_forwards_match_the_reference(kind: DeviceKind) {
                 });
             }
         });
+        println!("concurrent forwards: {} done in {:.1} s", backend.name(), started.elapsed().as_secs_f64());
         ran.push(backend.name());
     }
     assert!(!ran.is_empty(), "no {kind} backend took the probe problem");
