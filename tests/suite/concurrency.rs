@@ -23,6 +23,15 @@ fn concurrent_forwards_match_the_reference(kind: DeviceKind) {
         if !rocmforge::Registry::reasons(*backend, &probe, device).is_empty() {
             continue;
         }
+        // Compile and load the kernels first, on one thread: under
+        // compute-sanitizer racecheck, launches from other threads while a
+        // module loads were lost ("failure to track a kernel launch") and
+        // the run hung (H100, 2026-11-22, docs/gpu-runs/...-racecheck-
+        // concurrency.log). The concurrent part below is about forwards.
+        for dtype in [DType::F32, DType::BF16] {
+            let p = AttentionProblem::new(1, 17, 26, 4, 2, 16, dtype).with_mask(Mask::Causal);
+            run_backend(*backend, &p, &Inputs::random(&p, 1), device).unwrap_or_else(|e| panic!("{e}"));
+        }
         // Per-backend progress, so a slow or stuck backend (e.g. under a
         // sanitizer) is named in the log.
         let started = std::time::Instant::now();
