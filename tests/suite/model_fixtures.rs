@@ -68,7 +68,7 @@ pub fn decoder(name: &str, backend: Option<&str>) -> Decoder {
         device: DeviceChoice::Cpu,
         ..AttentionConfig::default()
     };
-    let options = DecoderOptions { attention, kv_dtype: DType::F32 };
+    let options = DecoderOptions { attention, kv_dtype: Some(DType::F32), dtype: Some(DType::F32) };
     Decoder::load(&fixture_dir(name), options).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -226,7 +226,7 @@ fn half_precision_kv_cache_stays_close() {
     for (dtype, tol) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
         for name in FAMILIES {
             let r = reference(name);
-            let options = DecoderOptions { kv_dtype: dtype, ..DecoderOptions::default() };
+            let options = DecoderOptions { kv_dtype: Some(dtype), ..DecoderOptions::default() };
             let mut d = Decoder::load(&fixture_dir(name), options).unwrap();
             let rows = teacher_forced(&mut d, &r, CacheKind::Paged { block_size: 16 }, true);
             let err = max_rel_error(&rows, &r, 0);

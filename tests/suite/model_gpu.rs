@@ -54,7 +54,7 @@ fn assert_close(what: &str, gpu: &Matrix, host: &Matrix, tol: f64) {
 #[ignore = "needs a GPU"]
 fn gpu_dense_ops_match_the_host() {
     let Some(device) = gpu() else { return };
-    let (host, gpu) = (Engine::Host, Engine::for_device(&device));
+    let (host, gpu) = (Engine::for_device(&Device::Cpu), Engine::for_device(&device));
     let up = |m: &Matrix| m.to_device(&device).unwrap();
     let (x, w, b) = (host_matrix(5, 33, 1), host_matrix(17, 33, 2), host_matrix(1, 17, 3));
     let (gx, gw, gb) = (up(&x), up(&w), up(&b));
@@ -187,7 +187,8 @@ fn gpu_decoder(device: &Device, name: &str, backend: &str, kv_dtype: DType) -> D
         device: DeviceChoice::Gpu(g.ordinal()),
         ..AttentionConfig::default()
     };
-    Decoder::load(&fixture_dir(name), DecoderOptions { attention, kv_dtype }).unwrap_or_else(|e| panic!("{name}: {e}"))
+    let options = DecoderOptions { attention, kv_dtype: Some(kv_dtype), dtype: Some(DType::F32) };
+    Decoder::load(&fixture_dir(name), options).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// GPU backends whose kernels exist for `head_dim` (the flash kernels are
@@ -320,6 +321,9 @@ fn gpu_generate_cli_reproduces_transformers() {
     let out = std::process::Command::new(bin)
         .args(["generate", "--model", fixture_dir("qwen2").to_str().unwrap(), "--tokens", &tokens.join(",")])
         .args(["--max-new", &r.greedy.len().to_string(), "--device", "gpu", "--cache", "paged", "--json"])
+        // The f32 path reproduces HF's float64 greedy tokens; the default
+        // (auto) would run this bf16 checkpoint in bf16.
+        .args(["--dtype", "f32"])
         .env_remove(rocmforge::BACKEND_ENV)
         .output()
         .unwrap();
