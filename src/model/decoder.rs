@@ -8,12 +8,12 @@
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, ShapeClass};
 use super::engine::Engine;
+use super::engine::PoolStats;
 use super::error::ModelError;
 use super::kv_cache::{CacheShape, ContiguousCache, KvCache, PagedCache, SeqId};
 use super::layer::{AttentionLayer, Projections, Span};
 use super::matrix::Matrix;
 use super::rope::Rope;
-use super::engine::PoolStats;
 use super::weights::{GateUp, LayerWeights, ModelWeights, Weight};
 use crate::device::Device;
 use crate::dtype::DType;

@@ -189,7 +189,13 @@ impl GpuEngine {
     }
 
     /// `h += delta`, then RMSNorm of the new `h` (one kernel).
-    pub fn add_rms_norm(&self, h: &mut Matrix, delta: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, ModelError> {
+    pub fn add_rms_norm(
+        &self,
+        h: &mut Matrix,
+        delta: &Matrix,
+        weight: &Matrix,
+        eps: f64,
+    ) -> Result<Matrix, ModelError> {
         self.norm(h, Some(delta), weight, eps)
     }
 

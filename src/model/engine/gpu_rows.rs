@@ -131,7 +131,11 @@ impl GpuEngine {
         unsafe { self.launch(kernel, super::gpu::elementwise(rows * width), &params) }
     }
 
-    pub(super) fn rows_of<'a>(m: &Matrix, index: Option<&'a [usize]>, what: &'static str) -> Result<RowsAt<'a>, ModelError> {
+    pub(super) fn rows_of<'a>(
+        m: &Matrix,
+        index: Option<&'a [usize]>,
+        what: &'static str,
+    ) -> Result<RowsAt<'a>, ModelError> {
         Ok(RowsAt { ptr: m.gpu_ptr(0, what)?, dtype: m.dtype(), stride: m.cols(), index })
     }
 

@@ -185,7 +185,13 @@ impl Engine {
     }
 
     /// `h += delta`, then the RMSNorm of `h` (one kernel on a GPU).
-    pub fn add_rms_norm(&self, h: &mut Matrix, delta: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, ModelError> {
+    pub fn add_rms_norm(
+        &self,
+        h: &mut Matrix,
+        delta: &Matrix,
+        weight: &Matrix,
+        eps: f64,
+    ) -> Result<Matrix, ModelError> {
         match self {
             Engine::Host(host) => {
                 host.add(h, delta)?;
