@@ -17,7 +17,10 @@ use rocmforge::selection::DeviceChoice;
 use rocmforge::tensor::SplitMix64;
 use rocmforge::{AttentionConfig, BackendChoice, DType, Device, DeviceKind, Registry};
 
+/// The GPU, with every activation the engine hands out NaN until written
+/// (reused pool buffers would otherwise hide an unwritten element).
 pub(super) fn gpu() -> Option<Device> {
+    rocmforge::model::engine::poison_new_activations(true);
     device_for(DeviceKind::Gpu)
 }
 

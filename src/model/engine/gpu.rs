@@ -75,10 +75,10 @@ impl GpuEngine {
     }
 
     /// A pooled `rows × cols` matrix of `dtype`; its contents are undefined
-    /// (NaN in debug builds, so a test sees any element left unwritten).
+    /// (NaN when poisoning is on: see [`super::pool::poison_new_activations`]).
     pub fn matrix(&self, rows: usize, cols: usize, dtype: DType) -> Result<Matrix, ModelError> {
         let m = Matrix::pooled(rows, cols, dtype, &self.state)?;
-        if cfg!(debug_assertions) {
+        if super::pool::poisoning() {
             m.poison()?;
         }
         Ok(m)

@@ -17,7 +17,7 @@ pub mod pool;
 pub use gpu::GpuEngine;
 pub use gpu_rows::RowsAt;
 pub use host::{round_slice, HostEngine};
-pub use pool::PoolStats;
+pub use pool::{poison_new_activations, PoolStats};
 
 use super::error::ModelError;
 use super::matrix::Matrix;

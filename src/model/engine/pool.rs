@@ -14,7 +14,7 @@
 use crate::device::{DeviceBuffer, DeviceError, GpuDevice, Kernel};
 use crate::dtype::DType;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 /// Idle bytes above which a returned buffer is freed instead of kept (a
@@ -61,6 +61,22 @@ pub struct PoolStats {
 }
 
 static STATES: OnceLock<Mutex<Vec<Arc<DeviceState>>>> = OnceLock::new();
+
+/// Whether new pooled matrices are filled with NaN (debug builds, or
+/// after [`poison_new_activations`]`(true)`).
+static POISON: AtomicBool = AtomicBool::new(cfg!(debug_assertions));
+
+/// Makes every activation matrix the GPU engine hands out from now on NaN
+/// until written (one fill per matrix, so off by default in release
+/// builds), so a test sees any element a kernel leaves unwritten instead of
+/// whatever the reused buffer held.
+pub fn poison_new_activations(on: bool) {
+    POISON.store(on, Ordering::Relaxed);
+}
+
+pub(crate) fn poisoning() -> bool {
+    POISON.load(Ordering::Relaxed)
+}
 
 /// The shared state of `gpu` (devices are opened once per process, so one
 /// state per device lives as long as the process).
