@@ -171,6 +171,9 @@ def bench_ours(binary, model_dir, prompt, batch, max_new, repeats, extra):
         decode_tokens_per_s=rates,
         median=statistics.median(rates),
         ttft_ms=[r["time_to_first_token_ms"] for r in runs],
+        # Host time per decode step: queueing the forward vs waiting for the argmax.
+        issue_ms_per_step=[r["decode_issue_ms"] / (max_new - 1) for r in runs],
+        wait_ms_per_step=[r["decode_wait_ms"] / (max_new - 1) for r in runs],
         process_seconds=[r["process_seconds"] for r in runs],
         prefill_backends=last["prefill"]["backends"],
         decode_backends=last["decode"]["backends"],
@@ -243,11 +246,11 @@ def main():
     log(f"{env['device']}, {env['date']}, torch {env['torch']}, transformers {env['transformers']}")
     log(f"Llama-3.2-1B-shaped, random bf16 weights, prompt {args.prompt_len}, {args.max_new} new tokens, greedy")
     log("")
-    log("| implementation | batch | decode tokens/s (median) | runs | attention (prefill / decode) |")
-    log("|---|---|---|---|---|")
+    log("| implementation | batch | decode tokens/s (median) | runs | ms per step | attention (prefill / decode) |")
+    log("|---|---|---|---|---|---|")
     for r in results:
         if "error" in r:
-            log(f"| {r['impl']} | {r['batch']} | failed | | |")
+            log(f"| {r['impl']} | {r['batch']} | failed | | | |")
             continue
         runs = ", ".join(f"{x:.0f}" for x in r["decode_tokens_per_s"])
         attn = (
@@ -255,8 +258,14 @@ def main():
             if r["impl"] == "rocmforge"
             else "sdpa / sdpa"
         )
-        log(f"| {r['impl']} | {r['batch']} | {r['median']:.1f} | {runs} | {attn} |")
+        step_ms = 1e3 * r["batch"] / r["median"]
+        log(f"| {r['impl']} | {r['batch']} | {r['median']:.1f} | {runs} | {step_ms:.2f} | {attn} |")
     log("")
+    for r in results:
+        if r["impl"] == "rocmforge" and "error" not in r:
+            issue, wait = statistics.median(r["issue_ms_per_step"]), statistics.median(r["wait_ms_per_step"])
+            log(f"rocmforge batch {r['batch']}: per decode step {issue:.3f} ms issuing the forward on the host, "
+                f"{wait:.3f} ms waiting for the GPU (argmax download)")
     for b in batches:
         ours = next((r for r in results if r["impl"] == "rocmforge" and r["batch"] == b and "error" not in r), None)
         for r in results:

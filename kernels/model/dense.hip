@@ -15,12 +15,46 @@ RF_DEVICE float rf_sqrt(float x) { return __builtin_sqrtf(x); }
 RF_DEVICE float rf_sqrt(float x) { return sqrtf(x); }
 #endif
 
+// Values per thread a row keeps in registers (rows up to this many times
+// blockDim.x elements are read once; longer rows take the loop below).
+#define RF_NORM_VALUES 8
+
 // One block per row; the mean square is a block-wide sum. With a residual,
 // x = n(x + residual) is stored first and normalized (transformers adds the
-// residual in the model dtype, then normalizes the rounded sum).
+// residual in the model dtype, then normalizes the rounded sum). The row
+// and the weight are loaded up front, so one memory round trip precedes the
+// reduction.
 RF_KERNEL void rms_norm(RfRmsNormParams prm) {
     __shared__ float scratch[1024 / RF_WARP_SIZE];
     const long long base = (long long)blockIdx.x * prm.width;
+    if (prm.width <= RF_NORM_VALUES * (int)blockDim.x) {
+        float v[RF_NORM_VALUES], w[RF_NORM_VALUES], r[RF_NORM_VALUES];
+        float sq = 0.0f;
+#pragma unroll
+        for (int k = 0; k < RF_NORM_VALUES; ++k) {
+            const int c = threadIdx.x + k * blockDim.x;
+            const bool in = c < prm.width;
+            v[k] = in ? rf_ld(prm.x, base + c) : 0.0f;
+            r[k] = in && prm.residual ? rf_ld(prm.residual, base + c) : 0.0f;
+            w[k] = in ? rf_ld(prm.weight, c) : 0.0f;
+        }
+#pragma unroll
+        for (int k = 0; k < RF_NORM_VALUES; ++k) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c < prm.width && prm.residual) {
+                v[k] = rf_round(v[k] + r[k]);
+                rf_st(prm.x, base + c, v[k]);
+            }
+            sq += v[k] * v[k];
+        }
+        const float inv = 1.0f / rf_sqrt(rf_block_sum(sq, scratch) / (float)prm.width + prm.eps);
+#pragma unroll
+        for (int k = 0; k < RF_NORM_VALUES; ++k) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c < prm.width) rf_st(prm.out, base + c, rf_round(v[k] * inv) * w[k]);
+        }
+        return;
+    }
     float sq = 0.0f;
     for (int c = threadIdx.x; c < prm.width; c += blockDim.x) {
         float v = rf_ld(prm.x, base + c);
@@ -70,21 +104,11 @@ RF_DEVICE bool rf_better(float v, int i, float best_v, int best_i) {
     return v > best_v || (v == best_v && i < best_i);
 }
 
-// One block per row. Each thread keeps its best (value, index), then warps
-// and the block reduce them with the same order, so ties go to the first.
-RF_KERNEL void argmax_rows(RfArgmaxParams prm) {
+// The block's best (value, index) in thread 0: warps, then the block, with
+// the same order as rf_better, so ties go to the first index.
+RF_DEVICE void rf_block_best(float& best_v, int& best_i) {
     __shared__ float warp_v[1024 / RF_WARP_SIZE];
     __shared__ int warp_i[1024 / RF_WARP_SIZE];
-    const long long base = (long long)blockIdx.x * prm.width;
-    float best_v = RF_NEG_INF;
-    int best_i = 0x7fffffff;
-    for (int c = threadIdx.x; c < prm.width; c += blockDim.x) {
-        const float v = rf_ld(prm.x, base + c);
-        if (v == v && rf_better(v, c, best_v, best_i)) {
-            best_v = v;
-            best_i = c;
-        }
-    }
     for (int o = RF_WARP_SIZE / 2; o > 0; o >>= 1) {
         const float v = rf_shfl_xor(best_v, o);
         const int i = rf_shfl_xor_int(best_i, o);
@@ -107,6 +131,49 @@ RF_KERNEL void argmax_rows(RfArgmaxParams prm) {
                 best_i = warp_i[w];
             }
         }
-        prm.out[blockIdx.x] = best_i == 0x7fffffff ? 0.0f : (float)best_i;
     }
+}
+
+// Stage 1, grid (chunks, rows): block (c, r) finds the best of columns
+// [c * span, (c + 1) * span) of row r and writes it to partial[r][c]
+// (values in the first rows × chunks floats, indices as int bits after).
+RF_KERNEL void argmax_partial(RfArgmaxParams prm) {
+    const int row = blockIdx.y, chunk = blockIdx.x;
+    const int span = (prm.width + prm.chunks - 1) / prm.chunks;
+    const int end = (chunk + 1) * span < prm.width ? (chunk + 1) * span : prm.width;
+    const long long base = (long long)row * prm.width;
+    float best_v = RF_NEG_INF;
+    int best_i = 0x7fffffff;
+    for (int c = chunk * span + threadIdx.x; c < end; c += blockDim.x) {
+        const float v = rf_ld(prm.x, base + c);
+        if (v == v && rf_better(v, c, best_v, best_i)) {
+            best_v = v;
+            best_i = c;
+        }
+    }
+    rf_block_best(best_v, best_i);
+    if (threadIdx.x == 0) {
+        const long long slot = (long long)row * prm.chunks + chunk;
+        prm.partial[slot] = best_v;
+        prm.partial[(long long)prm.rows * prm.chunks + slot] = __int_as_float(best_i);
+    }
+}
+
+// Stage 2, one block per row: the best of the row's chunks, as an f32 index
+// (0 for a row with no candidate, i.e. all NaN).
+RF_KERNEL void argmax_finish(RfArgmaxParams prm) {
+    const int row = blockIdx.x;
+    float best_v = RF_NEG_INF;
+    int best_i = 0x7fffffff;
+    for (int c = threadIdx.x; c < prm.chunks; c += blockDim.x) {
+        const long long slot = (long long)row * prm.chunks + c;
+        const float v = prm.partial[slot];
+        const int i = __float_as_int(prm.partial[(long long)prm.rows * prm.chunks + slot]);
+        if (rf_better(v, i, best_v, best_i)) {
+            best_v = v;
+            best_i = i;
+        }
+    }
+    rf_block_best(best_v, best_i);
+    if (threadIdx.x == 0) prm.out[row] = best_i == 0x7fffffff ? 0.0f : (float)best_i;
 }

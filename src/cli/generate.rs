@@ -175,6 +175,16 @@ fn text_report(args: &Args, d: &Decoder, device: &Device, g: &Generation, out: &
         )?,
         None => writeln!(out, "decode:   no decode steps (--max-new 1)")?,
     }
+    let t = &g.decode_timing;
+    if t.calls > 0 {
+        writeln!(
+            out,
+            "{:9} per step: {:.3} ms issuing the forward, {:.3} ms waiting for the argmax",
+            "",
+            t.issue.as_secs_f64() * 1e3 / t.calls as f64,
+            t.wait.as_secs_f64() * 1e3 / t.calls as f64
+        )?;
+    }
     Ok(())
 }
 
@@ -204,5 +214,7 @@ fn json_report(args: &Args, d: &Decoder, device: &Device, g: &Generation) -> ser
         "decode_ms": g.decode_seconds * 1e3,
         "decode_tokens": g.decode_tokens,
         "decode_tokens_per_s": g.decode_tokens_per_second(),
+        "decode_issue_ms": g.decode_timing.issue.as_secs_f64() * 1e3,
+        "decode_wait_ms": g.decode_timing.wait.as_secs_f64() * 1e3,
     })
 }

@@ -23,6 +23,7 @@ use crate::selection::DeviceChoice;
 use crate::tensor::HostData;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// How the decoder runs.
 #[derive(Clone, Debug)]
@@ -153,6 +154,20 @@ pub struct Decoder {
     final_norm: Matrix,
     /// `None` when tied to the embeddings.
     lm_head: Option<Matrix>,
+    timing: StepTiming,
+}
+
+/// Host time of [`Decoder::next_tokens`] calls, split where a GPU step
+/// synchronizes: `issue` runs the whole forward on the host (on a GPU:
+/// queues every kernel), `wait` is the argmax and the download of the ids
+/// (on a GPU: mostly waiting for the queued work). A GPU step whose `wait`
+/// is small next to `issue` is bound by the host's launches; one whose
+/// `wait` dominates is bound by the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTiming {
+    pub issue: Duration,
+    pub wait: Duration,
+    pub calls: usize,
 }
 
 impl Decoder {
@@ -180,6 +195,7 @@ impl Decoder {
             final_norm: engine.weight(&weights.final_norm)?,
             lm_head: weights.lm_head.as_ref().map(|w| engine.weight(w)).transpose()?,
             kv_dtype,
+            timing: StepTiming::default(),
             blocks,
             config,
             device,
@@ -204,6 +220,12 @@ impl Decoder {
     /// Element type of the KV cache and the attention problems.
     pub fn kv_dtype(&self) -> DType {
         self.kv_dtype
+    }
+
+    /// Where the time of the [`Decoder::next_tokens`] calls since the last
+    /// call of this went; resets the counters.
+    pub fn take_timing(&mut self) -> StepTiming {
+        std::mem::take(&mut self.timing)
     }
 
     /// The GPU buffer pool's counters (`None` on the CPU).
@@ -269,8 +291,13 @@ impl Decoder {
     /// ties). On a GPU the argmax runs there and only the ids come back: the
     /// one host synchronization of a decode step.
     pub fn next_tokens(&mut self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<Vec<u32>, ModelError> {
+        let start = Instant::now();
         let (logits, _, order) = self.logits(cache, steps, LogitsFor::Last)?;
+        let issued = Instant::now();
         let ids = self.engine.argmax(&logits)?;
+        self.timing.issue += issued - start;
+        self.timing.wait += issued.elapsed();
+        self.timing.calls += 1;
         let mut out = vec![0; steps.len()];
         for (&id, &step) in ids.iter().zip(&order) {
             out[step] = id;

@@ -3,7 +3,7 @@
 //! the model runs ([`Decoder::next_tokens`]): on a GPU only the new ids come
 //! back, once per step.
 
-use super::decoder::{CacheKind, Decoder, Step};
+use super::decoder::{CacheKind, Decoder, Step, StepTiming};
 use super::dispatch::{AttentionChoice, ShapeClass};
 use super::error::ModelError;
 use super::kv_cache::SeqId;
@@ -29,6 +29,9 @@ pub struct Generation {
     pub decode_seconds: f64,
     /// Tokens produced by the decode calls, over all sequences.
     pub decode_tokens: usize,
+    /// The decode calls' host time: issuing the forward vs waiting for the
+    /// argmax (see [`StepTiming`]).
+    pub decode_timing: StepTiming,
     /// Which backend each layer used, per shape class, and why.
     pub choices: BTreeMap<ShapeClass, Vec<(usize, AttentionChoice)>>,
     /// "contiguous" or "paged".
@@ -73,6 +76,7 @@ pub fn generate(decoder: &mut Decoder, request: &GenerateRequest) -> Result<Gene
     let first = decoder.next_tokens(cache.as_mut(), &steps)?;
     let mut tokens: Vec<Vec<u32>> = first.iter().map(|&t| vec![t]).collect();
     let time_to_first_token = start.elapsed().as_secs_f64();
+    decoder.take_timing();
 
     let start = Instant::now();
     for _ in 1..request.max_new {
@@ -85,6 +89,7 @@ pub fn generate(decoder: &mut Decoder, request: &GenerateRequest) -> Result<Gene
     }
     let decode_seconds = start.elapsed().as_secs_f64();
     Ok(Generation {
+        decode_timing: decoder.take_timing(),
         decode_tokens: seqs.len() * (request.max_new - 1),
         tokens,
         time_to_first_token,

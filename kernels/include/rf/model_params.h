@@ -108,12 +108,17 @@ struct RfAddParams {
     int reserved;
 };
 
-// model/dense.hip argmax_rows: out[r] = index of the largest x[r, c] (the
-// first on ties, NaN never wins; 0 for an all-NaN row), as an f32 (exact
-// below 2^24).
+// model/dense.hip argmax_partial + argmax_finish: out[r] = index of the
+// largest x[r, c] (the first on ties, NaN never wins; 0 for an all-NaN row),
+// as an f32 (exact below 2^24). Each row is split into `chunks` column
+// ranges; partial holds 2 * rows * chunks floats (best values, then their
+// indices as int bits).
 struct RfArgmaxParams {
     const void* x;
     float* out;
+    float* partial;
     int rows;
     int width;
+    int chunks;
+    int reserved;
 };

@@ -20,6 +20,12 @@ use std::sync::Arc;
 pub use super::gpu_rows::RowsAt;
 
 const THREADS: u32 = 256;
+/// Columns per argmax block (about 8 per thread), and at most this many
+/// blocks per row.
+const ARGMAX_SPAN: usize = 2048;
+const ARGMAX_CHUNKS: usize = 64;
+/// Row elements one RMSNorm thread keeps in registers (`RF_NORM_VALUES`).
+const NORM_VALUES: usize = 8;
 
 pub struct GpuEngine {
     gpu: Arc<GpuDevice>,
@@ -178,7 +184,12 @@ impl GpuEngine {
             eps: eps as f32,
             reserved: 0,
         };
-        let cfg = LaunchConfig { grid: (params.rows as u32, 1, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        // Enough threads to hold the row in registers (NORM_VALUES each), in
+        // whole warps; rows past 1024 × NORM_VALUES loop instead.
+        let warp = self.gpu.info().warp_size.max(1) as usize;
+        let threads = x.cols().div_ceil(NORM_VALUES).div_ceil(warp) * warp;
+        let threads = threads.clamp(warp, 1024.min(self.gpu.info().max_threads_per_block as usize)) as u32;
+        let cfg = LaunchConfig { grid: (params.rows as u32, 1, 1), block: (threads, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: one block per row of x/residual/out (rows × width); weight has width elements.
         unsafe { self.launch(KernelId::RmsNorm(x.dtype()), cfg, &params)? };
         Ok(out)
@@ -278,7 +289,10 @@ impl GpuEngine {
     }
 
     /// The index of each row's largest element (first on ties, NaN never
-    /// wins), computed on the device; only the indices come back.
+    /// wins), computed on the device; only the indices come back. Each row
+    /// is split over up to [`ARGMAX_CHUNKS`] blocks (a 128k vocabulary in
+    /// one block reads at a small fraction of the memory bandwidth), whose
+    /// partial results a second kernel reduces.
     pub fn argmax(&self, x: &Matrix) -> Result<Vec<u32>, ModelError> {
         if x.cols() >= 1 << 24 || x.cols() == 0 {
             return Err(ModelError::Request(format!("argmax over rows of {} (1 ..= 2^24)", x.cols())));
@@ -286,17 +300,29 @@ impl GpuEngine {
         if x.rows() == 0 {
             return Ok(Vec::new());
         }
+        let chunks = x.cols().div_ceil(ARGMAX_SPAN).min(ARGMAX_CHUNKS);
         let out = self.matrix(x.rows(), 1, DType::F32)?;
+        let partial = self.matrix(2 * x.rows(), chunks, DType::F32)?;
         let params = ArgmaxParams {
             x: x.gpu_ptr(0, "x")?,
             out: out.gpu_ptr(0, "out")?,
+            partial: partial.gpu_ptr(0, "partial")?,
             rows: i32_of(x.rows(), "rows")?,
             width: i32_of(x.cols(), "width")?,
+            chunks: chunks as i32,
+            reserved: 0,
         };
-        let threads = self.gpu.info().max_threads_per_block.min(1024);
-        let cfg = LaunchConfig { grid: (params.rows as u32, 1, 1), block: (threads, 1, 1), shared_mem_bytes: 0 };
-        // SAFETY: one block per row of x (rows × width); out has one f32 per row.
-        unsafe { self.launch(KernelId::Argmax(x.dtype()), cfg, &params)? };
+        let rows = u32::try_from(x.rows()).ok().filter(|&r| r <= 65_535);
+        let rows = rows.ok_or_else(|| ModelError::Request(format!("argmax over {} rows (at most 65535)", x.rows())))?;
+        let stage1 = LaunchConfig { grid: (chunks as u32, rows, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
+        let stage2 = LaunchConfig { grid: (rows, 1, 1), block: (64, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: stage 1 reads rows × width elements of x and writes
+        // 2 × rows × chunks floats of `partial`; stage 2 reads those and
+        // writes one f32 per row of `out`.
+        unsafe {
+            self.launch(KernelId::ArgmaxPartial(x.dtype()), stage1, &params)?;
+            self.launch(KernelId::ArgmaxFinish, stage2, &params)?;
+        }
         Ok(out.to_vec()?.into_iter().map(|i| i as u32).collect())
     }
 

@@ -28,18 +28,24 @@ pub fn add_rows(dtype: DType) -> KernelSpec {
     KernelSpec::new(MODEL_DENSE, "add_rows").define_dtype("DTYPE", dtype)
 }
 
-pub fn argmax_rows(dtype: DType) -> KernelSpec {
-    KernelSpec::new(MODEL_DENSE, "argmax_rows").define_dtype("DTYPE", dtype)
+pub fn argmax_partial(dtype: DType) -> KernelSpec {
+    KernelSpec::new(MODEL_DENSE, "argmax_partial").define_dtype("DTYPE", dtype)
+}
+
+/// Reads only the f32 partials, so one specialization serves every dtype.
+pub fn argmax_finish() -> KernelSpec {
+    KernelSpec::new(MODEL_DENSE, "argmax_finish")
 }
 
 /// Every specialization the model layer may compile: all nine dtype pairs
-/// of `copy_rows`, `put_words`, and the RoPE and dense kernels per dtype.
+/// of `copy_rows`, `put_words`, `argmax_finish`, and the RoPE and dense
+/// kernels per dtype.
 pub fn all() -> Vec<KernelSpec> {
     let mut specs: Vec<KernelSpec> =
         DType::ALL.iter().flat_map(|&s| DType::ALL.iter().map(move |&d| copy_rows(s, d))).collect();
-    specs.push(put_words());
+    specs.extend([put_words(), argmax_finish()]);
     for d in DType::ALL {
-        specs.extend([rope(d), rms_norm(d), swiglu(d), add_rows(d), argmax_rows(d)]);
+        specs.extend([rope(d), rms_norm(d), swiglu(d), add_rows(d), argmax_partial(d)]);
     }
     specs
 }
@@ -54,6 +60,7 @@ pub fn spec_of(id: super::pool::KernelId) -> KernelSpec {
         K::RmsNorm(d) => rms_norm(d),
         K::Swiglu(d) => swiglu(d),
         K::Add(d) => add_rows(d),
-        K::Argmax(d) => argmax_rows(d),
+        K::ArgmaxPartial(d) => argmax_partial(d),
+        K::ArgmaxFinish => argmax_finish(),
     }
 }

@@ -100,12 +100,16 @@ kernel_params! {
 }
 
 kernel_params! {
-    /// `RfArgmaxParams` of `model/dense.hip`.
+    /// `RfArgmaxParams` of `model/dense.hip` (`argmax_partial`, `argmax_finish`).
     pub struct ArgmaxParams as "RfArgmaxParams" in "rf/model_params.h" {
         pub x: u64,
         pub out: u64,
+        /// 2 × rows × chunks f32: each chunk's best value, then its index bits.
+        pub partial: u64,
         pub rows: i32,
         pub width: i32,
+        pub chunks: i32,
+        pub reserved: i32,
     }
 }
 

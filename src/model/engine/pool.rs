@@ -30,7 +30,8 @@ pub enum KernelId {
     RmsNorm(DType),
     Swiglu(DType),
     Add(DType),
-    Argmax(DType),
+    ArgmaxPartial(DType),
+    ArgmaxFinish,
 }
 
 #[derive(Debug, Default)]
