@@ -24,6 +24,13 @@ Prints a table and writes everything to --json. Runs on the GPU machine
 (torch + transformers installed there, no network).
 
     python3 scripts/bench_generate.py --rocmforge .gpuwork/modelperf/rocmforge --json out.json
+
+Where a step's GPU time goes: profile one run with Nsight Compute and sum
+per kernel over whole decode steps:
+
+    ncu --clock-control none --cache-control none --launch-skip 1200 --launch-count 480 \
+        --metrics gpu__time_duration.sum --csv rocmforge generate ... > ncu.csv
+    python3 scripts/bench_generate.py --ncu-summary ncu.csv
 """
 
 import argparse
@@ -36,9 +43,13 @@ import subprocess
 import sys
 import time
 
-import torch
-import transformers
-from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+try:
+    import torch
+    import transformers
+    from transformers import AutoConfig, AutoModelForCausalLM, LogitsProcessor, LogitsProcessorList
+except ImportError:  # --ncu-summary needs neither
+    torch = transformers = None
+    LogitsProcessor = object
 
 LLAMA_1B = dict(
     vocab_size=128256,
@@ -184,6 +195,34 @@ def bench_ours(binary, model_dir, prompt, batch, max_new, repeats, extra):
     )
 
 
+def ncu_summary(path):
+    """Kernel time per decode step from `ncu --csv --metrics
+    gpu__time_duration.sum` of a `rocmforge generate` run: sums per kernel
+    name over the launches between the first and the last `argmax_finish`
+    (one per decode step)."""
+    import collections
+    import csv
+
+    with open(path) as f:
+        rows = [r for r in csv.DictReader(l for l in f if l.startswith('"'))]
+    rows = [r for r in rows if r.get("Metric Name") == "gpu__time_duration.sum"]
+    ends = [i for i, r in enumerate(rows) if r["Kernel Name"].startswith("argmax_finish")]
+    if len(ends) < 2:
+        log("fewer than two argmax_finish launches captured")
+        return
+    sel, steps = rows[ends[0] + 1 : ends[-1] + 1], len(ends) - 1
+    scale = {"ns": 1e-3, "us": 1.0, "ms": 1e3}[sel[0]["Metric Unit"]]
+    by = collections.defaultdict(lambda: [0, 0.0])
+    for r in sel:
+        name = r["Kernel Name"].split("(")[0][:60]
+        by[name][0] += 1
+        by[name][1] += float(r["Metric Value"].replace(",", "")) * scale
+    total = sum(v[1] for v in by.values())
+    log(f"{steps} decode steps, {len(sel) / steps:.0f} launches and {total / steps:.1f} us of kernel time per step")
+    for name, (n, us) in sorted(by.items(), key=lambda kv: -kv[1][1]):
+        log(f"{us / steps:9.1f} us/step {n / steps:6.1f} launches/step  {name}")
+
+
 def agreement(a, b):
     n = 0
     for x, y in zip(a, b):
@@ -195,7 +234,8 @@ def agreement(a, b):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rocmforge", required=True, help="path of the rocmforge binary")
+    ap.add_argument("--rocmforge", help="path of the rocmforge binary")
+    ap.add_argument("--ncu-summary", metavar="CSV", help="only summarize an ncu --csv log of rocmforge generate")
     ap.add_argument("--model-dir", default="/tmp/rocmforge-llama-1b-random")
     ap.add_argument("--batches", default="1,16")
     ap.add_argument("--prompt-len", type=int, default=128)
@@ -207,6 +247,10 @@ def main():
     ap.add_argument("--ours-extra", default="", help="extra arguments for rocmforge generate")
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args()
+    if args.ncu_summary:
+        return ncu_summary(args.ncu_summary)
+    if not args.rocmforge:
+        ap.error("--rocmforge is required")
 
     env = dict(
         date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
