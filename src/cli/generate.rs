@@ -11,6 +11,21 @@ use rocmforge::selection::DeviceChoice;
 use std::io::Write;
 use std::path::PathBuf;
 
+/// A dtype, or `auto` (`None`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AutoDType(pub Option<DType>);
+
+impl std::str::FromStr for AutoDType {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(AutoDType(None));
+        }
+        s.parse::<DType>().map(|d| AutoDType(Some(d))).map_err(|e| format!("{e} (or auto)"))
+    }
+}
+
 /// Which cache layout `--cache` names.
 #[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum CacheArg {
@@ -20,10 +35,11 @@ pub enum CacheArg {
 }
 
 #[derive(clap::Args, Debug, Clone)]
-#[command(after_help = "Dense layers (projections, norms, MLP, LM head) run in f32 on --device; \
-    attention runs through the selected backend there, reading the KV cache in place when the \
-    backend accepts strided tensors. Time to first token covers the prefill of every prompt and \
-    the first argmax; tokens/s counts the tokens after the first, over the whole batch.")]
+#[command(after_help = "Dense layers (projections, norms, MLP, LM head) run in --dtype on --device \
+    (16-bit GEMMs accumulate in f32); attention runs through the selected backend there, reading \
+    the KV cache in place when the backend accepts strided tensors. Time to first token covers \
+    the prefill of every prompt and the first argmax; tokens/s counts the tokens after the first, \
+    over the whole batch.")]
 pub struct Args {
     /// Model directory: config.json and model.safetensors (or model.safetensors.index.json + shards).
     #[arg(long, value_name = "DIR")]
@@ -49,9 +65,15 @@ pub struct Args {
     /// Tokens per block of the paged cache (16 or 32).
     #[arg(long, default_value_t = 16, value_name = "N")]
     pub block_size: usize,
-    /// Element type of the KV cache and the attention calls.
-    #[arg(long, default_value = "f32", value_name = "DTYPE")]
-    pub kv_dtype: DType,
+    /// The model's dtype (weights and activations): f32, f16, bf16, or auto
+    /// (the checkpoint's dtype on a GPU, f32 on the CPU). A 16-bit model
+    /// rounds where transformers does; on the CPU that is emulated in f32.
+    #[arg(long, default_value = "auto", value_name = "DTYPE|auto")]
+    pub dtype: AutoDType,
+    /// Element type of the KV cache and the attention calls (auto: the
+    /// model's dtype).
+    #[arg(long, default_value = "auto", value_name = "DTYPE|auto")]
+    pub kv_dtype: AutoDType,
     /// Sequences generated together (each with the same prompt).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
@@ -66,7 +88,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
         device: args.device,
         origin: "--backend",
     };
-    let options = DecoderOptions { attention, kv_dtype: args.kv_dtype };
+    let options = DecoderOptions { attention, kv_dtype: args.kv_dtype.0, dtype: args.dtype.0 };
     let mut decoder = Decoder::load(&args.model, options)?;
     let device = decoder.device().clone();
     let cache = match args.cache {
@@ -114,17 +136,18 @@ fn describe_device(device: &Device) -> String {
     }
 }
 
-fn cache_label(args: &Args, g: &Generation) -> String {
+fn cache_label(args: &Args, d: &Decoder, g: &Generation) -> String {
     match args.cache {
-        CacheArg::Contiguous => format!("{} ({})", g.cache, args.kv_dtype),
-        CacheArg::Paged => format!("{} (blocks of {}, {})", g.cache, args.block_size, args.kv_dtype),
+        CacheArg::Contiguous => format!("{} ({})", g.cache, d.kv_dtype()),
+        CacheArg::Paged => format!("{} (blocks of {}, {})", g.cache, args.block_size, d.kv_dtype()),
     }
 }
 
 fn text_report(args: &Args, d: &Decoder, device: &Device, g: &Generation, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "model:    {} ({}, {})", args.model.display(), d.config().family, describe_model(d))?;
     writeln!(out, "device:   {}", describe_device(device))?;
-    writeln!(out, "cache:    {}", cache_label(args, g))?;
+    writeln!(out, "dtype:    {}", d.dtype())?;
+    writeln!(out, "cache:    {}", cache_label(args, d, g))?;
     writeln!(out, "prompt:   {} tokens × batch {}", args.tokens.len(), args.batch)?;
     for (i, t) in g.tokens.iter().enumerate() {
         let ids: Vec<String> = t.iter().map(u32::to_string).collect();
@@ -152,6 +175,16 @@ fn text_report(args: &Args, d: &Decoder, device: &Device, g: &Generation, out: &
         )?,
         None => writeln!(out, "decode:   no decode steps (--max-new 1)")?,
     }
+    let t = &g.decode_timing;
+    if t.calls > 0 {
+        writeln!(
+            out,
+            "{:9} per step: {:.3} ms issuing the forward, {:.3} ms waiting for the argmax",
+            "",
+            t.issue.as_secs_f64() * 1e3 / t.calls as f64,
+            t.wait.as_secs_f64() * 1e3 / t.calls as f64
+        )?;
+    }
     Ok(())
 }
 
@@ -170,7 +203,8 @@ fn json_report(args: &Args, d: &Decoder, device: &Device, g: &Generation) -> ser
         "device": device.label(),
         "cache": g.cache,
         "block_size": matches!(args.cache, CacheArg::Paged).then_some(args.block_size),
-        "kv_dtype": args.kv_dtype.name(),
+        "dtype": d.dtype().name(),
+        "kv_dtype": d.kv_dtype().name(),
         "batch": args.batch,
         "prompt": args.tokens,
         "tokens": g.tokens,
@@ -180,5 +214,7 @@ fn json_report(args: &Args, d: &Decoder, device: &Device, g: &Generation) -> ser
         "decode_ms": g.decode_seconds * 1e3,
         "decode_tokens": g.decode_tokens,
         "decode_tokens_per_s": g.decode_tokens_per_second(),
+        "decode_issue_ms": g.decode_timing.issue.as_secs_f64() * 1e3,
+        "decode_wait_ms": g.decode_timing.wait.as_secs_f64() * 1e3,
     })
 }

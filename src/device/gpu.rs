@@ -27,6 +27,9 @@ pub struct GpuDevice {
     kernels: Mutex<HashMap<KernelKey, (ModuleHandle, FunctionHandle)>>,
     /// Scratch buffers lent to forward calls (see `workspace.rs`).
     workspaces: WorkspacePool,
+    /// `kernel_global_i32s` results by (module, name): kernels export
+    /// constants there, and reading one costs a copy and a synchronization.
+    globals: Mutex<HashMap<(usize, String), Vec<i32>>>,
     /// Device memory this process holds through this device, and its peak.
     memory: MemoryCounter,
 }
@@ -75,6 +78,7 @@ impl GpuDevice {
             kernels: Mutex::new(HashMap::new()),
             workspaces: WorkspacePool::default(),
             memory: MemoryCounter::default(),
+            globals: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -149,13 +153,23 @@ impl GpuDevice {
 
     /// The `extern "C"` `int` array `name` that `kernel`'s module exports
     /// (e.g. the launch shape a kernel derives from its own tiling, so the
-    /// host never duplicates that logic). Read once at setup, not per call.
+    /// host never duplicates that logic). Such globals are constants: the
+    /// device is read once per (module, name) and the values are cached, so
+    /// a launch path may ask every call without a copy and a stream
+    /// synchronization each time.
     pub fn kernel_global_i32s(&self, kernel: &Kernel, name: &str) -> DeviceResult<Vec<i32>> {
+        let key = (kernel.module.0, name.to_string());
+        let lock = || self.globals.lock().map_err(|_| DeviceError::LockPoisoned { what: "kernel globals" });
+        if let Some(v) = lock()?.get(&key) {
+            return Ok(v.clone());
+        }
         let (ptr, bytes) = self.driver.module_global(kernel.module, name)?;
         let mut raw = vec![0u8; bytes];
         // SAFETY: the global is `bytes` long and lives as long as the module.
         unsafe { self.driver.copy_to_host(self.stream, &mut raw, ptr)? };
-        Ok(raw.chunks_exact(4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect())
+        let values: Vec<i32> = raw.chunks_exact(4).map(|c| i32::from_ne_bytes([c[0], c[1], c[2], c[3]])).collect();
+        lock()?.insert(key, values.clone());
+        Ok(values)
     }
 
     /// An exclusive scratch buffer of at least `bytes` from this device's

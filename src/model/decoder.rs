@@ -8,19 +8,22 @@
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, ShapeClass};
 use super::engine::Engine;
+use super::engine::PoolStats;
 use super::error::ModelError;
 use super::kv_cache::{CacheShape, ContiguousCache, KvCache, PagedCache, SeqId};
 use super::layer::{AttentionLayer, Projections, Span};
 use super::matrix::Matrix;
 use super::rope::Rope;
-use super::weights::{GateUp, LayerWeights, ModelWeights};
+use super::weights::{GateUp, LayerWeights, ModelWeights, Weight};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask};
 use crate::registry::{AttentionConfig, Registry};
 use crate::selection::DeviceChoice;
+use crate::tensor::HostData;
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 /// How the decoder runs.
 #[derive(Clone, Debug)]
@@ -29,27 +32,44 @@ pub struct DecoderOptions {
     /// holds the weights, the activations and the KV cache; `Auto` resolves
     /// once, through `Registry::choose`.
     pub attention: AttentionConfig,
-    /// Element type of the KV cache and of the attention problems.
-    pub kv_dtype: DType,
+    /// Element type of the KV cache and of the attention problems; `None`
+    /// = the model's dtype.
+    pub kv_dtype: Option<DType>,
+    /// The model's dtype (weights and activations); `None` = auto: the
+    /// checkpoint's dtype on a GPU, f32 on the CPU (see [`model_dtype`]).
+    pub dtype: Option<DType>,
 }
 
 impl Default for DecoderOptions {
-    /// The CPU, an f32 cache, the backend from the environment or auto.
+    /// The CPU, f32 (model and cache), the backend from the environment or auto.
     fn default() -> Self {
         let attention = AttentionConfig { device: DeviceChoice::Cpu, ..AttentionConfig::default() };
-        DecoderOptions { attention, kv_dtype: DType::F32 }
+        DecoderOptions { attention, kv_dtype: None, dtype: None }
+    }
+}
+
+/// The model dtype `requested` resolves to on `device`: as requested, or
+/// (auto) the dtype of the checkpoint's embedding table on a GPU — what
+/// transformers 5 loads with its default `dtype="auto"` — and f32 on the
+/// CPU, where 16-bit arithmetic would only be emulated.
+pub fn model_dtype(requested: Option<DType>, device: &Device, weights: &ModelWeights) -> DType {
+    match (requested, device) {
+        (Some(d), _) => d,
+        (None, Device::Cpu) => DType::F32,
+        (None, Device::Gpu(_)) => weights.embed.dtype(),
     }
 }
 
 /// The device the model runs on: the one named, or for `Auto` the one
 /// `Registry::choose` picks for a decode step of this model.
-fn resolve_device(config: &ModelConfig, options: &DecoderOptions) -> Result<Device, ModelError> {
+fn resolve_device(config: &ModelConfig, options: &DecoderOptions, guess: DType) -> Result<Device, ModelError> {
     match options.attention.device {
         DeviceChoice::Cpu => Ok(Device::Cpu),
         DeviceChoice::Gpu(n) => Ok(Device::gpu(n)?),
         DeviceChoice::Auto => {
             let (h, hkv, d) = (config.num_heads, config.num_kv_heads, config.head_dim);
-            let p = AttentionProblem::new(1, 1, 1, h, hkv, d, options.kv_dtype).with_mask(Mask::Causal);
+            let dtype = options.kv_dtype.or(options.dtype).unwrap_or(guess);
+            let p = AttentionProblem::new(1, 1, 1, h, hkv, d, dtype).with_mask(Mask::Causal);
             let registry = Registry::global().map_err(ModelError::DeviceChoice)?;
             Ok(registry.choose(&p, &options.attention).map_err(ModelError::DeviceChoice)?.device)
         }
@@ -134,6 +154,20 @@ pub struct Decoder {
     final_norm: Matrix,
     /// `None` when tied to the embeddings.
     lm_head: Option<Matrix>,
+    timing: StepTiming,
+}
+
+/// Host time of [`Decoder::next_tokens`] calls, split where a GPU step
+/// synchronizes: `issue` runs the whole forward on the host (on a GPU:
+/// queues every kernel), `wait` is the argmax and the download of the ids
+/// (on a GPU: mostly waiting for the queued work). A GPU step whose `wait`
+/// is small next to `issue` is bound by the host's launches; one whose
+/// `wait` dominates is bound by the GPU.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct StepTiming {
+    pub issue: Duration,
+    pub wait: Duration,
+    pub calls: usize,
 }
 
 impl Decoder {
@@ -145,20 +179,23 @@ impl Decoder {
     }
 
     pub fn new(config: ModelConfig, weights: &ModelWeights, options: DecoderOptions) -> Result<Decoder, ModelError> {
-        let device = resolve_device(&config, &options)?;
-        let engine = Engine::for_device(&device);
+        let device = resolve_device(&config, &options, weights.embed.dtype())?;
+        let dtype = model_dtype(options.dtype, &device, weights);
+        let kv_dtype = options.kv_dtype.unwrap_or(dtype);
+        let engine = Engine::new(&device, dtype);
         let blocks = weights
             .layers
             .iter()
             .enumerate()
-            .map(|(i, w)| block(i, &config, w, &options, &engine))
+            .map(|(i, w)| block(i, &config, w, (kv_dtype, &options.attention), &engine))
             .collect::<Result<Vec<_>, _>>()?;
         Ok(Decoder {
             rope: Rope::new(&config.rope, config.head_dim)?,
             embed: engine.weight(&weights.embed)?,
             final_norm: engine.weight(&weights.final_norm)?,
             lm_head: weights.lm_head.as_ref().map(|w| engine.weight(w)).transpose()?,
-            kv_dtype: options.kv_dtype,
+            kv_dtype,
+            timing: StepTiming::default(),
             blocks,
             config,
             device,
@@ -173,6 +210,30 @@ impl Decoder {
     /// Where the model runs.
     pub fn device(&self) -> &Device {
         &self.device
+    }
+
+    /// The model's dtype (weights and activations).
+    pub fn dtype(&self) -> DType {
+        self.engine.dtype()
+    }
+
+    /// Element type of the KV cache and the attention problems.
+    pub fn kv_dtype(&self) -> DType {
+        self.kv_dtype
+    }
+
+    /// Where the time of the [`Decoder::next_tokens`] calls since the last
+    /// call of this went; resets the counters.
+    pub fn take_timing(&mut self) -> StepTiming {
+        std::mem::take(&mut self.timing)
+    }
+
+    /// The GPU buffer pool's counters (`None` on the CPU).
+    pub fn pool_stats(&self) -> Option<PoolStats> {
+        match &self.engine {
+            Engine::Gpu(g) => Some(g.pool_stats()),
+            Engine::Host(_) => None,
+        }
     }
 
     /// A cache for this model on its device: `sequences` slots of
@@ -211,45 +272,8 @@ impl Decoder {
         steps: &[Step<'_>],
         which: LogitsFor,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        if !super::kv_cache::same_device(&cache.device(), &self.device) {
-            return Err(ModelError::Request(format!(
-                "the cache is on {}, the model on {}",
-                cache.device().label(),
-                self.device.label()
-            )));
-        }
-        let (spans, order) = self.prepare(cache, steps)?;
-        let ids: Vec<u32> = order.iter().flat_map(|&i| steps[i].tokens.iter().copied()).collect();
-        let positions: Vec<usize> = spans.iter().flat_map(|s| s.start..s.start + s.len).collect();
-        let engine = &self.engine;
-        let rope_in = engine.rope_input(&self.rope, positions)?;
-        let mut h = engine.embed(&self.embed, &ids)?;
-        let eps = self.config.rms_norm_eps;
-        for block in &mut self.blocks {
-            let x = engine.rms_norm(&h, &block.input_norm, eps)?;
-            let mut a = block.attention.forward(engine, &x, &spans, (&self.rope, &rope_in), cache)?;
-            if let Some(w) = &block.post_self_attn_norm {
-                a = engine.rms_norm(&a, w, eps)?;
-            }
-            engine.add(&mut h, &a)?;
-            let mut m = block.mlp.forward(engine, &engine.rms_norm(&h, &block.post_attention_norm, eps)?)?;
-            if let Some(w) = &block.post_mlp_norm {
-                m = engine.rms_norm(&m, w, eps)?;
-            }
-            engine.add(&mut h, &m)?;
-        }
-        for s in &spans {
-            cache.commit(s.seq, s.len)?;
-        }
-        let rows: Vec<usize> = spans
-            .iter()
-            .flat_map(|s| match which {
-                LogitsFor::All => s.first_row..s.first_row + s.len,
-                LogitsFor::Last => s.first_row + s.len - 1..s.first_row + s.len,
-            })
-            .collect();
-        let x = engine.rms_norm(&engine.select_rows(&h, &rows)?, &self.final_norm, eps)?;
-        let logits = engine.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?.to_vec()?;
+        let (logits, spans, order) = self.logits(cache, steps, which)?;
+        let logits = logits.to_vec()?;
         // Back to step order.
         let vocab = self.config.vocab_size;
         let mut out = vec![Vec::new(); steps.len()];
@@ -260,6 +284,96 @@ impl Decoder {
             at += n;
         }
         Ok(out)
+    }
+
+    /// Like [`Decoder::forward`] with [`LogitsFor::Last`], but returns each
+    /// step's greedy next token (argmax of its last logits row, the first on
+    /// ties). On a GPU the argmax runs there and only the ids come back: the
+    /// one host synchronization of a decode step.
+    pub fn next_tokens(&mut self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<Vec<u32>, ModelError> {
+        let start = Instant::now();
+        let (logits, _, order) = self.logits(cache, steps, LogitsFor::Last)?;
+        let issued = Instant::now();
+        let ids = self.engine.argmax(&logits)?;
+        self.timing.issue += issued - start;
+        self.timing.wait += issued.elapsed();
+        self.timing.calls += 1;
+        let mut out = vec![0; steps.len()];
+        for (&id, &step) in ids.iter().zip(&order) {
+            out[step] = id;
+        }
+        Ok(out)
+    }
+
+    /// The logits rows `which` names, in span order, with the spans and
+    /// each span's step index.
+    fn logits(
+        &mut self,
+        cache: &mut dyn KvCache,
+        steps: &[Step<'_>],
+        which: LogitsFor,
+    ) -> Result<(Matrix, Vec<Span>, Vec<usize>), ModelError> {
+        if !super::kv_cache::same_device(&cache.device(), &self.device) {
+            return Err(ModelError::Request(format!(
+                "the cache is on {}, the model on {}",
+                cache.device().label(),
+                self.device.label()
+            )));
+        }
+        let (spans, order) = self.prepare(cache, steps)?;
+        let ids: Vec<u32> = order.iter().flat_map(|&i| steps[i].tokens.iter().copied()).collect();
+        let positions: Vec<usize> = spans.iter().flat_map(|s| s.start..s.start + s.len).collect();
+        let h = self.blocks_forward(&ids, positions, &spans, cache)?;
+        for s in &spans {
+            cache.commit(s.seq, s.len)?;
+        }
+        let rows: Vec<usize> = spans
+            .iter()
+            .flat_map(|s| match which {
+                LogitsFor::All => s.first_row..s.first_row + s.len,
+                LogitsFor::Last => s.first_row + s.len - 1..s.first_row + s.len,
+            })
+            .collect();
+        let engine = &self.engine;
+        let x = engine.rms_norm(&engine.select_rows(&h, &rows)?, &self.final_norm, self.config.rms_norm_eps)?;
+        let logits = engine.linear(&x, self.lm_head.as_ref().unwrap_or(&self.embed), None)?;
+        Ok((logits, spans, order))
+    }
+
+    /// Embeddings and every block; returns the residual stream `h`. Each
+    /// residual add is fused with the RMSNorm that follows it (the block's
+    /// post-attention norm, the next block's input norm).
+    fn blocks_forward(
+        &mut self,
+        ids: &[u32],
+        positions: Vec<usize>,
+        spans: &[Span],
+        cache: &mut dyn KvCache,
+    ) -> Result<Matrix, ModelError> {
+        let engine = &self.engine;
+        let eps = self.config.rms_norm_eps;
+        let rope_in = engine.rope_input(&self.rope, positions)?;
+        let mut h = engine.embed(&self.embed, ids)?;
+        let Some(first) = self.blocks.first() else { return Ok(h) };
+        let mut x = engine.rms_norm(&h, &first.input_norm, eps)?;
+        for i in 0..self.blocks.len() {
+            let (done, rest) = self.blocks.split_at_mut(i + 1);
+            let block = &mut done[i];
+            let mut a = block.attention.forward(engine, &x, spans, (&self.rope, &rope_in), cache)?;
+            if let Some(w) = &block.post_self_attn_norm {
+                a = engine.rms_norm(&a, w, eps)?;
+            }
+            let xm = engine.add_rms_norm(&mut h, &a, &block.post_attention_norm, eps)?;
+            let mut m = block.mlp.forward(engine, &xm)?;
+            if let Some(w) = &block.post_mlp_norm {
+                m = engine.rms_norm(&m, w, eps)?;
+            }
+            match rest.first() {
+                Some(next) => x = engine.add_rms_norm(&mut h, &m, &next.input_norm, eps)?,
+                None => engine.add(&mut h, &m)?,
+            }
+        }
+        Ok(h)
     }
 
     /// Checks the steps, reserves cache room for them and lays out their
@@ -312,7 +426,7 @@ fn block(
     i: usize,
     c: &ModelConfig,
     w: &LayerWeights,
-    options: &DecoderOptions,
+    (kv_dtype, attention): (DType, &AttentionConfig),
     engine: &Engine,
 ) -> Result<Block, ModelError> {
     let opt = |b: &Option<super::weights::Weight>| b.as_ref().map(|b| engine.weight(b)).transpose();
@@ -326,18 +440,23 @@ fn block(
         v_bias: opt(&w.v_bias)?,
         o_bias: opt(&w.o_bias)?,
     };
-    let attention = AttentionLayer::new(i, c, proj, options.kv_dtype, options.attention.clone(), engine.device());
+    let attention = AttentionLayer::new(i, c, proj, kv_dtype, attention.clone(), engine.device());
     let down = engine.weight(&w.down)?;
     let mlp = match &w.gate_up {
-        GateUp::Split { gate, up, gate_bias, up_bias } => {
-            let biases = match (gate_bias, up_bias, &w.down_bias) {
-                (Some(g), Some(u), Some(d)) => {
-                    Some(Box::new([engine.weight(g)?, engine.weight(u)?, engine.weight(d)?]))
-                }
-                _ => None,
-            };
-            Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases }
-        }
+        GateUp::Split { gate, up, gate_bias, up_bias } => match (gate_bias, up_bias, &w.down_bias) {
+            (Some(g), Some(u), Some(d)) => Mlp::Split {
+                gate: engine.weight(gate)?,
+                up: engine.weight(up)?,
+                down,
+                biases: Some(Box::new([engine.weight(g)?, engine.weight(u)?, engine.weight(d)?])),
+            },
+            // Without biases gate and up become one [gate; up] matrix: one
+            // GEMM (and one launch) instead of two.
+            _ => match stacked(gate, up) {
+                Some(both) => Mlp::Fused { gate_up: engine.weight(&both)?, down },
+                None => Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases: None },
+            },
+        },
         GateUp::Fused(gate_up) => Mlp::Fused { gate_up: engine.weight(gate_up)?, down },
     };
     Ok(Block {
@@ -348,4 +467,19 @@ fn block(
         attention,
         mlp,
     })
+}
+
+/// `[a; b]`: the rows of `a` then those of `b` (same columns and dtype).
+fn stacked(a: &Weight, b: &Weight) -> Option<Weight> {
+    let (&[ra, ca], &[rb, cb]) = (a.shape.as_slice(), b.shape.as_slice()) else { return None };
+    if ca != cb {
+        return None;
+    }
+    let data = match (&a.data, &b.data) {
+        (HostData::F32(x), HostData::F32(y)) => HostData::F32([x.as_slice(), y].concat()),
+        (HostData::F16(x), HostData::F16(y)) => HostData::F16([x.as_slice(), y].concat()),
+        (HostData::BF16(x), HostData::BF16(y)) => HostData::BF16([x.as_slice(), y].concat()),
+        _ => return None,
+    };
+    Some(Weight { shape: vec![ra + rb, ca], data })
 }

@@ -1,11 +1,12 @@
 //! Greedy generation with timing: one prefill call for every prompt, then
-//! one decode call per new token for the whole batch.
+//! one decode call per new token for the whole batch. The argmax runs where
+//! the model runs ([`Decoder::next_tokens`]): on a GPU only the new ids come
+//! back, once per step.
 
-use super::decoder::{CacheKind, Decoder, LogitsFor, Step};
+use super::decoder::{CacheKind, Decoder, Step, StepTiming};
 use super::dispatch::{AttentionChoice, ShapeClass};
 use super::error::ModelError;
 use super::kv_cache::SeqId;
-use super::ops::argmax;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
@@ -28,6 +29,9 @@ pub struct Generation {
     pub decode_seconds: f64,
     /// Tokens produced by the decode calls, over all sequences.
     pub decode_tokens: usize,
+    /// The decode calls' host time: issuing the forward vs waiting for the
+    /// argmax (see [`StepTiming`]).
+    pub decode_timing: StepTiming,
     /// Which backend each layer used, per shape class, and why.
     pub choices: BTreeMap<ShapeClass, Vec<(usize, AttentionChoice)>>,
     /// "contiguous" or "paged".
@@ -69,21 +73,23 @@ pub fn generate(decoder: &mut Decoder, request: &GenerateRequest) -> Result<Gene
 
     let start = Instant::now();
     let steps: Vec<Step<'_>> = seqs.iter().zip(&request.prompts).map(|(&seq, p)| Step { seq, tokens: p }).collect();
-    let logits = decoder.forward(cache.as_mut(), &steps, LogitsFor::Last)?;
-    let mut tokens: Vec<Vec<u32>> = logits.iter().map(|l| vec![argmax(l) as u32]).collect();
+    let first = decoder.next_tokens(cache.as_mut(), &steps)?;
+    let mut tokens: Vec<Vec<u32>> = first.iter().map(|&t| vec![t]).collect();
     let time_to_first_token = start.elapsed().as_secs_f64();
+    decoder.take_timing();
 
     let start = Instant::now();
     for _ in 1..request.max_new {
         let last: Vec<[u32; 1]> = tokens.iter().map(|t| [t[t.len() - 1]]).collect();
         let steps: Vec<Step<'_>> = seqs.iter().zip(&last).map(|(&seq, t)| Step { seq, tokens: t }).collect();
-        let logits = decoder.forward(cache.as_mut(), &steps, LogitsFor::Last)?;
-        for (t, l) in tokens.iter_mut().zip(&logits) {
-            t.push(argmax(l) as u32);
+        let next = decoder.next_tokens(cache.as_mut(), &steps)?;
+        for (t, id) in tokens.iter_mut().zip(next) {
+            t.push(id);
         }
     }
     let decode_seconds = start.elapsed().as_secs_f64();
     Ok(Generation {
+        decode_timing: decoder.take_timing(),
         decode_tokens: seqs.len() * (request.max_new - 1),
         tokens,
         time_to_first_token,

@@ -19,7 +19,7 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use crate::registry::{AttentionConfig, Registry};
-use crate::tensor::{Tensor, TensorView};
+use crate::tensor::{TensorView, TensorViewMut};
 use std::collections::BTreeMap;
 
 /// The new tokens of one sequence within a batch of rows.
@@ -113,24 +113,25 @@ impl AttentionLayer {
         let entries: Vec<AppendRows> =
             spans.iter().map(|s| AppendRows { seq: s.seq, first_row: s.first_row, len: s.len }).collect();
         cache.append(self.index, &entries, &k, &v)?;
-        let mut attn = Matrix::nan(x.rows(), self.num_heads * self.head_dim, &engine.device())?;
+        let mut attn = engine.activation(x.rows(), self.num_heads * self.head_dim)?;
         for group in groups(spans) {
-            let out = self.attend(engine, &q, group, cache)?;
-            engine.write_rows(&mut attn, group[0].first_row, &out)?;
+            self.attend(engine, &q, group, cache, &mut attn)?;
         }
         engine.linear(&attn, &self.proj.o, self.proj.o_bias.as_ref())
     }
 
     /// One batched attention call for adjacent spans that share their cached
-    /// length. Reads the cache in place when it offers strided views and the
-    /// chosen backend accepts them; otherwise from a gathered contiguous copy.
+    /// length, written into their rows of `attn`. Reads the cache in place
+    /// when it offers strided views and the chosen backend accepts them;
+    /// otherwise from a gathered contiguous copy.
     fn attend(
         &mut self,
         engine: &Engine,
         q: &Matrix,
         group: &[Span],
         cache: &dyn KvCache,
-    ) -> Result<Tensor, ModelError> {
+        attn: &mut Matrix,
+    ) -> Result<(), ModelError> {
         let (h, hkv, d) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let (len, kv_len) = (group[0].len, group[0].start + group[0].len);
         let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
@@ -139,11 +140,13 @@ impl AttentionLayer {
         let backend = self.dispatcher.backend_for(&p)?;
         let device = self.dispatcher.device().clone();
         let seqs: Vec<SeqId> = group.iter().map(|s| s.seq).collect();
-        let q = engine.rows_as(q, group[0].first_row, p.q_shape(), self.dtype)?;
-        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        // Views of the model's activations when they are in the problem's
+        // dtype (GPU), else converted copies.
+        let q = engine.attention_input(q, group[0].first_row, p.q_shape(), self.dtype)?;
+        let mut out = engine.attention_output(attn, group[0].first_row, p.out_shape(), self.dtype)?;
         let layer = self.index;
-        let run = |p: &AttentionProblem, k: TensorView<'_>, v: TensorView<'_>, out: &mut Tensor| {
-            backend.forward(p, &q, k, v, out).map_err(|source| ModelError::Backend {
+        let run = |p: &AttentionProblem, k: TensorView<'_>, v: TensorView<'_>, out: TensorViewMut<'_>| {
+            backend.forward(p, q.view(), k, v, out).map_err(|source| ModelError::Backend {
                 layer,
                 backend: backend.name(),
                 source,
@@ -155,14 +158,14 @@ impl AttentionLayer {
                 strided.strides.set(role, (!view.layout().is_contiguous()).then_some(view.layout().strides));
             }
             if Registry::reasons(backend, &strided, &device).is_empty() {
-                run(&strided, views.k, views.v, &mut out)?;
+                run(&strided, views.k, views.v, out.view_mut()?)?;
                 self.dispatcher.note_in_place(ShapeClass::of(&p));
-                return Ok(out);
+                return out.finish(engine);
             }
         }
         let (k, v) = cache.gather(self.index, &seqs, kv_len)?;
-        run(&p, k.view(), v.view(), &mut out)?;
-        Ok(out)
+        run(&p, k.view(), v.view(), out.view_mut()?)?;
+        out.finish(engine)
     }
 }
 

@@ -26,7 +26,7 @@ pub mod rope;
 pub mod weights;
 
 pub use config::{ConfigError, Family, ModelConfig, RopeScaling, RopeStyle};
-pub use decoder::{CacheKind, Decoder, DecoderOptions, LogitsFor, Step};
+pub use decoder::{model_dtype, CacheKind, Decoder, DecoderOptions, LogitsFor, Step, StepTiming};
 pub use dispatch::{AttentionChoice, ShapeClass};
 pub use error::ModelError;
 pub use generate::{generate, GenerateRequest, Generation};

@@ -1,4 +1,5 @@
-//! The decoder's dense math on the host, in f32: linear layers, RMSNorm,
+//! The decoder's dense math on the host, in f32 (optionally rounding to a
+//! 16-bit model dtype where transformers does): linear layers, RMSNorm,
 //! SwiGLU and argmax. Rows are tokens; matrices are
 //! `[out, in]` as stored by `nn.Linear`, so every output element is a dot
 //! product of two contiguous rows.
@@ -72,13 +73,19 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 /// RMSNorm of each row of `x` (width `weight.len()`), scaled by `weight`:
 /// `x / sqrt(mean(x²) + eps) * weight`. The mean square is accumulated in f64.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+    rms_norm_rounded(x, weight, eps, |v| v)
+}
+
+/// [`rms_norm`] with `round` applied where a 16-bit transformers model
+/// rounds: to the normalized row, and to its product with the weight.
+pub fn rms_norm_rounded(x: &[f32], weight: &[f32], eps: f64, round: fn(f32) -> f32) -> Vec<f32> {
     let width = weight.len();
     let mut out = vec![0.0f32; x.len()];
     for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
         let mean_sq = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / width as f64;
         let inv = 1.0 / (mean_sq + eps).sqrt();
         for ((o, &v), &w) in o.iter_mut().zip(row).zip(weight) {
-            *o = ((v as f64 * inv) as f32) * w;
+            *o = round(round((v as f64 * inv) as f32) * w);
         }
     }
     out
@@ -86,7 +93,12 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
 
 /// `silu(gate) * up`, elementwise.
 pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
-    gate.iter().zip(up).map(|(&g, &u)| g / (1.0 + (-g).exp()) * u).collect()
+    swiglu_rounded(gate, up, |v| v)
+}
+
+/// [`swiglu`] with `round` applied to the activation and to the product.
+pub fn swiglu_rounded(gate: &[f32], up: &[f32], round: fn(f32) -> f32) -> Vec<f32> {
+    gate.iter().zip(up).map(|(&g, &u)| round(round(g / (1.0 + (-g).exp())) * u)).collect()
 }
 
 /// Adds `delta` to `x` elementwise.

@@ -191,6 +191,19 @@ impl Tensor {
         Ok(Tensor { shape, dtype, storage })
     }
 
+    /// Wraps device memory the caller already owns (e.g. a buffer reused
+    /// from a pool); it must hold exactly the shape's elements of `dtype`.
+    /// The contents are whatever the buffer holds.
+    pub fn from_gpu_buffer(shape: [usize; 4], dtype: DType, buffer: DeviceBuffer) -> Result<Tensor, TensorError> {
+        let n = element_count(shape)?;
+        let bytes = n.checked_mul(dtype.size_in_bytes()).ok_or(TensorError::Overflow(shape))?;
+        if buffer.len_bytes() != bytes {
+            let got = buffer.len_bytes() / dtype.size_in_bytes();
+            return Err(TensorError::Length { tensor: "device buffer".into(), got, expected: n, shape });
+        }
+        Ok(Tensor { shape, dtype, storage: Storage::Gpu(buffer) })
+    }
+
     pub fn shape(&self) -> [usize; 4] {
         self.shape
     }

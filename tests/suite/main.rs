@@ -20,6 +20,7 @@ mod model_cli;
 mod model_errors;
 mod model_fixtures;
 mod model_gpu;
+mod model_gpu_half;
 mod model_kernels_offline;
 mod nonfinite;
 mod oracle;

@@ -68,7 +68,7 @@ pub fn decoder(name: &str, backend: Option<&str>) -> Decoder {
         device: DeviceChoice::Cpu,
         ..AttentionConfig::default()
     };
-    let options = DecoderOptions { attention, kv_dtype: DType::F32 };
+    let options = DecoderOptions { attention, kv_dtype: Some(DType::F32), dtype: Some(DType::F32) };
     Decoder::load(&fixture_dir(name), options).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
@@ -226,7 +226,7 @@ fn half_precision_kv_cache_stays_close() {
     for (dtype, tol) in [(DType::F16, 1e-2), (DType::BF16, 5e-2)] {
         for name in FAMILIES {
             let r = reference(name);
-            let options = DecoderOptions { kv_dtype: dtype, ..DecoderOptions::default() };
+            let options = DecoderOptions { kv_dtype: Some(dtype), ..DecoderOptions::default() };
             let mut d = Decoder::load(&fixture_dir(name), options).unwrap();
             let rows = teacher_forced(&mut d, &r, CacheKind::Paged { block_size: 16 }, true);
             let err = max_rel_error(&rows, &r, 0);
@@ -234,6 +234,57 @@ fn half_precision_kv_cache_stays_close() {
             assert!(err <= tol, "{name} {dtype}: {err:.3e} > {tol}");
             // Not bit-identical to f32: the cache really is 16-bit.
             assert!(err > 1e-5, "{name} {dtype}: error {err:.1e} suspiciously small for a 16-bit cache");
+        }
+    }
+}
+
+/// Logits rows (prompt in one call, then token by token, contiguous cache)
+/// of a decoder, and their error against HF's float64 logits.
+pub fn model_rows_and_error(d: &mut Decoder, r: &Reference) -> (Vec<Vec<f32>>, f64) {
+    let rows = teacher_forced(d, r, CacheKind::Contiguous, true);
+    let err = max_rel_error(&rows, r, 0);
+    (rows, err)
+}
+
+/// How far a model run in the 16-bit `dtype` may be from the float64
+/// reference, relative to max |logit|: one unit roundoff (2^-9 for bf16,
+/// 2^-11 for f16) per rounding point on the longest path through the
+/// model, a first-order forward-error bound. Per layer a transformers
+/// model rounds 16 times in sequence (normalized row and its product with
+/// the weight, q/k/v, RoPE's two products and sum, attention output, o,
+/// residual, post-attention norm ×2, gate/up, silu, silu·up, down,
+/// residual); then the final norm (2), the LM head and the weights
+/// themselves (f32 checkpoints are rounded once): 16 × layers + 4.
+pub fn half_model_bound(dtype: DType, layers: usize) -> f64 {
+    let unit = match dtype {
+        DType::BF16 => 2f64.powi(-9),
+        DType::F16 => 2f64.powi(-11),
+        DType::F32 => 2f64.powi(-24),
+    };
+    unit * (16 * layers + 4) as f64
+}
+
+#[test]
+fn half_precision_model_stays_within_the_rounding_bound() {
+    // The whole model in f16 / bf16 (weights, activations, cache), on the
+    // CPU: f32 arithmetic rounded where transformers rounds.
+    for dtype in [DType::F16, DType::BF16] {
+        for name in FAMILIES {
+            let r = reference(name);
+            let options = DecoderOptions { dtype: Some(dtype), ..DecoderOptions::default() };
+            let mut d = Decoder::load(&fixture_dir(name), options).unwrap();
+            assert_eq!((d.dtype(), d.kv_dtype()), (dtype, dtype), "the cache follows the model dtype");
+            let bound = half_model_bound(dtype, d.config().num_layers);
+            let (rows, err) = model_rows_and_error(&mut d, &r);
+            println!("{name:8} model {dtype}: max rel err {err:.2e} (bound {bound:.2e})");
+            assert!(err <= bound, "{name} {dtype}: {err:.3e} > {bound:.3e}");
+            // Really 16-bit: far from the f32 path's ~1e-6, and every logit
+            // is a value of the dtype (the LM head's output was rounded).
+            assert!(err > 1e-4, "{name} {dtype}: error {err:.1e} is too small for a 16-bit model");
+            let round = rocmforge::model::engine::round_slice;
+            let mut rounded = rows.concat();
+            round(dtype, &mut rounded);
+            assert_eq!(rounded, rows.concat(), "{name} {dtype}: logits are not {dtype} values");
         }
     }
 }

@@ -17,11 +17,14 @@ use rocmforge::selection::DeviceChoice;
 use rocmforge::tensor::SplitMix64;
 use rocmforge::{AttentionConfig, BackendChoice, DType, Device, DeviceKind, Registry};
 
-fn gpu() -> Option<Device> {
+/// The GPU, with every activation the engine hands out NaN until written
+/// (reused pool buffers would otherwise hide an unwritten element).
+pub(super) fn gpu() -> Option<Device> {
+    rocmforge::model::engine::poison_new_activations(true);
     device_for(DeviceKind::Gpu)
 }
 
-fn random(n: usize, seed: u64) -> Vec<f32> {
+pub(super) fn random(n: usize, seed: u64) -> Vec<f32> {
     let mut r = SplitMix64(seed);
     (0..n).map(|_| r.next_unit() * 2.0 - 1.0).collect()
 }
@@ -31,7 +34,7 @@ fn host_matrix(rows: usize, cols: usize, seed: u64) -> Matrix {
 }
 
 /// Largest |a - b| / (1 + |b|); NaN gives infinity.
-fn max_err(a: &[f32], b: &[f32]) -> f64 {
+pub(super) fn max_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
     a.iter().zip(b).fold(0.0f64, |m, (x, y)| {
         let e = (*x as f64 - *y as f64).abs() / (1.0 + (*y as f64).abs());
@@ -54,7 +57,7 @@ fn assert_close(what: &str, gpu: &Matrix, host: &Matrix, tol: f64) {
 #[ignore = "needs a GPU"]
 fn gpu_dense_ops_match_the_host() {
     let Some(device) = gpu() else { return };
-    let (host, gpu) = (Engine::Host, Engine::for_device(&device));
+    let (host, gpu) = (Engine::for_device(&Device::Cpu), Engine::for_device(&device));
     let up = |m: &Matrix| m.to_device(&device).unwrap();
     let (x, w, b) = (host_matrix(5, 33, 1), host_matrix(17, 33, 2), host_matrix(1, 17, 3));
     let (gx, gw, gb) = (up(&x), up(&w), up(&b));
@@ -76,6 +79,9 @@ fn gpu_dense_ops_match_the_host() {
     let rows = [4usize, 0, 4, 2];
     assert_close("select_rows", &gpu.select_rows(&gx, &rows).unwrap(), &host.select_rows(&x, &rows).unwrap(), 0.0);
     assert!(gpu.select_rows(&gx, &[5]).is_err(), "row 5 of 5 rows is refused");
+    // More rows than a launch carries inline: the index goes through put_words.
+    let many: Vec<usize> = (0..150).map(|i| (i * 7 + 3) % 5).collect();
+    assert_close("select_rows x150", &gpu.select_rows(&gx, &many).unwrap(), &host.select_rows(&x, &many).unwrap(), 0.0);
     // Attention inputs in every dtype, and outputs back into f32 rows.
     let q = host_matrix(6, 16, 10);
     for dtype in DType::ALL {
@@ -187,13 +193,14 @@ fn gpu_decoder(device: &Device, name: &str, backend: &str, kv_dtype: DType) -> D
         device: DeviceChoice::Gpu(g.ordinal()),
         ..AttentionConfig::default()
     };
-    Decoder::load(&fixture_dir(name), DecoderOptions { attention, kv_dtype }).unwrap_or_else(|e| panic!("{name}: {e}"))
+    let options = DecoderOptions { attention, kv_dtype: Some(kv_dtype), dtype: Some(DType::F32) };
+    Decoder::load(&fixture_dir(name), options).unwrap_or_else(|e| panic!("{name}: {e}"))
 }
 
 /// GPU backends whose kernels exist for `head_dim` (the flash kernels are
 /// specialized for {32, 64, 96, 128, 256}; the fixtures use 16, 24 and 32).
 /// Skipped ones are printed, so a reader sees what ran.
-fn gpu_backends(head_dim: usize) -> Vec<&'static str> {
+pub(super) fn gpu_backends(head_dim: usize) -> Vec<&'static str> {
     let mut names = Vec::new();
     for b in Registry::global().unwrap().backends().filter(|b| b.capabilities().device == DeviceKind::Gpu) {
         let caps = b.capabilities();
@@ -208,7 +215,7 @@ fn gpu_backends(head_dim: usize) -> Vec<&'static str> {
     names
 }
 
-fn fixture_head_dim(name: &str) -> usize {
+pub(super) fn fixture_head_dim(name: &str) -> usize {
     rocmforge::model::ModelConfig::from_dir(&fixture_dir(name)).unwrap_or_else(|e| panic!("{name}: {e}")).head_dim
 }
 
@@ -320,6 +327,9 @@ fn gpu_generate_cli_reproduces_transformers() {
     let out = std::process::Command::new(bin)
         .args(["generate", "--model", fixture_dir("qwen2").to_str().unwrap(), "--tokens", &tokens.join(",")])
         .args(["--max-new", &r.greedy.len().to_string(), "--device", "gpu", "--cache", "paged", "--json"])
+        // The f32 path reproduces HF's float64 greedy tokens; the default
+        // (auto) would run this bf16 checkpoint in bf16.
+        .args(["--dtype", "f32"])
         .env_remove(rocmforge::BACKEND_ENV)
         .output()
         .unwrap();

@@ -27,7 +27,7 @@ fn check(target: &str) {
     }
     let arch = Arch::parse(target).unwrap();
     let specs = kernels::all();
-    assert_eq!(specs.len(), 13, "9 copy_rows dtype pairs + rope + 3 dense kernels");
+    assert_eq!(specs.len(), 26, "9 copy_rows dtype pairs + put_words + argmax_finish + (rope + 4 dense) per dtype");
     for spec in &specs {
         let code = compile_source(&spec.label(), spec.entry, &spec.source(), &arch, &spec.options(&arch))
             .unwrap_or_else(|e| panic!("{target}: {e}"));

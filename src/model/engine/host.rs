@@ -1,5 +1,10 @@
-//! [`super::Engine::Host`]: the dense operations on host matrices, through
-//! the f32 loops of [`crate::model::ops`].
+//! [`HostEngine`]: the dense operations on host matrices, through the f32
+//! loops of [`crate::model::ops`]. Host matrices are always f32; for an f16
+//! or bf16 model each operation rounds its result to that dtype where
+//! transformers' model would hold it in that dtype (every op of a bf16
+//! model returns bf16; RMSNorm rounds the normalized row before the weight,
+//! SwiGLU the activation before the product, RoPE its cos/sin and each
+//! product), so the host is a reference for the GPU's 16-bit path.
 
 use crate::dtype::DType;
 use crate::model::error::ModelError;
@@ -8,74 +13,163 @@ use crate::model::ops;
 use crate::model::rope::{Positions, Rope};
 use crate::tensor::{HostData, Tensor};
 
+pub struct HostEngine {
+    dtype: DType,
+}
+
 fn host(m: &Matrix) -> Result<&[f32], ModelError> {
-    m.host().ok_or_else(|| ModelError::Request("a host operation got a GPU matrix".into()))
+    m.host().ok_or_else(|| ModelError::Request("a host operation got a GPU or non-f32 matrix".into()))
 }
 
 fn host_mut(m: &mut Matrix) -> Result<&mut [f32], ModelError> {
-    m.host_mut().ok_or_else(|| ModelError::Request("a host operation got a GPU matrix".into()))
+    m.host_mut().ok_or_else(|| ModelError::Request("a host operation got a GPU or non-f32 matrix".into()))
 }
 
-pub fn select_rows(x: &Matrix, rows: &[usize]) -> Result<Matrix, ModelError> {
-    let (data, cols) = (host(x)?, x.cols());
-    let mut out = Vec::with_capacity(rows.len() * cols);
-    for &r in rows {
-        if r >= x.rows() {
-            return Err(ModelError::Request(format!("row {r} of a {}-row matrix", x.rows())));
-        }
-        out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
+/// `x` rounded to `dtype` and widened back (f32: unchanged).
+pub fn round_to(dtype: DType) -> fn(f32) -> f32 {
+    match dtype {
+        DType::F32 => |x| x,
+        DType::F16 => |x| half::f16::from_f32(x).to_f32(),
+        DType::BF16 => |x| half::bf16::from_f32(x).to_f32(),
     }
-    Ok(Matrix::from_host(rows.len(), cols, out)?)
 }
 
-pub fn linear(x: &Matrix, w: &Matrix, bias: Option<&Matrix>) -> Result<Matrix, ModelError> {
-    let b = bias.map(host).transpose()?;
-    let y = ops::linear(host(x)?, host(w)?, b, w.rows(), w.cols());
-    Ok(Matrix::from_host(x.rows(), w.rows(), y)?)
+/// Rounds every element of `v` to `dtype`.
+pub fn round_slice(dtype: DType, v: &mut [f32]) {
+    if dtype != DType::F32 {
+        let r = round_to(dtype);
+        v.iter_mut().for_each(|x| *x = r(*x));
+    }
 }
 
-pub fn rms_norm(x: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, ModelError> {
-    Ok(Matrix::from_host(x.rows(), x.cols(), ops::rms_norm(host(x)?, host(weight)?, eps))?)
-}
+impl HostEngine {
+    pub fn new(dtype: DType) -> HostEngine {
+        HostEngine { dtype }
+    }
 
-pub fn swiglu(gate: &Matrix, up: Option<&Matrix>) -> Result<Matrix, ModelError> {
-    match up {
-        Some(up) => Ok(Matrix::from_host(gate.rows(), gate.cols(), ops::swiglu(host(gate)?, host(up)?))?),
-        None => {
-            // Each row is [gate | up] (GLM's fused projection).
-            let inter = gate.cols() / 2;
-            let (mut g, mut u) = (Vec::with_capacity(gate.rows() * inter), Vec::with_capacity(gate.rows() * inter));
-            for row in host(gate)?.chunks_exact(2 * inter) {
-                g.extend_from_slice(&row[..inter]);
-                u.extend_from_slice(&row[inter..]);
+    pub fn dtype(&self) -> DType {
+        self.dtype
+    }
+
+    fn matrix(&self, rows: usize, cols: usize, mut values: Vec<f32>) -> Result<Matrix, ModelError> {
+        round_slice(self.dtype, &mut values);
+        Ok(Matrix::from_host(rows, cols, values)?)
+    }
+
+    pub fn select_rows(&self, x: &Matrix, rows: &[usize]) -> Result<Matrix, ModelError> {
+        let (data, cols) = (host(x)?, x.cols());
+        let mut out = Vec::with_capacity(rows.len() * cols);
+        for &r in rows {
+            if r >= x.rows() {
+                return Err(ModelError::Request(format!("row {r} of a {}-row matrix", x.rows())));
             }
-            Ok(Matrix::from_host(gate.rows(), inter, ops::swiglu(&g, &u))?)
+            out.extend_from_slice(&data[r * cols..(r + 1) * cols]);
+        }
+        Ok(Matrix::from_host(rows.len(), cols, out)?)
+    }
+
+    pub fn linear(&self, x: &Matrix, w: &Matrix, bias: Option<&Matrix>) -> Result<Matrix, ModelError> {
+        if x.cols() != w.cols() {
+            return Err(ModelError::Request(format!("linear: x has {} columns, W {}", x.cols(), w.cols())));
+        }
+        let b = bias.map(host).transpose()?;
+        let y = ops::linear(host(x)?, host(w)?, b, w.rows(), w.cols());
+        self.matrix(x.rows(), w.rows(), y)
+    }
+
+    pub fn rms_norm(&self, x: &Matrix, weight: &Matrix, eps: f64) -> Result<Matrix, ModelError> {
+        if weight.cols() != x.cols() {
+            return Err(ModelError::Request(format!("rms_norm: weight of {} for rows of {}", weight.cols(), x.cols())));
+        }
+        let y = ops::rms_norm_rounded(host(x)?, host(weight)?, eps, round_to(self.dtype));
+        Ok(Matrix::from_host(x.rows(), x.cols(), y)?)
+    }
+
+    pub fn swiglu(&self, gate: &Matrix, up: Option<&Matrix>) -> Result<Matrix, ModelError> {
+        let r = round_to(self.dtype);
+        match up {
+            Some(up) => {
+                let y = ops::swiglu_rounded(host(gate)?, host(up)?, r);
+                Ok(Matrix::from_host(gate.rows(), gate.cols(), y)?)
+            }
+            None => {
+                // Each row is [gate | up] (a fused projection).
+                let inter = gate.cols() / 2;
+                let (mut g, mut u) = (Vec::with_capacity(gate.rows() * inter), Vec::with_capacity(gate.rows() * inter));
+                for row in host(gate)?.chunks_exact(2 * inter) {
+                    g.extend_from_slice(&row[..inter]);
+                    u.extend_from_slice(&row[inter..]);
+                }
+                Ok(Matrix::from_host(gate.rows(), inter, ops::swiglu_rounded(&g, &u, r))?)
+            }
         }
     }
-}
 
-pub fn add(x: &mut Matrix, y: &Matrix) -> Result<(), ModelError> {
-    ops::add_in_place(host_mut(x)?, host(y)?);
-    Ok(())
-}
+    pub fn add(&self, x: &mut Matrix, y: &Matrix) -> Result<(), ModelError> {
+        if (x.rows(), x.cols()) != (y.rows(), y.cols()) {
+            return Err(ModelError::Request("add: shapes differ".into()));
+        }
+        let dtype = self.dtype;
+        let x = host_mut(x)?;
+        ops::add_in_place(x, host(y)?);
+        round_slice(dtype, x);
+        Ok(())
+    }
 
-pub fn rope(x: &mut Matrix, heads: usize, rope: &Rope, positions: &[usize]) -> Result<(), ModelError> {
-    Ok(rope.apply(host_mut(x)?, heads, Positions::OneD(positions))?)
-}
+    pub fn rope(&self, x: &mut Matrix, heads: usize, rope: &Rope, positions: &[usize]) -> Result<(), ModelError> {
+        if self.dtype == DType::F32 {
+            return Ok(rope.apply(host_mut(x)?, heads, Positions::OneD(positions))?);
+        }
+        let table = rope.cos_sin_table(Positions::OneD(positions))?;
+        let r = round_to(self.dtype);
+        let (head_dim, pairs) = (rope.head_dim(), rope.inv_freq().len());
+        let style = rope.style();
+        let x = host_mut(x)?;
+        if x.len() != positions.len() * heads * head_dim {
+            return Err(ModelError::Request("rope: matrix shape does not match".into()));
+        }
+        // The same index math as kernels/model/rope.hip (one stream).
+        for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
+            for head in token.chunks_exact_mut(head_dim) {
+                for i in 0..pairs {
+                    let (a, b) = match style {
+                        crate::model::config::RopeStyle::NeoX => (i, i + pairs),
+                        crate::model::config::RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+                    };
+                    let (c, s) = (r(table[(t * pairs + i) * 2]), r(table[(t * pairs + i) * 2 + 1]));
+                    let (x1, x2) = (head[a], head[b]);
+                    head[a] = r(r(x1 * c) + r(-x2 * s));
+                    head[b] = r(r(x2 * c) + r(x1 * s));
+                }
+            }
+        }
+        Ok(())
+    }
 
-pub fn rows_as(x: &Matrix, first: usize, shape: [usize; 4], dtype: DType) -> Result<Tensor, ModelError> {
-    let n: usize = shape.iter().product();
-    let start = first * x.cols();
-    let data = host(x)?.get(start..start + n).ok_or_else(|| ModelError::Request("rows out of range".into()))?;
-    Ok(Tensor::from_host(shape, HostData::from_f32(dtype, data))?)
-}
+    pub fn rows_as(&self, x: &Matrix, first: usize, shape: [usize; 4], dtype: DType) -> Result<Tensor, ModelError> {
+        let n: usize = shape.iter().product();
+        let start = first * x.cols();
+        let data = host(x)?.get(start..start + n).ok_or_else(|| ModelError::Request("rows out of range".into()))?;
+        Ok(Tensor::from_host(shape, HostData::from_f32(dtype, data))?)
+    }
 
-pub fn write_rows(dst: &mut Matrix, first: usize, src: &Tensor) -> Result<(), ModelError> {
-    let values = src.to_f32_vec()?;
-    let start = first * dst.cols();
-    let out = host_mut(dst)?
-        .get_mut(start..start + values.len())
-        .ok_or_else(|| ModelError::Request("rows out of range".into()))?;
-    out.copy_from_slice(&values);
-    Ok(())
+    /// Writes `src` into rows `first ..` of `dst`, widened to f32 and rounded
+    /// to the model's dtype.
+    pub fn write_rows(&self, dst: &mut Matrix, first: usize, src: &Tensor) -> Result<(), ModelError> {
+        let mut values = src.to_f32_vec()?;
+        round_slice(self.dtype, &mut values);
+        let start = first * dst.cols();
+        let out = host_mut(dst)?
+            .get_mut(start..start + values.len())
+            .ok_or_else(|| ModelError::Request("rows out of range".into()))?;
+        out.copy_from_slice(&values);
+        Ok(())
+    }
+
+    pub fn argmax(&self, x: &Matrix) -> Result<Vec<u32>, ModelError> {
+        if x.cols() == 0 {
+            return Err(ModelError::Request("argmax over empty rows".into()));
+        }
+        Ok(host(x)?.chunks_exact(x.cols()).map(|row| ops::argmax(row) as u32).collect())
+    }
 }

@@ -85,7 +85,7 @@ impl KvStorage {
         Ok(())
     }
 
-    /// Copies rows `src_rows` of `k` and `v` (f32, one token per row) to
+    /// Copies rows `src_rows` of `k` and `v` (model dtype, one token per row) to
     /// physical rows `dst_rows`, rounding to the cache's dtype.
     pub fn write(
         &mut self,
@@ -125,7 +125,7 @@ impl KvStorage {
                 for (src, dst) in [(k, &self.k[layer]), (v, &self.v[layer])] {
                     let from = RowsAt {
                         ptr: src.gpu_ptr(0, "k/v").map_err(gpu_err)?,
-                        dtype: DType::F32,
+                        dtype: src.dtype(),
                         stride: row,
                         index: Some(src_rows),
                     };
