@@ -122,7 +122,10 @@ mod tests {
     #[test]
     fn every_head_dim_and_dtype_has_a_specialization() {
         let specs = launch::all_specs();
-        assert_eq!(specs.len(), launch::HEAD_DIMS.len() * 4);
+        // Every (dtype, head dim) with the kernel's default f32 mode, plus
+        // the one explicit SIMT variant.
+        assert_eq!(specs.len(), launch::HEAD_DIMS.len() * DType::ALL.len() + 1);
+        assert!(specs.contains(&launch::spec(DType::F32, 128, Some(launch::F32Mode::Simt))));
         for &d in launch::HEAD_DIMS {
             for dtype in DType::ALL {
                 assert!(specs.contains(&launch::spec(dtype, d, None)), "{dtype} d={d}");
