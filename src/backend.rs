@@ -119,10 +119,10 @@ impl PagedKvRefs<'_> {
     fn check(&self, p: &AttentionProblem, device: &Device) -> Result<(), BackendError> {
         let Some(paged) = p.paged else { return Err(ProblemError::UnexpectedPagedRefs.into()) };
         let tensors = [
-            ("block_table", self.block_table, p.batch.saturating_mul(paged.table_width), paged.num_blocks - 1),
-            ("seq_lens", self.seq_lens, p.batch, p.seq_kv),
+            ("block_table", self.block_table, p.batch.saturating_mul(paged.table_width)),
+            ("seq_lens", self.seq_lens, p.batch),
         ];
-        for (what, t, expected, max) in tensors {
+        for (what, t, expected) in tensors {
             if t.len() != expected {
                 return Err(ProblemError::PagedIndexLen { what, got: t.len(), expected }.into());
             }
@@ -130,10 +130,22 @@ impl PagedKvRefs<'_> {
                 let (a_dev, b_dev) = (t.device().label(), device.label());
                 return Err(ProblemError::MixedDevices { a: what, b: "q", a_dev, b_dev }.into());
             }
-            if let Some((index, &value)) =
-                t.host().and_then(|h| h.iter().enumerate().find(|(_, &x)| x < 0 || x as usize > max))
-            {
-                return Err(ProblemError::PagedIndexValue { what, index, value: value as i64, max }.into());
+        }
+        // Host values are checked here: each length, and the table entries
+        // that length reads (entries past it are never read).
+        if let (Some(lens), Some(table)) = (self.seq_lens.host(), self.block_table.host()) {
+            let bad =
+                |what, index, value: i32, max| ProblemError::PagedIndexValue { what, index, value: value as i64, max };
+            for (b, &len) in lens.iter().enumerate() {
+                if len < 0 || len as usize > p.seq_kv {
+                    return Err(bad("seq_lens", b, len, p.seq_kv).into());
+                }
+                let row = b * paged.table_width;
+                for (i, &block) in table[row..row + (len as usize).div_ceil(paged.block_size)].iter().enumerate() {
+                    if block < 0 || block as usize >= paged.num_blocks {
+                        return Err(bad("block_table", row + i, block, paged.num_blocks - 1).into());
+                    }
+                }
             }
         }
         Ok(())

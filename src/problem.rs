@@ -243,9 +243,7 @@ pub enum ProblemError {
     OverlappingOut { strides: Strides, shape: [usize; 4] },
     #[error("paged K/V: {field} must be at least 1, got 0")]
     PagedZero { field: &'static str },
-    #[error(
-        "paged K/V: table_width {table_width} x block_size {block_size} cannot hold seq_kv {seq_kv} positions"
-    )]
+    #[error("paged K/V: table_width {table_width} x block_size {block_size} cannot hold seq_kv {seq_kv} positions")]
     PagedTable { table_width: usize, block_size: usize, seq_kv: usize },
     #[error("paged K/V: {what} holds {got} entries, the problem needs {expected}")]
     PagedIndexLen { what: &'static str, got: usize, expected: usize },
@@ -415,11 +413,7 @@ fn validate_paged(paged: &PagedKv, seq_kv: usize) -> Result<(), ProblemError> {
         }
     }
     if paged.table_width.checked_mul(paged.block_size).is_none_or(|n| n < seq_kv) {
-        return Err(ProblemError::PagedTable {
-            table_width: paged.table_width,
-            block_size: paged.block_size,
-            seq_kv,
-        });
+        return Err(ProblemError::PagedTable { table_width: paged.table_width, block_size: paged.block_size, seq_kv });
     }
     Ok(())
 }
