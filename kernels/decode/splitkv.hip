@@ -13,12 +13,14 @@
 //   output (normalized) and its log2-sum-exp, and decode/combine.hip merges.
 // - K/V tiles of BN keys are staged in shared memory, STAGES deep with
 //   cp.async on NVIDIA sm_80+ (plain loads elsewhere), rows padded by one
-//   16-byte chunk (an odd chunk count per row: conflict-free 16-byte reads).
+//   few 16-byte chunks (see QK below).
 //
 // One tile, four phases separated by barriers:
-//   QK:  thread t owns key t / KSPLIT and head-dim slice t % KSPLIT; it
-//        reads its K slice once and the (broadcast) Q slices of every row;
-//        the KSPLIT lanes of a key add their parts with shuffles.
+//   QK:  thread t owns key t / KSPLIT and the 16-byte chunks p, p + KSPLIT,
+//        ... of it (p = t % KSPLIT); it reads them once and the (broadcast)
+//        Q chunks of every row; the KSPLIT lanes of a key add their parts
+//        with shuffles. K rows are padded to KSPLIT (mod 8) chunks, so the 8
+//        lanes of one 16-byte shared-memory phase hit 8 different banks.
 //   softmax: warp w owns rows w, w + WARPS, ...; the row's tile maximum and
 //        sum come from warp reductions (online softmax, exp2 domain, exact
 //        running max); masked keys get P = -1 (a value exp2 never gives).
@@ -70,10 +72,12 @@ constexpr int KG = THREADS / NT_D;
 static_assert(KG >= 1 && BN % KG == 0, "bad PV split");
 
 // Shared-memory layout (in 4-byte words where f32, elements for K/V).
-constexpr int CPR = D / VEC;                 // 16-byte chunks per K/V row
-constexpr int KV_STRIDE = (CPR + 1) * VEC;   // odd chunk count per row
-constexpr int Q_SLICE = DQ + 4;              // one float4 of skew per slice
-constexpr int Q_ROW = KSPLIT * Q_SLICE;
+constexpr int CPR = D / VEC;  // 16-byte chunks per K/V row
+// Row stride = KSPLIT (mod 8) chunks: lane (key j, part p) of a QK read
+// phase hits chunk j * KSPLIT + p (mod 8), distinct for the phase's 8 lanes.
+constexpr int KV_PAD = ((KSPLIT % 8) - (CPR % 8) + 8) % 8;
+constexpr int KV_STRIDE = (CPR + KV_PAD) * VEC;
+constexpr int Q_ROW = D;
 constexpr int S_ROW = BN;
 constexpr int Q_BYTES = RMAX * Q_ROW * 4;
 constexpr int S_BYTES = RMAX * S_ROW * 4;
@@ -186,7 +190,7 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
 
 // Shared memory of one block.
 struct Smem {
-    float* q;        // [RMAX][KSPLIT][Q_SLICE] f32 query rows, sliced as QK reads them
+    float* q;        // [RMAX][D] f32 query rows
     float* s;        // [RMAX][BN] logits, then probabilities (P < 0: masked key)
     float* alpha;    // [RMAX] rescale of O for the current tile
     float* m;        // [RMAX] final running max (log2 domain)
@@ -231,7 +235,7 @@ RF_DEVICE void load_q(const rf_decode_params& p, const Work& w, float* q_s) {
 #pragma unroll
             for (int e = 0; e < VEC; ++e) f[e] = 0.0f;
         }
-        float* dst = q_s + r * Q_ROW + (d0 / DQ) * Q_SLICE + d0 % DQ;
+        float* dst = q_s + r * Q_ROW + d0;
 #pragma unroll
         for (int e = 0; e < VEC; ++e) dst[e] = f[e];
     }
@@ -278,23 +282,24 @@ RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, e
 // S[r][j] = q_r . k_j for the tile's BN keys (raw dot products).
 RF_DEVICE void qk_tile(const Work& w, const Smem& sm, const elem* k_s, int tid) {
     const int j = tid / KSPLIT, part = tid % KSPLIT;
-    const elem* krow = k_s + j * KV_STRIDE + part * DQ;
-    const float* qs = sm.q + part * Q_SLICE;
+    const elem* krow = k_s + j * KV_STRIDE + part * VEC;
+    const float* qs = sm.q + part * VEC;
     const int groups = padded_rows(w) / RG;
     float acc[RMAX];
 #pragma unroll
     for (int r = 0; r < RMAX; ++r) acc[r] = 0.0f;
 #pragma unroll
     for (int c = 0; c < DQ / VEC; ++c) {
+        // Chunk part + KSPLIT * c of the key, and of every query row.
         float kf[VEC];
-        unpack(*reinterpret_cast<const U32x4*>(krow + c * VEC), kf);
+        unpack(*reinterpret_cast<const U32x4*>(krow + c * KSPLIT * VEC), kf);
 #pragma unroll
         for (int g = 0; g < RMAX / RG; ++g) {
             if (g < groups) {
 #pragma unroll
                 for (int rr = 0; rr < RG; ++rr) {
                     const int r = g * RG + rr;
-                    const F4* qv = reinterpret_cast<const F4*>(qs + r * Q_ROW + c * VEC);
+                    const F4* qv = reinterpret_cast<const F4*>(qs + r * Q_ROW + c * KSPLIT * VEC);
 #pragma unroll
                     for (int e4 = 0; e4 < VEC / 4; ++e4) {
                         const F4 x = qv[e4];
