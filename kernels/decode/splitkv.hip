@@ -56,7 +56,6 @@ constexpr int D = RF_HEAD_DIM;
 constexpr int THREADS = 128;
 constexpr int WARPS = THREADS / RF_WARP_SIZE;
 constexpr int VEC = 16 / (int)sizeof(elem);  // elements per 16-byte chunk
-constexpr int RMAX = 16;                     // query rows per block
 
 // Keys per tile: 64 16-bit or 32 f32 keys (4 KB of K per 64-dim slice), half
 // that for head_dim 256, so a stage is about 34 KB of K and V.
@@ -114,80 +113,6 @@ static_assert(SMEM_BYTES <= 99 * 1024, "over the shared memory of the smallest s
 #endif
 static_assert(FIXED_BYTES % 16 == 0 && STAGE_BYTES % 16 == 0, "K/V tiles must stay 16-byte aligned");
 
-// 16 bytes of K or V from global to shared; `ok == false` writes zeros.
-RF_DEVICE void copy16(elem* dst, const elem* src, bool ok) {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
-#else
-    U32x4 v = {0u, 0u, 0u, 0u};
-    if (ok) v = *reinterpret_cast<const U32x4*>(src);
-    *reinterpret_cast<U32x4*>(dst) = v;
-#endif
-}
-
-RF_DEVICE void copy_commit() {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int N>
-RF_DEVICE void copy_wait() {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-// What one block works on, fixed for its lifetime.
-struct Work {
-    int b, hk, r0, rows, group;
-    long long len;     // this sequence's keys
-    long long shift;   // query row sq sits at key position sq + shift
-    long long kb, ke;  // this split's keys, [kb, ke)
-    long long lo_any, hi_any;    // keys some row sees (clamped to the split)
-    long long lo_all, hi_all;    // keys every row sees (tiles inside need no mask)
-    bool bad;          // an invalid sequence length
-};
-
-RF_DEVICE long long min_ll(long long a, long long b) { return a < b ? a : b; }
-RF_DEVICE long long max_ll(long long a, long long b) { return a > b ? a : b; }
-
-// Visible keys [lo, hi) of the query at position `pos` in a sequence of `len`.
-RF_DEVICE void row_range(const rf_decode_params& p, long long pos, long long len, long long& lo, long long& hi) {
-    lo = p.window_left >= 0 ? max_ll(0, pos - p.window_left) : 0;
-    hi = p.window_right >= 0 ? min_ll(len, pos + p.window_right + 1) : len;
-}
-
-RF_DEVICE Work make_work(const rf_decode_params& p) {
-    Work w;
-    const int group = p.heads_q / p.heads_kv;
-    const int chunks = (group * p.seq_q + RMAX - 1) / RMAX;
-    w.group = group;
-    w.b = (int)blockIdx.z;
-    w.hk = (int)blockIdx.y / chunks;
-    w.r0 = ((int)blockIdx.y % chunks) * RMAX;
-    w.rows = group * p.seq_q - w.r0 < RMAX ? group * p.seq_q - w.r0 : RMAX;
-    long long len = p.seq_kv;
-    if (p.seq_lens != 0) len = reinterpret_cast<const int*>(p.seq_lens)[w.b];
-    const long long cap = p.block_table != 0 ? ((long long)p.table_width << p.block_shift) : p.seq_kv;
-    w.bad = len < 0 || len > p.seq_kv || len > cap;
-    w.len = w.bad ? 0 : len;
-    w.shift = w.len - p.seq_q;
-    w.kb = (long long)blockIdx.x * p.split_keys;
-    w.ke = min_ll(w.kb + p.split_keys, w.len);
-    const long long pos_min = w.r0 / group + w.shift, pos_max = (w.r0 + w.rows - 1) / group + w.shift;
-    long long lo_a, hi_a, lo_b, hi_b;
-    row_range(p, pos_min, w.len, lo_a, hi_a);
-    row_range(p, pos_max, w.len, lo_b, hi_b);
-    // Both bounds grow with the position: the first row has the lowest.
-    w.lo_any = max_ll(lo_a, w.kb);
-    w.hi_any = min_ll(hi_b, w.ke);
-    w.lo_all = lo_b;
-    w.hi_all = min_ll(hi_a, w.ke);
-    return w;
-}
-
 // Shared memory of one block.
 struct Smem {
     float* q;        // [RMAX][D] f32 query rows
@@ -239,44 +164,6 @@ RF_DEVICE void load_q(const rf_decode_params& p, const Work& w, float* q_s) {
 #pragma unroll
         for (int e = 0; e < VEC; ++e) dst[e] = f[e];
     }
-}
-
-// Starts copying keys n0 .. n0 + BN of K and V into `stage`. Keys at or past
-// the split's end are zeros, never read. Returns whether a block-table
-// entry was out of range (its rows are zeros too).
-RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, elem* stage) {
-    const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.k_head_stride;
-    const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.v_head_stride;
-    const int* table = p.block_table != 0 ? reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width
-                                          : nullptr;
-    const long long in_block = (1ll << p.block_shift) - 1;
-    bool bad = false;
-    constexpr int CHUNKS = BN * CPR;
-#pragma unroll
-    for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
-        const int c = (int)threadIdx.x + i * THREADS;
-        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-            const int row = c / CPR, col = (c % CPR) * VEC;
-            const long long j = n0 + row;
-            bool ok = j < w.ke;
-            long long koff = 0, voff = 0;
-            if (ok && table != nullptr) {
-                const int blk = table[j >> p.block_shift];
-                if (blk < 0 || blk >= p.num_blocks) {
-                    bad = true;
-                    ok = false;
-                }
-                koff = blk * p.k_batch_stride + (j & in_block) * p.k_seq_stride;
-                voff = blk * p.v_batch_stride + (j & in_block) * p.v_seq_stride;
-            } else if (ok) {
-                koff = w.b * p.k_batch_stride + j * p.k_seq_stride;
-                voff = w.b * p.v_batch_stride + j * p.v_seq_stride;
-            }
-            copy16(stage + row * KV_STRIDE + col, ok ? kbase + koff + col : kbase, ok);
-            copy16(stage + (BN + row) * KV_STRIDE + col, ok ? vbase + voff + col : vbase, ok);
-        }
-    }
-    return bad;
 }
 
 // S[r][j] = q_r . k_j for the tile's BN keys (raw dot products).
@@ -442,12 +329,8 @@ RF_DEVICE void pv_tile(const Work& w, const Smem& sm, const elem* v_s, float (&o
     }
 }
 
-// Writes the block's rows: O itself with one split, else the normalized
-// partial O and its log2-sum-exp. A row with no visible key in the split
-// is (0, -inf); one whose visible logits are all -inf has l = 0: with one
-// split that is NaN (as the reference), with several its unnormalized O (0,
-// or NaN from a visible NaN V) goes out with lse -inf and weight 0. An
-// invalid length or block-table entry makes the rows NaN.
+// Writes the block's rows (write_pair): the KG partial sums of each row
+// meet in shared memory, over the K/V stages.
 RF_DEVICE void finish(const rf_decode_params& p, const Work& w, const Smem& sm, const RowState& st,
                       const float (&o)[RMAX][2], bool bad_block, int tid) {
     const int warp = tid / RF_WARP_SIZE, lane = tid % RF_WARP_SIZE;
@@ -473,7 +356,6 @@ RF_DEVICE void finish(const rf_decode_params& p, const Work& w, const Smem& sm, 
         }
     }
     __syncthreads();
-    const bool direct = p.num_splits == 1;
     for (int idx = tid; idx < w.rows * NT_D; idx += THREADS) {
         const int r = idx / NT_D, c = 2 * (idx % NT_D);
         float a0 = 0.0f, a1 = 0.0f;
@@ -482,35 +364,7 @@ RF_DEVICE void finish(const rf_decode_params& p, const Work& w, const Smem& sm, 
             a0 += sm.red[(g * RMAX + r) * D + c];
             a1 += sm.red[(g * RMAX + r) * D + c + 1];
         }
-        const int rr = w.r0 + r, sq = rr / w.group, hq = w.hk * w.group + rr % w.group;
-        long long lo, hi;
-        row_range(p, sq + w.shift, w.len, lo, hi);
-        const bool visible = max_ll(lo, w.kb) < min_ll(hi, w.ke);
-        const float l = sm.l[r];
-        float lse = sm.m[r] + log2_full(l);
-        if (bad) {
-            a0 = a1 = lse = nan_f();
-        } else if (!visible) {
-            a0 = a1 = 0.0f;
-            lse = RF_NEG_INF;
-        } else if (l == 0.0f) {
-            if (direct) a0 = a1 = nan_f();
-            lse = RF_NEG_INF;
-        } else {
-            a0 /= l;
-            a1 /= l;
-        }
-        if (direct) {
-            elem* out = reinterpret_cast<elem*>(p.o) + w.b * p.o_batch_stride + sq * p.o_seq_stride +
-                        hq * p.o_head_stride + c;
-            store2(out, a0, a1);
-        } else {
-            const long long row = (((long long)blockIdx.x * p.batch + w.b) * p.seq_q + sq) * p.heads_q + hq;
-            float* po = reinterpret_cast<float*>(p.part_o) + row * D + c;
-            po[0] = a0;
-            po[1] = a1;
-            if (c == 0) reinterpret_cast<float*>(p.part_lse)[row] = lse;
-        }
+        write_pair<D>(p, w, r, c, a0, a1, sm.m[r], sm.l[r], bad);
     }
 }
 
@@ -547,13 +401,13 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
 
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
-        if (s < tiles) bad_block |= load_kv(p, w, (n_begin + s) * BN, sm.kv + s * STAGE_ELEMS);
+        if (s < tiles) bad_block |= load_kv<BN, D, KV_STRIDE, THREADS>(p, w, (n_begin + s) * BN, sm.kv + s * STAGE_ELEMS);
         copy_commit();
     }
     for (int it = 0; it < tiles; ++it) {
         __syncthreads();  // every thread is done with tile it - 1 (its stage, S, alpha)
         const int ahead = it + STAGES - 1;
-        if (ahead < tiles) bad_block |= load_kv(p, w, (n_begin + ahead) * BN, sm.kv + (ahead % STAGES) * STAGE_ELEMS);
+        if (ahead < tiles) bad_block |= load_kv<BN, D, KV_STRIDE, THREADS>(p, w, (n_begin + ahead) * BN, sm.kv + (ahead % STAGES) * STAGE_ELEMS);
         copy_commit();
         copy_wait<STAGES - 1>();
         __syncthreads();  // tile it has landed for every thread

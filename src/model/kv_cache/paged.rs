@@ -27,8 +27,11 @@ pub struct PagedCache {
     /// The last block table and lengths handed to a paged call, and their
     /// copy on the cache's device: every layer of a step asks for the same
     /// ones, so they are uploaded once per step, not once per layer.
-    last_index: Mutex<Option<(Vec<i32>, Vec<i32>, Arc<PagedIndex>)>>,
+    last_index: Mutex<Option<LastIndex>>,
 }
+
+/// A block table and lengths (host values) and their uploaded copy.
+type LastIndex = (Vec<i32>, Vec<i32>, Arc<PagedIndex>);
 
 impl PagedCache {
     /// A host pool of `num_blocks` blocks of `block_size` (16 or 32) tokens.
