@@ -11,7 +11,7 @@ use crate::capabilities::Unsupported;
 use crate::device::{DeviceError, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
 use crate::kernels::params::{DecodeCombineParams, DecodeParams};
-use crate::kernels::{KernelKey, KernelSpec, DECODE_COMBINE, DECODE_SPLITKV};
+use crate::kernels::{KernelKey, KernelSpec, DECODE_COMBINE, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -25,9 +25,12 @@ pub const MAX_SEQ_Q: usize = 8;
 /// Largest workspace of partial outputs; more splits are cut back to fit.
 pub const WORKSPACE_CAP: usize = 256 << 20;
 
-/// The split kernel for `dtype` and `head_dim`.
+/// The split kernel for `dtype` and `head_dim`: f16 and bf16 on the
+/// matrix units (`decode/splitkv_mma.hip`), f32 on plain FMAs at f32
+/// accuracy (`decode/splitkv.hip`). Same parameters and launch contract.
 pub fn split_spec(dtype: DType, head_dim: usize) -> KernelSpec {
-    KernelSpec::new(DECODE_SPLITKV, "rf_decode_split").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim)
+    let file = if dtype == DType::F32 { DECODE_SPLITKV } else { DECODE_SPLITKV_MMA };
+    KernelSpec::new(file, "rf_decode_split").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim)
 }
 
 /// The combine kernel writing `dtype` outputs (any head dim).

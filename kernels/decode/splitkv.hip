@@ -1,5 +1,7 @@
 // Split-KV decode attention: few query rows (seq_q <= 8) against a long KV
-// sequence, dense or paged. docs/kernels.md ("Decode") explains the design.
+// sequence, dense or paged; the f32 kernel (f16 / bf16 run on the matrix
+// units, decode/splitkv_mma.hip, with the same contract). docs/kernels.md
+// ("Decode") explains the design.
 //
 // Decode is memory-bound: every K/V byte is read once and used by few
 // rows, so the kernel is SIMT (f32 FMAs; f32 problems keep f32 accuracy)
