@@ -12,6 +12,7 @@
 // dims up to 256; grid ceil(rows / WARPS), THREADS threads.
 #include "rf/platform.h"
 #include "rf/convert.h"
+#include "rf/reduce.h"
 #include "rf/mask.h"
 #include "rf/decode_params.h"
 #include "rf/decode_common.h"
@@ -55,31 +56,39 @@ extern "C" __global__ void RF_COMBINE_BOUNDS rf_decode_combine(const rf_decode_c
         return;
     }
     const float* lse = reinterpret_cast<const float*>(p.part_lse) + row;
-    float top = RF_NEG_INF;
-    bool nan = false;
-    for (int s = 0; s < p.num_splits; ++s) {
+    // The maximum (and whether any lse is NaN) with the splits spread over
+    // the lanes: one round of loads, then a warp reduction.
+    float top = RF_NEG_INF, nan = 0.0f;
+    for (int s = lane; s < p.num_splits; s += RF_WARP_SIZE) {
         const float x = lse[s * rows];
-        nan |= x != x;
+        nan = x != x ? 1.0f : nan;
         top = fmaxf(top, x);
     }
+    top = rf_warp_max(top);
+    const bool any_nan = rf_warp_max(nan) > 0.5f;
     float acc[PER_LANE];
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) acc[i] = 0.0f;
     float den = 0.0f;
+    // Unrolled so that the loads of several splits are in flight at once:
+    // with few rows (batch 1) this loop's latency is the kernel's time.
+    const float* po = reinterpret_cast<const float*>(p.part_o) + row * p.head_dim;
+    const long long split_stride = rows * p.head_dim;
+#pragma unroll 8
     for (int s = 0; s < p.num_splits; ++s) {
         const float x = lse[s * rows];
         const float w = x == RF_NEG_INF ? 0.0f : exp2_approx(x - top);
         den += w;
-        const float* po = reinterpret_cast<const float*>(p.part_o) + (s * rows + row) * p.head_dim;
 #pragma unroll
         for (int i = 0; i < PER_LANE; ++i) {
             const int d = lane + RF_WARP_SIZE * i;
-            if (d < p.head_dim) acc[i] += w * po[d];
+            if (d < p.head_dim) acc[i] += w * po[s * split_stride + d];
         }
     }
+    const bool nan_row = any_nan;
 #pragma unroll
     for (int i = 0; i < PER_LANE; ++i) {
         const int d = lane + RF_WARP_SIZE * i;
-        if (d < p.head_dim) out[d] = from_f(nan ? nan_f() : acc[i] / den);
+        if (d < p.head_dim) out[d] = from_f(nan_row ? nan_f() : acc[i] / den);
     }
 }
