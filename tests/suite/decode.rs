@@ -367,6 +367,42 @@ fn auto_picks_flash_decode_for_decode_and_flash_for_prefill() {
     assert!(format!("{verdict:?}").contains("SeqQ { got: 512, max: 8 }"), "{verdict:?}");
 }
 
+/// The decoder on auto: decode steps pick flash-decode, and with a paged
+/// cache it reads the pool in place, all sequences of a step in one call
+/// whatever their lengths (prompts of 8, 5 and 8 tokens), and reproduces
+/// transformers' greedy tokens. glm is the fixture with head_dim 32.
+#[test]
+#[ignore = "needs a GPU"]
+fn decoder_decodes_through_flash_decode_on_the_paged_cache_in_place() {
+    use crate::model_fixtures::{fixture_dir, reference};
+    use rocmforge::model::{generate, CacheKind, Decoder, DecoderOptions, GenerateRequest, ShapeClass};
+    let Device::Gpu(g) = gpu() else { unreachable!() };
+    let attention = AttentionConfig {
+        backend: Some(rocmforge::BackendChoice::Auto),
+        device: rocmforge::DeviceChoice::Gpu(g.ordinal()),
+        ..AttentionConfig::default()
+    };
+    let options = DecoderOptions { attention, kv_dtype: DType::F32 };
+    let mut d = Decoder::load(&fixture_dir("glm"), options).unwrap();
+    let r = reference("glm");
+    for block_size in [16, 32] {
+        let request = GenerateRequest {
+            prompts: vec![r.prompt.clone(), r.prompt[..5].to_vec(), r.prompt.clone()],
+            max_new: r.greedy.len(),
+            cache: CacheKind::Paged { block_size },
+        };
+        let out = generate(&mut d, &request).unwrap();
+        assert_eq!(out.tokens[0], r.greedy, "block size {block_size}");
+        assert_eq!(out.tokens[2], r.greedy, "block size {block_size}");
+        let decode = &out.choices[&ShapeClass::Decode];
+        for (layer, c) in decode {
+            assert_eq!(c.backend, NAME, "layer {layer}: {}", c.reason);
+            // 15 decode steps of 3 sequences: one paged call per step.
+            assert!(c.calls >= r.greedy.len() - 1 && c.in_place == c.calls, "layer {layer}: {c:?}");
+        }
+    }
+}
+
 // ---------------------------------------------------------------- CPU side
 
 /// Backends that read dense K/V only reject a paged problem with a reason
