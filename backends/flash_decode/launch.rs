@@ -3,7 +3,8 @@
 //! workspace of partial outputs. The launch shape comes from the kernel
 //! itself (`rf_decode_launch` = {threads, shared bytes, BLOCK_N, rows per
 //! block, shared bytes of one multiprocessor}), read once per device and
-//! specialization, so the tiling lives in the kernel alone.
+//! specialization (with the compiled kernels), so the tiling lives in the
+//! kernel alone.
 
 use super::split::{self, SplitInput, SplitPlan};
 use crate::backend::BackendError;
@@ -11,7 +12,7 @@ use crate::capabilities::Unsupported;
 use crate::device::{DeviceError, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
 use crate::kernels::params::{DecodeCombineParams, DecodeParams};
-use crate::kernels::{KernelKey, KernelSpec, DECODE_COMBINE, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
+use crate::kernels::{KernelSpec, DECODE_COMBINE, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -117,26 +118,39 @@ struct Shape {
     sm_shared: usize,
 }
 
-/// `rf_decode_launch` of a loaded split kernel, read from the device once
-/// per (device, specialization): the read is a copy to the host, which must
-/// not happen on every call.
-fn shape(gpu: &GpuDevice, kernel: &Kernel, spec: &KernelSpec) -> Result<Shape, BackendError> {
-    static SHAPES: OnceLock<Mutex<HashMap<(String, KernelKey), Shape>>> = OnceLock::new();
-    let key = (gpu.label(), spec.key());
-    let cache = SHAPES.get_or_init(Default::default);
-    let lock = || cache.lock().map_err(|_| DeviceError::LockPoisoned { what: "decode launch shapes" });
-    if let Some(s) = lock()?.get(&key) {
-        return Ok(*s);
+/// The compiled kernels of one (device, dtype, head_dim) and the split
+/// kernel's exported launch shape, looked up once: a decode call is short
+/// enough (tens of microseconds at batch 1) that rebuilding kernel keys and
+/// reading the shape back from the device on every call would show.
+#[derive(Clone, Copy, Debug)]
+struct Prepared {
+    split: Kernel,
+    combine: Kernel,
+    shape: Shape,
+}
+
+type PreparedKey = (crate::device::Vendor, usize, DType, usize);
+
+fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, BackendError> {
+    static CACHE: OnceLock<Mutex<HashMap<PreparedKey, Prepared>>> = OnceLock::new();
+    let key = (gpu.vendor(), gpu.ordinal(), dtype, head_dim);
+    let cache = CACHE.get_or_init(Default::default);
+    let lock = || cache.lock().map_err(|_| DeviceError::LockPoisoned { what: "decode kernels" });
+    if let Some(p) = lock()?.get(&key) {
+        return Ok(*p);
     }
-    let raw = gpu.kernel_global_i32s(kernel, "rf_decode_launch")?;
+    let split = gpu.kernel(&split_spec(dtype, head_dim))?;
+    let combine = gpu.kernel(&combine_spec(dtype))?;
+    let raw = gpu.kernel_global_i32s(&split, "rf_decode_launch")?;
     let shape = match raw[..] {
         [t, s, bn, r, sm] if t > 0 && s > 0 && bn > 0 && r > 0 && sm > 0 => {
             Shape { threads: t as u32, smem: s as u32, block_n: bn as usize, rows: r as usize, sm_shared: sm as usize }
         }
         _ => return Err(DeviceError::Property { property: "rf_decode_launch", value: raw.len() as i64 }.into()),
     };
-    lock()?.insert(key, shape);
-    Ok(shape)
+    let prepared = Prepared { split, combine, shape };
+    lock()?.insert(key, prepared);
+    Ok(prepared)
 }
 
 /// The split plan for `p` on `gpu` with the kernel's `shape`, cut back
@@ -185,9 +199,7 @@ pub fn launch(
             return Err(BackendError::Unsupported { backend, reasons });
         }
     }
-    let spec = split_spec(p.dtype, p.head_dim);
-    let kernel = gpu.kernel(&spec)?;
-    let shape = shape(gpu, &kernel, &spec)?;
+    let Prepared { split: kernel, combine, shape } = prepared(gpu, p.dtype, p.head_dim)?;
     let (plan, workspace_bytes) = plan_for(gpu, p, &shape);
     let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };
     let part_o = workspace.as_ref().map_or(0, |w| w.ptr());
@@ -248,15 +260,19 @@ pub fn launch(
     // are queued (work on the device's one stream runs in order).
     unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
     if plan.num_splits > 1 {
-        launch_combine(gpu, p, &params)?;
+        launch_combine(gpu, &combine, p, &params)?;
     }
     drop(workspace);
     Ok(())
 }
 
-fn launch_combine(gpu: &Arc<GpuDevice>, p: &AttentionProblem, split: &DecodeParams) -> Result<(), BackendError> {
+fn launch_combine(
+    gpu: &Arc<GpuDevice>,
+    kernel: &Kernel,
+    p: &AttentionProblem,
+    split: &DecodeParams,
+) -> Result<(), BackendError> {
     const THREADS: u32 = 128;
-    let kernel = gpu.kernel(&combine_spec(p.dtype))?;
     let warps = THREADS / gpu.arch().warp_size();
     let rows = (p.batch * p.seq_q * p.num_q_heads) as u64;
     let params = DecodeCombineParams {
@@ -281,6 +297,6 @@ fn launch_combine(gpu: &Arc<GpuDevice>, p: &AttentionProblem, split: &DecodePara
     // SAFETY: rf_decode_combine takes rf_decode_combine_params by value; it
     // reads the partials the split kernel wrote (same stream, queued
     // before) and writes rows of `o`, which CheckedCall verified.
-    unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
+    unsafe { gpu.launch_params(kernel, &cfg, &params)? };
     Ok(())
 }

@@ -7,7 +7,7 @@
 // A block owns one KV head and one 16-row matrix tile of query rows (the
 // GQA group x seq_q rows, padded with zero rows): each K/V tile is read
 // once for all of them. The K/V tile (BN = 64 keys) is staged in shared
-// memory two deep with cp.async; each of 4 warps takes 16 of its keys and
+// memory up to three deep with cp.async; each of 4 warps takes 16 of its keys and
 // keeps its own online-softmax state and O accumulator for the 16 rows, so
 // a tile needs no barrier between QK, softmax and PV. The warps' states
 // merge once at the end (like the splits in decode/combine.hip).
@@ -84,7 +84,7 @@ constexpr int MERGE_BYTES = WARPS * RMAX * D * 4;  // the warps' O at the end (o
 constexpr int STAGE_ELEMS = STAGE_BYTES / (int)sizeof(elem);
 
 #if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-constexpr int STAGES_PREF = 2;
+constexpr int STAGES_PREF = 3;
 #else
 constexpr int STAGES_PREF = 1;
 #endif
@@ -97,15 +97,18 @@ constexpr int SM_SHARED = 164 * 1024;
 #else
 constexpr int SM_SHARED = 100 * 1024;
 #endif
-constexpr int KV_BYTES_1 = STAGE_BYTES > MERGE_BYTES ? STAGE_BYTES : MERGE_BYTES;
-constexpr int KV_BYTES_2 = 2 * STAGE_BYTES > MERGE_BYTES ? 2 * STAGE_BYTES : MERGE_BYTES;
-// Two stages where two blocks still fit one SM, else one.
-constexpr int STAGES = (STAGES_PREF == 2 && 2 * (FIXED_BYTES + KV_BYTES_2) <= SM_SHARED) ? 2 : 1;
-constexpr int SMEM_BYTES = FIXED_BYTES + (STAGES == 2 ? KV_BYTES_2 : KV_BYTES_1);
+#define RF_KV_BYTES(stages) ((stages) * STAGE_BYTES > MERGE_BYTES ? (stages) * STAGE_BYTES : MERGE_BYTES)
+#define RF_TWO_FIT(stages) (2 * (FIXED_BYTES + RF_KV_BYTES(stages) + 1024) <= SM_SHARED)
+// Decode is bound by memory latency x bytes in flight: as many stages (up
+// to STAGES_PREF) as leave room for two blocks per SM (1 KB each reserved).
+constexpr int STAGES = STAGES_PREF >= 3 && RF_TWO_FIT(3) ? 3 : STAGES_PREF >= 2 && RF_TWO_FIT(2) ? 2 : 1;
+constexpr int SMEM_BYTES = FIXED_BYTES + RF_KV_BYTES(STAGES);
 #if defined(RF_HIP)
 static_assert(SMEM_BYTES <= 64 * 1024, "over the 64 KB of LDS a workgroup has");
 #else
-static_assert(SMEM_BYTES <= 99 * 1024, "over the shared memory of the smallest sm_8x part");
+// What one block may have: 227 KB on sm_90, 163 KB on sm_80 / sm_87, 99 KB elsewhere.
+static_assert(SMEM_BYTES <= (SM_SHARED == 228 * 1024 ? 227 : SM_SHARED == 164 * 1024 ? 163 : 99) * 1024,
+              "over the shared memory a block may have on this target");
 #endif
 
 // D <= 128: the Q fragments stay in registers for the whole block.
