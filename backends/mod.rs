@@ -3,6 +3,7 @@
 
 pub mod cpu_flash;
 pub mod cpu_reference;
+pub mod flash_decode;
 pub mod gpu_flash;
 pub mod gpu_unfused;
 pub mod mqa_replicate;

@@ -2,7 +2,7 @@
 # Runs on the GPU machine, from inside the bundle folder:
 #   ./run.sh OUTDIR [step...]
 # Steps (default: all, in this order): devices tests check memcheck
-# racecheck synccheck cpu-avx512 bench compare; on request only:
+# racecheck synccheck cpu-avx512 bench compare compare-decode; on request only:
 # racecheck-concurrency, peak-memory. Each step's log goes to OUTDIR/<step>.log; the
 # script exits non-zero if any step failed. GPU tests are marked
 # #[ignore = "needs a GPU"] in the suite (so `cargo test` without a GPU lists
@@ -15,7 +15,7 @@ out=${1:?usage: run.sh OUTDIR [step...]}
 shift
 mkdir -p "$out"
 steps=("$@")
-[ ${#steps[@]} -gt 0 ] || steps=(devices tests check memcheck racecheck synccheck cpu-avx512 bench compare)
+[ ${#steps[@]} -gt 0 ] || steps=(devices tests check memcheck racecheck synccheck cpu-avx512 bench compare compare-decode)
 
 # NVRTC and cuBLAS load at run time; find them wherever this machine keeps them.
 for lib in libnvrtc.so libcublas.so; do
@@ -73,11 +73,11 @@ for step in "${steps[@]}"; do
         ;;
     memcheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step memcheck \
-            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency flash model_gpu --skip flash_16k $deliberate_errors
+            compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu concurrency flash decode model_gpu --skip flash_16k --skip decode_long_kv $deliberate_errors
         ;;
     racecheck)
         PROPTEST_CASES=${SANITIZER_CASES:-12} run_step racecheck \
-            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu flash --skip concurrency --skip flash_16k $deliberate_errors
+            compute-sanitizer --tool racecheck --error-exitcode 1 ./suite --test-threads=1 --include-ignored gpu_device ::gpu flash decode --skip concurrency --skip flash_16k --skip decode_long_kv $deliberate_errors
         ;;
     racecheck-concurrency)
         # Not in the default list: it did not finish in 9 minutes once
@@ -105,6 +105,9 @@ for step in "${steps[@]}"; do
             --backends flash-causal,flash-noncausal,gpu-unfused --shape 4,32,32,2048,2048,128 \
             --shape 4,32,8,2048,2048,128 --shape 1,32,32,8192,8192,128 --shape 8,16,16,1024,1024,64 \
             --dtypes bf16,f16,f32 --masks causal,none --repeats 15
+        ;;
+    compare-decode)
+        run_step compare-decode python3 compare_decode.py --bench ./bench_decode --json "$out/compare-decode.json"
         ;;
     *) echo "unknown step $step" >&2; failed=1 ;;
     esac

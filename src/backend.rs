@@ -10,7 +10,7 @@
 use crate::capabilities::{Capabilities, Unsupported};
 use crate::device::{Device, DeviceError};
 use crate::problem::{AttentionProblem, ProblemError, TensorRole};
-use crate::tensor::{TensorError, TensorView, TensorViewMut};
+use crate::tensor::{IndexTensor, TensorError, TensorView, TensorViewMut};
 
 /// Errors from running a backend.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,13 @@ pub trait AttentionBackend: Send + Sync + 'static {
     fn kernels(&self) -> Vec<crate::kernels::KernelSpec> {
         Vec::new()
     }
+    /// Whether the backend reads K and V from a paged pool through a block
+    /// table (`AttentionProblem::paged`). Backends that do not (the default)
+    /// are given the reason `Unsupported::PagedKv` for paged problems by
+    /// [`reasons`], so selection, `explain` and `forward` all say why.
+    fn accepts_paged_kv(&self) -> bool {
+        false
+    }
     /// Computes `out = softmax(mask(scale * q k^T)) v` for a call that has
     /// already passed every check (including this backend's `check`).
     fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError>;
@@ -66,8 +73,82 @@ impl dyn AttentionBackend {
         v: impl Into<TensorView<'a>>,
         out: impl Into<TensorViewMut<'a>>,
     ) -> Result<(), BackendError> {
-        let call = CheckedCall::new(self, p, q.into(), k.into(), v.into(), out.into())?;
+        let call = CheckedCall::new(self, p, q.into(), k.into(), v.into(), None, out.into())?;
         self.run(call)
+    }
+
+    /// [`forward`](Self::forward) for a problem with paged K/V: `k` and `v`
+    /// are the block pools, `paged` the block table and sequence lengths.
+    pub fn forward_paged<'a>(
+        &self,
+        p: &'a AttentionProblem,
+        q: impl Into<TensorView<'a>>,
+        k: impl Into<TensorView<'a>>,
+        v: impl Into<TensorView<'a>>,
+        paged: PagedKvRefs<'a>,
+        out: impl Into<TensorViewMut<'a>>,
+    ) -> Result<(), BackendError> {
+        let call = CheckedCall::new(self, p, q.into(), k.into(), v.into(), Some(paged), out.into())?;
+        self.run(call)
+    }
+}
+
+/// Every reason `backend` cannot run the (valid) problem `p` on `device`:
+/// its own `check`, plus the paged-K/V rule every backend declares through
+/// [`AttentionBackend::accepts_paged_kv`].
+pub fn reasons(backend: &dyn AttentionBackend, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
+    let mut reasons = backend.check(p, device);
+    if p.paged.is_some() && !backend.accepts_paged_kv() {
+        reasons.push(Unsupported::PagedKv);
+    }
+    reasons
+}
+
+/// The integer inputs of a paged call (see `problem::PagedKv`): the block
+/// table, `[batch, table_width]` row-major, and the length of each sequence.
+/// Both live on the device of the other tensors. On the host their values
+/// are checked; on a GPU the kernel guards every read instead (an entry out
+/// of range makes the rows that read it NaN, never an out-of-bounds access).
+#[derive(Clone, Copy, Debug)]
+pub struct PagedKvRefs<'a> {
+    pub block_table: &'a IndexTensor,
+    pub seq_lens: &'a IndexTensor,
+}
+
+impl PagedKvRefs<'_> {
+    fn check(&self, p: &AttentionProblem, device: &Device) -> Result<(), BackendError> {
+        let Some(paged) = p.paged else { return Err(ProblemError::UnexpectedPagedRefs.into()) };
+        let tensors = [
+            ("block_table", self.block_table, p.batch.saturating_mul(paged.table_width)),
+            ("seq_lens", self.seq_lens, p.batch),
+        ];
+        for (what, t, expected) in tensors {
+            if t.len() != expected {
+                return Err(ProblemError::PagedIndexLen { what, got: t.len(), expected }.into());
+            }
+            if !same_device(&t.device(), device) {
+                let (a_dev, b_dev) = (t.device().label(), device.label());
+                return Err(ProblemError::MixedDevices { a: what, b: "q", a_dev, b_dev }.into());
+            }
+        }
+        // Host values are checked here: each length, and the table entries
+        // that length reads (entries past it are never read).
+        if let (Some(lens), Some(table)) = (self.seq_lens.host(), self.block_table.host()) {
+            let bad =
+                |what, index, value: i32, max| ProblemError::PagedIndexValue { what, index, value: value as i64, max };
+            for (b, &len) in lens.iter().enumerate() {
+                if len < 0 || len as usize > p.seq_kv {
+                    return Err(bad("seq_lens", b, len, p.seq_kv).into());
+                }
+                let row = b * paged.table_width;
+                for (i, &block) in table[row..row + (len as usize).div_ceil(paged.block_size)].iter().enumerate() {
+                    if block < 0 || block as usize >= paged.num_blocks {
+                        return Err(bad("block_table", row + i, block, paged.num_blocks - 1).into());
+                    }
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -78,6 +159,7 @@ pub struct CheckedCall<'a> {
     q: TensorView<'a>,
     k: TensorView<'a>,
     v: TensorView<'a>,
+    paged: Option<PagedKvRefs<'a>>,
     out: TensorViewMut<'a>,
 }
 
@@ -88,6 +170,7 @@ impl<'a> CheckedCall<'a> {
         q: TensorView<'a>,
         k: TensorView<'a>,
         v: TensorView<'a>,
+        paged: Option<PagedKvRefs<'a>>,
         out: TensorViewMut<'a>,
     ) -> Result<CheckedCall<'a>, BackendError> {
         p.validate()?;
@@ -121,11 +204,16 @@ impl<'a> CheckedCall<'a> {
                 .into());
             }
         }
-        let reasons = backend.check(p, &device);
+        match (&paged, p.paged) {
+            (Some(refs), _) => refs.check(p, &device)?,
+            (None, Some(_)) => return Err(ProblemError::MissingPagedRefs.into()),
+            (None, None) => {}
+        }
+        let reasons = reasons(backend, p, &device);
         if !reasons.is_empty() {
             return Err(BackendError::Unsupported { backend: backend.name(), reasons });
         }
-        Ok(CheckedCall { problem: p, device, q, k, v, out })
+        Ok(CheckedCall { problem: p, device, q, k, v, paged, out })
     }
 
     pub fn problem(&self) -> &'a AttentionProblem {
@@ -147,6 +235,11 @@ impl<'a> CheckedCall<'a> {
 
     pub fn v(&self) -> TensorView<'a> {
         self.v
+    }
+
+    /// The block table and sequence lengths of a paged problem.
+    pub fn paged(&self) -> Option<PagedKvRefs<'a>> {
+        self.paged
     }
 
     pub fn out(&mut self) -> &mut TensorViewMut<'a> {

@@ -162,6 +162,14 @@ pub enum Unsupported {
         value: usize,
         max: usize,
     },
+    /// K/V come as blocks of a pool (a paged cache) and the backend reads
+    /// only dense K/V tensors.
+    PagedKv,
+    /// The paged pool's block size is not one the kernels are built for.
+    BlockSize {
+        got: usize,
+        supported: &'static [usize],
+    },
     /// A GPU backend was asked for and no GPU can be opened.
     NoGpu {
         why: String,
@@ -198,6 +206,10 @@ impl fmt::Display for Unsupported {
                 write!(f, "{what} need more than usize::MAX bytes, over the workspace cap of {cap} bytes")
             }
             Unsupported::IndexRange { what, value, max } => write!(f, "{what} {value} exceeds the index limit {max}"),
+            Unsupported::PagedKv => f.write_str("reads dense K/V only, not blocks of a paged pool"),
+            Unsupported::BlockSize { got, supported } => {
+                write!(f, "paged block size {got} not in {{{}}}", join(supported.iter()))
+            }
             Unsupported::NoGpu { why } => write!(f, "needs a GPU: {why}"),
             Unsupported::InvalidProblem(why) => write!(f, "invalid problem: {why}"),
         }

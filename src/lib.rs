@@ -61,11 +61,11 @@ pub mod text;
 #[path = "../backends/mod.rs"]
 pub mod backends;
 
-pub use backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
+pub use backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall, PagedKvRefs};
 pub use capabilities::{Capabilities, HeadDims, Unsupported};
 pub use device::{Arch, Device, DeviceError, DeviceKind, MatrixUnit};
 pub use dtype::DType;
-pub use problem::{AttentionProblem, Mask, MaskKind, ProblemError, TensorRole, TensorStrides};
+pub use problem::{AttentionProblem, Mask, MaskKind, PagedKv, ProblemError, TensorRole, TensorStrides};
 pub use registry::{AttentionConfig, BackendChoice, Registry, SelectError, BACKEND_ENV};
 pub use selection::{Choice, DeviceChoice, Explanation};
-pub use tensor::{HostData, Layout, Tensor, TensorError, TensorView, TensorViewMut};
+pub use tensor::{HostData, IndexTensor, Layout, Tensor, TensorError, TensorView, TensorViewMut};

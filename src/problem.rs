@@ -158,8 +158,38 @@ impl TensorStrides {
     }
 }
 
+/// K and V stored as blocks of a pool (a paged KV cache) instead of one
+/// `[batch, seq_kv, kv_heads, head_dim]` tensor each. K and V are then pools
+/// of shape `[num_blocks, block_size, kv_heads, head_dim]` (strides as usual:
+/// the "batch" stride is one block). Position `j` of sequence `b` lives in
+/// block `block_table[b][j / block_size]` at row `j % block_size`, and each
+/// sequence has its own length `seq_lens[b] <= seq_kv`: masks align
+/// bottom-right to that length (query `i` sits at key position
+/// `i + seq_lens[b] - seq_q`). The block table (`[batch, table_width]`) and
+/// the lengths (`[batch]`), 32-bit integers, travel with the call
+/// ([`crate::backend::PagedKvRefs`]); only backends that declare
+/// `accepts_paged_kv` take such problems.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PagedKv {
+    /// Rows per block.
+    pub block_size: usize,
+    /// Blocks in the K (and V) pool.
+    pub num_blocks: usize,
+    /// Entries per sequence in the block table; `table_width * block_size`
+    /// must cover `seq_kv`.
+    pub table_width: usize,
+}
+
+impl PagedKv {
+    /// Shape of the K and V pools.
+    pub fn pool_shape(&self, num_kv_heads: usize, head_dim: usize) -> [usize; 4] {
+        [self.num_blocks, self.block_size, num_kv_heads, head_dim]
+    }
+}
+
 /// One scaled-dot-product attention call. Tensors are `[batch, seq, heads,
-/// head_dim]`, contiguous unless `strides` says otherwise.
+/// head_dim]`, contiguous unless `strides` says otherwise; with `paged`, K and
+/// V are block pools instead (see [`PagedKv`]).
 #[derive(Clone, Debug, PartialEq)]
 pub struct AttentionProblem {
     pub batch: usize,
@@ -176,6 +206,9 @@ pub struct AttentionProblem {
     pub softcap: Option<f32>,
     /// Non-contiguous tensor strides (default: all contiguous).
     pub strides: TensorStrides,
+    /// K and V as blocks of a pool with per-sequence lengths (default: `None`,
+    /// one dense tensor each, every sequence `seq_kv` long).
+    pub paged: Option<PagedKv>,
 }
 
 /// Largest window offset accepted; kernels index keys with 32-bit integers.
@@ -208,6 +241,18 @@ pub enum ProblemError {
     Strides { tensor: &'static str, got: Strides, expected: Strides },
     #[error("tensor out: strides {strides:?} address some elements twice for shape {shape:?}")]
     OverlappingOut { strides: Strides, shape: [usize; 4] },
+    #[error("paged K/V: {field} must be at least 1, got 0")]
+    PagedZero { field: &'static str },
+    #[error("paged K/V: table_width {table_width} x block_size {block_size} cannot hold seq_kv {seq_kv} positions")]
+    PagedTable { table_width: usize, block_size: usize, seq_kv: usize },
+    #[error("paged K/V: {what} holds {got} entries, the problem needs {expected}")]
+    PagedIndexLen { what: &'static str, got: usize, expected: usize },
+    #[error("paged K/V: {what}[{index}] = {value} is outside 0..={max}")]
+    PagedIndexValue { what: &'static str, index: usize, value: i64, max: usize },
+    #[error("the problem has paged K/V: call forward_paged with the block table and the sequence lengths")]
+    MissingPagedRefs,
+    #[error("a block table and sequence lengths were given for a problem without paged K/V")]
+    UnexpectedPagedRefs,
 }
 
 impl AttentionProblem {
@@ -233,7 +278,14 @@ impl AttentionProblem {
             scale: None,
             softcap: None,
             strides: TensorStrides::default(),
+            paged: None,
         }
+    }
+
+    /// The same problem with K and V in a paged pool (see [`PagedKv`]).
+    pub fn with_paged(mut self, paged: PagedKv) -> Self {
+        self.paged = Some(paged);
+        self
     }
 
     pub fn with_mask(mut self, mask: Mask) -> Self {
@@ -254,8 +306,13 @@ impl AttentionProblem {
         [self.batch, self.seq_q, self.num_q_heads, self.head_dim]
     }
 
+    /// Shape of K and V: `[batch, seq_kv, kv_heads, head_dim]`, or the pool
+    /// `[num_blocks, block_size, kv_heads, head_dim]` when paged.
     pub fn kv_shape(&self) -> [usize; 4] {
-        [self.batch, self.seq_kv, self.num_kv_heads, self.head_dim]
+        match self.paged {
+            Some(paged) => paged.pool_shape(self.num_kv_heads, self.head_dim),
+            None => [self.batch, self.seq_kv, self.num_kv_heads, self.head_dim],
+        }
     }
 
     pub fn out_shape(&self) -> [usize; 4] {
@@ -331,6 +388,9 @@ impl AttentionProblem {
                 }
             }
         }
+        if let Some(paged) = self.paged {
+            validate_paged(&paged, self.seq_kv)?;
+        }
         Ok(())
     }
 
@@ -342,6 +402,20 @@ impl AttentionProblem {
         let pairs = crate::mask_count::unmasked_pairs(self.mask, self.seq_q, self.seq_kv);
         4.0 * self.batch as f64 * self.num_q_heads as f64 * self.head_dim as f64 * pairs as f64
     }
+}
+
+fn validate_paged(paged: &PagedKv, seq_kv: usize) -> Result<(), ProblemError> {
+    for (field, value) in
+        [("block_size", paged.block_size), ("num_blocks", paged.num_blocks), ("table_width", paged.table_width)]
+    {
+        if value == 0 {
+            return Err(ProblemError::PagedZero { field });
+        }
+    }
+    if paged.table_width.checked_mul(paged.block_size).is_none_or(|n| n < seq_kv) {
+        return Err(ProblemError::PagedTable { table_width: paged.table_width, block_size: paged.block_size, seq_kv });
+    }
+    Ok(())
 }
 
 /// Bytes held by a tensor of this shape, or `None` on overflow.
@@ -371,6 +445,9 @@ impl fmt::Display for AttentionProblem {
         }
         for role in self.strided_tensors() {
             write!(f, " {role}_strides={:?}", self.strides_of(role))?;
+        }
+        if let Some(p) = self.paged {
+            write!(f, " paged={}x{} table_width={}", p.num_blocks, p.block_size, p.table_width)?;
         }
         Ok(())
     }
@@ -439,6 +516,20 @@ mod tests {
         assert!("window:4".parse::<Mask>().is_err());
         assert!("window:-1,2".parse::<Mask>().is_err());
         assert!("diagonal".parse::<Mask>().is_err());
+    }
+
+    #[test]
+    fn paged_kv_is_validated_and_shapes_the_pools() {
+        let paged = PagedKv { block_size: 16, num_blocks: 9, table_width: 4 };
+        let p = AttentionProblem::new(2, 1, 64, 8, 2, 32, DType::BF16).with_paged(paged);
+        assert_eq!(p.validate(), Ok(()));
+        assert_eq!(p.kv_shape(), [9, 16, 2, 32]);
+        assert_eq!(p.q_shape(), [2, 1, 8, 32]);
+        assert!(p.to_string().contains("paged=9x16 table_width=4"), "{p}");
+        let short = AttentionProblem { seq_kv: 65, ..p.clone() };
+        assert!(matches!(short.validate(), Err(ProblemError::PagedTable { seq_kv: 65, .. })));
+        let zero = p.clone().with_paged(PagedKv { num_blocks: 0, ..paged });
+        assert_eq!(zero.validate(), Err(ProblemError::PagedZero { field: "num_blocks" }));
     }
 
     #[test]

@@ -238,7 +238,7 @@ impl Registry {
     /// validity included.
     pub fn reasons(backend: &dyn AttentionBackend, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
         match p.validate() {
-            Ok(()) => backend.check(p, device),
+            Ok(()) => crate::backend::reasons(backend, p, device),
             Err(e) => vec![Unsupported::InvalidProblem(e)],
         }
     }

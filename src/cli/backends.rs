@@ -29,7 +29,7 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     Ok(())
 }
 
-const HEADERS: [&str; 12] = [
+const HEADERS: [&str; 13] = [
     "name",
     "priority",
     "device",
@@ -39,6 +39,7 @@ const HEADERS: [&str; 12] = [
     "masks",
     "max q/kv heads",
     "soft-cap",
+    "paged KV",
     "deterministic",
     "workspace",
     "description",
@@ -74,6 +75,7 @@ pub fn json(registry: &Registry) -> serde_json::Value {
                 "masks": c.masks.iter().map(|m| m.to_string()).collect::<Vec<_>>(),
                 "max_group_size": c.max_group_size,
                 "softcap": c.softcap,
+                "paged_kv": b.accepts_paged_kv(),
                 "deterministic": c.deterministic,
                 "workspace": c.workspace,
             })
@@ -83,11 +85,11 @@ pub fn json(registry: &Registry) -> serde_json::Value {
 }
 
 /// One row of cells per backend, in registry order (priority, then name).
-pub fn rows(registry: &Registry) -> Vec<[String; 12]> {
+pub fn rows(registry: &Registry) -> Vec<[String; 13]> {
     registry.backends().map(row).collect()
 }
 
-fn row(b: &dyn AttentionBackend) -> [String; 12] {
+fn row(b: &dyn AttentionBackend) -> [String; 13] {
     let c: Capabilities = b.capabilities();
     let max = |m: Option<usize>| m.map_or("any".to_string(), |m| m.to_string());
     [
@@ -100,6 +102,7 @@ fn row(b: &dyn AttentionBackend) -> [String; 12] {
         list(c.masks),
         c.max_group_size.map_or("any".to_string(), |g| format!("<= {g}")),
         yes_no(c.softcap).to_string(),
+        yes_no(b.accepts_paged_kv()).to_string(),
         yes_no(c.deterministic).to_string(),
         c.workspace.to_string(),
         b.description().to_string(),
@@ -155,6 +158,8 @@ pub fn markdown(registry: &Registry) -> String {
     out.push_str(
         "\nColumns: *max seq q/kv* is the longest query / key sequence (`any` = no limit); \
          *max q/kv heads* is the largest grouped-query ratio num_q_heads / num_kv_heads; \
+         *paged KV* means K/V may come as blocks of a pool with a block table and per-sequence \
+         lengths (`AttentionProblem::paged`, `forward_paged`); \
          *deterministic* means identical inputs give bit-identical outputs; *workspace* is the \
          extra memory a call needs.\n",
     );

@@ -116,6 +116,73 @@ kernel_params! {
     }
 }
 
+kernel_params! {
+    /// `rf_decode_params` of `decode/splitkv.hip`. Strides are in elements.
+    pub struct DecodeParams as "rf_decode_params" in "rf/decode_params.h" {
+        pub q: u64,
+        pub k: u64,
+        pub v: u64,
+        pub o: u64,
+        /// f32 partial outputs (more than one split), or 0.
+        pub part_o: u64,
+        /// f32 partial log2-sum-exp (more than one split), or 0.
+        pub part_lse: u64,
+        /// i32 `[batch, table_width]` block table, or 0 for dense K/V.
+        pub block_table: u64,
+        /// i32 `[batch]` sequence lengths, or 0 (all `seq_kv`).
+        pub seq_lens: u64,
+        pub q_batch_stride: i64,
+        pub q_seq_stride: i64,
+        pub q_head_stride: i64,
+        pub k_batch_stride: i64,
+        pub k_seq_stride: i64,
+        pub k_head_stride: i64,
+        pub v_batch_stride: i64,
+        pub v_seq_stride: i64,
+        pub v_head_stride: i64,
+        pub o_batch_stride: i64,
+        pub o_seq_stride: i64,
+        pub o_head_stride: i64,
+        pub window_left: i64,
+        pub window_right: i64,
+        pub batch: i32,
+        pub seq_q: i32,
+        pub seq_kv: i32,
+        pub heads_q: i32,
+        pub heads_kv: i32,
+        pub table_width: i32,
+        pub block_shift: i32,
+        pub num_blocks: i32,
+        pub num_splits: i32,
+        pub split_keys: i32,
+        pub scale: f32,
+        /// <= 0 = no soft-cap.
+        pub softcap: f32,
+        pub reserved: i32,
+    }
+}
+
+kernel_params! {
+    /// `rf_decode_combine_params` of `decode/combine.hip`.
+    pub struct DecodeCombineParams as "rf_decode_combine_params" in "rf/decode_params.h" {
+        pub part_o: u64,
+        pub part_lse: u64,
+        pub o: u64,
+        pub seq_lens: u64,
+        pub o_batch_stride: i64,
+        pub o_seq_stride: i64,
+        pub o_head_stride: i64,
+        pub window_left: i64,
+        pub window_right: i64,
+        pub batch: i32,
+        pub seq_q: i32,
+        pub seq_kv: i32,
+        pub heads_q: i32,
+        pub head_dim: i32,
+        pub num_splits: i32,
+    }
+}
+
 /// A translation unit that fails to compile unless the C struct has the
 /// Rust struct's size and every field's offset and size. Some NVRTC
 /// versions (CUDA 13.0's) reject `__builtin_offsetof` ("type name is not
@@ -144,6 +211,8 @@ pub fn all_layout_probes() -> Vec<(&'static str, String)> {
         (SoftmaxParams::C_NAME, layout_probe::<SoftmaxParams>()),
         (FlashParams::C_NAME, layout_probe::<FlashParams>()),
         (ExpandKvParams::C_NAME, layout_probe::<ExpandKvParams>()),
+        (DecodeParams::C_NAME, layout_probe::<DecodeParams>()),
+        (DecodeCombineParams::C_NAME, layout_probe::<DecodeCombineParams>()),
     ]
 }
 

@@ -119,6 +119,15 @@ impl Dispatcher {
         Ok(backend)
     }
 
+    /// Takes back one call counted by `backend_for` for `class` that did
+    /// not run (the layer tried the paged form, which the backend does not
+    /// take, and runs the call another way).
+    pub fn forget_call(&mut self, class: ShapeClass) {
+        if let Some((_, choice)) = self.cached.get_mut(&class) {
+            choice.calls = choice.calls.saturating_sub(1);
+        }
+    }
+
     /// Counts one call of `class` that read the cache in place.
     pub fn note_in_place(&mut self, class: ShapeClass) {
         if let Some((_, choice)) = self.cached.get_mut(&class) {

@@ -6,7 +6,10 @@
 //! Sequences in one call may have different cached lengths. Adjacent spans
 //! with the same (cached length, new tokens) form one batched attention
 //! call (the problem has one `seq_kv` for its whole batch); the decoder
-//! orders its rows so that such spans are adjacent.
+//! orders its rows so that such spans are adjacent. With a paged cache and
+//! a backend that reads paged K/V, adjacent spans with the same number of
+//! new tokens form one call whatever their cached lengths (the problem
+//! carries one length per sequence) and the pool is read in place.
 
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, Dispatcher, ShapeClass};
@@ -15,6 +18,7 @@ use super::error::ModelError;
 use super::kv_cache::{AppendRows, KvCache, SeqId};
 use super::matrix::Matrix;
 use super::rope::Rope;
+use crate::tensor::Tensor;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, TensorRole};
@@ -114,10 +118,50 @@ impl AttentionLayer {
             spans.iter().map(|s| AppendRows { seq: s.seq, first_row: s.first_row, len: s.len }).collect();
         cache.append(self.index, &entries, &k, &v)?;
         let mut attn = engine.activation(x.rows(), self.num_heads * self.head_dim)?;
-        for group in groups(spans) {
-            self.attend(engine, &q, group, cache, &mut attn)?;
+        for merged in paged_groups(spans) {
+            if let Some(out) = self.attend_paged(engine, &q, merged, cache)? {
+                engine.write_rows(&mut attn, merged[0].first_row, &out)?;
+                continue;
+            }
+            for group in groups(merged) {
+                self.attend(engine, &q, group, cache, &mut attn)?;
+            }
         }
         engine.linear(&attn, &self.proj.o, self.proj.o_bias.as_ref())
+    }
+
+    /// One batched attention call over a paged cache's pool for adjacent
+    /// spans with the same number of new tokens, each with its own cached
+    /// length; `None` when the cache is not paged or the chosen backend does
+    /// not read paged K/V (the caller then takes the dense path).
+    fn attend_paged(
+        &mut self,
+        engine: &Engine,
+        q: &Matrix,
+        group: &[Span],
+        cache: &dyn KvCache,
+    ) -> Result<Option<Tensor>, ModelError> {
+        let seqs: Vec<(SeqId, usize)> = group.iter().map(|s| (s.seq, s.start + s.len)).collect();
+        let kv_len = seqs.iter().map(|&(_, l)| l).max().unwrap_or(0);
+        let Some(access) = cache.paged_kv(self.index, &seqs)? else { return Ok(None) };
+        let (h, hkv, d, len) = (self.num_heads, self.num_kv_heads, self.head_dim, group[0].len);
+        let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
+        // Chosen on the dense problem, as in `attend`; the paged form is
+        // used only when that backend takes it.
+        let backend = self.dispatcher.backend_for(&p)?;
+        let paged = p.clone().with_paged(access.layout);
+        let device = self.dispatcher.device().clone();
+        if !Registry::reasons(backend, &paged, &device).is_empty() {
+            self.dispatcher.forget_call(ShapeClass::of(&p));
+            return Ok(None);
+        }
+        let q = engine.rows_as(q, group[0].first_row, p.q_shape(), self.dtype)?;
+        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        backend
+            .forward_paged(&paged, &q, access.k, access.v, access.refs(), &mut out)
+            .map_err(|source| ModelError::Backend { layer: self.index, backend: backend.name(), source })?;
+        self.dispatcher.note_in_place(ShapeClass::of(&p));
+        Ok(Some(out))
     }
 
     /// One batched attention call for adjacent spans that share their cached
@@ -171,12 +215,22 @@ impl AttentionLayer {
 
 /// Maximal runs of spans that are adjacent in rows and share (start, len).
 fn groups(spans: &[Span]) -> Vec<&[Span]> {
+    runs(spans, |a, b| (a.start, a.len) == (b.start, b.len))
+}
+
+/// Maximal runs of spans that are adjacent in rows and share `len` (a
+/// paged call takes one length per sequence).
+fn paged_groups(spans: &[Span]) -> Vec<&[Span]> {
+    runs(spans, |a, b| a.len == b.len)
+}
+
+fn runs(spans: &[Span], same: impl Fn(&Span, &Span) -> bool) -> Vec<&[Span]> {
     let mut out = Vec::new();
     let mut begin = 0;
     for i in 1..=spans.len() {
         let ends = i == spans.len() || {
             let (a, b) = (&spans[i - 1], &spans[i]);
-            (a.start, a.len) != (b.start, b.len) || a.first_row + a.len != b.first_row
+            !same(a, b) || a.first_row + a.len != b.first_row
         };
         if ends {
             out.push(&spans[begin..i]);
@@ -203,5 +257,13 @@ mod tests {
         let spans = [span(0, 4, 1, 0), span(1, 4, 1, 5)];
         assert_eq!(groups(&spans).len(), 2);
         assert!(groups(&[]).is_empty());
+    }
+
+    #[test]
+    fn paged_groups_merge_different_cached_lengths() {
+        let spans = [span(0, 4, 1, 0), span(1, 9, 1, 1), span(2, 7, 1, 2), span(3, 7, 2, 3), span(4, 1, 2, 5)];
+        let g: Vec<Vec<usize>> = paged_groups(&spans).iter().map(|g| g.iter().map(|s| s.seq.0).collect()).collect();
+        assert_eq!(g, vec![vec![0, 1, 2], vec![3, 4]]);
+        assert_eq!(paged_groups(&[span(0, 4, 1, 0), span(1, 4, 1, 5)]).len(), 2);
     }
 }

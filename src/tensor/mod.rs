@@ -1,8 +1,10 @@
 //! Tensors in `[batch, seq, heads, head_dim]` layout, on the host or on a GPU,
 //! and strided views of them (`view.rs`).
 
+mod index;
 mod view;
 
+pub use index::IndexTensor;
 pub use view::{contiguous_strides, Layout, Strides, TensorView, TensorViewMut};
 
 use crate::device::{Device, DeviceBuffer, DeviceError};
@@ -137,6 +139,8 @@ pub enum TensorError {
     ViewOutOfBounds { layout: Layout, end: usize, len: usize },
     #[error("view {layout:?} addresses some elements twice, so it cannot be written")]
     OverlappingOutput { layout: Layout },
+    #[error("index {value} does not fit a 32-bit signed integer")]
+    IndexRange { value: usize },
     #[error(transparent)]
     Device(#[from] DeviceError),
 }

@@ -11,6 +11,7 @@ mod cli_files;
 mod cli_limits;
 mod common;
 mod concurrency;
+mod decode;
 mod differential;
 mod flash;
 mod gpu_device;

@@ -21,9 +21,12 @@ pub(crate) use storage::same_device;
 pub use storage::KvStorage;
 
 use super::matrix::Matrix;
+use crate::backend::PagedKvRefs;
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::tensor::{HostData, Tensor, TensorView};
+use crate::problem::PagedKv;
+use crate::tensor::{HostData, IndexTensor, Tensor, TensorView};
+use std::sync::Arc;
 
 /// Identifies one sequence in a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -136,6 +139,15 @@ pub trait KvCache: Send {
     /// [`KvCache::gather`] instead.
     fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError>;
 
+    /// For a paged attention call: the block pools of `layer` and the block
+    /// table and length of each `(sequence, length)`, on the cache's device
+    /// (no copy of keys or values). `None` when the cache is not paged.
+    /// Lengths may differ; each must be written (committed or appended).
+    fn paged_kv(&self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
+        let _ = (layer, seqs);
+        Ok(None)
+    }
+
     fn device(&self) -> Device {
         self.storage().device()
     }
@@ -182,6 +194,31 @@ pub(crate) fn check_readable<C: KvCache + ?Sized>(cache: &C, seqs: &[SeqId], len
         }
     }
     Ok(())
+}
+
+/// What a paged attention call reads from a [`PagedCache`]: the K and V
+/// pools of one layer (`[num_blocks, block_size, kv_heads, head_dim]`), the
+/// problem's [`PagedKv`], and the block table and lengths on the device.
+pub struct PagedKvAccess<'a> {
+    pub k: TensorView<'a>,
+    pub v: TensorView<'a>,
+    pub layout: PagedKv,
+    pub index: Arc<PagedIndex>,
+}
+
+impl PagedKvAccess<'_> {
+    /// The integer inputs of `forward_paged`.
+    pub fn refs(&self) -> PagedKvRefs<'_> {
+        PagedKvRefs { block_table: &self.index.block_table, seq_lens: &self.index.seq_lens }
+    }
+}
+
+/// A block table (`[sequences, table_width]`, -1 past each length) and the
+/// sequence lengths, as a paged attention call takes them.
+#[derive(Debug)]
+pub struct PagedIndex {
+    pub block_table: IndexTensor,
+    pub seq_lens: IndexTensor,
 }
 
 /// Keys and values as views into a cache.

@@ -268,3 +268,39 @@ fn views_read_in_place_what_gather_copies() {
     assert!(paged.views(0, &[a, b], 16).unwrap().is_none(), "several sequences: gather");
     check(&paged, &model, &[a]);
 }
+
+#[test]
+fn paged_kv_exposes_the_pool_and_each_sequence_s_table() {
+    let mut rng = SplitMix64(5);
+    let mut model = Model::default();
+    let mut paged = PagedCache::new(SHAPE, 16, 12).unwrap();
+    let (a, b) = (paged.add_sequence().unwrap(), paged.add_sequence().unwrap());
+    step(&mut paged, &mut model, a, 20, &mut rng);
+    step(&mut paged, &mut model, b, 40, &mut rng);
+    step(&mut paged, &mut model, a, 17, &mut rng);
+    let (row, bs) = (SHAPE.row(), 16);
+    let access = paged.paged_kv(1, &[(a, 37), (b, 5)]).unwrap().expect("a paged cache");
+    assert_eq!(access.layout, crate::problem::PagedKv { block_size: 16, num_blocks: 12, table_width: 3 });
+    assert_eq!(access.k.shape(), [12, 16, SHAPE.num_kv_heads, SHAPE.head_dim]);
+    let table = access.index.block_table.download().unwrap();
+    assert_eq!(access.index.seq_lens.download().unwrap(), vec![37, 5]);
+    assert_eq!(&table[3..], &[paged.block_table(b).unwrap()[0] as i32, -1, -1], "-1 past the length");
+    // Every position read through the table is the row gather copies.
+    let pool = access.k.host().unwrap();
+    for (i, (seq, len)) in [(a, 37), (b, 5)].into_iter().enumerate() {
+        let (k, _) = get(&paged, 1, &[seq], len).unwrap();
+        for j in 0..len {
+            let at = (table[i * 3 + j / bs] as usize * bs + j % bs) * row;
+            let got: Vec<f32> = (0..row).map(|x| pool.get_f32(at + x)).collect();
+            assert_eq!(got, k.to_f32()[j * row..(j + 1) * row], "sequence {i} position {j}");
+        }
+    }
+    // The same request reuses the uploaded index; another makes a new one.
+    let again = paged.paged_kv(2, &[(a, 37), (b, 5)]).unwrap().unwrap();
+    assert!(std::sync::Arc::ptr_eq(&again.index, &access.index));
+    let other = paged.paged_kv(2, &[(a, 36), (b, 5)]).unwrap().unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&other.index, &access.index));
+    assert!(matches!(paged.paged_kv(0, &[(b, 41)]), Err(KvCacheError::TooShort { .. })));
+    let contiguous = ContiguousCache::new(SHAPE, 2, 8).unwrap();
+    assert!(contiguous.paged_kv(0, &[]).unwrap().is_none());
+}

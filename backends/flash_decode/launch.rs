@@ -1,0 +1,302 @@
+//! Compiling and launching the decode kernels for one problem: the
+//! specializations, the parameter structs, the split plan and the
+//! workspace of partial outputs. The launch shape comes from the kernel
+//! itself (`rf_decode_launch` = {threads, shared bytes, BLOCK_N, rows per
+//! block, shared bytes of one multiprocessor}), read once per device and
+//! specialization (with the compiled kernels), so the tiling lives in the
+//! kernel alone.
+
+use super::split::{self, SplitInput, SplitPlan};
+use crate::backend::BackendError;
+use crate::capabilities::Unsupported;
+use crate::device::{DeviceError, GpuDevice, Kernel, LaunchConfig};
+use crate::dtype::DType;
+use crate::kernels::params::{DecodeCombineParams, DecodeParams};
+use crate::kernels::{KernelSpec, DECODE_COMBINE, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
+use crate::problem::{AttentionProblem, Mask, TensorRole};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+/// Head dimensions the kernel is specialized for.
+pub const HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 256];
+/// Paged block sizes (powers of two: the kernel shifts).
+pub const BLOCK_SIZES: &[usize] = &[16, 32];
+/// Longest query sequence (rows per KV head are group × seq_q).
+pub const MAX_SEQ_Q: usize = 8;
+/// Largest workspace of partial outputs; more splits are cut back to fit.
+pub const WORKSPACE_CAP: usize = 256 << 20;
+
+/// The split kernel for `dtype` and `head_dim`: f16 and bf16 on the
+/// matrix units (`decode/splitkv_mma.hip`), f32 on plain FMAs at f32
+/// accuracy (`decode/splitkv.hip`). Same parameters and launch contract.
+pub fn split_spec(dtype: DType, head_dim: usize) -> KernelSpec {
+    let file = if dtype == DType::F32 { DECODE_SPLITKV } else { DECODE_SPLITKV_MMA };
+    KernelSpec::new(file, "rf_decode_split").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim)
+}
+
+/// The combine kernel writing `dtype` outputs (any head dim).
+pub fn combine_spec(dtype: DType) -> KernelSpec {
+    KernelSpec::new(DECODE_COMBINE, "rf_decode_combine").define_dtype("RF_DTYPE", dtype)
+}
+
+/// Every specialization the backend may compile: 15 split + 3 combine.
+pub fn all_specs() -> Vec<KernelSpec> {
+    let mut specs = Vec::new();
+    for dtype in DType::ALL {
+        for &d in HEAD_DIMS {
+            specs.push(split_spec(dtype, d));
+        }
+        specs.push(combine_spec(dtype));
+    }
+    specs
+}
+
+/// Elements per 16-byte vector: every stride must be a multiple of it.
+pub fn stride_multiple(dtype: DType) -> usize {
+    16 / dtype.size_in_bytes()
+}
+
+/// Rows of one block (`RMAX` in the kernel); the grid's y covers KV heads
+/// times row chunks.
+const ROWS_PER_BLOCK: usize = 16;
+
+/// What the kernel cannot take: strides off the vector width, sizes past
+/// its grid or 32-bit indices, block sizes it has no shift for.
+pub fn layout_reasons(p: &AttentionProblem) -> Vec<Unsupported> {
+    let multiple = stride_multiple(p.dtype);
+    let mut out = Vec::new();
+    for role in TensorRole::ALL {
+        if p.strides_of(role).iter().any(|s| s % multiple != 0) {
+            out.push(Unsupported::StrideMultiple { tensor: role, multiple });
+        }
+    }
+    let chunks = (p.group_size() * p.seq_q).div_ceil(ROWS_PER_BLOCK);
+    let mut limits = vec![
+        ("batch", p.batch, 65535),
+        ("num_kv_heads x row chunks", p.num_kv_heads * chunks, 65535),
+        ("seq_kv", p.seq_kv, i32::MAX as usize),
+        ("num_q_heads", p.num_q_heads, i32::MAX as usize),
+    ];
+    if let Some(paged) = p.paged {
+        if !BLOCK_SIZES.contains(&paged.block_size) {
+            out.push(Unsupported::BlockSize { got: paged.block_size, supported: BLOCK_SIZES });
+        }
+        limits.push(("num_blocks", paged.num_blocks, i32::MAX as usize));
+        limits.push((
+            "table_width x block_size",
+            paged.table_width.saturating_mul(paged.block_size),
+            i32::MAX as usize,
+        ));
+    }
+    for (what, value, max) in limits {
+        if value > max {
+            out.push(Unsupported::IndexRange { what, value, max });
+        }
+    }
+    out
+}
+
+/// Device addresses of one call.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodePointers {
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    /// i32 block table and sequence lengths of a paged call, else 0.
+    pub block_table: u64,
+    pub seq_lens: u64,
+}
+
+/// The split kernel's launch facts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Shape {
+    threads: u32,
+    smem: u32,
+    block_n: usize,
+    rows: usize,
+    sm_shared: usize,
+}
+
+/// The compiled kernels of one (device, dtype, head_dim) and the split
+/// kernel's exported launch shape, looked up once: a decode call is short
+/// enough (tens of microseconds at batch 1) that rebuilding kernel keys and
+/// reading the shape back from the device on every call would show.
+#[derive(Clone, Copy, Debug)]
+struct Prepared {
+    split: Kernel,
+    combine: Kernel,
+    shape: Shape,
+}
+
+type PreparedKey = (crate::device::Vendor, usize, DType, usize);
+
+fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, BackendError> {
+    static CACHE: OnceLock<Mutex<HashMap<PreparedKey, Prepared>>> = OnceLock::new();
+    let key = (gpu.vendor(), gpu.ordinal(), dtype, head_dim);
+    let cache = CACHE.get_or_init(Default::default);
+    let lock = || cache.lock().map_err(|_| DeviceError::LockPoisoned { what: "decode kernels" });
+    if let Some(p) = lock()?.get(&key) {
+        return Ok(*p);
+    }
+    let split = gpu.kernel(&split_spec(dtype, head_dim))?;
+    let combine = gpu.kernel(&combine_spec(dtype))?;
+    let raw = gpu.kernel_global_i32s(&split, "rf_decode_launch")?;
+    let shape = match raw[..] {
+        [t, s, bn, r, sm] if t > 0 && s > 0 && bn > 0 && r > 0 && sm > 0 => {
+            Shape { threads: t as u32, smem: s as u32, block_n: bn as usize, rows: r as usize, sm_shared: sm as usize }
+        }
+        _ => return Err(DeviceError::Property { property: "rf_decode_launch", value: raw.len() as i64 }.into()),
+    };
+    let prepared = Prepared { split, combine, shape };
+    lock()?.insert(key, prepared);
+    Ok(prepared)
+}
+
+/// The split plan for `p` on `gpu` with the kernel's `shape`, cut back
+/// until the partial outputs fit `WORKSPACE_CAP`.
+fn plan_for(gpu: &GpuDevice, p: &AttentionProblem, shape: &Shape) -> (SplitPlan, usize) {
+    let input = SplitInput {
+        seq_kv: p.seq_kv,
+        batch: p.batch,
+        heads_kv: p.num_kv_heads,
+        rows: p.group_size() * p.seq_q,
+        block_n: shape.block_n,
+        rows_per_block: shape.rows,
+        multiprocessors: gpu.info().multiprocessors as usize,
+        blocks_per_sm: split::blocks_per_sm(shape.smem as usize, shape.sm_shared),
+    };
+    let mut plan = split::plan(&input);
+    let rows = p.batch * p.seq_q * p.num_q_heads;
+    let bytes = |splits: usize| splits.saturating_mul(rows).saturating_mul(p.head_dim + 1).saturating_mul(4);
+    while plan.num_splits > 1 && bytes(plan.num_splits) > WORKSPACE_CAP {
+        let per = p.seq_kv.div_ceil(plan.num_splits / 2).div_ceil(shape.block_n) * shape.block_n;
+        plan = SplitPlan { num_splits: p.seq_kv.div_ceil(per), split_keys: per, row_chunks: plan.row_chunks };
+    }
+    let workspace = if plan.num_splits > 1 { bytes(plan.num_splits) } else { 0 };
+    (plan, workspace)
+}
+
+fn window(mask: Mask) -> (i64, i64) {
+    match mask {
+        Mask::None => (-1, -1),
+        Mask::Causal => (-1, 0),
+        Mask::SlidingWindow { left, right } => (left as i64, right as i64),
+    }
+}
+
+/// Queues the decode kernels for `p` (the split kernel, and the combine
+/// kernel when the plan has more than one split).
+pub fn launch(
+    gpu: &Arc<GpuDevice>,
+    backend: &'static str,
+    p: &AttentionProblem,
+    ptrs: DecodePointers,
+) -> Result<(), BackendError> {
+    for (tensor, addr) in [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)] {
+        if addr % 16 != 0 {
+            let reasons = vec![Unsupported::Misaligned { tensor, address: addr }];
+            return Err(BackendError::Unsupported { backend, reasons });
+        }
+    }
+    let Prepared { split: kernel, combine, shape } = prepared(gpu, p.dtype, p.head_dim)?;
+    let (plan, workspace_bytes) = plan_for(gpu, p, &shape);
+    let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };
+    let part_o = workspace.as_ref().map_or(0, |w| w.ptr());
+    let rows = (p.batch * p.seq_q * p.num_q_heads) as u64;
+    let part_lse = if part_o != 0 { part_o + rows * plan.num_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
+    let [sq, sk, sv, so] = TensorRole::ALL.map(|r| p.strides_of(r).map(|s| s as i64));
+    let (window_left, window_right) = window(p.mask);
+    let paged = p.paged;
+    // `layout_reasons` (part of `check`) bounded every size below by i32::MAX.
+    let params = DecodeParams {
+        q: ptrs.q,
+        k: ptrs.k,
+        v: ptrs.v,
+        o: ptrs.o,
+        part_o,
+        part_lse,
+        block_table: if paged.is_some() { ptrs.block_table } else { 0 },
+        seq_lens: if paged.is_some() { ptrs.seq_lens } else { 0 },
+        q_batch_stride: sq[0],
+        q_seq_stride: sq[1],
+        q_head_stride: sq[2],
+        k_batch_stride: sk[0],
+        k_seq_stride: sk[1],
+        k_head_stride: sk[2],
+        v_batch_stride: sv[0],
+        v_seq_stride: sv[1],
+        v_head_stride: sv[2],
+        o_batch_stride: so[0],
+        o_seq_stride: so[1],
+        o_head_stride: so[2],
+        window_left,
+        window_right,
+        batch: p.batch as i32,
+        seq_q: p.seq_q as i32,
+        seq_kv: p.seq_kv as i32,
+        heads_q: p.num_q_heads as i32,
+        heads_kv: p.num_kv_heads as i32,
+        table_width: paged.map_or(0, |g| g.table_width as i32),
+        block_shift: paged.map_or(0, |g| g.block_size.trailing_zeros() as i32),
+        num_blocks: paged.map_or(0, |g| g.num_blocks as i32),
+        num_splits: plan.num_splits as i32,
+        split_keys: plan.split_keys as i32,
+        scale: p.effective_scale(),
+        softcap: p.softcap.unwrap_or(0.0),
+        reserved: 0,
+    };
+    let cfg = LaunchConfig {
+        grid: (plan.num_splits as u32, (p.num_kv_heads * plan.row_chunks) as u32, p.batch as u32),
+        block: (shape.threads, 1, 1),
+        shared_mem_bytes: shape.smem,
+    };
+    // SAFETY: rf_decode_split takes rf_decode_params by value (layout checked
+    // by the offline probe). q, k, v and o address tensors whose shapes and
+    // strides CheckedCall verified against `p` (k and v: the pools and a
+    // block table of batch × table_width entries and batch lengths, each
+    // guarded in the kernel); part_o / part_lse address a workspace of
+    // num_splits × rows × (head_dim + 1) floats, alive until the kernels
+    // are queued (work on the device's one stream runs in order).
+    unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
+    if plan.num_splits > 1 {
+        launch_combine(gpu, &combine, p, &params)?;
+    }
+    drop(workspace);
+    Ok(())
+}
+
+fn launch_combine(
+    gpu: &Arc<GpuDevice>,
+    kernel: &Kernel,
+    p: &AttentionProblem,
+    split: &DecodeParams,
+) -> Result<(), BackendError> {
+    const THREADS: u32 = 128;
+    let warps = THREADS / gpu.arch().warp_size();
+    let rows = (p.batch * p.seq_q * p.num_q_heads) as u64;
+    let params = DecodeCombineParams {
+        part_o: split.part_o,
+        part_lse: split.part_lse,
+        o: split.o,
+        seq_lens: split.seq_lens,
+        o_batch_stride: split.o_batch_stride,
+        o_seq_stride: split.o_seq_stride,
+        o_head_stride: split.o_head_stride,
+        window_left: split.window_left,
+        window_right: split.window_right,
+        batch: split.batch,
+        seq_q: split.seq_q,
+        seq_kv: split.seq_kv,
+        heads_q: split.heads_q,
+        head_dim: p.head_dim as i32,
+        num_splits: split.num_splits,
+    };
+    let cfg =
+        LaunchConfig { grid: (rows.div_ceil(warps as u64) as u32, 1, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
+    // SAFETY: rf_decode_combine takes rf_decode_combine_params by value; it
+    // reads the partials the split kernel wrote (same stream, queued
+    // before) and writes rows of `o`, which CheckedCall verified.
+    unsafe { gpu.launch_params(kernel, &cfg, &params)? };
+    Ok(())
+}

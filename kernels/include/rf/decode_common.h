@@ -1,0 +1,271 @@
+// What the decode kernels (kernels/decode/) share: the RF_DTYPE element,
+// 16-byte unpacking to f32, exp2 / log2 / tanh, the global-to-shared copy,
+// which keys and rows a block owns (`Work`), the K/V tile loader (dense or
+// through the block table) and how a finished row is written.
+#pragma once
+#include "rf/platform.h"
+#include "rf/convert.h"
+#include "rf/decode_params.h"
+
+#ifndef RF_DTYPE
+#error "RF_DTYPE (RF_F32, RF_F16 or RF_BF16) must be defined"
+#endif
+
+namespace rf_decode {
+
+#if RF_DTYPE == RF_F32
+typedef float elem;
+RF_DEVICE float to_f(elem x) { return x; }
+RF_DEVICE elem from_f(float x) { return x; }
+#elif RF_DTYPE == RF_F16
+typedef rf_u16 elem;
+RF_DEVICE float to_f(elem x) { return rf_half_to_float(x); }
+RF_DEVICE elem from_f(float x) { return rf_float_to_half(x); }
+#elif RF_DTYPE == RF_BF16
+typedef rf_u16 elem;
+RF_DEVICE float to_f(elem x) { return rf_bf16_to_float(x); }
+RF_DEVICE elem from_f(float x) { return rf_float_to_bf16(x); }
+#else
+#error "unknown RF_DTYPE"
+#endif
+
+struct alignas(16) U32x4 {
+    unsigned x, y, z, w;
+};
+struct alignas(16) F4 {
+    float x, y, z, w;
+};
+
+constexpr float LOG2E = 1.4426950408889634f;
+
+RF_DEVICE float nan_f() { return __int_as_float(0x7fc00000); }
+
+// 2^x: -inf gives 0, NaN stays NaN (about 2 ulp on NVIDIA).
+RF_DEVICE float exp2_approx(float x) {
+#if defined(RF_CUDA)
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+#else
+    return __builtin_exp2f(x);
+#endif
+}
+
+RF_DEVICE float log2_full(float x) {
+#if defined(RF_CUDA)
+    return log2f(x);
+#else
+    return __builtin_log2f(x);
+#endif
+}
+
+// tanh from exp2: saturates to +-1 (so +-Inf logits stay finite under a
+// soft-cap), keeps NaN; absolute error about 1e-7.
+RF_DEVICE float tanh_f(float x) {
+    const float e = exp2_approx(-2.0f * LOG2E * (x < 0.0f ? -x : x));
+    const float t = (1.0f - e) / (1.0f + e);
+    return x < 0.0f ? -t : t;
+}
+
+// The elements of one 16-byte chunk as floats.
+RF_DEVICE void unpack(const U32x4& u, float (&f)[16 / sizeof(elem)]) {
+#if RF_DTYPE == RF_F32
+    f[0] = __uint_as_float(u.x);
+    f[1] = __uint_as_float(u.y);
+    f[2] = __uint_as_float(u.z);
+    f[3] = __uint_as_float(u.w);
+#else
+    const unsigned w[4] = {u.x, u.y, u.z, u.w};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        f[2 * i] = to_f((elem)(w[i] & 0xffffu));
+        f[2 * i + 1] = to_f((elem)(w[i] >> 16));
+    }
+#endif
+}
+
+// Two consecutive elements (4- or 8-byte aligned) as floats.
+RF_DEVICE void load2(const elem* s, float& a, float& b) {
+#if RF_DTYPE == RF_F32
+    a = s[0];
+    b = s[1];
+#else
+    const unsigned w = *reinterpret_cast<const unsigned*>(s);
+    a = to_f((elem)(w & 0xffffu));
+    b = to_f((elem)(w >> 16));
+#endif
+}
+
+// Stores two floats as two consecutive elements.
+RF_DEVICE void store2(elem* d, float a, float b) {
+#if RF_DTYPE == RF_F32
+    d[0] = a;
+    d[1] = b;
+#else
+    *reinterpret_cast<unsigned*>(d) = (unsigned)from_f(a) | ((unsigned)from_f(b) << 16);
+#endif
+}
+
+
+// Query rows of one block: one 16-row matrix tile.
+constexpr int RMAX = 16;
+
+// 16 bytes of K or V from global to shared; `ok == false` writes zeros.
+RF_DEVICE void copy16(elem* dst, const elem* src, bool ok) {
+#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
+#else
+    U32x4 v = {0u, 0u, 0u, 0u};
+    if (ok) v = *reinterpret_cast<const U32x4*>(src);
+    *reinterpret_cast<U32x4*>(dst) = v;
+#endif
+}
+
+RF_DEVICE void copy_commit() {
+#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+
+template <int N>
+RF_DEVICE void copy_wait() {
+#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+#endif
+}
+
+// What one block works on, fixed for its lifetime.
+struct Work {
+    int b, hk, r0, rows, group;
+    long long len;     // this sequence's keys
+    long long shift;   // query row sq sits at key position sq + shift
+    long long kb, ke;  // this split's keys, [kb, ke)
+    long long lo_any, hi_any;    // keys some row sees (clamped to the split)
+    long long lo_all, hi_all;    // keys every row sees (tiles inside need no mask)
+    bool bad;          // an invalid sequence length
+};
+
+RF_DEVICE long long min_ll(long long a, long long b) { return a < b ? a : b; }
+RF_DEVICE long long max_ll(long long a, long long b) { return a > b ? a : b; }
+
+// Visible keys [lo, hi) of the query at position `pos` in a sequence of `len`.
+RF_DEVICE void row_range(const rf_decode_params& p, long long pos, long long len, long long& lo, long long& hi) {
+    lo = p.window_left >= 0 ? max_ll(0, pos - p.window_left) : 0;
+    hi = p.window_right >= 0 ? min_ll(len, pos + p.window_right + 1) : len;
+}
+
+RF_DEVICE Work make_work(const rf_decode_params& p) {
+    // grid: x = split, y = KV head x row chunk, z = sequence
+    Work w;
+    const int group = p.heads_q / p.heads_kv;
+    const int chunks = (group * p.seq_q + RMAX - 1) / RMAX;
+    w.group = group;
+    w.b = (int)blockIdx.z;
+    w.hk = (int)blockIdx.y / chunks;
+    w.r0 = ((int)blockIdx.y % chunks) * RMAX;
+    w.rows = group * p.seq_q - w.r0 < RMAX ? group * p.seq_q - w.r0 : RMAX;
+    long long len = p.seq_kv;
+    if (p.seq_lens != 0) len = reinterpret_cast<const int*>(p.seq_lens)[w.b];
+    const long long cap = p.block_table != 0 ? ((long long)p.table_width << p.block_shift) : p.seq_kv;
+    w.bad = len < 0 || len > p.seq_kv || len > cap;
+    w.len = w.bad ? 0 : len;
+    w.shift = w.len - p.seq_q;
+    w.kb = (long long)blockIdx.x * p.split_keys;
+    w.ke = min_ll(w.kb + p.split_keys, w.len);
+    const long long pos_min = w.r0 / group + w.shift, pos_max = (w.r0 + w.rows - 1) / group + w.shift;
+    long long lo_a, hi_a, lo_b, hi_b;
+    row_range(p, pos_min, w.len, lo_a, hi_a);
+    row_range(p, pos_max, w.len, lo_b, hi_b);
+    // Both bounds grow with the position: the first row has the lowest.
+    w.lo_any = max_ll(lo_a, w.kb);
+    w.hi_any = min_ll(hi_b, w.ke);
+    w.lo_all = lo_b;
+    w.hi_all = min_ll(hi_a, w.ke);
+    return w;
+}
+
+
+// Starts copying keys n0 .. n0 + BN of K and V into `stage` (K rows, then
+// BN V rows, KV_STRIDE elements apart). Keys at or past the split's end
+// are zeros, never read. Returns whether a block-table entry was out of
+// range (its rows are zeros too).
+template <int BN, int D, int KV_STRIDE, int THREADS>
+RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, elem* stage) {
+    constexpr int VEC = 16 / (int)sizeof(elem), CPR = D / VEC;
+    const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.k_head_stride;
+    const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.v_head_stride;
+    const int* table = p.block_table != 0 ? reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width
+                                          : nullptr;
+    const long long in_block = (1ll << p.block_shift) - 1;
+    bool bad = false;
+    constexpr int CHUNKS = BN * CPR;
+#pragma unroll
+    for (int i = 0; i < (CHUNKS + THREADS - 1) / THREADS; ++i) {
+        const int c = (int)threadIdx.x + i * THREADS;
+        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
+            const int row = c / CPR, col = (c % CPR) * VEC;
+            const long long j = n0 + row;
+            bool ok = j < w.ke;
+            long long koff = 0, voff = 0;
+            if (ok && table != nullptr) {
+                const int blk = table[j >> p.block_shift];
+                if (blk < 0 || blk >= p.num_blocks) {
+                    bad = true;
+                    ok = false;
+                }
+                koff = blk * p.k_batch_stride + (j & in_block) * p.k_seq_stride;
+                voff = blk * p.v_batch_stride + (j & in_block) * p.v_seq_stride;
+            } else if (ok) {
+                koff = w.b * p.k_batch_stride + j * p.k_seq_stride;
+                voff = w.b * p.v_batch_stride + j * p.v_seq_stride;
+            }
+            copy16(stage + row * KV_STRIDE + col, ok ? kbase + koff + col : kbase, ok);
+            copy16(stage + (BN + row) * KV_STRIDE + col, ok ? vbase + voff + col : vbase, ok);
+        }
+    }
+    return bad;
+}
+
+// Writes columns c, c + 1 of the block's row r from its unnormalized sums
+// (a0, a1), running max m (log2 domain) and sum l: O itself with one
+// split, else the normalized partial O and its log2-sum-exp. A row with no
+// visible key in the split is (0, -inf); one whose visible logits are all
+// -inf has l = 0: with one split that is NaN (as the reference), with
+// several its unnormalized O (0, or NaN from a visible NaN V) goes out
+// with lse -inf and weight 0. `bad` (an invalid length or block-table
+// entry) makes the row NaN.
+template <int D>
+RF_DEVICE void write_pair(const rf_decode_params& p, const Work& w, int r, int c, float a0, float a1, float m, float l,
+                          bool bad) {
+    const bool direct = p.num_splits == 1;
+    const int rr = w.r0 + r, sq = rr / w.group, hq = w.hk * w.group + rr % w.group;
+    long long lo, hi;
+    row_range(p, sq + w.shift, w.len, lo, hi);
+    const bool visible = max_ll(lo, w.kb) < min_ll(hi, w.ke);
+    float lse = m + log2_full(l);
+    if (bad) {
+        a0 = a1 = lse = nan_f();
+    } else if (!visible) {
+        a0 = a1 = 0.0f;
+        lse = RF_NEG_INF;
+    } else if (l == 0.0f) {
+        if (direct) a0 = a1 = nan_f();
+        lse = RF_NEG_INF;
+    } else {
+        a0 /= l;
+        a1 /= l;
+    }
+    if (direct) {
+        elem* out =
+            reinterpret_cast<elem*>(p.o) + w.b * p.o_batch_stride + sq * p.o_seq_stride + hq * p.o_head_stride + c;
+        store2(out, a0, a1);
+    } else {
+        const long long row = (((long long)blockIdx.x * p.batch + w.b) * p.seq_q + sq) * p.heads_q + hq;
+        float* po = reinterpret_cast<float*>(p.part_o) + row * D + c;
+        po[0] = a0;
+        po[1] = a1;
+        if (c == 0) reinterpret_cast<float*>(p.part_lse)[row] = lse;
+    }
+}
+}  // namespace rf_decode

@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""Decode attention (seq_q = 1, GQA 32/8, head_dim 128) on the GPU:
+rocmforge's flash-decode (contiguous K/V, a strided cache read in place,
+a paged pool of block size 16) against torch SDPA (FLASH for bf16, MATH
+for f32, the only f32 kernel torch has for these shapes), plus the
+device-to-device copy bandwidth, all in one run on one GPU.
+
+GB/s = bytes of K and V read / time per call. Copy bandwidth = (bytes read
++ bytes written) / time of a large tensor copy. Both sides cycle through
+enough K/V copies (>= 256 MiB) that no call finds its K/V in L2, and time
+back-to-back calls between two CUDA events (median of several runs).
+
+    python3 compare_decode.py --bench ./bench_decode [--json out.json]
+"""
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import warnings
+
+warnings.filterwarnings("ignore", category=UserWarning)
+
+SHAPES = [(16, 4096), (64, 2048), (1, 8192)]
+HQ, HKV, D = 32, 8, 128
+MIN_BYTES = 256 << 20
+
+
+def timed(fn, calls, repeats):
+    import torch
+    for i in range(3):
+        fn(i)
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for i in range(calls):
+            fn(i)
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) / calls)
+    return statistics.median(times)
+
+
+def copy_bandwidth(repeats):
+    import torch
+    n = 1 << 30  # 1 GiB
+    src = torch.empty(n, dtype=torch.uint8, device="cuda").random_(0, 255)
+    dst = torch.empty_like(src)
+    ms = timed(lambda i: dst.copy_(src), 10, repeats)
+    del src, dst
+    torch.cuda.empty_cache()
+    return 2 * n / (ms * 1e-3) / 1e9
+
+
+def torch_decode(b, L, dtype, backend_name, calls, repeats):
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    tdtype = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}[dtype]
+    kv_bytes = 2 * b * L * HKV * D * tdtype.itemsize
+    copies = max(1, min(16, -(-MIN_BYTES // kv_bytes)))
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    q = torch.rand(b, HQ, 1, D, device="cuda", dtype=tdtype, generator=gen) * 2 - 1
+    kvs = [(torch.rand(b, HKV, L, D, device="cuda", dtype=tdtype, generator=gen) * 2 - 1,
+            torch.rand(b, HKV, L, D, device="cuda", dtype=tdtype, generator=gen) * 2 - 1) for _ in range(copies)]
+    backend = getattr(SDPBackend, backend_name)
+
+    def call(i):
+        k, v = kvs[i % copies]
+        return F.scaled_dot_product_attention(q, k, v, enable_gqa=True)
+    try:
+        with sdpa_kernel(backend):
+            ms = timed(call, calls, repeats)
+    except RuntimeError as e:
+        return {"error": str(e).splitlines()[0][:80]}
+    finally:
+        del kvs
+        torch.cuda.empty_cache()
+    return {"ms": ms, "gbps": kv_bytes / (ms * 1e-3) / 1e9, "copies": copies}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--bench", default="./bench_decode", help="the bench_decode example binary")
+    ap.add_argument("--calls", type=int, default=50)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--json", help="write all measurements here")
+    args = ap.parse_args()
+    import torch
+    dev = torch.cuda.get_device_name(0)
+    print(f"device: {dev}; torch {torch.__version__}")
+    copy = copy_bandwidth(args.repeats)
+    print(f"device-to-device copy: {copy:.0f} GB/s (read + write)")
+
+    cmd = [args.bench, "--calls", str(args.calls), "--repeats", str(args.repeats), "--dtype", "bf16,f32"]
+    for b, L in SHAPES:
+        cmd += ["--shape", f"{b},{L}"]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
+    ours = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
+
+    rows = []
+    for dtype, peer in [("bf16", "FLASH_ATTENTION"), ("f32", "MATH")]:
+        for b, L in SHAPES:
+            t = torch_decode(b, L, dtype, peer, args.calls, args.repeats)
+            mine = {r["layout"]: r for r in ours if r["dtype"] == dtype and r["batch"] == b and r["seq_kv"] == L}
+            rows.append({"dtype": dtype, "batch": b, "seq_kv": L, "peer": peer, "torch": t, "ours": mine})
+
+    print()
+    print("| dtype | b, L | torch | torch GB/s | ours contiguous GB/s | % of copy | x torch | strided GB/s | paged16 GB/s | paged / contiguous |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    def num(x, fmt="{:.0f}"):
+        return fmt.format(x) if isinstance(x, (int, float)) else "n/a"
+
+    for r in rows:
+        t, o = r["torch"], r["ours"]
+        tg = t.get("gbps")
+        cg = o.get("contiguous", {}).get("gbps")
+        sg = o.get("strided", {}).get("gbps")
+        pg = o.get("paged16", {}).get("gbps")
+        cells = [r["dtype"], f"{r['batch']}, {r['seq_kv']}", r["peer"], num(tg) if tg else t.get("error", "n/a"),
+                 num(cg), num(100 * cg / copy if cg else None, "{:.0f} %"),
+                 num(cg / tg if cg and tg else None, "{:.2f}"), num(sg), num(pg),
+                 num(pg / cg if pg and cg else None, "{:.2f}")]
+        print("| " + " | ".join(cells) + " |")
+    bad = [r for r in ours if r.get("nonfinite_out")]
+    if bad:
+        print(f"warning: non-finite outputs in {len(bad)} of our runs", file=sys.stderr)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": dev, "torch": torch.__version__, "copy_gbps": copy, "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
