@@ -18,11 +18,11 @@ use super::error::ModelError;
 use super::kv_cache::{AppendRows, KvCache, SeqId};
 use super::matrix::Matrix;
 use super::rope::Rope;
-use crate::tensor::Tensor;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use crate::registry::{AttentionConfig, Registry};
+use crate::tensor::Tensor;
 use crate::tensor::{TensorView, TensorViewMut};
 use std::collections::BTreeMap;
 
