@@ -40,30 +40,42 @@ RF_KERNEL void softmax_rows(RfSoftmaxParams prm) {
     p_t* p = (p_t*)prm.probs + row * (long long)prm.seq_kv;
     const int seq_kv = prm.seq_kv;
 
-    // Pass 1: each thread keeps an online (max, sum of exp) pair.
+    // Pass 1: each thread keeps an online (max, sum of exp) pair over its
+    // visible keys, ignoring NaN logits but noting them (`seen`: 1 = a
+    // visible key, 2 = a visible NaN logit).
     float m = RF_NEG_INF, l = 0.0f;
+    int seen = 0;
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
         if (!rf_visible(j, pos, prm.win_left, prm.win_right)) continue;
         const float x = rf_logit(s[j], prm.softcap);
-        if (x > m) {
+        if (x != x) {
+            seen = 2;
+        } else if (x > m) {
             l = l * expf(m - x) + 1.0f;
             m = x;
+            seen = seen > 1 ? seen : 1;
         } else {
-            l += expf(x - m);
+            l += expf(x - m);  // x = m = -inf gives NaN here; m == -inf discards l below
+            seen = seen > 1 ? seen : 1;
         }
     }
     const float row_max = rf_block_max(m, scratch);
+    const float row_seen = rf_block_max((float)seen, scratch);
     const float mine = (m == RF_NEG_INF) ? 0.0f : l * expf(m - row_max);
     const float row_sum = rf_block_sum(mine, scratch);
-    // A fully masked row has no visible key: it becomes zeros, never NaN.
-    const float inv = (row_max == RF_NEG_INF) ? 0.0f : 1.0f / row_sum;
+    // docs/semantics.md: a row with no visible key is zeros, never NaN; a
+    // NaN logit makes the row NaN, and so do all-(-inf) logits (-inf - -inf)
+    // and a +inf one (inf - inf, through row_sum).
+    const bool visible = row_seen > 0.5f;
+    const float nan = __int_as_float(0x7fc00000);
+    const float inv = (row_seen > 1.5f || row_max == RF_NEG_INF) ? nan : 1.0f / row_sum;
 
     // Pass 2: normalized probabilities; masked keys get exact zeros. With
     // f32 output each element is read and then written by the same thread,
     // so writing in place is safe.
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
         float out = 0.0f;
-        if (inv != 0.0f && rf_visible(j, pos, prm.win_left, prm.win_right)) {
+        if (visible && rf_visible(j, pos, prm.win_left, prm.win_right)) {
             out = expf(rf_logit(s[j], prm.softcap) - row_max) * inv;
         }
         p[j] = to_p(out);

@@ -138,12 +138,15 @@ pub fn layout_probe<P: KernelParams>() -> String {
     src
 }
 
+use crate::backends::gpu_unfused::MaskedPvParams;
+
 /// Layout probes of every parameter struct, for the offline compile tests.
 pub fn all_layout_probes() -> Vec<(&'static str, String)> {
     vec![
         (SoftmaxParams::C_NAME, layout_probe::<SoftmaxParams>()),
         (FlashParams::C_NAME, layout_probe::<FlashParams>()),
         (ExpandKvParams::C_NAME, layout_probe::<ExpandKvParams>()),
+        (MaskedPvParams::C_NAME, layout_probe::<MaskedPvParams>()),
     ]
 }
 
