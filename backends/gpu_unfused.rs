@@ -110,6 +110,9 @@ impl GpuUnfused {
 /// guard). Key ranges only grow with the row, so the first row has the
 /// smallest end and the last row the largest start.
 fn some_key_masked(p: &AttentionProblem) -> bool {
+    if p.seq_q == 0 || p.seq_kv == 0 {
+        return false;
+    }
     let (_, first_hi) = p.mask.key_range(0, p.seq_q, p.seq_kv);
     let (last_lo, _) = p.mask.key_range(p.seq_q - 1, p.seq_q, p.seq_kv);
     first_hi < p.seq_kv || last_lo > 0
@@ -466,6 +469,22 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn masked_keys_are_found_for_every_mask_that_hides_one() {
+        let p = |sq, skv, mask| AttentionProblem::new(1, sq, skv, 1, 1, 8, DType::F32).with_mask(mask);
+        assert!(!some_key_masked(&p(16, 16, Mask::None)));
+        assert!(some_key_masked(&p(16, 16, Mask::Causal)));
+        // Decoding one query at the end: causal hides nothing.
+        assert!(!some_key_masked(&p(1, 40, Mask::Causal)));
+        assert!(some_key_masked(&p(1, 40, Mask::SlidingWindow { left: 3, right: 0 })));
+        assert!(some_key_masked(&p(4, 40, Mask::SlidingWindow { left: 100, right: 0 })));
+        assert!(!some_key_masked(&p(4, 40, Mask::SlidingWindow { left: 100, right: 100 })));
+        assert!(!some_key_masked(&p(0, 40, Mask::Causal)));
+        assert_eq!(flags_offset(3, &p(16, 16, Mask::Causal)), Some(3 * 16 * 16 * 4));
+        let half = AttentionProblem::new(1, 3, 5, 1, 1, 8, DType::BF16);
+        assert_eq!(flags_offset(1, &half), Some(256));
     }
 
     #[test]

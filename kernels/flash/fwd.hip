@@ -47,8 +47,12 @@ constexpr int QF_M = Q_IN_REGS ? MT : 1;
 constexpr int QF_K = Q_IN_REGS ? D / 16 : 1;
 
 // Row maxima at or beyond this (log2 units) switch a strip to the exact
-// exponent (see softmax_tile).
-constexpr float EXACT_LIMIT = 16777216.0f;  // 2^24
+// exponent (see exp_tile). RF_FLASH_EXACT_LIMIT overrides it for the
+// development harness only (3e38f: never, to show what the exact path fixes).
+#ifndef RF_FLASH_EXACT_LIMIT
+#define RF_FLASH_EXACT_LIMIT 16777216.0f  // 2^24
+#endif
+constexpr float EXACT_LIMIT = RF_FLASH_EXACT_LIMIT;
 
 struct RowState {
     float m[MT][RF_MMA_ROWS];  // running max of the (log2-scaled) logits

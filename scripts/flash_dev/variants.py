@@ -30,6 +30,10 @@ def tuning_variants():
         (F32, 128): [(128, 64, 8, 1)],
     }
     out["bf16_d128_headorder"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128, RF_FLASH_GLOBAL_ORDER=0)
+    # Without the exact exponent for huge logits (the limit is never reached):
+    # shows on the device what the huge_k case does to the FFMA exponent.
+    out["f32x3_d64_noexact"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=64, RF_F32_MODE=F32_TF32X3, RF_FLASH_EXACT_LIMIT="3e38f")
+    out["bf16_d64_noexact"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=64, RF_FLASH_EXACT_LIMIT="3e38f")
     out["f32x3_d128_acck16"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=16)
     out["f32x3_d128_acck64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=64)
     for (dt, d), lst in cands.items():
