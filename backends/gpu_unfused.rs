@@ -31,9 +31,11 @@ use std::sync::Arc;
 pub const WORKSPACE_ENV: &str = "ROCMFORGE_UNFUSED_WORKSPACE_MIB";
 const DEFAULT_WORKSPACE_BYTES: usize = 1 << 30;
 const SOFTMAX_THREADS: u32 = 256;
-/// `RF_SCAN_BLOCKS` and `RF_PV_THREADS` of kernels/unfused/masked_pv.hip:
-/// the scan's fixed grid (one flag each) and both kernels' block size.
-const SCAN_BLOCKS: u32 = 128;
+/// `RF_SCAN_BLOCKS`, `RF_SCAN_THREADS` and `RF_PV_THREADS` of
+/// kernels/unfused/masked_pv.hip: the scan's fixed grid (one flag per
+/// block) and block size, and `rf_masked_pv`'s block size.
+const SCAN_BLOCKS: u32 = 264;
+const SCAN_THREADS: u32 = 512;
 const PV_THREADS: u32 = 128;
 /// Most blocks of `rf_masked_pv`; it grid-strides over the chunk's rows.
 const PV_MAX_BLOCKS: usize = 4096;
@@ -431,7 +433,7 @@ impl MaskGuard {
     fn start(gpu: &Arc<GpuDevice>, dtype: DType, base: MaskedPvParams) -> Result<MaskGuard, BackendError> {
         let scan = gpu.kernel(&GpuUnfused::masked_pv_spec("rf_nonfinite_scan", dtype))?;
         let fix = gpu.kernel(&GpuUnfused::masked_pv_spec("rf_masked_pv", dtype))?;
-        let cfg = LaunchConfig { grid: (SCAN_BLOCKS, 1, 1), block: (PV_THREADS, 1, 1), shared_mem_bytes: 0 };
+        let cfg = LaunchConfig { grid: (SCAN_BLOCKS, 1, 1), block: (SCAN_THREADS, 1, 1), shared_mem_bytes: 0 };
         // SAFETY: rf_nonfinite_scan takes RfMaskedPvParams (layout checked by
         // a test); it reads V within its checked shape and strides and writes
         // SCAN_BLOCKS flags inside the workspace.

@@ -154,26 +154,6 @@ RF_DEVICE void mask_tile(rf_frag_c (&s)[MT][BN / 16], const rf_flash_params& p, 
             }
 }
 
-// p = exp2(s c - m) in place, summed per row slot. The common form is one
-// FFMA, exact in s c - m but not in its rounding: m = fl(max(s) c) differs
-// from max(s) c by up to half an ulp, harmless for ordinary logits, but for
-// |m| >= 2^24 (logits near 1e30, docs/semantics.md) that difference exceeds
-// the exponent range and the largest key's p becomes 0 or Inf (a zero or
-// NaN row). EXACT uses fl(s c) - m instead, which is <= 0 at the maximum.
-template <bool EXACT>
-RF_DEVICE void exp_tile(rf_frag_c (&s)[BN / 16], float c_log2, const float (&neg_m)[RF_MMA_ROWS],
-                        float (&sum)[RF_MMA_ROWS]) {
-#pragma unroll
-    for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-        for (int r = 0; r < RF_MMA_C_REGS; ++r) {
-            const float x = s[nu].v[r], nm = neg_m[rf_c_slot(r)];
-            const float e = exp2_fast(EXACT ? mul_rn(x, c_log2) + nm : fma_f(x, c_log2, nm));
-            s[nu].v[r] = e;
-            sum[rf_c_slot(r)] += e;
-        }
-}
-
 // Online softmax of strip mt over one tile. The running max only moves when
 // some row of the warp grew by more than RESCALE_SLACK (log2 units): until
 // then p = exp2(s - m) stays <= 2^RESCALE_SLACK, harmless in f32 and in the
@@ -215,14 +195,36 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
             for (int r = 0; r < RF_MMA_C_REGS; ++r) o[du].v[r] *= alpha[rf_c_slot(r)];
         st.exact[mt] = raw && warp_any(huge);
     }
+    // p = exp2(s c - m): one FFMA, exact in s c - m but not in its
+    // rounding: m = fl(max(s) c) differs from max(s) c by up to half an ulp,
+    // harmless for ordinary logits, but for |m| >= 2^24 (logits near 1e30,
+    // docs/semantics.md) that difference exceeds the exponent range and the
+    // largest key's p becomes 0 or Inf (a zero or a NaN row). Such strips
+    // take s = fl(s c) first and c = 1: then the exponent is fl(s c) - m,
+    // 0 at the maximum.
+#if !defined(RF_FLASH_DBG_NO_EXACT)
+    float c = c_log2;
+    if (st.exact[mt]) {
+#pragma unroll
+        for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) s[nu].v[r] = mul_rn(s[nu].v[r], c_log2);
+        c = 1.0f;
+    }
+#else
+    const float c = c_log2;
+#endif
     float neg_m[RF_MMA_ROWS];
 #pragma unroll
     for (int sl = 0; sl < RF_MMA_ROWS; ++sl) neg_m[sl] = st.m[mt][sl] == RF_NEG_INF ? 0.0f : -st.m[mt][sl];
-    if (st.exact[mt]) {
-        exp_tile<true>(s, c_log2, neg_m, sum);
-    } else {
-        exp_tile<false>(s, c_log2, neg_m, sum);
-    }
+#pragma unroll
+    for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+        for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+            const float e = exp2_fast(fma_f(s[nu].v[r], c, neg_m[rf_c_slot(r)]));
+            s[nu].v[r] = e;
+            sum[rf_c_slot(r)] += e;
+        }
 #pragma unroll
     for (int sl = 0; sl < RF_MMA_ROWS; ++sl) st.l[mt][sl] += sum[sl];
 }
@@ -300,7 +302,7 @@ RF_DEVICE void store_output(const rf_flash_params& p, const rf_frag_c (&o)[MT][D
     float* lse = reinterpret_cast<float*>(p.lse);
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt) {
-        float inv[RF_MMA_ROWS];
+        float inv[RF_MMA_ROWS], fill[RF_MMA_ROWS];
         bool empty[RF_MMA_ROWS];
 #pragma unroll
         for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
@@ -308,6 +310,12 @@ RF_DEVICE void store_output(const rf_flash_params& p, const rf_frag_c (&o)[MT][D
             empty[sl] = l == 0.0f;
             inv[sl] = recip(l);
             const int row = m0 + strip0 + 16 * mt + rf_slot_row(sl);
+            // l = 0: no visible key (zeros), or every visible logit -inf
+            // (NaN, docs/semantics.md: -inf - -inf).
+            const long long pos = rf_query_pos(row, p.seq_q, p.seq_kv);
+            const long long a = p.window_left >= 0 ? max_ll(pos - p.window_left, 0) : 0;
+            const long long z = p.window_right >= 0 ? min_ll(pos + p.window_right, p.seq_kv - 1) : p.seq_kv - 1;
+            fill[sl] = a <= z ? __int_as_float(0x7fc00000) : 0.0f;
             if (lse != nullptr && rf_c_col(0) == 0 && row < p.seq_q) {
                 const float v = empty[sl] ? RF_NEG_INF : (st.m[mt][sl] + log2_acc(l)) * LN2;
                 lse[((long long)b * p.heads_q + hq) * p.seq_q + row] = v;
@@ -318,7 +326,7 @@ RF_DEVICE void store_output(const rf_flash_params& p, const rf_frag_c (&o)[MT][D
 #pragma unroll
             for (int r = 0; r < RF_MMA_C_REGS; ++r) {
                 const int sl = rf_c_slot(r);
-                const float v = empty[sl] ? 0.0f : o[mt][du].v[r] * inv[sl];
+                const float v = empty[sl] ? fill[sl] : o[mt][du].v[r] * inv[sl];
                 o_s[QT::off(strip0 + 16 * mt + rf_c_row(r), 16 * du + rf_c_col(r))] = rf_to_elem(v);
             }
     }
@@ -507,11 +515,15 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         const bool nf = block_any(presplit_tile(k_s, v_s) || q_bad);
 #else
         bool nf = false;
+#if defined(RF_FLASH_DBG_NO_NF)
+        __syncthreads();
+#else
         if (full) {
             __syncthreads();
         } else {
             nf = block_any(own_rows_nonfinite<BN>(v_s));
         }
+#endif
 #endif
 
         if (nf) {
@@ -571,6 +583,7 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     // Q area is reused to stage O.
     copy_wait<0>();
     store_output(p, o, st, sQ, b, hq, m0, strip0);
+#if !defined(RF_FLASH_DBG_NO_VPASS)
     if (any_nf) {
         // Inf / NaN in V: their terms (rf/flash/nonfinite.h), with the row
         // maxima in the (now free) K area.
@@ -583,4 +596,5 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         __syncthreads();
         nonfinite_v_pass(v_pass_args(p), m_s);
     }
+#endif
 }

@@ -19,9 +19,10 @@
 #define P_DTYPE RF_F32
 #endif
 
-// Blocks of the scan (its grid) and threads of both kernels: the host
-// launches exactly these.
-#define RF_SCAN_BLOCKS 128
+// Blocks and threads of the scan (its grid: one flag per block) and threads
+// of rf_masked_pv: the host launches exactly these.
+#define RF_SCAN_BLOCKS 264
+#define RF_SCAN_THREADS 512
 #define RF_PV_THREADS 128
 
 #if P_DTYPE == RF_F32
@@ -53,17 +54,21 @@ RF_DEVICE bool block_any(bool pred) {
     return r;
 }
 
-// Grid RF_SCAN_BLOCKS x RF_PV_THREADS: flags[block] = whether the block's
-// share of V holds an Inf or NaN.
+// Grid RF_SCAN_BLOCKS x RF_SCAN_THREADS: flags[block] = whether the block's
+// share of V holds an Inf or NaN. A warp takes whole rows (one key of one
+// KV head, head_dim contiguous elements): index arithmetic per row, not
+// per element, and coalesced loads.
 RF_KERNEL void rf_nonfinite_scan(RfMaskedPvParams prm) {
     const elem_t* v = (const elem_t*)prm.v;
-    const long long d = prm.head_dim, h = prm.heads_kv, s = prm.seq_kv;
-    const long long total = (long long)prm.batch * s * h * d;
+    const long long rows = (long long)prm.batch * prm.seq_kv * prm.heads_kv;
+    const int lane = threadIdx.x % RF_WARP_SIZE, warps = blockDim.x / RF_WARP_SIZE;
     bool bad = false;
-    for (long long e = blockIdx.x * (long long)blockDim.x + threadIdx.x; e < total;
-         e += (long long)gridDim.x * blockDim.x) {
-        const long long x = e % d, hk = (e / d) % h, j = (e / (d * h)) % s, b = e / (d * h * s);
-        bad |= nonfinite(from_elem(v[b * prm.v_batch_stride + j * prm.v_seq_stride + hk * prm.v_head_stride + x]));
+    for (long long r = blockIdx.x * (long long)warps + threadIdx.x / RF_WARP_SIZE; r < rows;
+         r += (long long)gridDim.x * warps) {
+        const long long hk = r % prm.heads_kv, j = (r / prm.heads_kv) % prm.seq_kv,
+                        b = r / ((long long)prm.heads_kv * prm.seq_kv);
+        const elem_t* row = v + b * prm.v_batch_stride + j * prm.v_seq_stride + hk * prm.v_head_stride;
+        for (int x = lane; x < prm.head_dim; x += RF_WARP_SIZE) bad |= nonfinite(from_elem(row[x]));
     }
     const bool any = block_any(bad);
     if (threadIdx.x == 0) ((int*)prm.flags)[blockIdx.x] = any ? 1 : 0;

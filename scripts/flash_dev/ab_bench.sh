@@ -27,5 +27,6 @@ for line in sys.stdin:
 print("\nconfig                                         old ms (median of rounds)  new ms   new/old")
 for k, v in runs.items():
     o, n = statistics.median(v["old"]), statistics.median(v["new"])
-    print(f"{\" \".join(k):<46} {o:>10.3f} {n:>16.3f} {n / o:>9.3f}")
+    name = " ".join(k)
+    print(f"{name:<46} {o:>10.3f} {n:>16.3f} {n / o:>9.3f}")
 '
