@@ -41,34 +41,33 @@ RF_KERNEL void softmax_rows(RfSoftmaxParams prm) {
     const int seq_kv = prm.seq_kv;
 
     // Pass 1: each thread keeps an online (max, sum of exp) pair over its
-    // visible keys, ignoring NaN logits but noting them (`seen`: 1 = a
-    // visible key, 2 = a visible NaN logit).
+    // visible keys. A NaN logit sets the pair to (+inf, NaN): the row max
+    // is then +inf and the row sum NaN, so the row is NaN (the max alone
+    // would skip NaN, and a row of NaN logits would look fully masked).
     float m = RF_NEG_INF, l = 0.0f;
-    int seen = 0;
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
         if (!rf_visible(j, pos, prm.win_left, prm.win_right)) continue;
         const float x = rf_logit(s[j], prm.softcap);
         if (x != x) {
-            seen = 2;
+            m = -RF_NEG_INF;
+            l = x;
         } else if (x > m) {
             l = l * expf(m - x) + 1.0f;
             m = x;
-            seen = seen > 1 ? seen : 1;
         } else {
             l += expf(x - m);  // x = m = -inf gives NaN here; m == -inf discards l below
-            seen = seen > 1 ? seen : 1;
         }
     }
     const float row_max = rf_block_max(m, scratch);
-    const float row_seen = rf_block_max((float)seen, scratch);
     const float mine = (m == RF_NEG_INF) ? 0.0f : l * expf(m - row_max);
     const float row_sum = rf_block_sum(mine, scratch);
-    // docs/semantics.md: a row with no visible key is zeros, never NaN; a
-    // NaN logit makes the row NaN, and so do all-(-inf) logits (-inf - -inf)
-    // and a +inf one (inf - inf, through row_sum).
-    const bool visible = row_seen > 0.5f;
-    const float nan = __int_as_float(0x7fc00000);
-    const float inv = (row_seen > 1.5f || row_max == RF_NEG_INF) ? nan : 1.0f / row_sum;
+    // docs/semantics.md: a row with no visible key is zeros, never NaN; all
+    // visible logits -inf make it NaN (-inf - -inf), as do a NaN or +inf one
+    // (through row_sum). Whether the row sees a key follows from the mask.
+    const long long lo = prm.win_left >= 0 && pos - prm.win_left > 0 ? pos - prm.win_left : 0;
+    const long long hi = prm.win_right >= 0 && pos + prm.win_right < seq_kv - 1 ? pos + prm.win_right : seq_kv - 1;
+    const bool visible = lo <= hi;
+    const float inv = row_max == RF_NEG_INF ? __int_as_float(0x7fc00000) : 1.0f / row_sum;
 
     // Pass 2: normalized probabilities; masked keys get exact zeros. With
     // f32 output each element is read and then written by the same thread,

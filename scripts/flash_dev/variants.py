@@ -41,6 +41,8 @@ def tuning_variants():
                         ("dbg_nonf", ["RF_FLASH_DBG_NO_NF"]),
                         ("dbg_bare", ["RF_FLASH_DBG_NO_EXACT", "RF_FLASH_DBG_NO_VPASS", "RF_FLASH_DBG_NO_NF"])):
             out[f"{base}_{tag}"] = dict(RF_DTYPE=dt, RF_HEAD_DIM=128, **extra, **{k: 1 for k in sw})
+    out["f32x3_d128_dbg_nologits"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3,
+                                          RF_FLASH_DBG_NO_TF32LOGITS=1)
     out["f32x3_d128_acck16"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=16)
     out["f32x3_d128_acck64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=64)
     for (dt, d), lst in cands.items():

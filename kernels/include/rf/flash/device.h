@@ -219,19 +219,23 @@ RF_DEVICE void key_interval(long long pos, int n0, long long left, long long rig
 // ------------------------------------------------------------ non-finite
 RF_DEVICE bool nonfinite_f(float x) { return (__float_as_uint(x) & 0x7f800000u) == 0x7f800000u; }
 
-// Whether a 32-bit word of elements holds an Inf or NaN.
-RF_DEVICE bool word_nonfinite(unsigned w) {
+// Inf / NaN tests on raw 32-bit words of elements, two integer operations
+// per word: with E the exponent mask of each element, (w & E) + (E's lowest
+// bit) carries into the bit above E's top exactly when all exponent bits of
+// that element are set. No carry crosses into the next 16-bit element
+// (0x7f80 + 0x0080 = 0x8000). Accumulate with |=, test with nonfinite_seen.
 #if RF_DTYPE == RF_F32
-    return (w & 0x7f800000u) == 0x7f800000u;
+constexpr unsigned NF_MASK = 0x7f800000u, NF_ADD = 0x00800000u, NF_TOP = 0x80000000u;
+#elif RF_DTYPE == RF_F16
+constexpr unsigned NF_MASK = 0x7c007c00u, NF_ADD = 0x04000400u, NF_TOP = 0x80008000u;
 #else
-    constexpr unsigned E = RF_DTYPE == RF_F16 ? 0x7c00u : 0x7f80u;  // exponent of one 16-bit half
-    return (w & E) == E || ((w >> 16) & E) == E;
+constexpr unsigned NF_MASK = 0x7f807f80u, NF_ADD = 0x00800080u, NF_TOP = 0x80008000u;
 #endif
+RF_DEVICE unsigned word_nonfinite_bits(unsigned w) { return (w & NF_MASK) + NF_ADD; }
+RF_DEVICE unsigned chunk_nonfinite_bits(const U32x4& c) {
+    return word_nonfinite_bits(c.x) | word_nonfinite_bits(c.y) | word_nonfinite_bits(c.z) | word_nonfinite_bits(c.w);
 }
-
-RF_DEVICE bool chunk_nonfinite(const U32x4& c) {
-    return word_nonfinite(c.x) | word_nonfinite(c.y) | word_nonfinite(c.z) | word_nonfinite(c.w);
-}
+RF_DEVICE bool nonfinite_seen(unsigned bits) { return (bits & NF_TOP) != 0; }
 
 // Whether the 16-byte chunks this thread copied with load_rows<ROWS> into
 // `s` hold an Inf or NaN. Reads only the thread's own copies, so it runs
@@ -240,11 +244,11 @@ RF_DEVICE bool chunk_nonfinite(const U32x4& c) {
 template <int ROWS>
 RF_DEVICE bool own_rows_nonfinite(const rf_elem* s) {
     constexpr int CPR = KVT::CPR;
-    bool bad = false;
+    unsigned bits = 0;
     if constexpr (CPR > THREADS) {
         for (int c = (int)threadIdx.x; c < ROWS * CPR; c += THREADS)
-            bad |= chunk_nonfinite(*reinterpret_cast<const U32x4*>(s + KVT::off(c / CPR, (c % CPR) * VEC)));
-        return bad;
+            bits |= chunk_nonfinite_bits(*reinterpret_cast<const U32x4*>(s + KVT::off(c / CPR, (c % CPR) * VEC)));
+        return nonfinite_seen(bits);
     }
     constexpr int RS = CPR > THREADS ? 1 : THREADS / CPR;
     if (THREADS % CPR != 0 && (int)threadIdx.x >= RS * CPR) return false;
@@ -252,8 +256,8 @@ RF_DEVICE bool own_rows_nonfinite(const rf_elem* s) {
 #pragma unroll
     for (int i = 0; i < (ROWS + RS - 1) / RS; ++i)
         if (ROWS % RS == 0 || row0 + i * RS < ROWS)
-            bad |= chunk_nonfinite(*reinterpret_cast<const U32x4*>(s + KVT::off(row0 + i * RS, col)));
-    return bad;
+            bits |= chunk_nonfinite_bits(*reinterpret_cast<const U32x4*>(s + KVT::off(row0 + i * RS, col)));
+    return nonfinite_seen(bits);
 }
 
 }  // namespace rf_flash

@@ -25,7 +25,7 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
     constexpr int CHUNKS = BN * CPR;
     constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
     float vraw[PER][4];
-    bool bad = false;
+    unsigned bad = 0;
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
         const int c = (int)threadIdx.x + i * THREADS;
@@ -33,7 +33,7 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
             const int row = c / CPR, col = (c % CPR) * VEC;
             U32x4 kv = *reinterpret_cast<const U32x4*>(kb + KVT::off(row, col));
             const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(row, col));
-            bad |= chunk_nonfinite(kv) | chunk_nonfinite(vv);
+            bad |= chunk_nonfinite_bits(kv) | chunk_nonfinite_bits(vv);
             U32x4 ks;
             rf_split_tf32(__uint_as_float(kv.x), kv.x, ks.x);
             rf_split_tf32(__uint_as_float(kv.y), kv.y, ks.y);
@@ -63,7 +63,7 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
             }
         }
     }
-    return bad;
+    return nonfinite_seen(bad);
 }
 
 // S from the big parts only, for a tile whose Q or K holds an Inf or NaN:
