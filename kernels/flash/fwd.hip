@@ -48,7 +48,7 @@ constexpr int QF_M = Q_IN_REGS ? MT : 1;
 constexpr int QF_K = Q_IN_REGS ? D / 16 : 1;
 
 // Row maxima at or beyond this (log2 units) switch a strip to the exact
-// exponent (see exp_tile). RF_FLASH_EXACT_LIMIT overrides it for the
+// exponent (see softmax_tile). RF_FLASH_EXACT_LIMIT overrides it for the
 // development harness only (3e38f: never, to show what the exact path fixes).
 #ifndef RF_FLASH_EXACT_LIMIT
 #define RF_FLASH_EXACT_LIMIT 16777216.0f  // 2^24
@@ -58,7 +58,7 @@ constexpr float EXACT_LIMIT = RF_FLASH_EXACT_LIMIT;
 struct RowState {
     float m[MT][RF_MMA_ROWS];  // running max of the (log2-scaled) logits
     float l[MT][RF_MMA_ROWS];  // this lane's part of the running sum
-    bool exact[MT];            // the strip's exponents need exact_exp (warp-uniform)
+    bool exact[MT];            // the strip pre-scales S for the exponent (warp-uniform)
 };
 
 // The A operand of P V for strip mt, keys 16 ku.. of the tile: from the S
