@@ -10,19 +10,65 @@
 //! The workspace is leased from the device's arena for the call, so
 //! concurrent calls on one or several GPUs never share or wait on it.
 //! Strided Q/K/V/O are addressed in place (BLAS leading dimensions).
+//!
+//! Masked keys: the P V GEMM multiplies a masked key's V by probability 0,
+//! and `0 · NaN` is NaN, so an Inf or NaN there would reach rows that do not
+//! see it (docs/semantics.md). For masks that hide some key, one scan of V
+//! per call (`rf_nonfinite_scan`) sets flags, and after each chunk's GEMM
+//! `rf_masked_pv` returns at once unless a flag is set; then it recomputes
+//! the chunk's rows over their visible keys only (kernels/unfused/masked_pv.hip).
 
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
-use crate::device::{Device, DeviceError, DeviceKind, GemmDesc, LaunchConfig};
+use crate::device::{Device, DeviceError, DeviceKind, GemmDesc, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
 use crate::kernels::params::SoftmaxParams;
-use crate::kernels::{KernelSpec, UNFUSED_SOFTMAX_ROWS};
+use crate::kernels::{KernelSpec, UNFUSED_MASKED_PV, UNFUSED_SOFTMAX_ROWS};
 use crate::problem::{AttentionProblem, Mask, MaskKind, TensorRole};
+use std::sync::Arc;
 
 /// Environment variable that sets the score-workspace cap in MiB.
 pub const WORKSPACE_ENV: &str = "ROCMFORGE_UNFUSED_WORKSPACE_MIB";
 const DEFAULT_WORKSPACE_BYTES: usize = 1 << 30;
 const SOFTMAX_THREADS: u32 = 256;
+/// `RF_SCAN_BLOCKS`, `RF_SCAN_THREADS` and `RF_PV_THREADS` of
+/// kernels/unfused/masked_pv.hip: the scan's fixed grid (one flag per
+/// block) and block size, and `rf_masked_pv`'s block size.
+const SCAN_BLOCKS: u32 = 264;
+const SCAN_THREADS: u32 = 512;
+const PV_THREADS: u32 = 128;
+/// Most blocks of `rf_masked_pv`; it grid-strides over the chunk's rows.
+const PV_MAX_BLOCKS: usize = 4096;
+/// Workspace bytes of the scan flags, after the chunk's scores and probabilities.
+const FLAG_BYTES: usize = SCAN_BLOCKS as usize * 4;
+
+crate::kernel_params! {
+    /// `RfMaskedPvParams` of `unfused/masked_pv.hip`. Strides are in elements.
+    pub struct MaskedPvParams as "RfMaskedPvParams" in "rf/unfused_params.h" {
+        pub v: u64,
+        pub o: u64,
+        pub probs: u64,
+        pub flags: u64,
+        pub v_batch_stride: i64,
+        pub v_seq_stride: i64,
+        pub v_head_stride: i64,
+        pub o_seq_stride: i64,
+        pub o_head_stride: i64,
+        /// Mask bounds, negative = unbounded (`rf/mask.h`).
+        pub win_left: i64,
+        pub win_right: i64,
+        pub batch: i32,
+        pub b: i32,
+        pub seq_q: i32,
+        pub seq_kv: i32,
+        pub heads_kv: i32,
+        pub head_dim: i32,
+        pub h0: i32,
+        pub heads: i32,
+        pub group: i32,
+        pub reserved: i32,
+    }
+}
 
 pub struct GpuUnfused {
     workspace_cap: usize,
@@ -55,6 +101,29 @@ impl GpuUnfused {
     fn spec(dtype: DType) -> KernelSpec {
         KernelSpec::new(UNFUSED_SOFTMAX_ROWS, "softmax_rows").define_dtype("P_DTYPE", dtype)
     }
+
+    /// `rf_nonfinite_scan` or `rf_masked_pv` for `dtype`.
+    fn masked_pv_spec(entry: &'static str, dtype: DType) -> KernelSpec {
+        KernelSpec::new(UNFUSED_MASKED_PV, entry).define_dtype("P_DTYPE", dtype)
+    }
+}
+
+/// Whether the mask hides some key from some row (then masked keys need the
+/// guard). Key ranges only grow with the row, so the first row has the
+/// smallest end and the last row the largest start.
+fn some_key_masked(p: &AttentionProblem) -> bool {
+    if p.seq_q == 0 || p.seq_kv == 0 {
+        return false;
+    }
+    let (_, first_hi) = p.mask.key_range(0, p.seq_q, p.seq_kv);
+    let (last_lo, _) = p.mask.key_range(p.seq_q - 1, p.seq_q, p.seq_kv);
+    first_hi < p.seq_kv || last_lo > 0
+}
+
+/// Byte offset of the scan flags in the workspace: after `hpc` heads of
+/// scores and probabilities, 256-byte aligned.
+fn flags_offset(hpc: usize, p: &AttentionProblem) -> Option<usize> {
+    Some(hpc.checked_mul(bytes_per_head(p)?)?.checked_add(255)? / 256 * 256)
 }
 
 /// Workspace bytes one query head needs: f32 scores, plus a 16-bit copy of
@@ -192,7 +261,16 @@ impl AttentionBackend for GpuUnfused {
     }
 
     fn kernels(&self) -> Vec<KernelSpec> {
-        DType::ALL.iter().map(|&d| GpuUnfused::spec(d)).collect()
+        DType::ALL
+            .iter()
+            .flat_map(|&d| {
+                [
+                    GpuUnfused::spec(d),
+                    GpuUnfused::masked_pv_spec("rf_nonfinite_scan", d),
+                    GpuUnfused::masked_pv_spec("rf_masked_pv", d),
+                ]
+            })
+            .collect()
     }
 
     fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
@@ -208,7 +286,8 @@ impl AttentionBackend for GpuUnfused {
         let internal =
             || BackendError::Internal { backend: "gpu-unfused", what: "checked problem exceeds the workspace" };
         let hpc = heads_per_chunk(p, self.workspace_cap).ok_or_else(internal)?;
-        let workspace = gpu.workspace(hpc * bytes_per_head(p).ok_or_else(internal)?)?;
+        let flags_at = flags_offset(hpc, p).ok_or_else(internal)?;
+        let workspace = gpu.workspace(flags_at + FLAG_BYTES)?;
         let per_head_scores = p.seq_q * p.seq_kv;
         let scores = workspace.ptr();
         // 16-bit probabilities sit after the f32 scores of the chunk.
@@ -222,6 +301,34 @@ impl AttentionBackend for GpuUnfused {
         // Every value cast below was range-checked by `check` (i32_of).
         let i32v = |v: usize| v as i32;
         let p_es = if p.dtype == DType::F32 { 4 } else { es };
+        let guard = if some_key_masked(p) {
+            let base = MaskedPvParams {
+                v: vp,
+                o: 0,
+                probs,
+                flags: scores + flags_at as u64,
+                v_batch_stride: sv_[0] as i64,
+                v_seq_stride: sv_[1] as i64,
+                v_head_stride: sv_[2] as i64,
+                o_seq_stride: so_[1] as i64,
+                o_head_stride: so_[2] as i64,
+                win_left,
+                win_right,
+                batch: i32v(p.batch),
+                b: 0,
+                seq_q: i32v(sq),
+                seq_kv: i32v(skv),
+                heads_kv: i32v(p.num_kv_heads),
+                head_dim: i32v(d),
+                h0: 0,
+                heads: 0,
+                group: i32v(g),
+                reserved: 0,
+            };
+            Some(MaskGuard::start(&gpu, p.dtype, base)?)
+        } else {
+            None
+        };
 
         for b in 0..p.batch {
             let q_base = qp + (b * sq_[0]) as u64 * es;
@@ -301,12 +408,50 @@ impl AttentionBackend for GpuUnfused {
                     // probabilities lie in the workspace.
                     unsafe { gpu.gemm(&pv)? };
                 }
+                if let Some(guard) = &guard {
+                    guard.fix_chunk(&gpu, b, h0, h1, o_base)?;
+                }
                 h0 = h1;
             }
         }
         // The lease returns the workspace to the device's pool here: work
         // queued later on the device's one stream runs after these kernels.
         drop(workspace);
+        Ok(())
+    }
+}
+
+/// The masked-key guard of one call (kernels/unfused/masked_pv.hip): the
+/// scan ran at `start`; `fix_chunk` follows each chunk's P V GEMM.
+struct MaskGuard {
+    fix: Kernel,
+    base: MaskedPvParams,
+}
+
+impl MaskGuard {
+    /// Queues the scan of the whole V for Inf / NaN (one flag per block).
+    fn start(gpu: &Arc<GpuDevice>, dtype: DType, base: MaskedPvParams) -> Result<MaskGuard, BackendError> {
+        let scan = gpu.kernel(&GpuUnfused::masked_pv_spec("rf_nonfinite_scan", dtype))?;
+        let fix = gpu.kernel(&GpuUnfused::masked_pv_spec("rf_masked_pv", dtype))?;
+        let cfg = LaunchConfig { grid: (SCAN_BLOCKS, 1, 1), block: (SCAN_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: rf_nonfinite_scan takes RfMaskedPvParams (layout checked by
+        // a test); it reads V within its checked shape and strides and writes
+        // SCAN_BLOCKS flags inside the workspace.
+        unsafe { gpu.launch_params(&scan, &cfg, &base)? };
+        Ok(MaskGuard { fix, base })
+    }
+
+    /// Queues the recomputation of query heads `h0..h1` of batch `b` over
+    /// visible keys only; the kernel returns at once when no flag is set.
+    fn fix_chunk(&self, gpu: &Arc<GpuDevice>, b: usize, h0: usize, h1: usize, o_base: u64) -> Result<(), BackendError> {
+        let rows = (h1 - h0) * self.base.seq_q as usize;
+        let params = MaskedPvParams { o: o_base, b: b as i32, h0: h0 as i32, heads: (h1 - h0) as i32, ..self.base };
+        let blocks = rows.min(PV_MAX_BLOCKS) as u32;
+        let cfg = LaunchConfig { grid: (blocks, 1, 1), block: (PV_THREADS, 1, 1), shared_mem_bytes: 0 };
+        // SAFETY: rf_masked_pv takes RfMaskedPvParams; it reads the chunk's
+        // probabilities (workspace) and V, and writes O rows of batch b and
+        // heads h0..h1, all inside checked shapes and strides.
+        unsafe { gpu.launch_params(&self.fix, &cfg, &params)? };
         Ok(())
     }
 }
@@ -326,6 +471,22 @@ mod tests {
             .collect();
         v.sort();
         v
+    }
+
+    #[test]
+    fn masked_keys_are_found_for_every_mask_that_hides_one() {
+        let p = |sq, skv, mask| AttentionProblem::new(1, sq, skv, 1, 1, 8, DType::F32).with_mask(mask);
+        assert!(!some_key_masked(&p(16, 16, Mask::None)));
+        assert!(some_key_masked(&p(16, 16, Mask::Causal)));
+        // Decoding one query at the end: causal hides nothing.
+        assert!(!some_key_masked(&p(1, 40, Mask::Causal)));
+        assert!(some_key_masked(&p(1, 40, Mask::SlidingWindow { left: 3, right: 0 })));
+        assert!(some_key_masked(&p(4, 40, Mask::SlidingWindow { left: 100, right: 0 })));
+        assert!(!some_key_masked(&p(4, 40, Mask::SlidingWindow { left: 100, right: 100 })));
+        assert!(!some_key_masked(&p(0, 40, Mask::Causal)));
+        assert_eq!(flags_offset(3, &p(16, 16, Mask::Causal)), Some(3 * 16 * 16 * 4));
+        let half = AttentionProblem::new(1, 3, 5, 1, 1, 8, DType::BF16);
+        assert_eq!(flags_offset(1, &half), Some(256));
     }
 
     #[test]

@@ -9,6 +9,10 @@
 // sum (online softmax, exp2 domain), and accumulates O += P V with P taken
 // straight from the S registers. O is normalized once at the end.
 //
+// NaN, Inf and huge values follow docs/semantics.md; the rare tiles that
+// need more than the common path are found with a vote folded into a
+// barrier the tile has anyway (rf/flash/nonfinite.h, rf/flash/tf32.h).
+//
 // Specialization (compile-time defines):
 //   RF_DTYPE      RF_F32 | RF_F16 | RF_BF16 (Q, K, V and O share it)
 //   RF_HEAD_DIM   32, 64, 96, 128 or 256
@@ -16,6 +20,10 @@
 //                 (default elsewhere), RF_F32_TF32 (opt-in, tf32 accuracy)
 //   RF_FLASH_BM / RF_FLASH_BN / RF_FLASH_WARPS / RF_FLASH_STAGES
 //                 tuning overrides for the development harness only
+//   RF_FLASH_DBG_NO_NF / _NO_TF32LOGITS / _NO_EXACT / _NO_VPASS, and
+//   RF_FLASH_EXACT_LIMIT
+//                 harness only: switch parts of the NaN/Inf/huge handling
+//                 off (breaking docs/semantics.md) to measure what they cost
 // The mask, window, soft-cap and GQA grouping are run-time parameters.
 //
 // Launch: grid (ceil(seq_q / BLOCK_M), heads_q, batch), block WARPS *
@@ -27,330 +35,31 @@
 #include "rf/mask.h"
 #include "rf/flash_params.h"
 #include "rf/mma/mma.h"
-
-#ifndef RF_HEAD_DIM
-#error "RF_HEAD_DIM must be defined"
-#endif
-#if RF_HEAD_DIM != 32 && RF_HEAD_DIM != 64 && RF_HEAD_DIM != 96 && RF_HEAD_DIM != 128 && RF_HEAD_DIM != 256
-#error "RF_HEAD_DIM must be 32, 64, 96, 128 or 256"
-#endif
-
-// ------------------------------------------------------------ tile config
-#if defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE != RF_F32
-// 16-bit tensor cores, measured on an H100 (scripts/flash_dev/NOTES.md):
-// 4 warps x 2 strips; BLOCK_N 64 (FA2's 128 x 64) for d = 96, 128 and 128
-// for d <= 64; d = 256: 8 warps x 1 strip.
-#define RF_CFG_BM 128
-#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 128 : 64)
-#define RF_CFG_WARPS (RF_HEAD_DIM == 256 ? 8 : 4)
-#define RF_CFG_STAGES 2
-#elif defined(RF_CUDA) && RF_MMA_FLAVOUR == RF_MMA_SYNC
-// f32 split tf32: 8 warps x 1 strip (the operand splits are per warp).
-#define RF_CFG_BM (RF_HEAD_DIM <= 128 ? 128 : 64)
-#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 64 : 32)
-#define RF_CFG_WARPS (RF_HEAD_DIM <= 128 ? 8 : 4)
-#define RF_CFG_STAGES 2
-#elif defined(RF_CUDA)
-// f32 SIMT: one strip per warp.
-#define RF_CFG_BM 64
-#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 64 : 32)
-#define RF_CFG_WARPS 4
-#define RF_CFG_STAGES 2
-#else
-// AMD: 64 KB of LDS per workgroup, no asynchronous copies (one stage).
-#if RF_DTYPE == RF_F32 && RF_HEAD_DIM == 256
-#define RF_CFG_WARPS 1
-#else
-#define RF_CFG_WARPS 4
-#endif
-#define RF_CFG_BM (16 * RF_CFG_WARPS)
-#if RF_DTYPE == RF_F32
-#define RF_CFG_BN (RF_HEAD_DIM <= 64 ? 32 : 16)
-#else
-#define RF_CFG_BN (RF_HEAD_DIM <= 128 ? 32 : 16)
-#endif
-#define RF_CFG_STAGES 1
-#endif
-
-#ifndef RF_FLASH_BM
-#define RF_FLASH_BM RF_CFG_BM
-#endif
-#ifndef RF_FLASH_BN
-#define RF_FLASH_BN RF_CFG_BN
-#endif
-#ifndef RF_FLASH_WARPS
-#define RF_FLASH_WARPS RF_CFG_WARPS
-#endif
-#ifndef RF_FLASH_STAGES
-#define RF_FLASH_STAGES RF_CFG_STAGES
-#endif
+#include "rf/flash/config.h"
+#include "rf/flash/device.h"
+#include "rf/flash/tf32.h"
+#include "rf/flash/nonfinite.h"
+#include "rf/flash/schedule.h"
 
 namespace rf_flash {
 
-constexpr int D = RF_HEAD_DIM;
-constexpr int WARPS = RF_FLASH_WARPS;
-constexpr int THREADS = WARPS * RF_WARP_SIZE;
-constexpr int VEC = 16 / (int)sizeof(rf_elem);  // elements per 16-byte chunk
+// Q fragments kept in registers (Q_IN_REGS), or a 1 x 1 placeholder.
+constexpr int QF_M = Q_IN_REGS ? MT : 1;
+constexpr int QF_K = Q_IN_REGS ? D / 16 : 1;
 
-// Shared-memory layout of a tile with COLS elements per row: rows padded by
-// one 16-byte chunk. With an even number of chunks per row the stride is odd
-// in chunks, so the 8 rows one ldmatrix phase reads (same column) fall in 8
-// different 16-byte bank groups: conflict-free for ldmatrix (.trans too),
-// cp.async fills and the tf32 V reads. Unlike an XOR swizzle, the address of
-// (row0 + i, col0 + j) is the lane's base plus a constant, which the compiler
-// folds into the instruction's immediate offset: no per-tile address
-// registers (an XOR swizzle cost ~70 live registers and spills here).
-template <int COLS>
-struct Tile {
-    static constexpr int CPR = COLS / VEC;  // 16-byte chunks per row
-    static_assert(CPR % 2 == 0, "rows must have an even number of 16-byte chunks");
-    static constexpr int STRIDE = (CPR + 1) * VEC;
-    static RF_DEVICE int off(int row, int col) { return row * STRIDE + col; }
+// Row maxima at or beyond this (log2 units) switch a strip to the exact
+// exponent (see softmax_tile). RF_FLASH_EXACT_LIMIT overrides it for the
+// development harness only (3e38f: never, to show what the exact path fixes).
+#ifndef RF_FLASH_EXACT_LIMIT
+#define RF_FLASH_EXACT_LIMIT 16777216.0f  // 2^24
+#endif
+constexpr float EXACT_LIMIT = RF_FLASH_EXACT_LIMIT;
+
+struct RowState {
+    float m[MT][RF_MMA_ROWS];  // running max of the (log2-scaled) logits
+    float l[MT][RF_MMA_ROWS];  // this lane's part of the running sum
+    bool exact[MT];            // the strip pre-scales S for the exponent (warp-uniform)
 };
-
-// f32 on tensor cores (split tf32): K and V are split into big and small
-// tf32 parts once per tile by the whole block, instead of by every warp at
-// every fragment load. K is split in place (+ a small tile); V is staged
-// transposed, [head_dim][key], so that its fragments come by ldmatrix too,
-// with the keys in the order rf_c_to_a gives P (rf_tf32_key_slot).
-#if RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE == RF_F32
-#define RF_FLASH_PRESPLIT 1
-#else
-#define RF_FLASH_PRESPLIT 0
-#endif
-
-// Shared memory of a (BLOCK_M, BLOCK_N, STAGES) tiling: Q (reused to stage
-// O), K and V per stage, and P staging where P cannot stay in registers.
-// With the presplit, raw V lands in the V^T big tile before it is split.
-template <int bm, int bn, int stages>
-struct SmemLayout {
-    static constexpr int KS = Tile<D>::STRIDE;
-    static constexpr int VT = D * Tile<bn>::STRIDE > bn * KS ? D * Tile<bn>::STRIDE : bn * KS;
-    static constexpr int K_STAGE = bn * KS * (RF_FLASH_PRESPLIT ? 2 : 1);
-    static constexpr int V_STAGE = RF_FLASH_PRESPLIT ? 2 * VT : bn * KS;
-    static constexpr int P = RF_MMA_C_TO_A ? 0 : bm * Tile<bn>::STRIDE;
-    static constexpr int bytes = (int)sizeof(rf_elem) * (bm * KS + stages * (K_STAGE + V_STAGE) + P);
-};
-template <int bm, int bn, int stages>
-struct SmemBytes {
-    static constexpr int value = SmemLayout<bm, bn, stages>::bytes;
-};
-
-// What one block may have: 64 KB of LDS on AMD; 227 KB on sm_90, 163 KB on
-// sm_80 / sm_87, 99 KB on the other sm_8x / sm_12x parts.
-#if defined(RF_HIP)
-constexpr int SMEM_LIMIT = 64 * 1024;
-#elif defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900 && __CUDA_ARCH__ < 1000
-constexpr int SMEM_LIMIT = 227 * 1024;
-#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 800 || __CUDA_ARCH__ == 870 || __CUDA_ARCH__ >= 1000 && __CUDA_ARCH__ < 1200)
-constexpr int SMEM_LIMIT = 163 * 1024;
-#else
-constexpr int SMEM_LIMIT = 99 * 1024;
-#endif
-
-// The preferred tiling shrinks to fit the target: one stage first, then one
-// 16-row strip per warp, then 16 keys per tile.
-constexpr int STAGES =
-    SmemBytes<RF_FLASH_BM, RF_FLASH_BN, RF_FLASH_STAGES>::value <= SMEM_LIMIT ? RF_FLASH_STAGES : 1;
-constexpr int BM = SmemBytes<RF_FLASH_BM, RF_FLASH_BN, STAGES>::value <= SMEM_LIMIT ? RF_FLASH_BM : 16 * WARPS;
-constexpr int BN = SmemBytes<BM, RF_FLASH_BN, STAGES>::value <= SMEM_LIMIT ? RF_FLASH_BN : 16;
-constexpr int MT = BM / (16 * WARPS);  // 16-row strips per warp
-constexpr int SMEM_BYTES = SmemBytes<BM, BN, STAGES>::value;
-static_assert(MT >= 1 && BM == 16 * WARPS * MT, "BLOCK_M must be 16 * warps * strips");
-static_assert(BN % 16 == 0 && STAGES >= 1, "bad BLOCK_N / STAGES");
-static_assert(SMEM_BYTES <= SMEM_LIMIT, "tile config needs more shared memory than the target has");
-
-#if RF_MMA_FLAVOUR == RF_MMA_SYNC && RF_DTYPE != RF_F32
-// One strip per warp: Q fragments stay in registers (D/16 x 4 registers);
-// with two strips they are re-read from shared memory (register budget).
-constexpr bool Q_IN_REGS = (MT == 1 && D <= 128);
-#else
-constexpr bool Q_IN_REGS = false;
-#endif
-
-using QT = Tile<D>;   // Q, and O staging
-using KVT = Tile<D>;  // K and V
-using PT = Tile<BN>;  // P staging (flavours without RF_MMA_C_TO_A)
-
-using VTT = Tile<BN>;  // V^T (presplit f32): head-dim rows of BN keys
-using LAYOUT = SmemLayout<BM, BN, STAGES>;
-constexpr int Q_ELEMS = BM * QT::STRIDE;
-constexpr int K_STAGE = LAYOUT::K_STAGE;
-constexpr int V_STAGE = LAYOUT::V_STAGE;
-constexpr int VT_ELEMS = LAYOUT::VT;
-
-constexpr float LOG2E = 1.4426950408889634f;
-constexpr float RESCALE_SLACK = 8.0f;
-constexpr float LN2 = 0.6931471805599453f;
-
-RF_DEVICE float exp2_fast(float x) {
-#if defined(RF_CUDA)
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return __builtin_exp2f(x);
-#endif
-}
-
-RF_DEVICE float log2_acc(float x) {
-#if defined(RF_CUDA)
-    return log2f(x);
-#else
-    return __builtin_log2f(x);
-#endif
-}
-
-// a / b without the IEEE slow path (a call and a branch per division on
-// NVIDIA, which wrecks register allocation in the unrolled tile code).
-RF_DEVICE float fast_div(float a, float b) {
-#if defined(RF_CUDA)
-    return __fdividef(a, b);
-#else
-    return a / b;
-#endif
-}
-
-RF_DEVICE float fma_f(float a, float b, float c) {
-#if defined(RF_CUDA)
-    return fmaf(a, b, c);
-#else
-    return __builtin_fmaf(a, b, c);
-#endif
-}
-
-// 1 / x correctly rounded (the final normalization, once per row).
-RF_DEVICE float recip(float x) {
-#if defined(RF_CUDA)
-    return __frcp_rn(x);
-#else
-    return 1.0f / x;
-#endif
-}
-
-// tanh from exp2: saturates to +-1, keeps NaN; absolute error ~1e-7.
-RF_DEVICE float tanh_f(float x) {
-    const float e = exp2_fast(-2.0f * LOG2E * (x < 0.0f ? -x : x));
-    const float t = fast_div(1.0f - e, 1.0f + e);
-    return x < 0.0f ? -t : t;
-}
-
-RF_DEVICE long long min_ll(long long a, long long b) { return a < b ? a : b; }
-RF_DEVICE long long max_ll(long long a, long long b) { return a > b ? a : b; }
-
-// ------------------------------------------------------ global -> shared
-struct alignas(16) U32x4 {
-    unsigned x, y, z, w;
-};
-
-// 16 bytes from global to shared; `ok == false` writes zeros (rows past the
-// end of the sequence) without reading.
-RF_DEVICE void copy16(rf_elem* dst, const rf_elem* src, bool ok) {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
-#else
-    U32x4 v = {0u, 0u, 0u, 0u};
-    if (ok) v = *reinterpret_cast<const U32x4*>(src);
-    *reinterpret_cast<U32x4*>(dst) = v;
-#endif
-}
-
-RF_DEVICE void copy_commit() {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-// Waits until at most N committed copy groups are still in flight.
-template <int N>
-RF_DEVICE void copy_wait() {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
-// Hides a value from the optimizer, so that what is computed from it is
-// recomputed where it is used instead of being hoisted out of the tile loop
-// into registers that then live across the whole loop (and spill).
-template <class T>
-RF_DEVICE T opaque(T x) {
-#if defined(RF_CUDA)
-    asm volatile("" : "+l"(x));
-#endif
-    return x;
-}
-
-// ROWS x D elements from `g` (row stride `stride` elements) into a tile.
-// Thread t < RS * CPR copies chunk t % CPR of rows t / CPR + i * RS (RS rows
-// per pass): its shared address is a base plus constants and its global
-// address a pointer stepping by a fixed amount.
-template <int ROWS>
-RF_DEVICE void load_rows(rf_elem* s, const rf_elem* g, long long stride, int rows_valid) {
-    constexpr int CPR = KVT::CPR;
-    if constexpr (CPR > THREADS) {
-        // Rows wider than the block (f32 d 256 with one AMD wave): plain loop.
-        for (int c = (int)threadIdx.x; c < ROWS * CPR; c += THREADS) {
-            const int row = c / CPR, col = (c % CPR) * VEC;
-            const bool ok = row < rows_valid;
-            copy16(s + KVT::off(row, col), g + (ok ? row * stride + col : 0), ok);
-        }
-        return;
-    }
-    constexpr int RS = CPR > THREADS ? 1 : THREADS / CPR;
-    if (THREADS % CPR != 0 && (int)threadIdx.x >= RS * CPR) return;
-    const int row0 = (int)threadIdx.x / CPR, col = ((int)threadIdx.x % CPR) * VEC;
-    rf_elem* dst = s + KVT::off(row0, col);
-    const rf_elem* src = g + row0 * stride + col;
-    const long long step = opaque(RS * stride);
-    if (rows_valid >= ROWS) {
-        // Whole tile inside the sequence (all but the last tile): no predicates.
-#pragma unroll
-        for (int i = 0; i < (ROWS + RS - 1) / RS; ++i) {
-            if (ROWS % RS == 0 || row0 + i * RS < ROWS) copy16(dst + i * RS * KVT::STRIDE, src, true);
-            src += step;
-        }
-        return;
-    }
-#pragma unroll
-    for (int i = 0; i < (ROWS + RS - 1) / RS; ++i) {
-        if (ROWS % RS == 0 || row0 + i * RS < ROWS) {
-            const bool ok = row0 + i * RS < rows_valid;
-            copy16(dst + i * RS * KVT::STRIDE, ok ? src : g, ok);
-        }
-        src += step;
-    }
-}
-
-// Whether `pred` holds on any lane of the warp.
-RF_DEVICE bool warp_any(bool pred) {
-#if defined(RF_CUDA)
-    return __any_sync(0xffffffffu, pred);
-#else
-    return rf_warp_max(pred ? 1.0f : 0.0f) > 0.5f;
-#endif
-}
-
-// Barrier for shared memory written and read by the same warp (P staging).
-RF_DEVICE void warp_smem_sync() {
-#if defined(RF_CUDA)
-    __syncwarp();
-#else
-    __syncthreads();  // every wave runs the same tile loop: uniform
-#endif
-}
-
-// Tensor cores add each product into the accumulator with truncation, so a
-// long chain of accumulations drifts (measured: 8e-6 relative on f32 inputs
-// with split tf32, vs 7e-7 for f32 FMAs). For f32 the kernel therefore lets
-// the matrix unit accumulate ACC_K of the head dim (QK^T) or one key tile
-// (PV) from zero and adds that into the running sums with f32 adds.
-constexpr bool SPLIT_ACC = RF_DTYPE == RF_F32 && RF_MMA_FLAVOUR != RF_MMA_SIMT;
-#ifndef RF_FLASH_ACC_K
-#define RF_FLASH_ACC_K 32
-#endif
-constexpr int ACC_KK = (SPLIT_ACC && RF_FLASH_ACC_K / 16 < D / 16) ? RF_FLASH_ACC_K / 16 : D / 16;
-static_assert((D / 16) % ACC_KK == 0, "RF_FLASH_ACC_K must divide the head dim");
 
 // The A operand of P V for strip mt, keys 16 ku.. of the tile: from the S
 // registers where the layout allows, else from the warp's P staging tile.
@@ -364,59 +73,280 @@ RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const 
 #endif
 }
 
-#if RF_FLASH_PRESPLIT
-// Splits the landed tile of one stage (all threads): K in place plus its
-// small part at kb + BN * KS; raw V ([key][d] at vtb) into V^T big at vtb
-// and small at vtb + VT_ELEMS. Ends with the V^T tiles written, before the
-// caller's barrier.
-RF_DEVICE void presplit_tile(rf_elem* kb, rf_elem* vtb) {
-    constexpr int CPR = KVT::CPR;
-    constexpr int CHUNKS = BN * CPR;
-    constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
-    float vraw[PER][4];
+// S = Q K^T for this warp's strips of one tile. With SPLIT_ACC the products
+// of ACC_KK k blocks go to `acc` from zero, then one f32 add into S.
+RF_DEVICE void qk_tile(rf_frag_c (&s)[MT][BN / 16], const rf_frag_a (&qf)[QF_M][QF_K], const rf_elem* sq,
+                       const rf_elem* k_s, int strip0) {
+    rf_frag_c acc[MT][BN / 16];  // unused without SPLIT_ACC
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int c = (int)threadIdx.x + i * THREADS;
-        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-            const int row = c / CPR, col = (c % CPR) * VEC;
-            U32x4 kv = *reinterpret_cast<const U32x4*>(kb + KVT::off(row, col));
-            U32x4 ks;
-            rf_split_tf32(__uint_as_float(kv.x), kv.x, ks.x);
-            rf_split_tf32(__uint_as_float(kv.y), kv.y, ks.y);
-            rf_split_tf32(__uint_as_float(kv.z), kv.z, ks.z);
-            rf_split_tf32(__uint_as_float(kv.w), kv.w, ks.w);
-            *reinterpret_cast<U32x4*>(kb + KVT::off(row, col)) = kv;
-            *reinterpret_cast<U32x4*>(kb + BN * KVT::STRIDE + KVT::off(row, col)) = ks;
-            const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(row, col));
-            vraw[i][0] = __uint_as_float(vv.x);
-            vraw[i][1] = __uint_as_float(vv.y);
-            vraw[i][2] = __uint_as_float(vv.z);
-            vraw[i][3] = __uint_as_float(vv.w);
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; ++kk) {
+        auto& cs = SPLIT_ACC ? acc : s;
+        if (SPLIT_ACC && kk % ACC_KK == 0) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                    for (int r = 0; r < RF_MMA_C_REGS; ++r) cs[mt][nu].v[r] = 0.0f;
+        }
+        rf_frag_a qa[MT];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+            if (Q_IN_REGS) {
+                qa[mt] = qf[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0];
+            } else {
+                rf_load_a(qa[mt], sq, [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+            }
+        }
+#pragma unroll
+        for (int nu = 0; nu < BN / 16; ++nu) {
+            rf_frag_b kb;
+#if RF_FLASH_PRESPLIT
+            rf_load_b_nk_split(kb, k_s, k_s + BN * KVT::STRIDE,
+                               [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+#else
+            rf_load_b_nk(kb, k_s, [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+#endif
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) rf_mma(cs[mt][nu], qa[mt], kb);
+        }
+        if (SPLIT_ACC && kk % ACC_KK == ACC_KK - 1) {
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+                    for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] += cs[mt][nu].v[r];
         }
     }
-    __syncthreads();  // raw V is read everywhere before V^T overwrites it
+}
+
+// Each row's visible keys of tile n0.. as [first, last] (key_interval);
+// row0 is the strip base's query row in the sequence.
+RF_DEVICE void row_intervals(int (&first)[MT][RF_MMA_ROWS], int (&last)[MT][RF_MMA_ROWS], const rf_flash_params& p,
+                             int row0, long long shift, int n0) {
 #pragma unroll
-    for (int i = 0; i < PER; ++i) {
-        const int c = (int)threadIdx.x + i * THREADS;
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+            const long long pos = row0 + 16 * mt + rf_slot_row(sl) + shift;
+            key_interval(pos, n0, p.window_left, p.window_right, p.seq_kv, first[mt][sl], last[mt][sl]);
+        }
+}
+
+// Masked keys of a boundary tile become -inf (two integer compares each).
+RF_DEVICE void mask_tile(rf_frag_c (&s)[MT][BN / 16], const rf_flash_params& p, int row0, long long shift, int n0) {
+    int first[MT][RF_MMA_ROWS], last[MT][RF_MMA_ROWS];
+    row_intervals(first, last, p, row0, shift, n0);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+                const int col = 16 * nu + rf_c_col(r), sl = rf_c_slot(r);
+                if (col < first[mt][sl] || col > last[mt][sl]) s[mt][nu].v[r] = RF_NEG_INF;
+            }
+}
+
+// Online softmax of strip mt over one tile. The running max only moves when
+// some row of the warp grew by more than RESCALE_SLACK (log2 units): until
+// then p = exp2(s - m) stays <= 2^RESCALE_SLACK, harmless in f32 and in the
+// 16-bit P, and the O / l rescale is skipped (most tiles). `raw`: S is q.k
+// and c_log2 = scale * log2(e) is applied here (else c_log2 = 1).
+RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], RowState& st, int mt, float c_log2,
+                            bool raw) {
+    float mx[RF_MMA_ROWS], sum[RF_MMA_ROWS];
+#pragma unroll
+    for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+        mx[sl] = RF_NEG_INF;
+        sum[sl] = 0.0f;
+    }
+#pragma unroll
+    for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+        for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[nu].v[r]);
+    bool grow = false;
+#pragma unroll
+    for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+        mx[sl] = mul_rn(rf_row_max(mx[sl]), c_log2);  // c > 0 keeps -inf and the order
+        grow |= mx[sl] > st.m[mt][sl] + RESCALE_SLACK;
+    }
+    if (warp_any(grow)) {
+        float alpha[RF_MMA_ROWS];
+        bool huge = false;
+#pragma unroll
+        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+            const float m_new = fmaxf(st.m[mt][sl], mx[sl]);
+            // No visible key yet: the exponent subtracts 0, exp2(-inf) = 0.
+            alpha[sl] = exp2_fast(st.m[mt][sl] - (m_new == RF_NEG_INF ? 0.0f : m_new));
+            st.m[mt][sl] = m_new;
+            st.l[mt][sl] *= alpha[sl];
+            huge |= m_new != RF_NEG_INF && (m_new >= EXACT_LIMIT || m_new <= -EXACT_LIMIT);
+        }
+#pragma unroll
+        for (int du = 0; du < D / 16; ++du)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) o[du].v[r] *= alpha[rf_c_slot(r)];
+        st.exact[mt] = raw && warp_any(huge);
+    }
+    // p = exp2(s c - m): one FFMA, exact in s c - m but not in its
+    // rounding: m = fl(max(s) c) differs from max(s) c by up to half an ulp,
+    // harmless for ordinary logits, but for |m| >= 2^24 (logits near 1e30,
+    // docs/semantics.md) that difference exceeds the exponent range and the
+    // largest key's p becomes 0 or Inf (a zero or a NaN row). Such strips
+    // take s = fl(s c) first and c = 1: then the exponent is fl(s c) - m,
+    // 0 at the maximum.
+#if !defined(RF_FLASH_DBG_NO_EXACT)
+    float c = c_log2;
+    if (st.exact[mt]) {
+#pragma unroll
+        for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) s[nu].v[r] = mul_rn(s[nu].v[r], c_log2);
+        c = 1.0f;
+    }
+#else
+    const float c = c_log2;
+#endif
+    float neg_m[RF_MMA_ROWS];
+#pragma unroll
+    for (int sl = 0; sl < RF_MMA_ROWS; ++sl) neg_m[sl] = st.m[mt][sl] == RF_NEG_INF ? 0.0f : -st.m[mt][sl];
+#pragma unroll
+    for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+        for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+            const float e = exp2_fast(fma_f(s[nu].v[r], c, neg_m[rf_c_slot(r)]));
+            s[nu].v[r] = e;
+            sum[rf_c_slot(r)] += e;
+        }
+#pragma unroll
+    for (int sl = 0; sl < RF_MMA_ROWS; ++sl) st.l[mt][sl] += sum[sl];
+}
+
+// O += P V, P rounded to the input type. With SPLIT_ACC one head-dim column
+// block at a time over all keys of the tile, from zero, then one f32 add.
+RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN / 16], rf_elem* p_s,
+                       const rf_elem* v_s) {
+#if !RF_MMA_C_TO_A
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int nu = 0; nu < BN / 16; ++nu)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r)
+                p_s[PT::off(16 * mt + rf_c_row(r), 16 * nu + rf_c_col(r))] = rf_to_elem(s[mt][nu].v[r]);
+    warp_smem_sync();
+#endif
+    if (!SPLIT_ACC) {
+#pragma unroll
+        for (int ku = 0; ku < BN / 16; ++ku) {
+            rf_frag_a pa[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt], s, p_s, mt, ku);
+#pragma unroll
+            for (int du = 0; du < D / 16; ++du) {
+                rf_frag_b vb;
+                rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) rf_mma(o[mt][du], pa[mt], vb);
+            }
+        }
+    } else {
+        rf_frag_a pa[MT][BN / 16];
+#pragma unroll
+        for (int ku = 0; ku < BN / 16; ++ku)
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt][ku], s, p_s, mt, ku);
+#pragma unroll
+        for (int du = 0; du < D / 16; ++du) {
+            rf_frag_c t[MT];
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r) t[mt].v[r] = 0.0f;
+#pragma unroll
+            for (int ku = 0; ku < BN / 16; ++ku) {
+                rf_frag_b vb;
+#if RF_FLASH_PRESPLIT
+                rf_load_b_nk_split(vb, v_s, v_s + VT_ELEMS,
+                                   [&](int r, int c) { return VTT::off(16 * du + r, 16 * ku + c); });
+#else
+                rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
+#endif
+#pragma unroll
+                for (int mt = 0; mt < MT; ++mt) rf_mma(t[mt], pa[mt][ku], vb);
+            }
+#pragma unroll
+            for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+                for (int r = 0; r < RF_MMA_C_REGS; ++r) o[mt][du].v[r] += t[mt].v[r];
+        }
+    }
+#if !RF_MMA_C_TO_A
+    warp_smem_sync();  // P staging is rewritten by the next tile
+#endif
+}
+
+// Normalizes O once (a row with no visible key is exactly zero, lse -inf),
+// stages it in `o_s` (the Q area) and stores the valid rows with coalesced
+// 16-byte writes. Starts and ends with a barrier.
+RF_DEVICE void store_output(const rf_flash_params& p, const rf_frag_c (&o)[MT][D / 16], const RowState& st,
+                            rf_elem* o_s, int b, int hq, int m0, int strip0) {
+    __syncthreads();
+    float* lse = reinterpret_cast<float*>(p.lse);
+#pragma unroll
+    for (int mt = 0; mt < MT; ++mt) {
+        float inv[RF_MMA_ROWS], fill[RF_MMA_ROWS];
+        bool empty[RF_MMA_ROWS];
+#pragma unroll
+        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
+            const float l = rf_row_sum(st.l[mt][sl]);
+            empty[sl] = l == 0.0f;
+            inv[sl] = recip(l);
+            const int row = m0 + strip0 + 16 * mt + rf_slot_row(sl);
+            // l = 0: no visible key (zeros), or every visible logit -inf
+            // (NaN, docs/semantics.md: -inf - -inf).
+            const long long pos = rf_query_pos(row, p.seq_q, p.seq_kv);
+            const long long a = p.window_left >= 0 ? max_ll(pos - p.window_left, 0) : 0;
+            const long long z = p.window_right >= 0 ? min_ll(pos + p.window_right, p.seq_kv - 1) : p.seq_kv - 1;
+            fill[sl] = a <= z ? __int_as_float(0x7fc00000) : 0.0f;
+            if (lse != nullptr && rf_c_col(0) == 0 && row < p.seq_q) {
+                const float v = empty[sl] ? RF_NEG_INF : (st.m[mt][sl] + log2_acc(l)) * LN2;
+                lse[((long long)b * p.heads_q + hq) * p.seq_q + row] = v;
+            }
+        }
+#pragma unroll
+        for (int du = 0; du < D / 16; ++du)
+#pragma unroll
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+                const int sl = rf_c_slot(r);
+                const float v = empty[sl] ? fill[sl] : o[mt][du].v[r] * inv[sl];
+                o_s[QT::off(strip0 + 16 * mt + rf_c_row(r), 16 * du + rf_c_col(r))] = rf_to_elem(v);
+            }
+    }
+    __syncthreads();
+    rf_elem* o_g = reinterpret_cast<rf_elem*>(p.o) + b * p.o_batch_stride + m0 * p.o_seq_stride + hq * p.o_head_stride;
+    const int rows_valid = p.seq_q - m0;
+    constexpr int CHUNKS = BM * QT::CPR;
+#pragma unroll
+    for (int c0 = 0; c0 < CHUNKS; c0 += THREADS) {
+        const int c = c0 + (int)threadIdx.x;
         if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-            const int key = c / CPR, col = (c % CPR) * VEC;
-            const int slot = rf_tf32_key_slot(key);
-#pragma unroll
-            for (int e = 0; e < 4; ++e) {
-                unsigned big, small;
-                rf_split_tf32(vraw[i][e], big, small);
-                vtb[VTT::off(col + e, slot)] = __uint_as_float(big);
-                vtb[VT_ELEMS + VTT::off(col + e, slot)] = __uint_as_float(small);
+            const int row = c / QT::CPR, col = (c % QT::CPR) * VEC;
+            if (row < rows_valid) {
+                *reinterpret_cast<U32x4*>(o_g + row * p.o_seq_stride + col) =
+                    *reinterpret_cast<const U32x4*>(o_s + QT::off(row, col));
             }
         }
     }
 }
-#endif
-
-struct RowState {
-    float m[MT][RF_MMA_ROWS];  // running max of the (log2-scaled) logits
-    float l[MT][RF_MMA_ROWS];  // this lane's part of the running sum
-};
 
 }  // namespace rf_flash
 
@@ -438,39 +368,10 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     rf_elem* const sP = sV + STAGES * V_STAGE;
 
     const int warp = (int)threadIdx.x / RF_WARP_SIZE;
-    // Which tile this block owns. Without a right bound every tile costs the
-    // same: m is the fastest index, so the blocks of one head run together
-    // and share K/V in L2. With one (causal), the last query tiles see the
-    // most keys: blocks are handed out longest first over the whole grid
-    // (all heads' last tiles, then the next...), so the short ones fill the
-    // tail. Blocks start in linear (x, y, z) order; the grid keeps its shape.
-    int m_block, hq, b;
-#ifndef RF_FLASH_GLOBAL_ORDER
-#define RF_FLASH_GLOBAL_ORDER 1  // 0: longest first within each head only
-#endif
-    if (RF_FLASH_GLOBAL_ORDER && p.window_right >= 0) {
-        const long long hb_count = (long long)gridDim.y * gridDim.z;
-        const long long lin = blockIdx.x + (long long)gridDim.x * (blockIdx.y + (long long)gridDim.y * blockIdx.z);
-        const long long hb = lin % hb_count;
-        m_block = (int)(gridDim.x - 1 - lin / hb_count);
-        hq = (int)(hb % gridDim.y);
-        b = (int)(hb / gridDim.y);
-    } else {
-        m_block = p.window_right >= 0 ? (int)(gridDim.x - 1 - blockIdx.x) : (int)blockIdx.x;
-        hq = (int)blockIdx.y;
-        b = (int)blockIdx.z;
-    }
-    const int hk = hq / (p.heads_q / p.heads_kv);
-    const int m0 = m_block * BM;
-    const long long shift = rf_query_pos(0, p.seq_q, p.seq_kv);  // pos = row + shift (rf/mask.h)
+    const BlockWork w = block_work(p, blockIdx.x, blockIdx.y, blockIdx.z);
+    const int hq = w.hq, hk = w.hk, b = w.b, m0 = w.m0, n_begin = w.n_begin, n_end = w.n_end;
+    const long long shift = w.shift;
     const int m_last = (int)min_ll(m0 + BM, p.seq_q) - 1;
-
-    // Key tiles the block can see: [pos_min - left, pos_max + right].
-    long long lo = 0, hi = p.seq_kv;
-    if (p.window_left >= 0) lo = max_ll(lo, m0 + shift - p.window_left);
-    if (p.window_right >= 0) hi = min_ll(hi, m_last + shift + p.window_right + 1);
-    const int n_begin = (int)(min_ll(lo, p.seq_kv) / BN);
-    const int n_end = hi > lo ? (int)((hi + BN - 1) / BN) : n_begin;
 
     const rf_elem* q_g = reinterpret_cast<const rf_elem*>(p.q) + b * p.q_batch_stride + m0 * p.q_seq_stride +
                          hq * p.q_head_stride;
@@ -497,8 +398,8 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     const float cap_out = capped ? p.softcap * LOG2E : 0.0f;
     const bool raw = !capped && scale_log2 > 0.0f;
     const float c_log2 = raw ? scale_log2 : 1.0f;
-    // Rows [row_lo, row_hi] of the block's valid rows decide which tiles need
-    // per-element masking.
+    // Rows [pos_min, pos_max] of the block's valid rows decide which tiles
+    // need per-element masking.
     const long long pos_min = m0 + shift, pos_max = m_last + shift;
 
     rf_frag_c o[MT][D / 16];
@@ -514,12 +415,20 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
             st.m[mt][sl] = RF_NEG_INF;
             st.l[mt][sl] = 0.0f;
         }
+        st.exact[mt] = false;
     }
-    rf_frag_a qf[Q_IN_REGS ? MT : 1][Q_IN_REGS ? D / 16 : 1];
+    rf_frag_a qf[QF_M][QF_K];
     const int strip0 = warp * MT * 16;  // first row of this warp, in the block
+#if RF_FLASH_PRESPLIT
+    bool q_bad = false;  // this thread's Q chunks hold an Inf or NaN
+#endif
+    bool any_nf = false;  // some tile took the non-finite paths (block-uniform)
 
     for (int nb = n_begin; nb < n_end; ++nb) {
-        const int it = nb - n_begin;
+        const int it = nb - n_begin, n0 = nb * BN;
+        // Tiles every valid row sees whole need no mask.
+        const bool full = n0 + BN <= p.seq_kv && (p.window_left < 0 || n0 >= pos_max - p.window_left) &&
+                          (p.window_right < 0 || n0 + BN - 1 <= pos_min + p.window_right);
         if (STAGES == 1) {
             __syncthreads();  // every warp is done with the previous tile
             load_kv(nb, 0);
@@ -528,74 +437,55 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         } else {
             copy_wait<(STAGES >= 2 ? STAGES - 2 : 0)>();
         }
-        __syncthreads();
         rf_elem* const k_s = sK + (it % STAGES) * K_STAGE;
         rf_elem* const v_s = sV + (it % STAGES) * V_STAGE;
-#if RF_FLASH_PRESPLIT
+        // nf: the tile needs the non-finite paths. The vote rides on a
+        // barrier the tile has anyway: with the tf32 presplit every tile
+        // (Q, K or V non-finite; the split reads them all), else boundary
+        // tiles only (V non-finite; only masked keys can leak).
+#if RF_FLASH_PRESPLIT && defined(RF_FLASH_DBG_NO_NF)
+        __syncthreads();
         presplit_tile(k_s, v_s);
         __syncthreads();
+        const bool nf = false;
+#elif RF_FLASH_PRESPLIT
+        if (it == 0) q_bad = own_rows_nonfinite<BM>(sQ);  // Q landed with the first group
+        __syncthreads();
+        const bool nf = block_any(presplit_tile(k_s, v_s) || q_bad);
+#else
+        bool nf = false;
+#if defined(RF_FLASH_DBG_NO_NF)
+        __syncthreads();
+#else
+        if (full) {
+            __syncthreads();
+        } else {
+            nf = block_any(own_rows_nonfinite<BN>(v_s));
+        }
 #endif
+#endif
+
+        if (nf) {
+            // P V runs on V with its Inf and NaN zeroed; nonfinite_v_pass
+            // adds their terms for the keys each row sees at the end.
+            sanitize_v(v_s);
+            __syncthreads();
+        }
 
         if (Q_IN_REGS && it == 0) {
 #pragma unroll
-            for (int mt = 0; mt < (Q_IN_REGS ? MT : 1); ++mt)
+            for (int mt = 0; mt < QF_M; ++mt)
 #pragma unroll
-                for (int kk = 0; kk < (Q_IN_REGS ? D / 16 : 1); ++kk)
+                for (int kk = 0; kk < QF_K; ++kk)
                     rf_load_a(qf[mt][kk], sQ,
                               [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
         }
 
-        // S = Q K^T for this warp's strips.
-        rf_frag_c s[MT][BN / 16], acc[MT][BN / 16];  // acc: unused without SPLIT_ACC
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-                for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] = 0.0f;
-#pragma unroll
-        for (int kk = 0; kk < D / 16; ++kk) {
-            // With SPLIT_ACC: products of ACC_KK k blocks go to `acc` from
-            // zero, then one f32 add into S.
-            auto& cs = SPLIT_ACC ? acc : s;
-            if (SPLIT_ACC && kk % ACC_KK == 0) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-                        for (int r = 0; r < RF_MMA_C_REGS; ++r) cs[mt][nu].v[r] = 0.0f;
-            }
-            rf_frag_a qa[MT];
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                if (Q_IN_REGS) {
-                    qa[mt] = qf[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0];
-                } else {
-                    rf_load_a(qa[mt], sQ, [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
-                }
-            }
-#pragma unroll
-            for (int nu = 0; nu < BN / 16; ++nu) {
-                rf_frag_b kb;
-#if RF_FLASH_PRESPLIT
-                rf_load_b_nk_split(kb, k_s, k_s + BN * KVT::STRIDE,
-                                   [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
-#else
-                rf_load_b_nk(kb, k_s, [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+        rf_frag_c s[MT][BN / 16];
+        qk_tile(s, qf, sQ, k_s, strip0);
+#if RF_FLASH_PRESPLIT && !defined(RF_FLASH_DBG_NO_TF32LOGITS)
+        if (nf) nonfinite_logits(s, sQ, k_s, strip0);
 #endif
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) rf_mma(cs[mt][nu], qa[mt], kb);
-            }
-            if (SPLIT_ACC && kk % ACC_KK == ACC_KK - 1) {
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-                        for (int r = 0; r < RF_MMA_C_REGS; ++r) s[mt][nu].v[r] += cs[mt][nu].v[r];
-            }
-        }
 
         if (STAGES > 1) {
             // Refill the stage every warp finished with (tile it - 1), after
@@ -606,9 +496,8 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         }
 
         // Logits. Plain scaling keeps S = q.k and folds scale * log2(e) into
-        // the exponent's FFMA (one rounding); a soft-cap (or a scale <= 0)
-        // maps S to log2 units first. Then the mask (boundary tiles only).
-        const int n0 = nb * BN;
+        // the exponent; a soft-cap (or a scale <= 0) maps S to log2 units
+        // first. Then the mask (boundary tiles only).
         if (!raw) {
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt)
@@ -620,199 +509,31 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
                         s[mt][nu].v[r] = capped ? cap_out * tanh_f(x * cap_in) : x * scale_log2;
                     }
         }
-        const bool full = n0 + BN <= p.seq_kv && (p.window_left < 0 || n0 >= pos_max - p.window_left) &&
-                          (p.window_right < 0 || n0 + BN - 1 <= pos_min + p.window_right);
-        if (!full) {
-#pragma unroll
-            for (int mt = 0; mt < MT; ++mt) {
-                // The visible keys of each row form one interval [first, last]:
-                // rf_visible (rf/mask.h) is the test j >= pos - left &&
-                // j <= pos + right, each side unbounded when negative. Columns
-                // are tile-relative; the harness checks every mask kind.
-                int first[RF_MMA_ROWS], last[RF_MMA_ROWS];
-#pragma unroll
-                for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
-                    const long long pos = m0 + strip0 + 16 * mt + rf_slot_row(sl) + shift;
-                    long long a = p.window_left >= 0 ? pos - p.window_left : 0;
-                    long long z = p.window_right >= 0 ? pos + p.window_right : (long long)p.seq_kv - 1;
-                    z = min_ll(z, (long long)p.seq_kv - 1);
-                    first[sl] = (int)max_ll(min_ll(a - n0, BN), -1);
-                    last[sl] = (int)max_ll(min_ll(z - n0, BN), -1);
-                }
-#pragma unroll
-                for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-                    for (int r = 0; r < RF_MMA_C_REGS; ++r) {
-                        const int col = 16 * nu + rf_c_col(r);
-                        if (col < first[rf_c_slot(r)] || col > last[rf_c_slot(r)]) s[mt][nu].v[r] = RF_NEG_INF;
-                    }
-            }
-        }
+        if (!full) mask_tile(s, p, m0 + strip0, shift, n0);
 
-        // Online softmax. The running max only moves when some row of the
-        // warp grew by more than RESCALE_SLACK (log2 units): until then
-        // p = exp2(s - m) stays <= 2^RESCALE_SLACK, harmless in f32 and in
-        // the 16-bit P, and the O / l rescale is skipped (most tiles).
 #pragma unroll
-        for (int mt = 0; mt < MT; ++mt) {
-            float mx[RF_MMA_ROWS], sum[RF_MMA_ROWS];
-#pragma unroll
-            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
-                mx[sl] = RF_NEG_INF;
-                sum[sl] = 0.0f;
-            }
-#pragma unroll
-            for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-                for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[mt][nu].v[r]);
-            bool grow = false;
-#pragma unroll
-            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
-                mx[sl] = rf_row_max(mx[sl]) * c_log2;  // c > 0 keeps -inf and the order
-                grow |= mx[sl] > st.m[mt][sl] + RESCALE_SLACK;
-            }
-            if (warp_any(grow)) {
-                float alpha[RF_MMA_ROWS];
-#pragma unroll
-                for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
-                    const float m_new = fmaxf(st.m[mt][sl], mx[sl]);
-                    // No visible key yet: the exponent subtracts 0, exp2(-inf) = 0.
-                    alpha[sl] = exp2_fast(st.m[mt][sl] - (m_new == RF_NEG_INF ? 0.0f : m_new));
-                    st.m[mt][sl] = m_new;
-                    st.l[mt][sl] *= alpha[sl];
-                }
-#pragma unroll
-                for (int du = 0; du < D / 16; ++du)
-#pragma unroll
-                    for (int r = 0; r < RF_MMA_C_REGS; ++r) o[mt][du].v[r] *= alpha[rf_c_slot(r)];
-            }
-            float neg_m[RF_MMA_ROWS];
-#pragma unroll
-            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) neg_m[sl] = st.m[mt][sl] == RF_NEG_INF ? 0.0f : -st.m[mt][sl];
-#pragma unroll
-            for (int nu = 0; nu < BN / 16; ++nu) {
-#pragma unroll
-                for (int r = 0; r < RF_MMA_C_REGS; ++r) {
-                    const float e = exp2_fast(fma_f(s[mt][nu].v[r], c_log2, neg_m[rf_c_slot(r)]));
-                    s[mt][nu].v[r] = e;
-                    sum[rf_c_slot(r)] += e;
-                }
-            }
-#pragma unroll
-            for (int sl = 0; sl < RF_MMA_ROWS; ++sl) st.l[mt][sl] += sum[sl];
-        }
+        for (int mt = 0; mt < MT; ++mt) softmax_tile(s[mt], o[mt], st, mt, c_log2, raw);
 
-        // O += P V, P rounded to the input type.
-        rf_elem* const p_s = sP + warp * MT * 16 * PT::STRIDE;
-#if !RF_MMA_C_TO_A
-#pragma unroll
-        for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-            for (int nu = 0; nu < BN / 16; ++nu)
-#pragma unroll
-                for (int r = 0; r < RF_MMA_C_REGS; ++r)
-                    p_s[PT::off(16 * mt + rf_c_row(r), 16 * nu + rf_c_col(r))] = rf_to_elem(s[mt][nu].v[r]);
-        warp_smem_sync();
-#endif
-        if (!SPLIT_ACC) {
-#pragma unroll
-            for (int ku = 0; ku < BN / 16; ++ku) {
-                rf_frag_a pa[MT];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt], s, p_s, mt, ku);
-#pragma unroll
-                for (int du = 0; du < D / 16; ++du) {
-                    rf_frag_b vb;
-                    rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) rf_mma(o[mt][du], pa[mt], vb);
-                }
-            }
-        } else {
-            // One head-dim column block at a time over all keys of the tile,
-            // from zero, then one f32 add into O (see SPLIT_ACC).
-            rf_frag_a pa[MT][BN / 16];
-#pragma unroll
-            for (int ku = 0; ku < BN / 16; ++ku)
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt][ku], s, p_s, mt, ku);
-#pragma unroll
-            for (int du = 0; du < D / 16; ++du) {
-                rf_frag_c t[MT];
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int r = 0; r < RF_MMA_C_REGS; ++r) t[mt].v[r] = 0.0f;
-#pragma unroll
-                for (int ku = 0; ku < BN / 16; ++ku) {
-                    rf_frag_b vb;
-#if RF_FLASH_PRESPLIT
-                    rf_load_b_nk_split(vb, v_s, v_s + VT_ELEMS,
-                                       [&](int r, int c) { return VTT::off(16 * du + r, 16 * ku + c); });
-#else
-                    rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
-#endif
-#pragma unroll
-                    for (int mt = 0; mt < MT; ++mt) rf_mma(t[mt], pa[mt][ku], vb);
-                }
-#pragma unroll
-                for (int mt = 0; mt < MT; ++mt)
-#pragma unroll
-                    for (int r = 0; r < RF_MMA_C_REGS; ++r) o[mt][du].v[r] += t[mt].v[r];
-            }
-        }
-#if !RF_MMA_C_TO_A
-        warp_smem_sync();  // P staging is rewritten by the next tile
-#endif
+        pv_tile(o, s, sP + warp * MT * 16 * PT::STRIDE, v_s);
+        any_nf |= nf;
     }
 
     // Drain the copy pipeline (also when the block saw no tile) before the
     // Q area is reused to stage O.
     copy_wait<0>();
-    __syncthreads();
-
-    // Normalize once; a row with no visible key is exactly zero (lse -inf).
-    float* lse = reinterpret_cast<float*>(p.lse);
-    rf_elem* o_s = sQ;
+    store_output(p, o, st, sQ, b, hq, m0, strip0);
+#if !defined(RF_FLASH_DBG_NO_VPASS)
+    if (any_nf) {
+        // Inf / NaN in V: their terms (rf/flash/nonfinite.h), with the row
+        // maxima in the (now free) K area.
+        float* m_s = reinterpret_cast<float*>(sK);
 #pragma unroll
-    for (int mt = 0; mt < MT; ++mt) {
-        float inv[RF_MMA_ROWS];
-        bool empty[RF_MMA_ROWS];
+        for (int mt = 0; mt < MT; ++mt)
 #pragma unroll
-        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
-            const float l = rf_row_sum(st.l[mt][sl]);
-            empty[sl] = l == 0.0f;
-            inv[sl] = recip(l);
-            const int row = m0 + strip0 + 16 * mt + rf_slot_row(sl);
-            if (lse != nullptr && rf_c_col(0) == 0 && row < p.seq_q) {
-                const float v = empty[sl] ? RF_NEG_INF : (st.m[mt][sl] + log2_acc(l)) * LN2;
-                lse[((long long)b * p.heads_q + hq) * p.seq_q + row] = v;
-            }
-        }
-#pragma unroll
-        for (int du = 0; du < D / 16; ++du)
-#pragma unroll
-            for (int r = 0; r < RF_MMA_C_REGS; ++r) {
-                const int sl = rf_c_slot(r);
-                const float v = empty[sl] ? 0.0f : o[mt][du].v[r] * inv[sl];
-                o_s[QT::off(strip0 + 16 * mt + rf_c_row(r), 16 * du + rf_c_col(r))] = rf_to_elem(v);
-            }
+            for (int sl = 0; sl < RF_MMA_ROWS; ++sl)
+                if (rf_c_col(0) == 0) m_s[strip0 + 16 * mt + rf_slot_row(sl)] = st.m[mt][sl];
+        __syncthreads();
+        nonfinite_v_pass(v_pass_args(p), m_s);
     }
-    __syncthreads();
-
-    // Coalesced 16-byte stores of the valid rows.
-    rf_elem* o_g = reinterpret_cast<rf_elem*>(p.o) + b * p.o_batch_stride + m0 * p.o_seq_stride + hq * p.o_head_stride;
-    const int rows_valid = p.seq_q - m0;
-    constexpr int CHUNKS = BM * QT::CPR;
-#pragma unroll
-    for (int c0 = 0; c0 < CHUNKS; c0 += THREADS) {
-        const int c = c0 + (int)threadIdx.x;
-        if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-            const int row = c / QT::CPR, col = (c % QT::CPR) * VEC;
-            if (row < rows_valid) {
-                *reinterpret_cast<U32x4*>(o_g + row * p.o_seq_stride + col) =
-                    *reinterpret_cast<const U32x4*>(o_s + QT::off(row, col));
-            }
-        }
-    }
+#endif
 }

@@ -40,30 +40,41 @@ RF_KERNEL void softmax_rows(RfSoftmaxParams prm) {
     p_t* p = (p_t*)prm.probs + row * (long long)prm.seq_kv;
     const int seq_kv = prm.seq_kv;
 
-    // Pass 1: each thread keeps an online (max, sum of exp) pair.
+    // Pass 1: each thread keeps an online (max, sum of exp) pair over its
+    // visible keys. A NaN logit sets the pair to (+inf, NaN): the row max
+    // is then +inf and the row sum NaN, so the row is NaN (the max alone
+    // would skip NaN, and a row of NaN logits would look fully masked).
     float m = RF_NEG_INF, l = 0.0f;
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
         if (!rf_visible(j, pos, prm.win_left, prm.win_right)) continue;
         const float x = rf_logit(s[j], prm.softcap);
-        if (x > m) {
+        if (x != x) {
+            m = -RF_NEG_INF;
+            l = x;
+        } else if (x > m) {
             l = l * expf(m - x) + 1.0f;
             m = x;
         } else {
-            l += expf(x - m);
+            l += expf(x - m);  // x = m = -inf gives NaN here; m == -inf discards l below
         }
     }
     const float row_max = rf_block_max(m, scratch);
     const float mine = (m == RF_NEG_INF) ? 0.0f : l * expf(m - row_max);
     const float row_sum = rf_block_sum(mine, scratch);
-    // A fully masked row has no visible key: it becomes zeros, never NaN.
-    const float inv = (row_max == RF_NEG_INF) ? 0.0f : 1.0f / row_sum;
+    // docs/semantics.md: a row with no visible key is zeros, never NaN; all
+    // visible logits -inf make it NaN (-inf - -inf), as do a NaN or +inf one
+    // (through row_sum). Whether the row sees a key follows from the mask.
+    const long long lo = prm.win_left >= 0 && pos - prm.win_left > 0 ? pos - prm.win_left : 0;
+    const long long hi = prm.win_right >= 0 && pos + prm.win_right < seq_kv - 1 ? pos + prm.win_right : seq_kv - 1;
+    const bool visible = lo <= hi;
+    const float inv = row_max == RF_NEG_INF ? __int_as_float(0x7fc00000) : 1.0f / row_sum;
 
     // Pass 2: normalized probabilities; masked keys get exact zeros. With
     // f32 output each element is read and then written by the same thread,
     // so writing in place is safe.
     for (int j = threadIdx.x; j < seq_kv; j += blockDim.x) {
         float out = 0.0f;
-        if (inv != 0.0f && rf_visible(j, pos, prm.win_left, prm.win_right)) {
+        if (visible && rf_visible(j, pos, prm.win_left, prm.win_right)) {
             out = expf(rf_logit(s[j], prm.softcap) - row_max) * inv;
         }
         p[j] = to_p(out);

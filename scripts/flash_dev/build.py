@@ -15,12 +15,16 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("outdir")
     ap.add_argument("--arch", default="sm_90")
-    ap.add_argument("--only", default="")
+    ap.add_argument("--only", default="", help="substring of the variant names to build")
+    ap.add_argument("--names", default="", help="comma-separated exact variant names (instead of --only)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     a = ap.parse_args()
     os.makedirs(a.outdir, exist_ok=True)
     allv = {**variants.default_variants(), **variants.tuning_variants()}
-    todo = {k: v for k, v in allv.items() if a.only in k}
+    if a.names:
+        todo = {k: allv[k] for k in a.names.split(",")}
+    else:
+        todo = {k: v for k, v in allv.items() if a.only in k}
 
     def one(item):
         name, defs = item

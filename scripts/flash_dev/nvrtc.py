@@ -77,12 +77,15 @@ def compile_cubin(defines, arch="sm_90", warp=32, extra=()):
 
 
 def resources(log):
-    """Registers, spill bytes and stack from the ptxas report."""
-    regs = re.findall(r"Used (\d+) registers", log)
-    spill = re.findall(r"(\d+) bytes spill stores", log)
-    stack = re.findall(r"(\d+) bytes stack frame", log)
+    """Registers, spill bytes and stack of the rf_flash_fwd entry from the
+    ptxas report (other functions, e.g. a noinline helper, report after it)."""
+    m = re.search(r"Function properties for rf_flash_fwd\n(.*?)\n(.*?)\n", log)
+    part = m.group(0) if m else log
+    regs = re.findall(r"Used (\d+) registers", part)
+    spill = re.findall(r"(\d+) bytes spill stores", part)
+    stack = re.findall(r"(\d+) bytes stack frame", part)
     return {
-        "regs": int(regs[-1]) if regs else -1,
-        "spill_stores": int(spill[-1]) if spill else -1,
-        "stack": int(stack[-1]) if stack else -1,
+        "regs": int(regs[0]) if regs else -1,
+        "spill_stores": int(spill[0]) if spill else -1,
+        "stack": int(stack[0]) if stack else -1,
     }

@@ -30,6 +30,19 @@ def tuning_variants():
         (F32, 128): [(128, 64, 8, 1)],
     }
     out["bf16_d128_headorder"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128, RF_FLASH_GLOBAL_ORDER=0)
+    # Without the exact exponent for huge logits (the limit is never reached):
+    # shows on the device what the huge_k case does to the FFMA exponent.
+    out["f32x3_d64_noexact"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=64, RF_F32_MODE=F32_TF32X3, RF_FLASH_EXACT_LIMIT="3e38f")
+    out["bf16_d64_noexact"] = dict(RF_DTYPE=BF16, RF_HEAD_DIM=64, RF_FLASH_EXACT_LIMIT="3e38f")
+    # Cost A/B of the NaN/Inf/huge paths (debug switches that break them):
+    for dt, base in ((BF16, "bf16_d128"), (F32, "f32x3_d128")):
+        extra = dict(RF_F32_MODE=F32_TF32X3) if dt == F32 else {}
+        for tag, sw in (("dbg_noexact", ["RF_FLASH_DBG_NO_EXACT"]), ("dbg_novpass", ["RF_FLASH_DBG_NO_VPASS"]),
+                        ("dbg_nonf", ["RF_FLASH_DBG_NO_NF"]),
+                        ("dbg_bare", ["RF_FLASH_DBG_NO_EXACT", "RF_FLASH_DBG_NO_VPASS", "RF_FLASH_DBG_NO_NF"])):
+            out[f"{base}_{tag}"] = dict(RF_DTYPE=dt, RF_HEAD_DIM=128, **extra, **{k: 1 for k in sw})
+    out["f32x3_d128_dbg_nologits"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3,
+                                          RF_FLASH_DBG_NO_TF32LOGITS=1)
     out["f32x3_d128_acck16"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=16)
     out["f32x3_d128_acck64"] = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3, RF_FLASH_ACC_K=64)
     for (dt, d), lst in cands.items():

@@ -205,6 +205,8 @@ pub fn layout_probe<P: KernelParams>() -> String {
     src
 }
 
+use crate::backends::gpu_unfused::MaskedPvParams;
+
 /// Layout probes of every parameter struct, for the offline compile tests.
 pub fn all_layout_probes() -> Vec<(&'static str, String)> {
     vec![
@@ -213,6 +215,7 @@ pub fn all_layout_probes() -> Vec<(&'static str, String)> {
         (ExpandKvParams::C_NAME, layout_probe::<ExpandKvParams>()),
         (DecodeParams::C_NAME, layout_probe::<DecodeParams>()),
         (DecodeCombineParams::C_NAME, layout_probe::<DecodeCombineParams>()),
+        (MaskedPvParams::C_NAME, layout_probe::<MaskedPvParams>()),
     ]
 }
 

@@ -6,7 +6,10 @@
 //! garbage there (an unused KV-cache slot, say) must not reach the output,
 //! and a fully masked row stays exact zeros whatever its query holds.
 
-use crate::common::{backend_targets, check_output, cpu_and_gpu, reference, run_backend, unflatten, Inputs};
+use crate::common::{
+    backend_targets, check_output, cpu_and_gpu, device_for, reference, run_backend, unflatten, Inputs,
+};
+use rocmforge::backends::gpu_unfused::GpuUnfused;
 use rocmforge::tensor::SplitMix64;
 use rocmforge::{AttentionProblem, DType, DeviceKind, Mask, Registry, Tensor};
 use std::collections::BTreeMap;
@@ -14,14 +17,9 @@ use std::collections::BTreeMap;
 /// Backends known to break these rules today, with where the fix is. This
 /// is not a skip: a listed backend still runs every case and must still
 /// fail (printed as KNOWN BROKEN); once it passes, the test fails until the
-/// entry is removed, so the list cannot outlive the bug.
-const KNOWN_BROKEN: &[(&str, &str)] =
-    &[("flash-causal", FLASH_NONFINITE), ("flash-noncausal", FLASH_NONFINITE), ("mqa-replicate", FLASH_NONFINITE)];
-
-/// The fused kernel's documented gaps (docs/kernels.md): a NaN/Inf in V at
-/// a masked key inside a tile the block computes leaks through 0 · NaN, and
-/// ±Inf in the f32 split-TF32 path can become NaN (Inf · 0 in the split).
-const FLASH_NONFINITE: &str = "V NaN at masked keys inside computed tiles; Inf in split-TF32 (issue 8)";
+/// entry is removed, so the list cannot outlive the bug. Empty since the
+/// GPU kernels follow the rules (issue 7 item 2, issue 8).
+const KNOWN_BROKEN: &[(&str, &str)] = &[];
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Poison {
@@ -59,6 +57,26 @@ fn inject(t: &Tensor, poison: Poison, count: usize, seed: u64) -> Tensor {
     Tensor::from_f32(t.shape(), t.dtype(), &values).unwrap()
 }
 
+/// Problems of several query and key tiles on every GPU tiling (BLOCK_M 16
+/// to 128, BLOCK_N 16 to 128): the poison lands in V at keys masked inside
+/// boundary tiles (causal diagonal, window edges), in Q and K of later
+/// tiles, and huge logits arrive after ordinary ones (the running max
+/// jumps). seq_q < seq_kv and GQA 2.
+fn tiled_problems() -> Vec<AttentionProblem> {
+    let mut out = Vec::new();
+    for dtype in DType::ALL {
+        for (d, mask) in [
+            (64, Mask::Causal),
+            (128, Mask::SlidingWindow { left: 37, right: 5 }),
+            (32, Mask::None),
+            (128, Mask::Causal),
+        ] {
+            out.push(AttentionProblem::new(1, 150, 200, 4, 2, d, dtype).with_mask(mask));
+        }
+    }
+    out
+}
+
 fn problems() -> Vec<AttentionProblem> {
     let mut out = Vec::new();
     for dtype in DType::ALL {
@@ -91,6 +109,7 @@ fn poisoned(p: &AttentionProblem, which: &str, poison: Poison, count: usize, see
 /// exercised what they meant to.
 fn run_poisoned(
     kind: DeviceKind,
+    problems: &[AttentionProblem],
     poisons: &[Poison],
     targets: &[(&str, usize)],
     known_broken: &[(&str, &str)],
@@ -102,22 +121,22 @@ fn run_poisoned(
     let mut failed: BTreeMap<&str, (usize, String)> = BTreeMap::new();
     let mut nonfinite_expected = 0;
     let mut seed = 0u64;
-    for p in problems() {
+    for p in problems {
         for &poison in poisons {
             for &(which, count) in targets {
                 seed += 1;
-                let inputs = poisoned(&p, which, poison, count, seed);
-                let expected = reference(&p, &inputs);
+                let inputs = poisoned(p, which, poison, count, seed);
+                let expected = reference(p, &inputs);
                 nonfinite_expected += expected.iter().filter(|x| !x.is_finite()).count();
                 for (backend, device) in &backends {
-                    if !Registry::reasons(*backend, &p, device).is_empty() {
+                    if !Registry::reasons(*backend, p, device).is_empty() {
                         continue;
                     }
-                    let got = run_backend(*backend, &p, &inputs, device).unwrap_or_else(|e| panic!("{e}"));
+                    let got = run_backend(*backend, p, &inputs, device).unwrap_or_else(|e| panic!("{e}"));
                     let got = got.to_f32();
-                    let verdict = check_output(backend.name(), &p, &got, &expected)
+                    let verdict = check_output(backend.name(), p, &got, &expected)
                         .map(|_| ())
-                        .and_then(|()| fully_masked_rows_are_zero(backend.name(), &p, &got));
+                        .and_then(|()| fully_masked_rows_are_zero(backend.name(), p, &got));
                     if let Err(e) = verdict {
                         let entry = failed
                             .entry(backend.name())
@@ -162,8 +181,45 @@ fn fully_masked_rows_are_zero(backend: &str, p: &AttentionProblem, got: &[f32]) 
 }
 
 fn nan_and_inf_propagate_as_the_reference_does(kind: DeviceKind) {
-    let nonfinite = run_poisoned(kind, &[Poison::Nan, Poison::PosInf, Poison::NegInf], &TARGETS, KNOWN_BROKEN);
+    let nonfinite =
+        run_poisoned(kind, &problems(), &[Poison::Nan, Poison::PosInf, Poison::NegInf], &TARGETS, KNOWN_BROKEN);
     assert!(nonfinite > 1000, "the injected values reached only {nonfinite} reference elements");
+}
+
+/// The same rules on multi-tile problems (`tiled_problems`), with many
+/// poisoned V elements: most sit at keys some rows of a computed tile do not
+/// see, and each output element must follow exactly the keys its row sees.
+fn nan_and_inf_propagate_in_tiled_problems(kind: DeviceKind) {
+    let targets = [("q", 2), ("k", 2), ("v", 24)];
+    let nonfinite =
+        run_poisoned(kind, &tiled_problems(), &[Poison::Nan, Poison::PosInf, Poison::NegInf], &targets, KNOWN_BROKEN);
+    assert!(nonfinite > 10_000, "the injected values reached only {nonfinite} reference elements");
+}
+
+/// Huge k or v elements (one each) in multi-tile problems: a huge logit may
+/// first appear in a later key tile than the row's ordinary ones.
+fn huge_finite_inputs_in_tiled_problems(kind: DeviceKind) {
+    let nonfinite = run_poisoned(kind, &tiled_problems(), &[Poison::Huge], &[("k", 1), ("v", 1)], &[]);
+    assert_eq!(nonfinite, 0, "huge finite inputs made the reference itself non-finite");
+}
+
+/// gpu-unfused in chunks of two query heads (a small workspace cap), so the
+/// masked-key guard runs once per chunk with the chunk's head offset.
+#[test]
+#[ignore = "needs a GPU"]
+fn unfused_chunks_keep_masked_v_garbage_out() {
+    let device = device_for(DeviceKind::Gpu).expect("a GPU");
+    let mut ran = 0;
+    for (seed, p) in tiled_problems().into_iter().filter(|p| p.mask != Mask::None).enumerate() {
+        let head = p.seq_q * p.seq_kv * (4 + if p.dtype == DType::F32 { 0 } else { 2 });
+        let chunked = GpuUnfused::with_workspace_cap(3 * head);
+        let inputs = poisoned(&p, "v", Poison::Nan, 24, 20_000 + seed as u64);
+        let expected = reference(&p, &inputs);
+        let got = run_backend(&chunked, &p, &inputs, &device).unwrap_or_else(|e| panic!("{e}"));
+        check_output("gpu-unfused (chunks of 2 heads)", &p, &got.to_f32(), &expected).unwrap_or_else(|e| panic!("{e}"));
+        ran += 1;
+    }
+    assert_eq!(ran, 9, "every masked tiled problem runs");
 }
 
 /// Huge values go into one element of k or v per case: two huge logits in
@@ -173,7 +229,7 @@ fn nan_and_inf_propagate_as_the_reference_does(kind: DeviceKind) {
 /// f32 and f16 only, for the same reason: bf16 rounds many k values equal,
 /// and equal keys times 1e30 tie in f32.
 fn huge_finite_inputs_give_the_reference_answer(kind: DeviceKind) {
-    let nonfinite = run_poisoned(kind, &[Poison::Huge], &[("k", 1), ("v", 1)], &[]);
+    let nonfinite = run_poisoned(kind, &problems(), &[Poison::Huge], &[("k", 1), ("v", 1)], &[]);
     assert_eq!(nonfinite, 0, "huge finite inputs made the reference itself non-finite");
     let backends = backend_targets(kind);
     let mut seed = 10_000;
@@ -189,4 +245,9 @@ fn huge_finite_inputs_give_the_reference_answer(kind: DeviceKind) {
     }
 }
 
-cpu_and_gpu!(nan_and_inf_propagate_as_the_reference_does, huge_finite_inputs_give_the_reference_answer);
+cpu_and_gpu!(
+    nan_and_inf_propagate_as_the_reference_does,
+    huge_finite_inputs_give_the_reference_answer,
+    nan_and_inf_propagate_in_tiled_problems,
+    huge_finite_inputs_in_tiled_problems,
+);

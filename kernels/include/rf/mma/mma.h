@@ -14,6 +14,10 @@
 //   rf_row_max(x), rf_row_sum(x)          reduce over the lanes sharing a row
 //   RF_MMA_C_TO_A, rf_c_to_a(a, c)        when 1, an accumulator converts in
 //                                         registers into an A operand (P = S)
+//   rf_c_src_lane(col), rf_c_reg(slot, col)
+//                                         which lane and register hold C at
+//                                         (row of this lane's `slot`, col):
+//                                         rf_shfl_idx(c.v[reg], src) reads it
 //
 // `off(row, col)` is the caller's shared-memory layout: it returns the element
 // index of (row, col). Loads may fetch up to 16 bytes at (row, col) for col a
@@ -103,6 +107,15 @@ RF_DEVICE float rf_from_elem(rf_elem x) { return rf_bf16_to_float(x); }
 
 // Lane index inside the warp (blocks are whole warps).
 RF_DEVICE int rf_lane() { return (int)(threadIdx.x & (RF_WARP_SIZE - 1)); }
+
+// The value `v` of lane `src` (every lane of the warp takes part).
+RF_DEVICE float rf_shfl_idx(float v, int src) {
+#if defined(RF_HIP)
+    return __shfl(v, src, RF_WARP_SIZE);
+#else
+    return __shfl_sync(0xffffffffu, v, src, RF_WARP_SIZE);
+#endif
+}
 
 #if RF_MMA_FLAVOUR == RF_MMA_SYNC
 #include "rf/mma/mma_sync.h"

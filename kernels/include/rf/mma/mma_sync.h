@@ -25,6 +25,10 @@ RF_DEVICE constexpr int rf_c_slot(int r) { return (r >> 1) & 1; }
 RF_DEVICE int rf_slot_row(int slot) { return (rf_lane() >> 2) + 8 * slot; }
 RF_DEVICE int rf_c_row(int r) { return rf_slot_row(rf_c_slot(r)); }
 RF_DEVICE int rf_c_col(int r) { return 8 * (r >> 2) + 2 * (rf_lane() & 3) + (r & 1); }
+// C(row of `slot`, col) sits in register rf_c_reg(slot, col) of the quad
+// lane holding column pair (col % 8) / 2.
+RF_DEVICE int rf_c_src_lane(int col) { return (rf_lane() & ~3) | ((col & 7) >> 1); }
+RF_DEVICE constexpr int rf_c_reg(int slot, int col) { return 4 * (col >> 3) + 2 * slot + (col & 1); }
 
 RF_DEVICE float rf_row_max(float x) {
     x = fmaxf(x, rf_shfl_xor(x, 1));
@@ -249,6 +253,20 @@ RF_DEVICE void rf_mma(rf_frag_c& c, const rf_frag_a& a, const rf_frag_b& b) {
             rf_mma_1688(c.v + 4 * j, a.small + 4 * s, b.big[bi], b.big[bi + 1]);
             rf_mma_1688(c.v + 4 * j, a.big + 4 * s, b.small[bi], b.small[bi + 1]);
 #endif
+            rf_mma_1688(c.v + 4 * j, a.big + 4 * s, b.big[bi], b.big[bi + 1]);
+        }
+    }
+}
+
+// c += big(a) * big(b) only: one tf32 product, the IEEE result wherever an
+// operand is infinite or NaN (the small products are not; see
+// rf/flash/tf32.h).
+RF_DEVICE void rf_mma_hi(rf_frag_c& c, const rf_frag_a& a, const rf_frag_b& b) {
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int bi = 4 * s + 2 * j;
             rf_mma_1688(c.v + 4 * j, a.big + 4 * s, b.big[bi], b.big[bi + 1]);
         }
     }

@@ -30,6 +30,9 @@ RF_DEVICE constexpr int rf_c_slot(int r) { return r; }
 RF_DEVICE int rf_slot_row(int slot) { return rf_lane() / 16 + RF_SIMT_KH * slot; }
 RF_DEVICE int rf_c_row(int r) { return rf_slot_row(r); }
 RF_DEVICE int rf_c_col(int) { return rf_lane() & 15; }
+// C(row of `slot`, col) sits in register `slot` of lane (l & ~15) | col.
+RF_DEVICE int rf_c_src_lane(int col) { return (rf_lane() & ~15) | col; }
+RF_DEVICE constexpr int rf_c_reg(int slot, int) { return slot; }
 
 RF_DEVICE float rf_row_max(float x) {
     for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, rf_shfl_xor(x, o));
@@ -38,14 +41,6 @@ RF_DEVICE float rf_row_max(float x) {
 RF_DEVICE float rf_row_sum(float x) {
     for (int o = 8; o > 0; o >>= 1) x += rf_shfl_xor(x, o);
     return x;
-}
-
-RF_DEVICE float rf_shfl_idx(float v, int src) {
-#if defined(RF_HIP)
-    return __shfl(v, src, RF_WARP_SIZE);
-#else
-    return __shfl_sync(0xffffffffu, v, src, RF_WARP_SIZE);
-#endif
 }
 
 template <class Off>

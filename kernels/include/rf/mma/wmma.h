@@ -58,6 +58,9 @@ RF_DEVICE int rf_wmma_k0() { return 8 * (rf_lane() >> 4); }
 #endif
 RF_DEVICE int rf_c_row(int r) { return rf_slot_row(r); }
 RF_DEVICE int rf_c_col(int) { return rf_lane() & 15; }
+// C(row of `slot`, col) sits in register `slot` of lane (l & ~15) | col.
+RF_DEVICE int rf_c_src_lane(int col) { return (rf_lane() & ~15) | col; }
+RF_DEVICE constexpr int rf_c_reg(int slot, int) { return slot; }
 
 RF_DEVICE float rf_row_max(float x) {
     for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, rf_shfl_xor(x, o));
