@@ -1,9 +1,18 @@
 //! Element types cpu-flash reads and writes; compute is always f32.
 
+use super::isa::VerifiedIsa;
+use super::schedule::Call;
+use super::scratch::Scratch;
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
 
 pub(super) trait Elem: Copy + Send + Sync + 'static {
+    /// Runs task `t` of `c` with `isa`'s kernels for this element type
+    /// (bf16 has dot-product paths of its own).
+    #[inline]
+    fn run_task(isa: VerifiedIsa, c: &Call<Self>, sc: &mut Scratch, t: usize) {
+        isa.dispatch(c, sc, t);
+    }
     fn widen(src: &[Self], dst: &mut [f32]);
     fn narrow(src: &[f32], dst: &mut [Self]);
     /// The element as f64, exactly (for the exact-row path).
@@ -46,6 +55,10 @@ impl Elem for f16 {
 }
 
 impl Elem for bf16 {
+    #[inline]
+    fn run_task(isa: VerifiedIsa, c: &Call<bf16>, sc: &mut Scratch, t: usize) {
+        isa.dispatch_bf16(c, sc, t);
+    }
     fn widen(src: &[bf16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
     }

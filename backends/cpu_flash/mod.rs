@@ -47,6 +47,7 @@
 //! (softmax math), `exact` (the f64 path for non-finite rows), `scratch`
 //! (buffers, head copies), `elem` (dtypes).
 
+mod bf16;
 mod elem;
 mod exact;
 mod exp;
@@ -130,6 +131,17 @@ impl CpuFlash {
     /// The micro-kernel family this instance runs.
     pub fn isa(&self) -> CpuIsa {
         self.isa.isa()
+    }
+
+    /// The kernels this instance runs for `dtype`, in words.
+    pub fn kernels(&self, dtype: DType) -> &'static str {
+        self.isa.isa().kernels(dtype)
+    }
+
+    /// Portable kernels with the bf16 products run by an emulator (tests).
+    #[cfg(test)]
+    fn emulated(e: isa::Emulated) -> CpuFlash {
+        CpuFlash { isa: VerifiedIsa::emulated(e) }
     }
 
     /// Runs a checked call: the element type picks the instantiation.

@@ -1,0 +1,180 @@
+//! The two products on AMX tiles, in blocks of 2 × 2 accumulator tiles:
+//! tiles 0..4 accumulate (16 × 16 f32 each), 4 and 5 hold A operands
+//! (16 rows × 32 bf16), 6 and 7 B operands (16 pair rows × 16 columns), so
+//! each A and B load feeds two `tdpbf16ps`. Odd leftovers of 16 rows or
+//! 16 columns take the 1-wide forms of the same block.
+
+use super::super::BK;
+use super::tiles::Tiles;
+use super::{MatMul, PvArgs, QkArgs};
+
+/// The AMX kernels over tile registers `T` (the real ones or the emulator).
+pub(crate) struct Amx<T: Tiles>(pub T);
+
+impl<T: Tiles> MatMul for Amx<T> {
+    const RESCALES_O: bool = false;
+    const FMA: bool = T::FMA;
+
+    #[inline(always)]
+    unsafe fn begin(&mut self) {
+        // SAFETY: forwarded contract (AMX usable on this thread).
+        unsafe { self.0.configure() }
+    }
+
+    #[inline(always)]
+    unsafe fn end(&mut self) {
+        // SAFETY: forwarded contract.
+        unsafe { self.0.release() }
+    }
+
+    /// `S[r][j] = Σ_x Q[r][x] K[j][x]`: A = Q rows, B = K^T pairs.
+    #[inline(always)]
+    unsafe fn qk(&mut self, a: &QkArgs) {
+        let mut r0 = 0;
+        // SAFETY (both calls): rows and keys are multiples of 16 and 32
+        // (`QkArgs`), so every block is inside the operands.
+        unsafe {
+            while r0 + 32 <= a.rows {
+                qk_block::<T, 2>(&mut self.0, a, r0);
+                r0 += 32;
+            }
+            if r0 < a.rows {
+                qk_block::<T, 1>(&mut self.0, a, r0);
+            }
+        }
+    }
+
+    /// `O[r][c] += Σ_j P[r][j] V[j][c]`: A = P rows, B = V pairs, the
+    /// accumulators loaded from and stored back to O.
+    #[inline(always)]
+    unsafe fn pv(&mut self, a: &PvArgs) {
+        let (mut r0, t) = (0, &mut self.0);
+        // SAFETY (all calls): rows and dp are multiples of 16, keys of 32
+        // (`PvArgs`), so every block is inside the operands.
+        unsafe {
+            while r0 < a.rows {
+                let two_rows = r0 + 32 <= a.rows;
+                let mut c0 = 0;
+                while c0 < a.dp {
+                    match (two_rows, c0 + 32 <= a.dp) {
+                        (true, true) => pv_block::<T, 2, 2>(t, a, r0, c0),
+                        (true, false) => pv_block::<T, 2, 1>(t, a, r0, c0),
+                        (false, true) => pv_block::<T, 1, 2>(t, a, r0, c0),
+                        (false, false) => pv_block::<T, 1, 1>(t, a, r0, c0),
+                    }
+                    c0 += if c0 + 32 <= a.dp { 32 } else { 16 };
+                }
+                r0 += if two_rows { 32 } else { 16 };
+            }
+        }
+    }
+}
+
+/// Rows `r0..r0 + 16·MT` of S, every 32-key block: accumulators 0/1 (rows
+/// r0..+16, keys j..+16 and j+16..+32) and 2/3 (the next 16 rows).
+///
+/// # Safety
+/// As for `MatMul::qk`; `r0 + 16·MT <= a.rows`.
+#[inline(always)]
+unsafe fn qk_block<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize) {
+    let (qs, ks, ss) = (a.q_pitch * 2, a.kt_pitch * 4, BK * 4);
+    let mut j0 = 0;
+    while j0 < a.keys {
+        // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
+        // pairs, keys j0..j0+32 <= keys and S rows/keys likewise are inside
+        // the operands `QkArgs` describes (byte strides above).
+        unsafe {
+            t.zero::<0>();
+            t.zero::<1>();
+            if MT == 2 {
+                t.zero::<2>();
+                t.zero::<3>();
+            }
+            let mut p0 = 0;
+            while p0 < a.pairs {
+                let qa = a.q.add(r0 * a.q_pitch + 2 * p0).cast::<u8>();
+                t.load::<4>(qa, qs);
+                if MT == 2 {
+                    t.load::<5>(qa.add(16 * qs), qs);
+                }
+                let kb = a.kt.add(p0 * a.kt_pitch + j0).cast::<u8>();
+                t.load::<6>(kb, ks);
+                t.load::<7>(kb.add(64), ks);
+                t.dp::<0, 4, 6>();
+                t.dp::<1, 4, 7>();
+                if MT == 2 {
+                    t.dp::<2, 5, 6>();
+                    t.dp::<3, 5, 7>();
+                }
+                p0 += 16;
+            }
+            let sp = a.s.add(r0 * BK + j0).cast::<u8>();
+            t.store::<0>(sp, ss);
+            t.store::<1>(sp.add(64), ss);
+            if MT == 2 {
+                t.store::<2>(sp.add(16 * ss), ss);
+                t.store::<3>(sp.add(16 * ss + 64), ss);
+            }
+        }
+        j0 += 32;
+    }
+}
+
+/// O rows `r0..r0 + 16·MT`, dims `c0..c0 + 16·NT`, over all the keys.
+///
+/// # Safety
+/// As for `MatMul::pv`; the block is inside rows × dp.
+#[inline(always)]
+unsafe fn pv_block<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
+    let (os, ps, vs) = (a.dp * 4, BK * 2, a.vv_pitch * 4);
+    // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
+    // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and
+    // dims c0.. are inside the operands `PvArgs` describes.
+    unsafe {
+        let op = a.o.add(r0 * a.dp + c0).cast::<u8>();
+        t.load::<0>(op, os);
+        if NT == 2 {
+            t.load::<1>(op.add(64), os);
+        }
+        if MT == 2 {
+            t.load::<2>(op.add(16 * os), os);
+            if NT == 2 {
+                t.load::<3>(op.add(16 * os + 64), os);
+            }
+        }
+        let mut x = 0;
+        while x < a.keys {
+            let pa = a.p.add(r0 * BK + x).cast::<u8>();
+            t.load::<4>(pa, ps);
+            if MT == 2 {
+                t.load::<5>(pa.add(16 * ps), ps);
+            }
+            let vb = a.vv.add(x / 2 * a.vv_pitch + c0).cast::<u8>();
+            t.load::<6>(vb, vs);
+            if NT == 2 {
+                t.load::<7>(vb.add(64), vs);
+            }
+            t.dp::<0, 4, 6>();
+            if NT == 2 {
+                t.dp::<1, 4, 7>();
+            }
+            if MT == 2 {
+                t.dp::<2, 5, 6>();
+                if NT == 2 {
+                    t.dp::<3, 5, 7>();
+                }
+            }
+            x += 32;
+        }
+        t.store::<0>(op, os);
+        if NT == 2 {
+            t.store::<1>(op.add(64), os);
+        }
+        if MT == 2 {
+            t.store::<2>(op.add(16 * os), os);
+            if NT == 2 {
+                t.store::<3>(op.add(16 * os + 64), os);
+            }
+        }
+    }
+}

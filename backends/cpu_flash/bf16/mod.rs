@@ -1,0 +1,94 @@
+//! cpu-flash for bf16 on the CPU's bf16 dot-product units: AMX tiles
+//! (`tdpbf16ps`) or AVX512-BF16 (`vdpbf16ps`). Both products read bf16 as
+//! it is and accumulate in f32; the softmax runs in f32 and P is rounded to
+//! bf16 for P·V, as the GPU flash kernels do.
+//!
+//! Layouts (per task; `dq` = head_dim rounded up to 32, keys in tiles of
+//! `BK`, queries in units of `BQ` as in the f32 path):
+//!
+//! * Q: a unit's rows copied as bf16, `[BQ][dq]`, zero-padded.
+//! * K^T in pairs: row `p` holds `(K[j][2p], K[j][2p+1])` as one u32 for
+//!   every key `j`, so 16 keys of one pair row are one 64-byte line (the
+//!   AMX B operand, and one zmm for `vdpbf16ps`).
+//! * V in pairs: row `jp` holds `(V[2jp][c], V[2jp+1][c])` for every dim
+//!   `c` (VNNI). Pairs start at even keys, so every tile starts at an even
+//!   key (an odd first key is taken in masked).
+//! * S = Q·K^T, query-major `[BQ][BK]` f32 (raw dot products); the online
+//!   softmax scales, masks and exponentiates each row, and writes P as bf16
+//!   `[BQ][BK]`, zero past the tile's keys (products run over whole blocks
+//!   of 32 keys). The row sums add the rounded P, so each output row is an
+//!   exact weighted mean of V under the weights P·V used.
+//! * O: `[BQ][dp]` f32, as in the f32 path (`task::finish_units` writes it).
+//!
+//! K^T and V pairs are packed once per kv head per worker when the head
+//! fits `VHEAD_MAX` (as the f32 path's head copies), else per key tile.
+
+mod amx;
+pub(crate) mod amx_state;
+mod dot;
+mod pack;
+mod softmax;
+mod task;
+pub(crate) mod tiles;
+
+pub(crate) use amx::Amx;
+pub(crate) use dot::Dot;
+pub(super) use pack::Bf16Scratch;
+#[cfg(test)]
+pub(super) use softmax::round_bf16;
+pub(super) use task::run_task;
+
+/// Operands of `S = Q·K^T` for one unit and tile.
+pub(super) struct QkArgs {
+    /// Q rows as bf16 bits, `q_pitch` elements apart, `2 · pairs` each.
+    pub q: *const u16,
+    pub q_pitch: usize,
+    /// K^T pairs at the tile's first key: pair row `p` starts at
+    /// `kt + p · kt_pitch`, one u32 per key.
+    pub kt: *const u32,
+    pub kt_pitch: usize,
+    /// Dimension pairs (a multiple of 16).
+    pub pairs: usize,
+    /// Scores out, `[rows][BK]` f32.
+    pub s: *mut f32,
+    /// Query rows (a multiple of 16, <= BQ).
+    pub rows: usize,
+    /// Keys (a multiple of 32, <= BK).
+    pub keys: usize,
+}
+
+/// Operands of `O = alpha·O + P·V` for one unit and tile.
+pub(super) struct PvArgs {
+    /// P as bf16 bits, `[rows][BK]`.
+    pub p: *const u16,
+    /// V pairs at the tile's first key: pair row `jp` starts at
+    /// `vv + jp · vv_pitch`, one u32 per dim, `dp` of them.
+    pub vv: *const u32,
+    pub vv_pitch: usize,
+    /// Keys (a multiple of 32, <= BK).
+    pub keys: usize,
+    /// O, `[rows][dp]` f32.
+    pub o: *mut f32,
+    /// Dims (a multiple of 16).
+    pub dp: usize,
+    /// Per row, the factor O is rescaled by (only read when `RESCALES_O`).
+    pub alpha: *const f32,
+    pub rows: usize,
+}
+
+/// The two products of one ISA.
+///
+/// # Safety
+/// Every method may only run where the ISA's features are present (inside
+/// its `#[target_feature]` task), between `begin` and `end` on one thread;
+/// the arguments' pointers cover what their docs name.
+pub(super) trait MatMul {
+    /// `pv` applies `alpha` itself; else the caller rescales O first.
+    const RESCALES_O: bool;
+    /// Whether the task runs with hardware FMA (for the softmax's `exp`).
+    const FMA: bool;
+    unsafe fn begin(&mut self);
+    unsafe fn end(&mut self);
+    unsafe fn qk(&mut self, a: &QkArgs);
+    unsafe fn pv(&mut self, a: &PvArgs);
+}

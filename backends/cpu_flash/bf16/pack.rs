@@ -1,0 +1,211 @@
+//! The bf16 path's buffers and packed layouts (see `mod.rs`): Q rows, K^T
+//! pairs and V pairs, per head (kept while the worker stays on the head)
+//! or per key tile when a head is too large.
+
+use super::super::schedule::{Call, Rows, Task};
+use super::super::scratch::{prefetch_row, AlignedBuf, HeadRows, PREFETCH_ROWS};
+use super::super::{BK, BQ, SUB, VHEAD_MAX};
+use half::bf16;
+
+/// Head-dim padding of Q and K^T: one AMX A operand row (32 bf16).
+pub(super) const DQ_ALIGN: usize = 32;
+/// Keys a unit's tile may reach past the tile start: a tile starts at
+/// most 63 keys after the walk's tile start and spans at most 64 keys
+/// rounded up to 32, so K^T/V columns up to 96 keys in are read.
+const TILE_REACH: usize = BK + 32;
+/// Extra u32 per packed row, so pitches are not a power of two (rows of a
+/// tile would share a few L1 sets otherwise).
+const PITCH_PAD: usize = 16;
+
+/// A worker's bf16 buffers, built on its first bf16 task of a call.
+pub(crate) struct Bf16Scratch {
+    /// Per unit: Q rows, `[BQ][dq]` bf16 bits.
+    pub q: Vec<AlignedBuf<u16>>,
+    /// P, `[BQ][BK]` bf16 bits.
+    pub p: AlignedBuf<u16>,
+    pub kt: Packed,
+    pub vv: Packed,
+    pub dq: usize,
+}
+
+impl Bf16Scratch {
+    pub(super) fn new(d: usize) -> Bf16Scratch {
+        let dq = d.next_multiple_of(DQ_ALIGN);
+        Bf16Scratch {
+            q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq)).collect(),
+            p: AlignedBuf::new(BQ * BK),
+            kt: Packed::default(),
+            vv: Packed::default(),
+            dq,
+        }
+    }
+}
+
+/// A packed K^T or V buffer and the (batch, kv head) it holds, if a whole
+/// head; `None` for per-tile packs.
+#[derive(Default)]
+pub(crate) struct Packed {
+    buf: Option<AlignedBuf<u32>>,
+    of: Option<(usize, usize)>,
+}
+
+impl Packed {
+    /// The buffer (`len` u32, the same for every use in a call), zeroed on
+    /// first use.
+    fn buf(&mut self, len: usize) -> &mut AlignedBuf<u32> {
+        self.buf.get_or_insert_with(|| AlignedBuf::new(len))
+    }
+}
+
+/// The bits of a bf16 slice.
+pub(super) fn bits(x: &[bf16]) -> &[u16] {
+    bytemuck::cast_slice(x)
+}
+
+/// Copies Q rows `i0..i0 + rows` of head `h` into `dst` (`[BQ][dq]`),
+/// zeroing the rows up to the next multiple of 16. Columns past `d` stay
+/// zero: nothing else writes them.
+pub(super) fn load_q(c: &Call<bf16>, dst: &mut [u16], dq: usize, (b, h, i0, rows): (usize, usize, usize, usize)) {
+    let (q, d) = (bits(c.q), c.d);
+    for r in 0..rows {
+        if r + PREFETCH_ROWS < rows {
+            let pf = c.q_rows.at(b, i0 + r + PREFETCH_ROWS, h);
+            prefetch_row(&q[pf..pf + d]);
+        }
+        let off = c.q_rows.at(b, i0 + r, h);
+        dst[r * dq..r * dq + d].copy_from_slice(&q[off..off + d]);
+    }
+    dst[rows * dq..rows.next_multiple_of(16) * dq].fill(0);
+}
+
+/// Packs keys `rows` (K rows) into K^T pairs: `dst[p · pitch + j]` holds
+/// `(K[j][2p], K[j][2p + 1])` for the j-th of the rows (an odd head_dim
+/// pairs its last element with 0).
+fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+    let HeadRows { base, stride, count, d } = rows;
+    for j in 0..count {
+        let off = base + j * stride;
+        if j + PREFETCH_ROWS < count {
+            let pf = off + PREFETCH_ROWS * stride;
+            prefetch_row(&src[pf..pf + d]);
+        }
+        let row = &src[off..off + d];
+        for (p, pair) in row.chunks(2).enumerate() {
+            let hi = pair.get(1).copied().unwrap_or(0) as u32;
+            dst[p * pitch + j] = pair[0] as u32 | hi << 16;
+        }
+    }
+}
+
+/// Packs V rows `rows` (an even first key) into pairs: `dst[jp · pitch +
+/// c]` holds `(V[2jp][c], V[2jp + 1][c])` of the rows (an odd count pairs
+/// the last row with zeros).
+fn pack_vv(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+    let HeadRows { base, stride, count, d } = rows;
+    for jp in 0..count.div_ceil(2) {
+        let off = base + 2 * jp * stride;
+        if 2 * jp + PREFETCH_ROWS < count {
+            let pf = off + PREFETCH_ROWS * stride;
+            prefetch_row(&src[pf..pf + d]);
+        }
+        let out = &mut dst[jp * pitch..jp * pitch + d];
+        let a = &src[off..off + d];
+        if 2 * jp + 1 < count {
+            let b = &src[off + stride..off + stride + d];
+            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
+                *o = x as u32 | (y as u32) << 16;
+            }
+        } else {
+            for (o, &x) in out.iter_mut().zip(a) {
+                *o = x as u32;
+            }
+        }
+    }
+}
+
+/// Where a tile's K^T and V pairs are: column / pair row 0 is key
+/// `origin`.
+pub(super) struct PackedKv {
+    kt: *const u32,
+    pub kt_pitch: usize,
+    vv: *const u32,
+    pub vv_pitch: usize,
+    origin: usize,
+}
+
+impl PackedKv {
+    /// K^T pairs from key `j` on.
+    pub(super) fn kt_at(&self, j: usize) -> *const u32 {
+        self.kt.wrapping_add(j - self.origin)
+    }
+
+    /// V pairs from key `j` (even) on.
+    pub(super) fn vv_at(&self, j: usize) -> *const u32 {
+        debug_assert!((j - self.origin).is_multiple_of(2));
+        self.vv.wrapping_add((j - self.origin) / 2 * self.vv_pitch)
+    }
+}
+
+/// How a task gets its packed K^T and V: whole-head copies when both fit
+/// `VHEAD_MAX` u32 (1 MiB each), else a pack per key tile.
+pub(super) struct KvPlan {
+    k_rows: HeadRows,
+    v_rows: HeadRows,
+    heads: bool,
+    kt_pitch: usize,
+    kt_len: usize,
+    vv_pitch: usize,
+    vv_len: usize,
+}
+
+impl KvPlan {
+    pub(super) fn new(c: &Call<bf16>, task: &Task, dq: usize) -> KvPlan {
+        let rows = |r: Rows| HeadRows { base: r.at(task.b, 0, task.kvh), stride: r.seq, count: c.skv, d: c.d };
+        let head_pitch = (c.skv + TILE_REACH).next_multiple_of(16) + PITCH_PAD;
+        let head_kt = dq / 2 * head_pitch;
+        let vv_pitch = c.dp + PITCH_PAD;
+        let head_vv = (c.skv + TILE_REACH).div_ceil(2) * vv_pitch;
+        let heads = head_kt <= VHEAD_MAX && head_vv <= VHEAD_MAX;
+        let kt_pitch = if heads { head_pitch } else { TILE_REACH + PITCH_PAD };
+        KvPlan {
+            k_rows: rows(c.k_rows),
+            v_rows: rows(c.v_rows),
+            heads,
+            kt_pitch,
+            kt_len: if heads { head_kt } else { dq / 2 * kt_pitch },
+            vv_pitch,
+            vv_len: if heads { head_vv } else { TILE_REACH / 2 * vv_pitch },
+        }
+    }
+
+    /// The packed K^T and V for the walk's tile `t0..t1` (`t0` even):
+    /// the head copies (packed on first use of the head by this worker),
+    /// or this tile's keys packed, the rest of its reach zero.
+    pub(super) fn tile(&self, c: &Call<bf16>, s: &mut Bf16Scratch, id: (usize, usize), t0: usize, t1: usize) -> PackedKv {
+        let (k, v) = (bits(c.k), bits(c.v));
+        let origin = if self.heads {
+            if s.kt.of != Some(id) {
+                pack_kt(k, self.k_rows, s.kt.buf(self.kt_len), self.kt_pitch);
+                pack_vv(v, self.v_rows, s.vv.buf(self.vv_len), self.vv_pitch);
+                s.kt.of = Some(id);
+            }
+            0
+        } else {
+            let n = t1 - t0;
+            let kt = s.kt.buf(self.kt_len);
+            pack_kt(k, self.k_rows.slice(t0, n), kt, self.kt_pitch);
+            // Keys past the tile read as zeros (pair rows past head_dim
+            // are never written, so they stay zero).
+            for row in kt.chunks_mut(self.kt_pitch) {
+                row[n..TILE_REACH].fill(0);
+            }
+            let vv = s.vv.buf(self.vv_len);
+            pack_vv(v, self.v_rows.slice(t0, n), vv, self.vv_pitch);
+            vv[n.div_ceil(2) * self.vv_pitch..].fill(0);
+            s.kt.of = None;
+            t0
+        };
+        let (kt, vv) = (s.kt.buf(self.kt_len).as_ptr(), s.vv.buf(self.vv_len).as_ptr());
+        PackedKv { kt, kt_pitch: self.kt_pitch, vv, vv_pitch: self.vv_pitch, origin }
+    }
+}
