@@ -62,9 +62,9 @@ impl CpuIsa {
                 (!has(&f)).then_some("the CPU lacks AVX512-BF16 (vdpbf16ps) or AVX512-BW")
             }),
             #[cfg(target_arch = "x86_64")]
-            CpuIsa::Avx512 => CpuIsa::Avx2Fma.unavailable().or_else(|| {
-                (!is_x86_feature_detected!("avx512f")).then_some("the CPU lacks AVX-512F")
-            }),
+            CpuIsa::Avx512 => CpuIsa::Avx2Fma
+                .unavailable()
+                .or_else(|| (!is_x86_feature_detected!("avx512f")).then_some("the CPU lacks AVX-512F")),
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx2Fma => {
                 let f = [is_x86_feature_detected!("avx2"), is_x86_feature_detected!("fma")];
@@ -112,6 +112,9 @@ impl CpuIsa {
 pub(super) enum Emulated {
     Tiles,
     PairDot,
+    /// The tile emulator with the AVX-512 softmax (integer bf16 rounding):
+    /// needs AVX-512F/BW.
+    TilesAvx512,
 }
 
 /// An ISA this CPU was confirmed to support: the only thing `dispatch`
@@ -178,9 +181,21 @@ impl VerifiedIsa {
         if let Some(e) = self.emulated {
             use super::simd::Lanes;
             // SAFETY: the emulators and the portable code need no CPU feature.
+            let tiles = || bf16::Amx(bf16::tiles::TileEmu::default());
+            type Soft = bf16::PortableSoftmax;
             match e {
-                Emulated::Tiles => unsafe { bf16::run_task(&mut bf16::Amx(bf16::tiles::TileEmu::default()), c, sc, t) },
-                Emulated::PairDot => unsafe { bf16::run_task(&mut bf16::Dot::<Lanes<16>>::default(), c, sc, t) },
+                Emulated::Tiles => unsafe { bf16::run_task::<_, Soft>(&mut tiles(), c, sc, t) },
+                Emulated::PairDot => unsafe {
+                    bf16::run_task::<_, Soft>(&mut bf16::Dot::<Lanes<16>>::default(), c, sc, t)
+                },
+                #[cfg(target_arch = "x86_64")]
+                Emulated::TilesAvx512 => {
+                    assert!(CpuIsa::Avx512.available() && is_x86_feature_detected!("avx512bw"));
+                    // SAFETY: AVX-512F/BW, AVX2 and FMA checked just above.
+                    unsafe { x86::task_emulated_tiles_avx512(c, sc, t) }
+                }
+                #[cfg(not(target_arch = "x86_64"))]
+                Emulated::TilesAvx512 => unreachable!("an x86-64 test"),
             }
             return;
         }
@@ -226,7 +241,17 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
     pub(super) unsafe fn task_amx(c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
         // SAFETY: forwarded contract.
-        unsafe { bf16::run_task(&mut bf16::Amx(bf16::tiles::AmxTiles), c, sc, t) }
+        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<true>>(&mut bf16::Amx(bf16::tiles::AmxTiles), c, sc, t) }
+    }
+
+    /// # Safety
+    /// The CPU must support the features enabled here.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    pub(super) unsafe fn task_emulated_tiles_avx512(c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
+        let mut tiles = bf16::Amx(bf16::tiles::TileEmu::default());
+        // SAFETY: the features the softmax needs are enabled here.
+        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<false>>(&mut tiles, c, sc, t) }
     }
 
     /// # Safety
@@ -234,6 +259,6 @@ mod x86 {
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
     pub(super) unsafe fn task_dpbf16(c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
         // SAFETY: the features `Avx512Bf16` needs are enabled on this function.
-        unsafe { bf16::run_task(&mut bf16::Dot::<Avx512Bf16>::default(), c, sc, t) }
+        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<true>>(&mut bf16::Dot::<Avx512Bf16>::default(), c, sc, t) }
     }
 }

@@ -236,6 +236,7 @@ unsafe fn walk_tiles<K: Kernels, T: Elem>(
 /// Normalises each unit's rows by their sums and writes them out: rows no
 /// key is visible to as zeros, rows whose fast result is not finite or
 /// whose logits are huge through the exact path (see `exact.rs`).
+#[inline(always)]
 pub(super) fn finish_units<T: Elem>(c: &Call<T>, sc: &mut Scratch, task: &Task, units: &[Option<Unit>; SUB]) {
     let (d, dp) = (c.d, c.dp);
     for (ui, un) in units.iter().enumerate() {

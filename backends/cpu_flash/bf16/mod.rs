@@ -33,9 +33,14 @@ pub(crate) mod tiles;
 
 pub(crate) use amx::Amx;
 pub(crate) use dot::Dot;
-pub(super) use pack::Bf16Scratch;
 #[cfg(test)]
+pub(super) use pack::pack_kt_for_test;
+pub(super) use pack::Bf16Scratch;
 pub(super) use softmax::round_bf16;
+#[cfg(target_arch = "x86_64")]
+pub(crate) use softmax::Avx512Softmax;
+#[cfg(test)]
+pub(crate) use softmax::PortableSoftmax;
 pub(super) use task::run_task;
 
 /// Operands of `S = Q·K^T` for one unit and tile.

@@ -80,8 +80,22 @@ pub(super) fn load_q(c: &Call<bf16>, dst: &mut [u16], dq: usize, (b, h, i0, rows
 
 /// Packs keys `rows` (K rows) into K^T pairs: `dst[p · pitch + j]` holds
 /// `(K[j][2p], K[j][2p + 1])` for the j-th of the rows (an odd head_dim
-/// pairs its last element with 0).
+/// pairs its last element with 0). Blocks of 16 keys × 16 pairs go through
+/// an AVX-512 transpose where the CPU has it.
 fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+    let (keys, pairs) = (rows.count / 16 * 16, rows.d / 2 / 16 * 16);
+    let (mut keys_done, mut pairs_done) = (0, 0);
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && keys > 0 && pairs > 0 {
+        let last = rows.base + (keys - 1) * rows.stride + 2 * pairs;
+        let last_out = (pairs - 1) * pitch + keys;
+        assert!(last <= src.len() && last_out <= dst.len());
+        // SAFETY: AVX-512F detected; the blocks read rows < keys, elements
+        // < 2 · pairs of each, and write pair rows < pairs, columns < keys
+        // (bounds checked just above).
+        unsafe { x86::pack_kt_blocks(src, rows, dst, pitch, (keys, pairs)) };
+        (keys_done, pairs_done) = (keys, pairs);
+    }
     let HeadRows { base, stride, count, d } = rows;
     for j in 0..count {
         let off = base + j * stride;
@@ -89,8 +103,10 @@ fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
             let pf = off + PREFETCH_ROWS * stride;
             prefetch_row(&src[pf..pf + d]);
         }
+        // Keys the blocks did: only the pairs past them.
+        let p_from = if j < keys_done { pairs_done } else { 0 };
         let row = &src[off..off + d];
-        for (p, pair) in row.chunks(2).enumerate() {
+        for (p, pair) in row.chunks(2).enumerate().skip(p_from) {
             let hi = pair.get(1).copied().unwrap_or(0) as u32;
             dst[p * pitch + j] = pair[0] as u32 | hi << 16;
         }
@@ -101,6 +117,16 @@ fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
 /// c]` holds `(V[2jp][c], V[2jp + 1][c])` of the rows (an odd count pairs
 /// the last row with zeros).
 fn pack_vv(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+        // SAFETY: the features were just detected.
+        return unsafe { x86::pack_vv_avx512(src, rows, dst, pitch) };
+    }
+    pack_vv_rows(src, rows, dst, pitch);
+}
+
+#[inline(always)]
+fn pack_vv_rows(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
     let HeadRows { base, stride, count, d } = rows;
     for jp in 0..count.div_ceil(2) {
         let off = base + 2 * jp * stride;
@@ -121,6 +147,98 @@ fn pack_vv(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
             }
         }
     }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::*;
+    use std::arch::x86_64::*;
+
+    /// `pack_vv_rows` vectorised for AVX-512.
+    ///
+    /// # Safety
+    /// AVX-512F/BW.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn pack_vv_avx512(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+        pack_vv_rows(src, rows, dst, pitch);
+    }
+
+    /// Keys `0..keys` × pairs `0..pairs` (multiples of 16) of `pack_kt`, as
+    /// 16 × 16 transposes of u32 pairs.
+    ///
+    /// # Safety
+    /// AVX-512F; the blocks are inside `src` and `dst` (see `pack_kt`).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn pack_kt_blocks(
+        src: &[u16],
+        rows: HeadRows,
+        dst: &mut [u32],
+        pitch: usize,
+        (keys, pairs): (usize, usize),
+    ) {
+        let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
+        for j0 in (0..keys).step_by(16) {
+            for p0 in (0..pairs).step_by(16) {
+                // SAFETY: rows j0..j0+16 < keys and elements 2·p0..2·p0+32
+                // <= 2·pairs are inside src; pair rows p0..p0+16 < pairs and
+                // columns j0..j0+16 <= keys inside dst (caller).
+                unsafe {
+                    let mut r = [_mm512_setzero_si512(); 16];
+                    for (i, x) in r.iter_mut().enumerate() {
+                        *x = _mm512_loadu_si512(s.add(rows.base + (j0 + i) * rows.stride + 2 * p0).cast());
+                    }
+                    let cols = transpose16(r);
+                    for (c, v) in cols.iter().enumerate() {
+                        _mm512_storeu_si512(o.add((p0 + c) * pitch + j0).cast(), *v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// The transpose of a 16 × 16 matrix of u32 held as 16 rows (loops, not
+    /// closures: a closure would not inherit the target features).
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[target_feature(enable = "avx512f")]
+    #[inline]
+    unsafe fn transpose16(r: [__m512i; 16]) -> [__m512i; 16] {
+        let mut t = r;
+        for i in (0..16).step_by(2) {
+            t[i] = _mm512_unpacklo_epi32(r[i], r[i + 1]);
+            t[i + 1] = _mm512_unpackhi_epi32(r[i], r[i + 1]);
+        }
+        // u[4g + c]: 128-bit lane L holds rows 4g..4g+4 of column 4L + c.
+        let mut u = t;
+        for g in 0..4 {
+            for c in 0..4 {
+                let (a, b) = (t[4 * g + c / 2], t[4 * g + 2 + c / 2]);
+                u[4 * g + c] = if c % 2 == 0 { _mm512_unpacklo_epi64(a, b) } else { _mm512_unpackhi_epi64(a, b) };
+            }
+        }
+        // v[8h + c]: columns c and 8 + c of rows 8h..8h+8; v[8h + 4 + c]:
+        // columns 4 + c and 12 + c.
+        let mut v = u;
+        for h in 0..2 {
+            for c in 0..4 {
+                let (a, b) = (u[8 * h + c], u[8 * h + 4 + c]);
+                v[8 * h + c] = _mm512_shuffle_i32x4::<0x88>(a, b);
+                v[8 * h + 4 + c] = _mm512_shuffle_i32x4::<0xDD>(a, b);
+            }
+        }
+        let mut out = v;
+        for a in 0..8 {
+            out[a] = _mm512_shuffle_i32x4::<0x88>(v[a], v[8 + a]);
+            out[a + 8] = _mm512_shuffle_i32x4::<0xDD>(v[a], v[8 + a]);
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+pub(crate) fn pack_kt_for_test(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+    pack_kt(src, rows, dst, pitch);
 }
 
 /// Where a tile's K^T and V pairs are: column / pair row 0 is key
@@ -181,7 +299,14 @@ impl KvPlan {
     /// The packed K^T and V for the walk's tile `t0..t1` (`t0` even):
     /// the head copies (packed on first use of the head by this worker),
     /// or this tile's keys packed, the rest of its reach zero.
-    pub(super) fn tile(&self, c: &Call<bf16>, s: &mut Bf16Scratch, id: (usize, usize), t0: usize, t1: usize) -> PackedKv {
+    pub(super) fn tile(
+        &self,
+        c: &Call<bf16>,
+        s: &mut Bf16Scratch,
+        id: (usize, usize),
+        t0: usize,
+        t1: usize,
+    ) -> PackedKv {
         let (k, v) = (bits(c.k), bits(c.v));
         let origin = if self.heads {
             if s.kt.of != Some(id) {

@@ -9,17 +9,22 @@ use super::super::task::{finish_units, start_units};
 use super::super::unit::Unit;
 use super::super::{BK, BQ};
 use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv};
-use super::softmax::{softmax_tile, Scaling};
+use super::softmax::{RowSoftmax, Scaling};
 use super::{MatMul, PvArgs, QkArgs};
 use half::bf16;
 
-/// Runs task `t` of the call with the products of `mm`.
+/// Runs task `t` of the call with the products of `mm` and softmax `X`.
 ///
 /// # Safety
 /// `M`'s CPU features must be present (and, for AMX, the tile state
 /// granted); tasks running concurrently must have distinct `t`.
 #[inline(always)]
-pub(in super::super) unsafe fn run_task<M: MatMul>(mm: &mut M, c: &Call<bf16>, sc: &mut Scratch, t: usize) {
+pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax>(
+    mm: &mut M,
+    c: &Call<bf16>,
+    sc: &mut Scratch,
+    t: usize,
+) {
     let task = c.task(t);
     let mut bs = sc.bf16.take().unwrap_or_else(|| Box::new(Bf16Scratch::new(c.d)));
     let dq = bs.dq;
@@ -47,9 +52,9 @@ pub(in super::super) unsafe fn run_task<M: MatMul>(mm: &mut M, c: &Call<bf16>, s
                         let j0 = lo & !1;
                         let bufs = Bufs { q: &bs.q[ui], p: &mut bs.p, s: &mut sc.s, o: &mut sc.o[ui] };
                         if c.log2 {
-                            step::<M, true>(mm, un, bufs, (&kv, j0, j1 - j0), (&scaling, dq, c.dp));
+                            step::<M, X, true>(mm, un, bufs, (&kv, j0, j1 - j0), (&scaling, dq, c.dp));
                         } else {
-                            step::<M, false>(mm, un, bufs, (&kv, j0, j1 - j0), (&scaling, dq, c.dp));
+                            step::<M, X, false>(mm, un, bufs, (&kv, j0, j1 - j0), (&scaling, dq, c.dp));
                         }
                     }
                 }
@@ -75,7 +80,7 @@ struct Bufs<'a> {
 /// # Safety
 /// As for `run_task`, between `mm.begin()` and `mm.end()`.
 #[inline(always)]
-unsafe fn step<M: MatMul, const LOG2: bool>(
+unsafe fn step<M: MatMul, X: RowSoftmax, const LOG2: bool>(
     mm: &mut M,
     un: &mut Unit,
     b: Bufs<'_>,
@@ -100,7 +105,8 @@ unsafe fn step<M: MatMul, const LOG2: bool>(
     unsafe { mm.qk(&qk) };
     let live = un.live_keys(j0, n);
     let mut alpha = [1.0f32; BQ];
-    softmax_tile::<LOG2>(un, b.s, b.p, n, &live, scaling, &mut alpha);
+    // SAFETY: X's features are present (forwarded contract).
+    unsafe { X::tile::<LOG2>(un, b.s, b.p, n, &live, scaling, &mut alpha) };
     // Padding rows of the last query block multiply as zeros.
     b.p[rows * BK..rows16 * BK].fill(0);
     if !M::RESCALES_O {

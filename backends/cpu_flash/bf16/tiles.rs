@@ -161,9 +161,8 @@ impl Tiles for TileEmu {
     unsafe fn dp<const C: u8, const A: u8, const B: u8>(&mut self) {
         self.check();
         assert!(C != A && C != B && A != B, "tdpbf16ps needs three distinct tiles");
-        let widen = |t: u8| -> [[f32; 32]; 16] {
-            std::array::from_fn(|r| std::array::from_fn(|i| self.bf16_at(t, r, i)))
-        };
+        let widen =
+            |t: u8| -> [[f32; 32]; 16] { std::array::from_fn(|r| std::array::from_fn(|i| self.bf16_at(t, r, i))) };
         let (a, b) = (widen(A), widen(B));
         for (m, arow) in a.iter().enumerate() {
             for n in 0..16 {

@@ -49,16 +49,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
         let q = random_bits(&mut rng, BQ * q_pitch);
         let kt: Vec<u32> = (0..pairs * kt_pitch).map(|_| rng.next_u64() as u32 & 0x3F80_3F80 | 0x3000_3000).collect();
         let mut s = vec![f32::NAN; BQ * BK];
-        let a = QkArgs {
-            q: q.as_ptr(),
-            q_pitch,
-            kt: kt.as_ptr(),
-            kt_pitch,
-            pairs,
-            s: s.as_mut_ptr(),
-            rows,
-            keys,
-        };
+        let a = QkArgs { q: q.as_ptr(), q_pitch, kt: kt.as_ptr(), kt_pitch, pairs, s: s.as_mut_ptr(), rows, keys };
         // SAFETY: the buffers hold what `QkArgs` names; the caller of
         // `check_qk` made sure `mm`'s features are present.
         unsafe {
@@ -76,7 +67,10 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
                     })
                     .sum();
                 let got = s[r * BK + j];
-                assert!(close(got, want, 2.0 * pairs as f64), "{name} qk {pairs}/{rows}/{keys}: s[{r}][{j}] {got} vs {want}");
+                assert!(
+                    close(got, want, 2.0 * pairs as f64),
+                    "{name} qk {pairs}/{rows}/{keys}: s[{r}][{j}] {got} vs {want}"
+                );
             }
         }
         assert!(s[rows * BK..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
@@ -90,7 +84,8 @@ fn check_pv<M: MatMul>(mm: &mut M, name: &str) {
     for (dp, rows, keys) in [(128, 64, 64), (16, 16, 32), (80, 48, 64), (208, 32, 32)] {
         let vv_pitch = dp + 16;
         let p = random_bits(&mut rng, BQ * BK);
-        let vv: Vec<u32> = (0..keys / 2 * vv_pitch).map(|_| rng.next_u64() as u32 & 0xBF80_BF80 | 0x3000_3000).collect();
+        let vv: Vec<u32> =
+            (0..keys / 2 * vv_pitch).map(|_| rng.next_u64() as u32 & 0xBF80_BF80 | 0x3000_3000).collect();
         let o0: Vec<f32> = (0..BQ * dp).map(|_| rng.next_unit()).collect();
         let alpha: Vec<f32> = (0..BQ).map(|_| rng.next_unit()).collect();
         let mut o = o0.clone();
@@ -218,6 +213,12 @@ fn check_all(backend: &CpuFlash) {
 #[test]
 fn amx_path_matches_the_reference() {
     check_all(&CpuFlash::emulated(isa::Emulated::Tiles));
+    match avx512_softmax_emulated() {
+        Some(b) => check_all(&b),
+        None => {
+            let _ = writeln!(std::io::stderr(), "SKIP the AVX-512 softmax with emulated tiles: no AVX-512F/BW");
+        }
+    }
     if let Some(b) = forced(CpuIsa::Amx, "the AMX path") {
         check_all(&b);
     }
@@ -250,6 +251,7 @@ fn bf16_paths_are_as_accurate_as_the_f32_widening_path() {
     let f32_path = CpuFlash::with_isa(CpuIsa::Portable).unwrap();
     let (base_mean, base_max) = errors(&run(&f32_path, &p, (&q, &k, &v)), &expected);
     let mut paths = vec![CpuFlash::emulated(isa::Emulated::Tiles), CpuFlash::emulated(isa::Emulated::PairDot)];
+    paths.extend(avx512_softmax_emulated());
     paths.extend(forced(CpuIsa::Amx, "the AMX accuracy check"));
     paths.extend(forced(CpuIsa::Avx512Bf16, "the AVX512-BF16 accuracy check"));
     for b in paths {
@@ -272,6 +274,7 @@ fn bf16_paths_are_deterministic_across_thread_counts() {
     let k = Tensor::random(p.kv_shape(), p.dtype, 8).unwrap();
     let v = Tensor::random(p.kv_shape(), p.dtype, 9).unwrap();
     let mut paths = vec![CpuFlash::emulated(isa::Emulated::Tiles)];
+    paths.extend(avx512_softmax_emulated());
     paths.extend(forced(CpuIsa::Amx, "the AMX determinism check"));
     paths.extend(forced(CpuIsa::Avx512Bf16, "the AVX512-BF16 determinism check"));
     for b in paths {
@@ -313,4 +316,89 @@ fn each_dtype_names_its_kernels() {
     assert!(CpuIsa::Amx.kernels(DType::BF16).contains("tdpbf16ps"));
     assert!(CpuIsa::Avx512Bf16.kernels(DType::BF16).contains("vdpbf16ps"));
     assert_eq!(CpuIsa::Amx.kernels(DType::F32), CpuIsa::Avx512.kernels(DType::F32));
+}
+
+/// TEMPORARY: the bf16 pipeline with no-op products, compiled for AVX-512F.
+#[cfg(target_arch = "x86_64")]
+#[test]
+#[ignore = "timing experiment"]
+fn null_products_timing() {
+    use super::super::bf16::{MatMul, PvArgs, QkArgs};
+    struct Null;
+    impl MatMul for Null {
+        const RESCALES_O: bool = false;
+        const FMA: bool = true;
+        unsafe fn begin(&mut self) {}
+        unsafe fn end(&mut self) {}
+        unsafe fn qk(&mut self, a: &QkArgs) {
+            unsafe { std::ptr::write_volatile(a.s, 0.5) }
+        }
+        unsafe fn pv(&mut self, a: &PvArgs) {
+            unsafe { std::ptr::write_volatile(a.o, 0.5) }
+        }
+    }
+    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    unsafe fn task(c: &super::super::schedule::Call<half::bf16>, sc: &mut super::super::scratch::Scratch, t: usize) {
+        unsafe { super::super::bf16::run_task::<_, super::super::bf16::Avx512Softmax<false>>(&mut Null, c, sc, t) }
+    }
+    for (shape, mask) in [((1, 32, 32), Mask::None), ((1, 32, 8), Mask::Causal)] {
+        let p = problem(shape, (1024, 1024), 128, DType::BF16, mask);
+        let q = Tensor::random(p.q_shape(), p.dtype, 1).unwrap();
+        let k = Tensor::random(p.kv_shape(), p.dtype, 2).unwrap();
+        let v = Tensor::random(p.kv_shape(), p.dtype, 3).unwrap();
+        let mut out = Tensor::nan(p.out_shape(), p.dtype, &Device::Cpu).unwrap();
+        let (HostData::BF16(qd), HostData::BF16(kd), HostData::BF16(vd)) =
+            (q.host().unwrap(), k.host().unwrap(), v.host().unwrap())
+        else {
+            panic!()
+        };
+        let HostData::BF16(od) = out.host_mut().unwrap() else { panic!() };
+        let layouts = super::super::schedule::Layouts {
+            q: crate::tensor::Layout::contiguous(p.q_shape()),
+            k: crate::tensor::Layout::contiguous(p.kv_shape()),
+            v: crate::tensor::Layout::contiguous(p.kv_shape()),
+            out: crate::tensor::Layout::contiguous(p.out_shape()),
+        };
+        let call = super::super::schedule::Call::new(&p, (qd, kd, vd, od), layouts);
+        let mut sc = super::super::scratch::Scratch::new(call.d, call.dp);
+        let tasks = call.tasks(p.batch);
+        let cpu = || {
+            let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+            unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+            ts.tv_sec as f64 * 1e3 + ts.tv_nsec as f64 * 1e-6
+        };
+        for rep in 0..5 {
+            let t0 = std::time::Instant::now();
+            let c0 = cpu();
+            for t in 0..tasks {
+                unsafe { task(&call, &mut sc, t) }
+            }
+            eprintln!(
+                "{shape:?} {mask}: one thread, all tasks: {:.1} ms wall, {:.1} ms cpu (rep {rep})",
+                t0.elapsed().as_secs_f64() * 1e3,
+                cpu() - c0
+            );
+        }
+    }
+}
+
+#[test]
+fn packing_k_transposed_matches_the_definition() {
+    use super::super::bf16::pack_kt_for_test;
+    use super::super::scratch::HeadRows;
+    let mut rng = SplitMix64(25);
+    for (count, d, stride) in [(64, 128, 300), (37, 64, 70), (16, 33, 33), (90, 7, 9), (48, 200, 1000)] {
+        let src = random_bits(&mut rng, 5 + count * stride + d);
+        let rows = HeadRows { base: 5, stride, count, d };
+        let pitch = count + 16;
+        let mut dst = vec![0xDEAD_BEEFu32; d.div_ceil(2) * pitch];
+        pack_kt_for_test(&src, rows, &mut dst, pitch);
+        for j in 0..count {
+            for p in 0..d.div_ceil(2) {
+                let lo = src[5 + j * stride + 2 * p] as u32;
+                let hi = if 2 * p + 1 < d { src[5 + j * stride + 2 * p + 1] as u32 } else { 0 };
+                assert_eq!(dst[p * pitch + j], lo | hi << 16, "count {count} d {d}: key {j} pair {p}");
+            }
+        }
+    }
 }

@@ -19,7 +19,17 @@ mod strided;
 fn instances() -> Vec<CpuFlash> {
     let mut all: Vec<CpuFlash> = CpuIsa::ALL.into_iter().filter_map(|isa| CpuFlash::with_isa(isa).ok()).collect();
     all.extend([CpuFlash::emulated(isa::Emulated::Tiles), CpuFlash::emulated(isa::Emulated::PairDot)]);
+    all.extend(avx512_softmax_emulated());
     all
+}
+
+/// The tile emulator with the AVX-512 softmax, where the CPU has AVX-512F/BW.
+fn avx512_softmax_emulated() -> Option<CpuFlash> {
+    #[cfg(target_arch = "x86_64")]
+    if CpuIsa::Avx512.available() && is_x86_feature_detected!("avx512bw") {
+        return Some(CpuFlash::emulated(isa::Emulated::TilesAvx512));
+    }
+    None
 }
 
 /// Runs `backend` on `p` into a NaN-poisoned output.
