@@ -6,7 +6,7 @@
 
 use super::super::BK;
 use super::tiles::Tiles;
-use super::{MatMul, PvArgs, QkArgs};
+use super::{kt_offset, MatMul, PvArgs, QkArgs, KB};
 
 /// The AMX kernels over tile registers `T` (the real ones or the emulator).
 pub(crate) struct Amx<T: Tiles>(pub T);
@@ -77,7 +77,7 @@ impl<T: Tiles> MatMul for Amx<T> {
 /// As for `MatMul::qk`; `r0 + 16·MT <= a.rows`.
 #[inline(always)]
 unsafe fn qk_block<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize) {
-    let (qs, ks, ss) = (a.q_pitch * 2, a.kt_pitch * 4, BK * 4);
+    let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, BK * 4);
     let mut j0 = 0;
     while j0 < a.keys {
         // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
@@ -97,7 +97,7 @@ unsafe fn qk_block<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize) 
                 if MT == 2 {
                     t.load::<5>(qa.add(16 * qs), qs);
                 }
-                let kb = a.kt.add(p0 * a.kt_pitch + j0).cast::<u8>();
+                let kb = a.kt.add(kt_offset(p0, j0, a.pairs)).cast::<u8>();
                 t.load::<6>(kb, ks);
                 t.load::<7>(kb.add(64), ks);
                 t.dp::<0, 4, 6>();

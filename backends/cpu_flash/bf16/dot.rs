@@ -10,7 +10,7 @@
 
 use super::super::simd::PairDot;
 use super::super::BK;
-use super::{MatMul, PvArgs, QkArgs};
+use super::{kt_offset, MatMul, PvArgs, QkArgs};
 use std::marker::PhantomData;
 
 /// The pair-dot kernels over vector type `S` (16 lanes).
@@ -91,7 +91,7 @@ unsafe fn qk_block<S: PairDot, const MR: usize>(a: &QkArgs, r0: usize, j0: usize
     unsafe {
         let mut acc = [[S::zero(); 2]; MR];
         for p in 0..a.pairs {
-            let kp = a.kt.add(p * a.kt_pitch + j0).cast::<f32>();
+            let kp = a.kt.add(kt_offset(p, j0, a.pairs)).cast::<f32>();
             let (k0, k1) = (S::load(kp), S::load(kp.add(16)));
             for (r, accr) in acc.iter_mut().enumerate() {
                 let q = S::splat_bits(pair_at(a.q.add((r0 + r) * a.q_pitch + 2 * p)));

@@ -7,12 +7,14 @@
 //! `BK`, queries in units of `BQ` as in the f32 path):
 //!
 //! * Q: a unit's rows copied as bf16, `[BQ][dq]`, zero-padded.
-//! * K^T in pairs: row `p` holds `(K[j][2p], K[j][2p+1])` as one u32 for
-//!   every key `j`, so 16 keys of one pair row are one 64-byte line (the
-//!   AMX B operand, and one zmm for `vdpbf16ps`).
+//! * K^T in pairs: `(K[j][2p], K[j][2p+1])` as one u32 per (pair p, key
+//!   j), blocked: a block is 32 keys × 16 pairs, 2 KiB contiguous, one
+//!   128-byte row of 32 keys per pair (`kt_offset`), so an AMX B operand
+//!   (16 pairs × 16 keys) is 16 rows 128 bytes apart inside one block and
+//!   `vdpbf16ps` reads 32 keys of a pair from one row. Tiles start at
+//!   multiples of 32 keys (leading keys before a row's range are masked).
 //! * V in pairs: row `jp` holds `(V[2jp][c], V[2jp+1][c])` for every dim
-//!   `c` (VNNI). Pairs start at even keys, so every tile starts at an even
-//!   key (an odd first key is taken in masked).
+//!   `c` (VNNI), from key 0 (tiles start at even keys).
 //! * S = Q·K^T, query-major `[BQ][BK]` f32 (raw dot products); the online
 //!   softmax scales, masks and exponentiates each row, and writes P as bf16
 //!   `[BQ][BK]`, zero past the tile's keys (products run over whole blocks
@@ -43,15 +45,26 @@ pub(crate) use softmax::Avx512Softmax;
 pub(crate) use softmax::PortableSoftmax;
 pub(super) use task::run_task;
 
+/// Keys per K^T block.
+pub(super) const KB: usize = 32;
+
+/// Where pair `p` of key `j` sits in a K^T pack whose first key is a block
+/// start: blocks of `KB` keys × 16 pairs (`pairs / 16` of them per key
+/// block, consecutive), each `16 · KB` u32 with one row of `KB` keys per
+/// pair.
+#[inline(always)]
+pub(crate) fn kt_offset(p: usize, j: usize, pairs: usize) -> usize {
+    ((j / KB) * (pairs / 16) + p / 16) * (16 * KB) + (p % 16) * KB + j % KB
+}
+
 /// Operands of `S = Q·K^T` for one unit and tile.
 pub(super) struct QkArgs {
     /// Q rows as bf16 bits, `q_pitch` elements apart, `2 · pairs` each.
     pub q: *const u16,
     pub q_pitch: usize,
-    /// K^T pairs at the tile's first key: pair row `p` starts at
-    /// `kt + p · kt_pitch`, one u32 per key.
+    /// K^T pairs from the tile's first key (a block start), laid out as
+    /// `kt_offset(p, j, pairs)` says.
     pub kt: *const u32,
-    pub kt_pitch: usize,
     /// Dimension pairs (a multiple of 16).
     pub pairs: usize,
     /// Scores out, `[rows][BK]` f32.

@@ -5,13 +5,14 @@
 use super::super::schedule::{Call, Rows, Task};
 use super::super::scratch::{prefetch_row, AlignedBuf, HeadRows, PREFETCH_ROWS};
 use super::super::{BK, BQ, SUB, VHEAD_MAX};
+use super::{kt_offset, KB};
 use half::bf16;
 
 /// Head-dim padding of Q and K^T: one AMX A operand row (32 bf16).
 pub(super) const DQ_ALIGN: usize = 32;
-/// Keys a unit's tile may reach past the tile start: a tile starts at
-/// most 63 keys after the walk's tile start and spans at most 64 keys
-/// rounded up to 32, so K^T/V columns up to 96 keys in are read.
+/// Keys a unit's tile may reach past the walk's tile start: a unit's tile
+/// starts at most 32 keys in (a block start) and spans at most 64 keys, so
+/// K^T/V up to 96 keys in are read.
 const TILE_REACH: usize = BK + 32;
 /// Extra u32 per packed row, so pitches are not a power of two (rows of a
 /// tile would share a few L1 sets otherwise).
@@ -78,22 +79,22 @@ pub(super) fn load_q(c: &Call<bf16>, dst: &mut [u16], dq: usize, (b, h, i0, rows
     dst[rows * dq..rows.next_multiple_of(16) * dq].fill(0);
 }
 
-/// Packs keys `rows` (K rows) into K^T pairs: `dst[p · pitch + j]` holds
-/// `(K[j][2p], K[j][2p + 1])` for the j-th of the rows (an odd head_dim
-/// pairs its last element with 0). Blocks of 16 keys × 16 pairs go through
-/// an AVX-512 transpose where the CPU has it.
-fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+/// Packs keys `rows` (K rows) into K^T pairs: `dst[kt_offset(p, j,
+/// layout_pairs)]` holds `(K[j][2p], K[j][2p + 1])` for the j-th of the
+/// rows (an odd head_dim pairs its last element with 0). Blocks of 16 keys
+/// × 16 pairs go through an AVX-512 transpose where the CPU has it.
+fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], layout_pairs: usize) {
     let (keys, pairs) = (rows.count / 16 * 16, rows.d / 2 / 16 * 16);
     let (mut keys_done, mut pairs_done) = (0, 0);
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && keys > 0 && pairs > 0 {
         let last = rows.base + (keys - 1) * rows.stride + 2 * pairs;
-        let last_out = (pairs - 1) * pitch + keys;
-        assert!(last <= src.len() && last_out <= dst.len());
+        let last_out = kt_offset(pairs - 1, keys - 1, layout_pairs) + 1;
+        assert!(last <= src.len() && last_out <= dst.len() && pairs <= layout_pairs);
         // SAFETY: AVX-512F detected; the blocks read rows < keys, elements
-        // < 2 · pairs of each, and write pair rows < pairs, columns < keys
-        // (bounds checked just above).
-        unsafe { x86::pack_kt_blocks(src, rows, dst, pitch, (keys, pairs)) };
+        // < 2 · pairs of each, and write pairs < pairs of keys < keys, whose
+        // largest offset is in bounds (checked just above).
+        unsafe { x86::pack_kt_blocks(src, rows, dst, layout_pairs, (keys, pairs)) };
         (keys_done, pairs_done) = (keys, pairs);
     }
     let HeadRows { base, stride, count, d } = rows;
@@ -108,7 +109,7 @@ fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
         let row = &src[off..off + d];
         for (p, pair) in row.chunks(2).enumerate().skip(p_from) {
             let hi = pair.get(1).copied().unwrap_or(0) as u32;
-            dst[p * pitch + j] = pair[0] as u32 | hi << 16;
+            dst[kt_offset(p, j, layout_pairs)] = pair[0] as u32 | hi << 16;
         }
     }
 }
@@ -173,15 +174,15 @@ mod x86 {
         src: &[u16],
         rows: HeadRows,
         dst: &mut [u32],
-        pitch: usize,
+        layout_pairs: usize,
         (keys, pairs): (usize, usize),
     ) {
         let (s, o) = (src.as_ptr(), dst.as_mut_ptr());
         for j0 in (0..keys).step_by(16) {
             for p0 in (0..pairs).step_by(16) {
                 // SAFETY: rows j0..j0+16 < keys and elements 2·p0..2·p0+32
-                // <= 2·pairs are inside src; pair rows p0..p0+16 < pairs and
-                // columns j0..j0+16 <= keys inside dst (caller).
+                // <= 2·pairs are inside src; pairs p0..p0+16 of keys
+                // j0..j0+16 (16 contiguous u32 each) inside dst (caller).
                 unsafe {
                     let mut r = [_mm512_setzero_si512(); 16];
                     for (i, x) in r.iter_mut().enumerate() {
@@ -189,7 +190,7 @@ mod x86 {
                     }
                     let cols = transpose16(r);
                     for (c, v) in cols.iter().enumerate() {
-                        _mm512_storeu_si512(o.add((p0 + c) * pitch + j0).cast(), *v);
+                        _mm512_storeu_si512(o.add(kt_offset(p0 + c, j0, layout_pairs)).cast(), *v);
                     }
                 }
             }
@@ -237,24 +238,26 @@ mod x86 {
 }
 
 #[cfg(test)]
-pub(crate) fn pack_kt_for_test(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
-    pack_kt(src, rows, dst, pitch);
+pub(crate) fn pack_kt_for_test(src: &[u16], rows: HeadRows, dst: &mut [u32], layout_pairs: usize) {
+    pack_kt(src, rows, dst, layout_pairs);
 }
 
 /// Where a tile's K^T and V pairs are: column / pair row 0 is key
 /// `origin`.
 pub(super) struct PackedKv {
     kt: *const u32,
-    pub kt_pitch: usize,
+    /// u32 per block of `KB` keys (all pairs).
+    kt_block: usize,
     vv: *const u32,
     pub vv_pitch: usize,
     origin: usize,
 }
 
 impl PackedKv {
-    /// K^T pairs from key `j` on.
+    /// K^T pairs from key `j` (a block start) on.
     pub(super) fn kt_at(&self, j: usize) -> *const u32 {
-        self.kt.wrapping_add(j - self.origin)
+        debug_assert!((j - self.origin).is_multiple_of(KB));
+        self.kt.wrapping_add((j - self.origin) / KB * self.kt_block)
     }
 
     /// V pairs from key `j` (even) on.
@@ -270,7 +273,8 @@ pub(super) struct KvPlan {
     k_rows: HeadRows,
     v_rows: HeadRows,
     heads: bool,
-    kt_pitch: usize,
+    /// Pairs per key of the K^T layout (`dq / 2`).
+    kt_pairs: usize,
     kt_len: usize,
     vv_pitch: usize,
     vv_len: usize,
@@ -279,18 +283,17 @@ pub(super) struct KvPlan {
 impl KvPlan {
     pub(super) fn new(c: &Call<bf16>, task: &Task, dq: usize) -> KvPlan {
         let rows = |r: Rows| HeadRows { base: r.at(task.b, 0, task.kvh), stride: r.seq, count: c.skv, d: c.d };
-        let head_pitch = (c.skv + TILE_REACH).next_multiple_of(16) + PITCH_PAD;
-        let head_kt = dq / 2 * head_pitch;
+        let kt_pairs = dq / 2;
+        let head_kt = (c.skv + TILE_REACH).div_ceil(KB) * kt_pairs * KB;
         let vv_pitch = c.dp + PITCH_PAD;
         let head_vv = (c.skv + TILE_REACH).div_ceil(2) * vv_pitch;
         let heads = head_kt <= VHEAD_MAX && head_vv <= VHEAD_MAX;
-        let kt_pitch = if heads { head_pitch } else { TILE_REACH + PITCH_PAD };
         KvPlan {
             k_rows: rows(c.k_rows),
             v_rows: rows(c.v_rows),
             heads,
-            kt_pitch,
-            kt_len: if heads { head_kt } else { dq / 2 * kt_pitch },
+            kt_pairs,
+            kt_len: if heads { head_kt } else { TILE_REACH / KB * kt_pairs * KB },
             vv_pitch,
             vv_len: if heads { head_vv } else { TILE_REACH / 2 * vv_pitch },
         }
@@ -310,7 +313,7 @@ impl KvPlan {
         let (k, v) = (bits(c.k), bits(c.v));
         let origin = if self.heads {
             if s.kt.of != Some(id) {
-                pack_kt(k, self.k_rows, s.kt.buf(self.kt_len), self.kt_pitch);
+                pack_kt(k, self.k_rows, s.kt.buf(self.kt_len), self.kt_pairs);
                 pack_vv(v, self.v_rows, s.vv.buf(self.vv_len), self.vv_pitch);
                 s.kt.of = Some(id);
             }
@@ -318,12 +321,9 @@ impl KvPlan {
         } else {
             let n = t1 - t0;
             let kt = s.kt.buf(self.kt_len);
-            pack_kt(k, self.k_rows.slice(t0, n), kt, self.kt_pitch);
-            // Keys past the tile read as zeros (pair rows past head_dim
-            // are never written, so they stay zero).
-            for row in kt.chunks_mut(self.kt_pitch) {
-                row[n..TILE_REACH].fill(0);
-            }
+            // Keys past the tile read as zeros.
+            kt.fill(0);
+            pack_kt(k, self.k_rows.slice(t0, n), kt, self.kt_pairs);
             let vv = s.vv.buf(self.vv_len);
             pack_vv(v, self.v_rows.slice(t0, n), vv, self.vv_pitch);
             vv[n.div_ceil(2) * self.vv_pitch..].fill(0);
@@ -331,6 +331,6 @@ impl KvPlan {
             t0
         };
         let (kt, vv) = (s.kt.buf(self.kt_len).as_ptr(), s.vv.buf(self.vv_len).as_ptr());
-        PackedKv { kt, kt_pitch: self.kt_pitch, vv, vv_pitch: self.vv_pitch, origin }
+        PackedKv { kt, kt_block: self.kt_pairs * KB, vv, vv_pitch: self.vv_pitch, origin }
     }
 }

@@ -10,7 +10,7 @@ use super::super::unit::Unit;
 use super::super::{BK, BQ};
 use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv};
 use super::softmax::{RowSoftmax, Scaling};
-use super::{MatMul, PvArgs, QkArgs};
+use super::{MatMul, PvArgs, QkArgs, KB};
 use half::bf16;
 
 /// Runs task `t` of the call with the products of `mm` and softmax `X`.
@@ -40,7 +40,7 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax>(
         // SAFETY: forwarded contract; `end` follows `begin` on this thread.
         unsafe {
             mm.begin();
-            let mut t0 = g_lo & !1;
+            let mut t0 = g_lo / KB * KB;
             while t0 < g_hi {
                 let t1 = (t0 + BK).min(g_hi);
                 let kv = plan.tile(c, &mut bs, (task.b, task.kvh), t0, t1);
@@ -49,7 +49,7 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax>(
                     let lo = t0.max(un.kv_lo);
                     let j1 = t1.min(un.kv_hi);
                     if lo < j1 {
-                        let j0 = lo & !1;
+                        let j0 = lo / KB * KB;
                         let bufs = Bufs { q: &bs.q[ui], p: &mut bs.p, s: &mut sc.s, o: &mut sc.o[ui] };
                         if c.log2 {
                             step::<M, X, true>(mm, un, bufs, (&kv, j0, j1 - j0), (&scaling, dq, c.dp));
@@ -75,7 +75,7 @@ struct Bufs<'a> {
     o: &'a mut [f32],
 }
 
-/// One unit over keys `j0..j0 + n` (`j0` even, `n <= BK`).
+/// One unit over keys `j0..j0 + n` (`j0` a multiple of `KB`, `n <= BK`).
 ///
 /// # Safety
 /// As for `run_task`, between `mm.begin()` and `mm.end()`.
@@ -94,7 +94,6 @@ unsafe fn step<M: MatMul, X: RowSoftmax, const LOG2: bool>(
         q: b.q.as_ptr(),
         q_pitch: dq,
         kt: kv.kt_at(j0),
-        kt_pitch: kv.kt_pitch,
         pairs: dq / 2,
         s: b.s.as_mut_ptr(),
         rows: rows16,

@@ -7,7 +7,7 @@
 //! `ROCMFORGE_REQUIRE_AMX=1` turns every such skip into a failure (the GPU
 //! machine's bundle sets it: its Xeon has AMX and AVX512-BF16).
 
-use super::super::bf16::{Dot, MatMul, PvArgs, QkArgs};
+use super::super::bf16::{kt_offset, Dot, MatMul, PvArgs, QkArgs};
 use super::super::simd::{Lanes, PairDot};
 use super::*;
 use crate::env_flag::env_flag;
@@ -45,11 +45,11 @@ fn close(got: f32, want: f64, scale: f64) -> bool {
 fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
     let mut rng = SplitMix64(21);
     for (pairs, rows, keys) in [(64, 64, 64), (16, 16, 32), (48, 48, 64), (32, 32, 32)] {
-        let (q_pitch, kt_pitch) = (2 * pairs + 32, keys + 48);
+        let q_pitch = 2 * pairs + 32;
         let q = random_bits(&mut rng, BQ * q_pitch);
-        let kt: Vec<u32> = (0..pairs * kt_pitch).map(|_| rng.next_u64() as u32 & 0x3F80_3F80 | 0x3000_3000).collect();
+        let kt: Vec<u32> = (0..pairs * keys).map(|_| rng.next_u64() as u32 & 0x3F80_3F80 | 0x3000_3000).collect();
         let mut s = vec![f32::NAN; BQ * BK];
-        let a = QkArgs { q: q.as_ptr(), q_pitch, kt: kt.as_ptr(), kt_pitch, pairs, s: s.as_mut_ptr(), rows, keys };
+        let a = QkArgs { q: q.as_ptr(), q_pitch, kt: kt.as_ptr(), pairs, s: s.as_mut_ptr(), rows, keys };
         // SAFETY: the buffers hold what `QkArgs` names; the caller of
         // `check_qk` made sure `mm`'s features are present.
         unsafe {
@@ -61,7 +61,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
             for j in 0..keys {
                 let want: f64 = (0..pairs)
                     .map(|p| {
-                        let k = kt[p * kt_pitch + j];
+                        let k = kt[kt_offset(p, j, pairs)];
                         let (q0, q1) = (q[r * q_pitch + 2 * p], q[r * q_pitch + 2 * p + 1]);
                         wide(q0) * wide(k as u16) + wide(q1) * wide((k >> 16) as u16)
                     })
@@ -390,14 +390,14 @@ fn packing_k_transposed_matches_the_definition() {
     for (count, d, stride) in [(64, 128, 300), (37, 64, 70), (16, 33, 33), (90, 7, 9), (48, 200, 1000)] {
         let src = random_bits(&mut rng, 5 + count * stride + d);
         let rows = HeadRows { base: 5, stride, count, d };
-        let pitch = count + 16;
-        let mut dst = vec![0xDEAD_BEEFu32; d.div_ceil(2) * pitch];
-        pack_kt_for_test(&src, rows, &mut dst, pitch);
+        let pairs = d.next_multiple_of(32) / 2;
+        let mut dst = vec![0xDEAD_BEEFu32; count.next_multiple_of(32) * pairs];
+        pack_kt_for_test(&src, rows, &mut dst, pairs);
         for j in 0..count {
             for p in 0..d.div_ceil(2) {
                 let lo = src[5 + j * stride + 2 * p] as u32;
                 let hi = if 2 * p + 1 < d { src[5 + j * stride + 2 * p + 1] as u32 } else { 0 };
-                assert_eq!(dst[p * pitch + j], lo | hi << 16, "count {count} d {d}: key {j} pair {p}");
+                assert_eq!(dst[kt_offset(p, j, pairs)], lo | hi << 16, "count {count} d {d}: key {j} pair {p}");
             }
         }
     }
