@@ -27,59 +27,61 @@ impl<T: Tiles> MatMul for Amx<T> {
         unsafe { self.0.release() }
     }
 
+    /// 32 rows (16 for an odd leftover) × 32 keys per block.
+    fn qk_blocks(a: &QkArgs) -> usize {
+        a.rows.div_ceil(32) * (a.keys / 32)
+    }
+
     /// `S[r][j] = Σ_x Q[r][x] K[j][x]`: A = Q rows, B = K^T pairs.
     #[inline(always)]
-    unsafe fn qk(&mut self, a: &QkArgs) {
-        let mut r0 = 0;
+    unsafe fn qk_block(&mut self, a: &QkArgs, b: usize) {
+        let (r0, j0) = (b / (a.keys / 32) * 32, b % (a.keys / 32) * 32);
         // SAFETY (both calls): rows and keys are multiples of 16 and 32
-        // (`QkArgs`), so every block is inside the operands.
+        // (`QkArgs`) and b is below the count, so the block is inside the
+        // operands.
         unsafe {
-            while r0 + 32 <= a.rows {
-                qk_block::<T, 2>(&mut self.0, a, r0);
-                r0 += 32;
-            }
-            if r0 < a.rows {
-                qk_block::<T, 1>(&mut self.0, a, r0);
+            if r0 + 32 <= a.rows {
+                qk_tiles::<T, 2>(&mut self.0, a, r0, j0);
+            } else {
+                qk_tiles::<T, 1>(&mut self.0, a, r0, j0);
             }
         }
+    }
+
+    /// 32 rows (16 for an odd leftover) × 32 dims per block.
+    fn pv_blocks(a: &PvArgs) -> usize {
+        a.rows.div_ceil(32) * a.dp.div_ceil(32)
     }
 
     /// `O[r][c] += Σ_j P[r][j] V[j][c]`: A = P rows, B = V pairs, the
     /// accumulators loaded from and stored back to O.
     #[inline(always)]
-    unsafe fn pv(&mut self, a: &PvArgs) {
-        let (mut r0, t) = (0, &mut self.0);
+    unsafe fn pv_block(&mut self, a: &PvArgs, b: usize) {
+        let cb = a.dp.div_ceil(32);
+        let (r0, c0, t) = (b / cb * 32, b % cb * 32, &mut self.0);
         // SAFETY (all calls): rows and dp are multiples of 16, keys of 32
-        // (`PvArgs`), so every block is inside the operands.
+        // (`PvArgs`) and b is below the count, so the block is inside the
+        // operands.
         unsafe {
-            while r0 < a.rows {
-                let two_rows = r0 + 32 <= a.rows;
-                let mut c0 = 0;
-                while c0 < a.dp {
-                    match (two_rows, c0 + 32 <= a.dp) {
-                        (true, true) => pv_block::<T, 2, 2>(t, a, r0, c0),
-                        (true, false) => pv_block::<T, 2, 1>(t, a, r0, c0),
-                        (false, true) => pv_block::<T, 1, 2>(t, a, r0, c0),
-                        (false, false) => pv_block::<T, 1, 1>(t, a, r0, c0),
-                    }
-                    c0 += if c0 + 32 <= a.dp { 32 } else { 16 };
-                }
-                r0 += if two_rows { 32 } else { 16 };
+            match (r0 + 32 <= a.rows, c0 + 32 <= a.dp) {
+                (true, true) => pv_tiles::<T, 2, 2>(t, a, r0, c0),
+                (true, false) => pv_tiles::<T, 2, 1>(t, a, r0, c0),
+                (false, true) => pv_tiles::<T, 1, 2>(t, a, r0, c0),
+                (false, false) => pv_tiles::<T, 1, 1>(t, a, r0, c0),
             }
         }
     }
 }
 
-/// Rows `r0..r0 + 16·MT` of S, every 32-key block: accumulators 0/1 (rows
-/// r0..+16, keys j..+16 and j+16..+32) and 2/3 (the next 16 rows).
+/// S rows `r0..r0 + 16·MT`, keys `j0..j0 + 32`: accumulators 0/1 (rows
+/// r0..+16, keys j0..+16 and j0+16..+32) and 2/3 (the next 16 rows).
 ///
 /// # Safety
-/// As for `MatMul::qk`; `r0 + 16·MT <= a.rows`.
+/// As for `MatMul::qk_block`; `r0 + 16·MT <= a.rows`, `j0 + 32 <= a.keys`.
 #[inline(always)]
-unsafe fn qk_block<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize) {
+unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, j0: usize) {
     let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, BK * 4);
-    let mut j0 = 0;
-    while j0 < a.keys {
+    {
         // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
         // pairs, keys j0..j0+32 <= keys and S rows/keys likewise are inside
         // the operands `QkArgs` describes (byte strides above).
@@ -116,16 +118,15 @@ unsafe fn qk_block<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize) 
                 t.store::<3>(sp.add(16 * ss + 64), ss);
             }
         }
-        j0 += 32;
     }
 }
 
 /// O rows `r0..r0 + 16·MT`, dims `c0..c0 + 16·NT`, over all the keys.
 ///
 /// # Safety
-/// As for `MatMul::pv`; the block is inside rows × dp.
+/// As for `MatMul::pv_block`; the block is inside rows × dp.
 #[inline(always)]
-unsafe fn pv_block<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
+unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
     let (os, ps, vs) = (a.dp * 4, BK * 2, a.vv_pitch * 4);
     // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
     // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and

@@ -30,8 +30,14 @@ impl<S: PairDot> MatMul for Dot<S> {
 
     unsafe fn end(&mut self) {}
 
+    /// The whole product is one block (vector units only: nothing to
+    /// interleave).
+    fn qk_blocks(_: &QkArgs) -> usize {
+        1
+    }
+
     #[inline(always)]
-    unsafe fn qk(&mut self, a: &QkArgs) {
+    unsafe fn qk_block(&mut self, a: &QkArgs, _: usize) {
         assert_eq!(S::LANES, 16, "the pair-dot kernels are written for 16 lanes");
         let mut j0 = 0;
         while j0 < a.keys {
@@ -46,8 +52,12 @@ impl<S: PairDot> MatMul for Dot<S> {
         }
     }
 
+    fn pv_blocks(_: &PvArgs) -> usize {
+        1
+    }
+
     #[inline(always)]
-    unsafe fn pv(&mut self, a: &PvArgs) {
+    unsafe fn pv_block(&mut self, a: &PvArgs, _: usize) {
         assert_eq!(S::LANES, 16, "the pair-dot kernels are written for 16 lanes");
         let wide = a.dp / 64 * 64;
         let mut r0 = 0;

@@ -94,12 +94,14 @@ pub(super) struct PvArgs {
     pub rows: usize,
 }
 
-/// The two products of one ISA.
+/// The two products of one ISA, each cut into independent blocks so that
+/// the task can interleave them with the softmax (`pipeline.rs`).
 ///
 /// # Safety
 /// Every method may only run where the ISA's features are present (inside
 /// its `#[target_feature]` task), between `begin` and `end` on one thread;
-/// the arguments' pointers cover what their docs name.
+/// the arguments' pointers cover what their docs name; `b` is below the
+/// block count.
 pub(super) trait MatMul {
     /// `pv` applies `alpha` itself; else the caller rescales O first.
     const RESCALES_O: bool;
@@ -107,6 +109,26 @@ pub(super) trait MatMul {
     const FMA: bool;
     unsafe fn begin(&mut self);
     unsafe fn end(&mut self);
-    unsafe fn qk(&mut self, a: &QkArgs);
-    unsafe fn pv(&mut self, a: &PvArgs);
+    fn qk_blocks(a: &QkArgs) -> usize;
+    unsafe fn qk_block(&mut self, a: &QkArgs, b: usize);
+    fn pv_blocks(a: &PvArgs) -> usize;
+    unsafe fn pv_block(&mut self, a: &PvArgs, b: usize);
+
+    /// The whole `S = Q·K^T`.
+    #[cfg(test)]
+    unsafe fn qk(&mut self, a: &QkArgs) {
+        for b in 0..Self::qk_blocks(a) {
+            // SAFETY: forwarded contract; b is below the count.
+            unsafe { self.qk_block(a, b) };
+        }
+    }
+
+    /// The whole `O = alpha·O + P·V`.
+    #[cfg(test)]
+    unsafe fn pv(&mut self, a: &PvArgs) {
+        for b in 0..Self::pv_blocks(a) {
+            // SAFETY: forwarded contract; b is below the count.
+            unsafe { self.pv_block(a, b) };
+        }
+    }
 }

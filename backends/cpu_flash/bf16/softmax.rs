@@ -19,6 +19,9 @@ use super::super::{BK, BQ};
 #[cfg(test)]
 const W: usize = 16;
 
+/// Rows of exponentiation between calls of a tile's hook.
+pub(super) const HOOK_ROWS: usize = 4;
+
 /// The softmax's constants for one call.
 pub(crate) struct Scaling {
     /// Multiplies the raw dot products (the softmax scale, times log2(e)
@@ -39,7 +42,8 @@ pub(crate) trait RowSoftmax {
     /// first `n` keys of the tile valid; overwritten) into P in `p`
     /// (`[BQ][BK]` bf16 bits, zero outside each row's live keys), updates
     /// the unit's running max and sum, and writes each row's rescale
-    /// factor for O into `alpha`.
+    /// factor for O into `alpha`. Calls `hook` after every `HOOK_ROWS`
+    /// rows of the exponentiation (the task issues tile work there).
     unsafe fn tile<const LOG2: bool>(
         un: &mut Unit,
         s: &mut [f32],
@@ -48,6 +52,7 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
+        hook: &mut impl FnMut(),
     );
 }
 
@@ -111,6 +116,7 @@ impl RowSoftmax for PortableSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
+        hook: &mut impl FnMut(),
     ) {
         assert!(s.len() >= BQ * BK && p.len() >= BQ * BK && n <= BK);
         let rows = un.pos.rows;
@@ -137,6 +143,9 @@ impl RowSoftmax for PortableSoftmax {
                 }
             }
             un.l[r] = un.l[r] * alpha[r] + sum.iter().sum::<f32>();
+            if r % HOOK_ROWS == HOOK_ROWS - 1 {
+                hook();
+            }
         }
     }
 }
@@ -270,6 +279,7 @@ mod x86 {
             live: &LiveKeys,
             k: &Scaling,
             alpha: &mut [f32; BQ],
+            hook: &mut impl FnMut(),
         ) {
             assert!(s.len() >= BQ * BK && p.len() >= BQ * BK && n <= BK && BK == 64);
             let rows = un.pos.rows;
@@ -313,6 +323,9 @@ mod x86 {
                         _mm512_storeu_si512(pp.add(32 * half).cast(), packed);
                     }
                     un.l[r] = un.l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
+                }
+                if r % HOOK_ROWS == HOOK_ROWS - 1 {
+                    hook();
                 }
             }
         }

@@ -330,10 +330,16 @@ fn null_products_timing() {
         const FMA: bool = true;
         unsafe fn begin(&mut self) {}
         unsafe fn end(&mut self) {}
-        unsafe fn qk(&mut self, a: &QkArgs) {
+        fn qk_blocks(_: &QkArgs) -> usize {
+            1
+        }
+        unsafe fn qk_block(&mut self, a: &QkArgs, _: usize) {
             unsafe { std::ptr::write_volatile(a.s, 0.5) }
         }
-        unsafe fn pv(&mut self, a: &PvArgs) {
+        fn pv_blocks(_: &PvArgs) -> usize {
+            1
+        }
+        unsafe fn pv_block(&mut self, a: &PvArgs, _: usize) {
             unsafe { std::ptr::write_volatile(a.o, 0.5) }
         }
     }
