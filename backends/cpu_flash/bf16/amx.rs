@@ -4,8 +4,8 @@
 //! each A and B load feeds two `tdpbf16ps`. Odd leftovers of 16 rows or
 //! 16 columns take the 1-wide forms of the same block.
 
-use super::super::BK;
 use super::tiles::Tiles;
+use super::SK;
 use super::{kt_offset, MatMul, PvArgs, QkArgs, KB};
 
 /// The AMX kernels over tile registers `T` (the real ones or the emulator).
@@ -80,7 +80,7 @@ impl<T: Tiles> MatMul for Amx<T> {
 /// As for `MatMul::qk_block`; `r0 + 16·MT <= a.rows`, `j0 + 32 <= a.keys`.
 #[inline(always)]
 unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, j0: usize) {
-    let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, BK * 4);
+    let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, SK * 4);
     {
         // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
         // pairs, keys j0..j0+32 <= keys and S rows/keys likewise are inside
@@ -110,7 +110,7 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
                 }
                 p0 += 16;
             }
-            let sp = a.s.add(r0 * BK + j0).cast::<u8>();
+            let sp = a.s.add(r0 * SK + j0).cast::<u8>();
             t.store::<0>(sp, ss);
             t.store::<1>(sp.add(64), ss);
             if MT == 2 {
@@ -127,7 +127,7 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
 /// As for `MatMul::pv_block`; the block is inside rows × dp.
 #[inline(always)]
 unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
-    let (os, ps, vs) = (a.dp * 4, BK * 2, a.vv_pitch * 4);
+    let (os, ps, vs) = (a.dp * 4, SK * 2, a.vv_pitch * 4);
     // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
     // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and
     // dims c0.. are inside the operands `PvArgs` describes.
@@ -145,7 +145,7 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
         }
         let mut x = 0;
         while x < a.keys {
-            let pa = a.p.add(r0 * BK + x).cast::<u8>();
+            let pa = a.p.add(r0 * SK + x).cast::<u8>();
             t.load::<4>(pa, ps);
             if MT == 2 {
                 t.load::<5>(pa.add(16 * ps), ps);

@@ -9,7 +9,7 @@
 //!   products; dims past the last multiple of 64 in 16-wide blocks.
 
 use super::super::simd::PairDot;
-use super::super::BK;
+use super::SK;
 use super::{kt_offset, MatMul, PvArgs, QkArgs};
 use std::marker::PhantomData;
 
@@ -110,7 +110,7 @@ unsafe fn qk_block<S: PairDot, const MR: usize>(a: &QkArgs, r0: usize, j0: usize
             }
         }
         for (r, accr) in acc.iter().enumerate() {
-            let sp = a.s.add((r0 + r) * BK + j0);
+            let sp = a.s.add((r0 + r) * SK + j0);
             S::store(sp, accr[0]);
             S::store(sp.add(16), accr[1]);
         }
@@ -140,7 +140,7 @@ unsafe fn pv_block<S: PairDot, const MR: usize, const NV: usize>(a: &PvArgs, r0:
                 *x = S::load(vp.add(16 * u));
             }
             for (r, accr) in acc.iter_mut().enumerate() {
-                let p = S::splat_bits(pair_at(a.p.add((r0 + r) * BK + 2 * jp)));
+                let p = S::splat_bits(pair_at(a.p.add((r0 + r) * SK + 2 * jp)));
                 for u in 0..NV {
                     accr[u] = S::dot_pairs(accr[u], p, vv[u]);
                 }

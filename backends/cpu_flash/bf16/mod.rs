@@ -3,8 +3,8 @@
 //! it is and accumulate in f32; the softmax runs in f32 and P is rounded to
 //! bf16 for P·V, as the GPU flash kernels do.
 //!
-//! Layouts (per task; `dq` = head_dim rounded up to 32, keys in tiles of
-//! `BK`, queries in units of `BQ` as in the f32 path):
+//! Layouts (per task; `dq` = head_dim rounded up to 32, keys in steps of
+//! `SK`, queries in units of `BQ` as in the f32 path):
 //!
 //! * Q: a unit's rows copied as bf16, `[BQ][dq]`, zero-padded.
 //! * K^T in pairs: `(K[j][2p], K[j][2p+1])` as one u32 per (pair p, key
@@ -15,9 +15,9 @@
 //!   multiples of 32 keys (leading keys before a row's range are masked).
 //! * V in pairs: row `jp` holds `(V[2jp][c], V[2jp+1][c])` for every dim
 //!   `c` (VNNI), from key 0 (tiles start at even keys).
-//! * S = Q·K^T, query-major `[BQ][BK]` f32 (raw dot products); the online
+//! * S = Q·K^T, query-major `[BQ][SK]` f32 (raw dot products); the online
 //!   softmax scales, masks and exponentiates each row, and writes P as bf16
-//!   `[BQ][BK]`, zero past the tile's keys (products run over whole blocks
+//!   `[BQ][SK]`, zero past the tile's keys (products run over whole blocks
 //!   of 32 keys). The row sums add the rounded P, so each output row is an
 //!   exact weighted mean of V under the weights P·V used.
 //! * O: `[BQ][dp]` f32, as in the f32 path (`task::finish_units` writes it).
@@ -45,6 +45,12 @@ pub(crate) use softmax::Avx512Softmax;
 pub(crate) use softmax::PortableSoftmax;
 pub(super) use task::run_task;
 
+/// Keys per step (one unit over one walk tile). The f32 path's tiles are
+/// 64 keys (`BK`); here longer steps let P·V accumulate over 8 blocks of
+/// 32 keys per round trip of O through the accumulator tiles, and spread
+/// the softmax's per-row work over more keys.
+pub(crate) const SK: usize = 256;
+
 /// Keys per K^T block.
 pub(super) const KB: usize = 32;
 
@@ -67,23 +73,23 @@ pub(super) struct QkArgs {
     pub kt: *const u32,
     /// Dimension pairs (a multiple of 16).
     pub pairs: usize,
-    /// Scores out, `[rows][BK]` f32.
+    /// Scores out, `[rows][SK]` f32.
     pub s: *mut f32,
     /// Query rows (a multiple of 16, <= BQ).
     pub rows: usize,
-    /// Keys (a multiple of 32, <= BK).
+    /// Keys (a multiple of 32, <= SK).
     pub keys: usize,
 }
 
 /// Operands of `O = alpha·O + P·V` for one unit and tile.
 pub(super) struct PvArgs {
-    /// P as bf16 bits, `[rows][BK]`.
+    /// P as bf16 bits, `[rows][SK]`.
     pub p: *const u16,
     /// V pairs at the tile's first key: pair row `jp` starts at
     /// `vv + jp · vv_pitch`, one u32 per dim, `dp` of them.
     pub vv: *const u32,
     pub vv_pitch: usize,
-    /// Keys (a multiple of 32, <= BK).
+    /// Keys (a multiple of 32, <= SK).
     pub keys: usize,
     /// O, `[rows][dp]` f32.
     pub o: *mut f32,

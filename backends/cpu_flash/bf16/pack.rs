@@ -4,16 +4,17 @@
 
 use super::super::schedule::{Call, Rows, Task};
 use super::super::scratch::{prefetch_row, AlignedBuf, HeadRows, PREFETCH_ROWS};
-use super::super::{BK, BQ, SUB, VHEAD_MAX};
+use super::super::{BQ, SUB, VHEAD_MAX};
+use super::SK;
 use super::{kt_offset, KB};
 use half::bf16;
 
 /// Head-dim padding of Q and K^T: one AMX A operand row (32 bf16).
 pub(super) const DQ_ALIGN: usize = 32;
-/// Keys a unit's tile may reach past the walk's tile start: a unit's tile
-/// starts at most 32 keys in (a block start) and spans at most 64 keys, so
-/// K^T/V up to 96 keys in are read.
-const TILE_REACH: usize = BK + 32;
+/// Keys past the walk tile's start that a step may read: a step starts at
+/// a block start inside the tile and reads whole blocks of 32 keys, so at
+/// most `SK` (plus a block of margin).
+const TILE_REACH: usize = SK + 32;
 /// Extra u32 per packed row, so pitches are not a power of two (rows of a
 /// tile would share a few L1 sets otherwise).
 const PITCH_PAD: usize = 16;
@@ -22,10 +23,10 @@ const PITCH_PAD: usize = 16;
 pub(crate) struct Bf16Scratch {
     /// Per unit: Q rows, `[BQ][dq]` bf16 bits.
     pub q: Vec<AlignedBuf<u16>>,
-    /// Scores, `[BQ][BK]` f32, two (the pipeline's S of one step is
+    /// Scores, `[BQ][SK]` f32, two (the pipeline's S of one step is
     /// written while the previous step's is read).
     pub s: [AlignedBuf<f32>; 2],
-    /// P, `[BQ][BK]` bf16 bits, two likewise.
+    /// P, `[BQ][SK]` bf16 bits, two likewise.
     pub p: [AlignedBuf<u16>; 2],
     pub kt: Packed,
     pub vv: Packed,
@@ -37,8 +38,8 @@ impl Bf16Scratch {
         let dq = d.next_multiple_of(DQ_ALIGN);
         Bf16Scratch {
             q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq)).collect(),
-            s: [AlignedBuf::new(BQ * BK), AlignedBuf::new(BQ * BK)],
-            p: [AlignedBuf::new(BQ * BK), AlignedBuf::new(BQ * BK)],
+            s: [AlignedBuf::new(BQ * SK), AlignedBuf::new(BQ * SK)],
+            p: [AlignedBuf::new(BQ * SK), AlignedBuf::new(BQ * SK)],
             kt: Packed::default(),
             vv: Packed::default(),
             dq,

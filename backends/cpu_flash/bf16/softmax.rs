@@ -13,14 +13,15 @@
 
 use super::super::exp::exp_any;
 use super::super::unit::{LiveKeys, Unit};
-use super::super::{BK, BQ};
+use super::super::BQ;
+use super::SK;
 
 /// Lanes of the partial maxima and sums.
 #[cfg(test)]
 const W: usize = 16;
 
 /// Rows of exponentiation between calls of a tile's hook.
-pub(super) const HOOK_ROWS: usize = 4;
+pub(super) const HOOK_ROWS: usize = 2;
 
 /// The softmax's constants for one call.
 pub(crate) struct Scaling {
@@ -38,9 +39,10 @@ pub(crate) struct Scaling {
 /// Implementations may need CPU features: only call them inside a task
 /// compiled with those features.
 pub(crate) trait RowSoftmax {
-    /// Turns rows `0..un.pos.rows` of `s` (`[BQ][BK]` raw scores, the
-    /// first `n` keys of the tile valid; overwritten) into P in `p`
-    /// (`[BQ][BK]` bf16 bits, zero outside each row's live keys), updates
+    /// Turns rows `0..un.pos.rows` of `s` (`[BQ][SK]` raw scores, the
+    /// first `n` keys of the step valid; overwritten) into P in `p`
+    /// (`[BQ][SK]` bf16 bits, the first `n` rounded up to 32 written, zero
+    /// outside each row's live keys), updates
     /// the unit's running max and sum, and writes each row's rescale
     /// factor for O into `alpha`. Calls `hook` after every `HOOK_ROWS`
     /// rows of the exponentiation (the task issues tile work there).
@@ -78,7 +80,7 @@ fn widen(x: u16) -> f32 {
 /// uses a scale of 1.
 fn softcap_rows(s: &mut [f32], rows: usize, n: usize, scale: f32, cap: f32) {
     for r in 0..rows {
-        for x in s[r * BK..r * BK + n].iter_mut() {
+        for x in s[r * SK..r * SK + n].iter_mut() {
             *x = cap * (*x * scale / cap).tanh();
         }
     }
@@ -118,22 +120,23 @@ impl RowSoftmax for PortableSoftmax {
         alpha: &mut [f32; BQ],
         hook: &mut impl FnMut(),
     ) {
-        assert!(s.len() >= BQ * BK && p.len() >= BQ * BK && n <= BK);
+        assert!(s.len() >= BQ * SK && p.len() >= BQ * SK && n <= SK);
         let rows = un.pos.rows;
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
             softcap_rows(s, rows, n, scale, cap);
             scale = 1.0;
         }
+        let keys = n.next_multiple_of(32);
         let mut tile_max = [f32::NEG_INFINITY; BQ];
         for (r, tm) in tile_max.iter_mut().enumerate().take(rows) {
-            let srow: &mut [f32; BK] = (&mut s[r * BK..(r + 1) * BK]).try_into().expect("BK row");
+            let srow = &mut s[r * SK..r * SK + keys];
             *tm = scale_mask_max(srow, (live.begin[r], live.end[r]), scale);
         }
         let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
         for r in 0..rows {
-            let srow = &s[r * BK..(r + 1) * BK];
-            let prow = &mut p[r * BK..(r + 1) * BK];
+            let srow = &s[r * SK..r * SK + keys];
+            let prow = &mut p[r * SK..r * SK + keys];
             let mut sum = [0.0f32; W];
             for (sc, pc) in srow.chunks_exact(W).zip(prow.chunks_exact_mut(W)) {
                 for i in 0..W {
@@ -154,7 +157,7 @@ impl RowSoftmax for PortableSoftmax {
 /// returns the row's maximum (NaN scores are kept but do not count).
 #[cfg(test)]
 #[inline(always)]
-fn scale_mask_max(srow: &mut [f32; BK], (begin, end): (i32, i32), scale: f32) -> f32 {
+fn scale_mask_max(srow: &mut [f32], (begin, end): (i32, i32), scale: f32) -> f32 {
     let mut mx = [f32::NEG_INFINITY; W];
     for (ci, chunk) in srow.chunks_exact_mut(W).enumerate() {
         let base = (ci * W) as i32;
@@ -182,11 +185,12 @@ mod x86 {
     /// or a normal number, where the two agree).
     pub(crate) struct Avx512Softmax<const CVT: bool>;
 
-    /// Lanes `begin..end` of a 64-key row as a bit mask.
+    /// Lanes `begin..end` of a row's 16-key chunk `c`, as a bit mask.
     #[inline(always)]
-    fn live_bits(begin: i32, end: i32) -> u64 {
-        let bits = |x: i32| if x >= 64 { u64::MAX } else { (1u64 << x.max(0)) - 1 };
-        bits(end) & !bits(begin)
+    fn chunk_mask(begin: i32, end: i32, c: usize) -> u16 {
+        let base = 16 * c as i32;
+        let bits = |x: i32| (1u32 << (x - base).clamp(0, 16)) - 1;
+        (bits(end) & !bits(begin)) as u16
     }
 
     /// `2^x` for x <= 0: `vscalefps` of a degree-5 Taylor polynomial on
@@ -281,7 +285,9 @@ mod x86 {
             alpha: &mut [f32; BQ],
             hook: &mut impl FnMut(),
         ) {
-            assert!(s.len() >= BQ * BK && p.len() >= BQ * BK && n <= BK && BK == 64);
+            assert!(s.len() >= BQ * SK && p.len() >= BQ * SK && n <= SK);
+            // Whole pairs of 16-key chunks: the keys the products read.
+            let halves = n.div_ceil(32);
             let rows = un.pos.rows;
             let mut scale = k.scale;
             if let Some(cap) = k.softcap {
@@ -291,17 +297,15 @@ mod x86 {
             // Scores in exp2's units: x · scale · (log2 e unless LOG2).
             let e = if LOG2 { 1.0 } else { std::f32::consts::LOG2_E };
             let mut tile_max = [f32::NEG_INFINITY; BQ];
-            let mut masks = [0u64; BQ];
             for r in 0..rows {
-                masks[r] = live_bits(live.begin[r], live.end[r]);
-                // SAFETY: AVX-512F/BW (trait contract); row r of s is BK
-                // = 64 floats (asserted above).
+                let (lo, hi) = (live.begin[r], live.end[r]);
+                // SAFETY: AVX-512F/BW (trait contract); row r of s is SK
+                // floats and 32 · halves <= SK (asserted above).
                 unsafe {
-                    let sp = s.as_ptr().add(r * BK);
+                    let sp = s.as_ptr().add(r * SK);
                     let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-                    for c in 0..4 {
-                        let m = (masks[r] >> (16 * c)) as u16;
-                        mx = _mm512_mask_max_ps(mx, m, _mm512_loadu_ps(sp.add(16 * c)), mx);
+                    for c in 0..2 * halves {
+                        mx = _mm512_mask_max_ps(mx, chunk_mask(lo, hi, c), _mm512_loadu_ps(sp.add(16 * c)), mx);
                     }
                     // The raw max times a positive scale is the scaled max.
                     let raw = _mm512_reduce_max_ps(mx);
@@ -310,15 +314,16 @@ mod x86 {
             }
             let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
             for r in 0..rows {
-                // SAFETY: as above; row r of p is BK = 64 bf16 (asserted).
+                // SAFETY: as above; row r of p is SK bf16 (asserted).
                 unsafe {
-                    let (sp, pp) = (s.as_ptr().add(r * BK), p.as_mut_ptr().add(r * BK));
+                    let (sp, pp) = (s.as_ptr().add(r * SK), p.as_mut_ptr().add(r * SK));
                     let (ce, me) = (_mm512_set1_ps(scale * e), _mm512_set1_ps(-m_use[r] * e));
+                    let (lo, hi) = (live.begin[r], live.end[r]);
                     let mut sum = _mm512_setzero_ps();
-                    for half in 0..2 {
+                    for half in 0..halves {
                         let (c0, c1) = (2 * half, 2 * half + 1);
-                        let a = p16(sp.add(16 * c0), (masks[r] >> (16 * c0)) as u16, ce, me);
-                        let b = p16(sp.add(16 * c1), (masks[r] >> (16 * c1)) as u16, ce, me);
+                        let a = p16(sp.add(16 * c0), chunk_mask(lo, hi, c0), ce, me);
+                        let b = p16(sp.add(16 * c1), chunk_mask(lo, hi, c1), ce, me);
                         let packed = round_pair::<CVT>(a, b, &mut sum);
                         _mm512_storeu_si512(pp.add(32 * half).cast(), packed);
                     }

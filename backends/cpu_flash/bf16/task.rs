@@ -14,14 +14,15 @@ use super::super::schedule::Call;
 use super::super::scratch::{AlignedBuf, Scratch};
 use super::super::task::{finish_units, start_units};
 use super::super::unit::Unit;
-use super::super::{BK, BQ, SUB};
+use super::super::{BQ, SUB};
 use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv};
 use super::softmax::{RowSoftmax, Scaling};
+use super::SK;
 use super::{MatMul, PvArgs, QkArgs, KB};
 use half::bf16;
 
 /// One unit (`ui`) over keys `j0..j0 + n` of the walk's tile `t0..t1`
-/// (`j0` a multiple of `KB`, `n <= BK`).
+/// (`j0` a multiple of `KB`, `n <= SK`).
 #[derive(Clone, Copy)]
 struct Step {
     ui: usize,
@@ -71,7 +72,7 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax>(
     sc.bf16 = Some(bs);
 }
 
-/// The task's steps: walk tiles of `BK` keys (from a block start) over the
+/// The task's steps: walk tiles of `SK` keys (from a block start) over the
 /// union of the units' ranges; in each, every unit that sees a key of it.
 fn steps(units: &[Option<Unit>; SUB]) -> Vec<Step> {
     let g_lo = units.iter().flatten().map(|u| u.kv_lo).min();
@@ -82,7 +83,7 @@ fn steps(units: &[Option<Unit>; SUB]) -> Vec<Step> {
     let mut steps = Vec::new();
     let mut t0 = g_lo / KB * KB;
     while t0 < g_hi {
-        let t1 = (t0 + BK).min(g_hi);
+        let t1 = (t0 + SK).min(g_hi);
         for (ui, un) in units.iter().enumerate() {
             let Some(un) = un else { continue };
             let (lo, j1) = (t0.max(un.kv_lo), t1.min(un.kv_hi));
@@ -222,7 +223,7 @@ impl<M: MatMul> Run<'_, M> {
         // SAFETY: forwarded contract.
         unsafe { X::tile::<LOG2>(un, s, p, st.n, &live, &self.scaling, alpha, &mut || queue.issue(mm)) };
         // Padding rows of the last query block multiply as zeros.
-        p[rows * BK..rows16 * BK].fill(0);
+        p[rows * SK..rows16 * SK].fill(0);
     }
 
     /// Steps as a pipeline over whole-head copies: iteration i computes

@@ -7,7 +7,7 @@
 //! `ROCMFORGE_REQUIRE_AMX=1` turns every such skip into a failure (the GPU
 //! machine's bundle sets it: its Xeon has AMX and AVX512-BF16).
 
-use super::super::bf16::{kt_offset, Dot, MatMul, PvArgs, QkArgs};
+use super::super::bf16::{kt_offset, Dot, MatMul, PvArgs, QkArgs, SK};
 use super::super::simd::{Lanes, PairDot};
 use super::*;
 use crate::env_flag::env_flag;
@@ -44,11 +44,11 @@ fn close(got: f32, want: f64, scale: f64) -> bool {
 /// `mm.qk` against naive f64 sums, for several rows / keys / pair counts.
 fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
     let mut rng = SplitMix64(21);
-    for (pairs, rows, keys) in [(64, 64, 64), (16, 16, 32), (48, 48, 64), (32, 32, 32)] {
+    for (pairs, rows, keys) in [(64, 64, 256), (16, 16, 32), (48, 48, 64), (32, 32, 160)] {
         let q_pitch = 2 * pairs + 32;
         let q = random_bits(&mut rng, BQ * q_pitch);
         let kt: Vec<u32> = (0..pairs * keys).map(|_| rng.next_u64() as u32 & 0x3F80_3F80 | 0x3000_3000).collect();
-        let mut s = vec![f32::NAN; BQ * BK];
+        let mut s = vec![f32::NAN; BQ * SK];
         let a = QkArgs { q: q.as_ptr(), q_pitch, kt: kt.as_ptr(), pairs, s: s.as_mut_ptr(), rows, keys };
         // SAFETY: the buffers hold what `QkArgs` names; the caller of
         // `check_qk` made sure `mm`'s features are present.
@@ -66,14 +66,14 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
                         wide(q0) * wide(k as u16) + wide(q1) * wide((k >> 16) as u16)
                     })
                     .sum();
-                let got = s[r * BK + j];
+                let got = s[r * SK + j];
                 assert!(
                     close(got, want, 2.0 * pairs as f64),
                     "{name} qk {pairs}/{rows}/{keys}: s[{r}][{j}] {got} vs {want}"
                 );
             }
         }
-        assert!(s[rows * BK..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
+        assert!(s[rows * SK..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
     }
 }
 
@@ -81,9 +81,9 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
 /// it does not rescale, by this check before the call, as the task does).
 fn check_pv<M: MatMul>(mm: &mut M, name: &str) {
     let mut rng = SplitMix64(22);
-    for (dp, rows, keys) in [(128, 64, 64), (16, 16, 32), (80, 48, 64), (208, 32, 32)] {
+    for (dp, rows, keys) in [(128, 64, 256), (16, 16, 32), (80, 48, 96), (208, 32, 32)] {
         let vv_pitch = dp + 16;
-        let p = random_bits(&mut rng, BQ * BK);
+        let p = random_bits(&mut rng, BQ * SK);
         let vv: Vec<u32> =
             (0..keys / 2 * vv_pitch).map(|_| rng.next_u64() as u32 & 0xBF80_BF80 | 0x3000_3000).collect();
         let o0: Vec<f32> = (0..BQ * dp).map(|_| rng.next_unit()).collect();
@@ -121,7 +121,7 @@ fn check_pv<M: MatMul>(mm: &mut M, name: &str) {
                     .map(|j| {
                         let v = vv[j / 2 * vv_pitch + c];
                         let v = if j % 2 == 0 { v as u16 } else { (v >> 16) as u16 };
-                        wide(p[r * BK + j]) * wide(v)
+                        wide(p[r * SK + j]) * wide(v)
                     })
                     .sum();
                 let want = alpha[r] as f64 * o0[r * dp + c] as f64 + sum;
