@@ -206,4 +206,20 @@ impl AttentionBackend for CpuFlash {
     fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
         self.compute(&mut call)
     }
+
+    /// The kernels `dtype` gets on this CPU, the family's name, and why the
+    /// wider families are not used.
+    fn kernels_here(&self, dtype: DType) -> Option<String> {
+        let isa = self.isa.isa();
+        let wider: Vec<String> = CpuIsa::ALL
+            .into_iter()
+            .take_while(|w| *w != isa)
+            .filter_map(|w| w.unavailable().map(|why| format!("{}: {why}", w.name())))
+            .collect();
+        let mut text = format!("{} ({} family)", isa.kernels(dtype), isa.name());
+        if !wider.is_empty() {
+            text.push_str(&format!("; not used here: {}", wider.join("; ")));
+        }
+        Some(text)
+    }
 }

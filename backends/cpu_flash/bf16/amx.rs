@@ -35,7 +35,10 @@ impl<T: Tiles> MatMul for Amx<T> {
     /// `S[r][j] = Σ_x Q[r][x] K[j][x]`: A = Q rows, B = K^T pairs.
     #[inline(always)]
     unsafe fn qk_block(&mut self, a: &QkArgs, b: usize) {
-        let (r0, j0) = (b / (a.keys / 32) * 32, b % (a.keys / 32) * 32);
+        // Key-block major: a block's K^T (32 keys × all pairs) is loaded
+        // for both row pairs while it is in L1; Q stays in L1 throughout.
+        let rb = a.rows.div_ceil(32);
+        let (r0, j0) = (b % rb * 32, b / rb * 32);
         // SAFETY (both calls): rows and keys are multiples of 16 and 32
         // (`QkArgs`) and b is below the count, so the block is inside the
         // operands.

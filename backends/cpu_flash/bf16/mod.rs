@@ -100,8 +100,7 @@ pub(super) struct PvArgs {
     pub rows: usize,
 }
 
-/// The two products of one ISA, each cut into independent blocks so that
-/// the task can interleave them with the softmax (`pipeline.rs`).
+/// The two products of one ISA, each cut into independent blocks.
 ///
 /// # Safety
 /// Every method may only run where the ISA's features are present (inside
@@ -121,7 +120,6 @@ pub(super) trait MatMul {
     unsafe fn pv_block(&mut self, a: &PvArgs, b: usize);
 
     /// The whole `S = Q·K^T`.
-    #[cfg(test)]
     unsafe fn qk(&mut self, a: &QkArgs) {
         for b in 0..Self::qk_blocks(a) {
             // SAFETY: forwarded contract; b is below the count.
@@ -130,7 +128,6 @@ pub(super) trait MatMul {
     }
 
     /// The whole `O = alpha·O + P·V`.
-    #[cfg(test)]
     unsafe fn pv(&mut self, a: &PvArgs) {
         for b in 0..Self::pv_blocks(a) {
             // SAFETY: forwarded contract; b is below the count.

@@ -23,11 +23,10 @@ const PITCH_PAD: usize = 16;
 pub(crate) struct Bf16Scratch {
     /// Per unit: Q rows, `[BQ][dq]` bf16 bits.
     pub q: Vec<AlignedBuf<u16>>,
-    /// Scores, `[BQ][SK]` f32, two (the pipeline's S of one step is
-    /// written while the previous step's is read).
-    pub s: [AlignedBuf<f32>; 2],
-    /// P, `[BQ][SK]` bf16 bits, two likewise.
-    pub p: [AlignedBuf<u16>; 2],
+    /// Scores, `[BQ][SK]` f32.
+    pub s: AlignedBuf<f32>,
+    /// P, `[BQ][SK]` bf16 bits.
+    pub p: AlignedBuf<u16>,
     pub kt: Packed,
     pub vv: Packed,
     pub dq: usize,
@@ -38,8 +37,8 @@ impl Bf16Scratch {
         let dq = d.next_multiple_of(DQ_ALIGN);
         Bf16Scratch {
             q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq)).collect(),
-            s: [AlignedBuf::new(BQ * SK), AlignedBuf::new(BQ * SK)],
-            p: [AlignedBuf::new(BQ * SK), AlignedBuf::new(BQ * SK)],
+            s: AlignedBuf::new(BQ * SK),
+            p: AlignedBuf::new(BQ * SK),
             kt: Packed::default(),
             vv: Packed::default(),
             dq,
@@ -302,11 +301,6 @@ impl KvPlan {
             vv_pitch,
             vv_len: if heads { head_vv } else { TILE_REACH / 2 * vv_pitch },
         }
-    }
-
-    /// Whether whole-head copies are used (else per-tile packs).
-    pub(super) fn heads(&self) -> bool {
-        self.heads
     }
 
     /// The packed K^T and V for the walk's tile `t0..t1` (`t0` even):

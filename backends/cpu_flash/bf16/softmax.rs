@@ -20,9 +20,6 @@ use super::SK;
 #[cfg(test)]
 const W: usize = 16;
 
-/// Rows of exponentiation between calls of a tile's hook.
-pub(super) const HOOK_ROWS: usize = 2;
-
 /// The softmax's constants for one call.
 pub(crate) struct Scaling {
     /// Multiplies the raw dot products (the softmax scale, times log2(e)
@@ -44,8 +41,7 @@ pub(crate) trait RowSoftmax {
     /// (`[BQ][SK]` bf16 bits, the first `n` rounded up to 32 written, zero
     /// outside each row's live keys), updates
     /// the unit's running max and sum, and writes each row's rescale
-    /// factor for O into `alpha`. Calls `hook` after every `HOOK_ROWS`
-    /// rows of the exponentiation (the task issues tile work there).
+    /// factor for O into `alpha`.
     unsafe fn tile<const LOG2: bool>(
         un: &mut Unit,
         s: &mut [f32],
@@ -54,7 +50,6 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-        hook: &mut impl FnMut(),
     );
 }
 
@@ -118,7 +113,6 @@ impl RowSoftmax for PortableSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-        hook: &mut impl FnMut(),
     ) {
         assert!(s.len() >= BQ * SK && p.len() >= BQ * SK && n <= SK);
         let rows = un.pos.rows;
@@ -146,9 +140,6 @@ impl RowSoftmax for PortableSoftmax {
                 }
             }
             un.l[r] = un.l[r] * alpha[r] + sum.iter().sum::<f32>();
-            if r % HOOK_ROWS == HOOK_ROWS - 1 {
-                hook();
-            }
         }
     }
 }
@@ -283,7 +274,6 @@ mod x86 {
             live: &LiveKeys,
             k: &Scaling,
             alpha: &mut [f32; BQ],
-            hook: &mut impl FnMut(),
         ) {
             assert!(s.len() >= BQ * SK && p.len() >= BQ * SK && n <= SK);
             // Whole pairs of 16-key chunks: the keys the products read.
@@ -328,9 +318,6 @@ mod x86 {
                         _mm512_storeu_si512(pp.add(32 * half).cast(), packed);
                     }
                     un.l[r] = un.l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
-                }
-                if r % HOOK_ROWS == HOOK_ROWS - 1 {
-                    hook();
                 }
             }
         }

@@ -408,3 +408,17 @@ fn packing_k_transposed_matches_the_definition() {
         }
     }
 }
+
+#[test]
+fn the_backend_names_its_kernels_per_dtype() {
+    let b: &dyn AttentionBackend = &CpuFlash::new();
+    for dtype in DType::ALL {
+        let k = b.kernels_here(dtype).expect("cpu-flash always says");
+        assert!(k.contains(CpuFlash::new().isa().name()), "{k}");
+        assert!(k.contains(CpuFlash::new().kernels(dtype)), "{k}");
+    }
+    if CpuFlash::new().isa() != CpuIsa::Amx {
+        let k = b.kernels_here(DType::BF16).unwrap();
+        assert!(k.contains("amx: "), "the reason AMX is not used: {k}");
+    }
+}
