@@ -8,7 +8,7 @@ use half::{bf16, f16};
 
 pub(super) trait Elem: Copy + Send + Sync + 'static {
     /// Runs task `t` of `c` with `isa`'s kernels for this element type
-    /// (bf16 has dot-product paths of its own).
+    /// (bf16 and f16 have dot-product paths of their own).
     #[inline]
     fn run_task(isa: VerifiedIsa, c: &Call<Self>, sc: &mut Scratch, t: usize) {
         isa.dispatch(c, sc, t);
@@ -43,6 +43,10 @@ impl Elem for f32 {
 }
 
 impl Elem for f16 {
+    #[inline]
+    fn run_task(isa: VerifiedIsa, c: &Call<f16>, sc: &mut Scratch, t: usize) {
+        isa.dispatch_dot(c, sc, t);
+    }
     fn widen(src: &[f16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);
     }
@@ -57,7 +61,7 @@ impl Elem for f16 {
 impl Elem for bf16 {
     #[inline]
     fn run_task(isa: VerifiedIsa, c: &Call<bf16>, sc: &mut Scratch, t: usize) {
-        isa.dispatch_bf16(c, sc, t);
+        isa.dispatch_dot(c, sc, t);
     }
     fn widen(src: &[bf16], dst: &mut [f32]) {
         src.convert_to_f32_slice(dst);

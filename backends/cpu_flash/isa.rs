@@ -14,7 +14,7 @@ use super::schedule::Call;
 use super::scratch::Scratch;
 use super::task::run_task;
 use crate::dtype::DType;
-use half::bf16 as Bf16;
+use bf16::Src;
 
 /// A micro-kernel family.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,9 +39,16 @@ impl CpuIsa {
     /// Widest first.
     pub const ALL: [CpuIsa; 5] = [CpuIsa::Amx, CpuIsa::Avx512Bf16, CpuIsa::Avx512, CpuIsa::Avx2Fma, CpuIsa::Portable];
 
-    /// The widest family this CPU supports.
+    /// The widest family this CPU supports, except that `Avx512Bf16` is
+    /// never picked by itself: its `vdpbf16ps` kernels measured 1.8x
+    /// slower than the f32-widening AVX-512 kernels on Emerald Rapids
+    /// (docs/perf.md); force it with `CpuFlash::with_isa` where it may win.
     pub fn detect() -> CpuIsa {
-        CpuIsa::ALL.into_iter().find(|isa| isa.available()).unwrap_or(CpuIsa::Portable)
+        CpuIsa::ALL
+            .into_iter()
+            .filter(|isa| *isa != CpuIsa::Avx512Bf16)
+            .find(|isa| isa.available())
+            .unwrap_or(CpuIsa::Portable)
     }
 
     pub fn available(self) -> bool {
@@ -95,9 +102,12 @@ impl CpuIsa {
         use CpuIsa::*;
         match (self, dtype) {
             (Amx, DType::BF16) => "AMX tiles (tdpbf16ps), bf16 in, f32 accumulate",
-            (Avx512Bf16, DType::BF16) => "AVX512-BF16 (vdpbf16ps), bf16 in, f32 accumulate",
+            (Avx512Bf16, DType::BF16) => "AVX512-BF16 (vdpbf16ps), bf16 in, f32 accumulate (forced only)",
+            (Amx, DType::F16) => {
+                "AMX tiles (tdpbf16ps), f16 split exactly into bf16 high + low halves (3 products), f32 accumulate"
+            }
             (Amx | Avx512Bf16 | Avx512, DType::F32) => "AVX-512F FMA",
-            (Amx | Avx512Bf16 | Avx512, _) => "AVX-512F FMA, inputs widened to f32",
+            (Avx512Bf16 | Avx512, _) => "AVX-512F FMA, inputs widened to f32",
             (Avx2Fma, DType::F32) => "AVX2 FMA",
             (Avx2Fma, _) => "AVX2 FMA, inputs widened to f32",
             (Portable, _) => "portable 8-lane f32",
@@ -173,20 +183,21 @@ impl VerifiedIsa {
         }
     }
 
-    /// Runs bf16 task `t`: the bf16 products on the two bf16 families, the
-    /// f32 kernels on the others.
+    /// Runs task `t` of a bf16 or f16 call: bf16 on the dot-product
+    /// families' products, f16 (split into bf16 halves) on AMX; the f32
+    /// kernels otherwise.
     #[inline]
-    pub(super) fn dispatch_bf16(self, c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
+    pub(super) fn dispatch_dot<S: Src>(self, c: &Call<S>, sc: &mut Scratch, t: usize) {
         #[cfg(test)]
         if let Some(e) = self.emulated {
             use super::simd::Lanes;
-            // SAFETY: the emulators and the portable code need no CPU feature.
             let tiles = || bf16::Amx(bf16::tiles::TileEmu::default());
             type Soft = bf16::PortableSoftmax;
+            // SAFETY: the emulators and the portable code need no CPU feature.
             match e {
-                Emulated::Tiles => unsafe { bf16::run_task::<_, Soft>(&mut tiles(), c, sc, t) },
+                Emulated::Tiles => unsafe { bf16::run_task::<_, Soft, S>(&mut tiles(), c, sc, t) },
                 Emulated::PairDot => unsafe {
-                    bf16::run_task::<_, Soft>(&mut bf16::Dot::<Lanes<16>>::default(), c, sc, t)
+                    bf16::run_task::<_, Soft, S>(&mut bf16::Dot::<Lanes<16>>::default(), c, sc, t)
                 },
                 #[cfg(target_arch = "x86_64")]
                 Emulated::TilesAvx512 => {
@@ -206,7 +217,7 @@ impl VerifiedIsa {
             CpuIsa::Amx => unsafe { x86::task_amx(c, sc, t) },
             #[cfg(target_arch = "x86_64")]
             // SAFETY: AVX512-BF16/BW, AVX-512F, AVX2 and FMA were confirmed.
-            CpuIsa::Avx512Bf16 => unsafe { x86::task_dpbf16(c, sc, t) },
+            CpuIsa::Avx512Bf16 if !S::SPLIT => unsafe { x86::task_dpbf16(c, sc, t) },
             _ => self.dispatch(c, sc, t),
         }
     }
@@ -239,26 +250,28 @@ mod x86 {
     /// The CPU must support AMX-TILE/BF16 with the tile state granted, and
     /// the features enabled here; see `bf16::run_task`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
-    pub(super) unsafe fn task_amx(c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
+    pub(super) unsafe fn task_amx<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
+        let mut tiles = bf16::Amx(bf16::tiles::AmxTiles);
         // SAFETY: forwarded contract.
-        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<true>>(&mut bf16::Amx(bf16::tiles::AmxTiles), c, sc, t) }
+        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<true>, S>(&mut tiles, c, sc, t) }
     }
 
     /// # Safety
     /// The CPU must support the features enabled here.
     #[cfg(test)]
     #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
-    pub(super) unsafe fn task_emulated_tiles_avx512(c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
+    pub(super) unsafe fn task_emulated_tiles_avx512<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
         let mut tiles = bf16::Amx(bf16::tiles::TileEmu::default());
         // SAFETY: the features the softmax needs are enabled here.
-        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<false>>(&mut tiles, c, sc, t) }
+        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<false>, S>(&mut tiles, c, sc, t) }
     }
 
     /// # Safety
     /// The CPU must support the features enabled here; see `bf16::run_task`.
     #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
-    pub(super) unsafe fn task_dpbf16(c: &Call<Bf16>, sc: &mut Scratch, t: usize) {
+    pub(super) unsafe fn task_dpbf16<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
+        let mut dot = bf16::Dot::<Avx512Bf16>::default();
         // SAFETY: the features `Avx512Bf16` needs are enabled on this function.
-        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<true>>(&mut bf16::Dot::<Avx512Bf16>::default(), c, sc, t) }
+        unsafe { bf16::run_task::<_, bf16::Avx512Softmax<true>, S>(&mut dot, c, sc, t) }
     }
 }

@@ -95,23 +95,26 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
                 t.zero::<2>();
                 t.zero::<3>();
             }
-            let mut p0 = 0;
-            while p0 < a.pairs {
-                let qa = a.q.add(r0 * a.q_pitch + 2 * p0).cast::<u8>();
-                t.load::<4>(qa, qs);
-                if MT == 2 {
-                    t.load::<5>(qa.add(16 * qs), qs);
+            let (secs, n_secs) = a.sections();
+            for &(q_off, kt) in &secs[..n_secs] {
+                let mut p0 = 0;
+                while p0 < a.pairs {
+                    let qa = a.q.add(r0 * a.q_pitch + q_off + 2 * p0).cast::<u8>();
+                    t.load::<4>(qa, qs);
+                    if MT == 2 {
+                        t.load::<5>(qa.add(16 * qs), qs);
+                    }
+                    let kb = kt.add(kt_offset(p0, j0, a.pairs)).cast::<u8>();
+                    t.load::<6>(kb, ks);
+                    t.load::<7>(kb.add(64), ks);
+                    t.dp::<0, 4, 6>();
+                    t.dp::<1, 4, 7>();
+                    if MT == 2 {
+                        t.dp::<2, 5, 6>();
+                        t.dp::<3, 5, 7>();
+                    }
+                    p0 += 16;
                 }
-                let kb = a.kt.add(kt_offset(p0, j0, a.pairs)).cast::<u8>();
-                t.load::<6>(kb, ks);
-                t.load::<7>(kb.add(64), ks);
-                t.dp::<0, 4, 6>();
-                t.dp::<1, 4, 7>();
-                if MT == 2 {
-                    t.dp::<2, 5, 6>();
-                    t.dp::<3, 5, 7>();
-                }
-                p0 += 16;
             }
             let sp = a.s.add(r0 * SK + j0).cast::<u8>();
             t.store::<0>(sp, ss);
@@ -130,7 +133,7 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
 /// As for `MatMul::pv_block`; the block is inside rows × dp.
 #[inline(always)]
 unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
-    let (os, ps, vs) = (a.dp * 4, SK * 2, a.vv_pitch * 4);
+    let (os, ps, vs) = (a.dp * 4, a.p_pitch * 2, a.vv_pitch * 4);
     // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
     // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and
     // dims c0.. are inside the operands `PvArgs` describes.
@@ -146,29 +149,32 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
                 t.load::<3>(op.add(16 * os + 64), os);
             }
         }
-        let mut x = 0;
-        while x < a.keys {
-            let pa = a.p.add(r0 * SK + x).cast::<u8>();
-            t.load::<4>(pa, ps);
-            if MT == 2 {
-                t.load::<5>(pa.add(16 * ps), ps);
-            }
-            let vb = a.vv.add(x / 2 * a.vv_pitch + c0).cast::<u8>();
-            t.load::<6>(vb, vs);
-            if NT == 2 {
-                t.load::<7>(vb.add(64), vs);
-            }
-            t.dp::<0, 4, 6>();
-            if NT == 2 {
-                t.dp::<1, 4, 7>();
-            }
-            if MT == 2 {
-                t.dp::<2, 5, 6>();
-                if NT == 2 {
-                    t.dp::<3, 5, 7>();
+        let (secs, n_secs) = a.sections();
+        for &(p_off, vv) in &secs[..n_secs] {
+            let mut x = 0;
+            while x < a.keys {
+                let pa = a.p.add(r0 * a.p_pitch + p_off + x).cast::<u8>();
+                t.load::<4>(pa, ps);
+                if MT == 2 {
+                    t.load::<5>(pa.add(16 * ps), ps);
                 }
+                let vb = vv.add(x / 2 * a.vv_pitch + c0).cast::<u8>();
+                t.load::<6>(vb, vs);
+                if NT == 2 {
+                    t.load::<7>(vb.add(64), vs);
+                }
+                t.dp::<0, 4, 6>();
+                if NT == 2 {
+                    t.dp::<1, 4, 7>();
+                }
+                if MT == 2 {
+                    t.dp::<2, 5, 6>();
+                    if NT == 2 {
+                        t.dp::<3, 5, 7>();
+                    }
+                }
+                x += 32;
             }
-            x += 32;
         }
         t.store::<0>(op, os);
         if NT == 2 {

@@ -100,13 +100,16 @@ unsafe fn qk_block<S: PairDot, const MR: usize>(a: &QkArgs, r0: usize, j0: usize
     // Q rows r0..r0+MR and their 2·pairs elements, S rows likewise.
     unsafe {
         let mut acc = [[S::zero(); 2]; MR];
-        for p in 0..a.pairs {
-            let kp = a.kt.add(kt_offset(p, j0, a.pairs)).cast::<f32>();
-            let (k0, k1) = (S::load(kp), S::load(kp.add(16)));
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let q = S::splat_bits(pair_at(a.q.add((r0 + r) * a.q_pitch + 2 * p)));
-                accr[0] = S::dot_pairs(accr[0], q, k0);
-                accr[1] = S::dot_pairs(accr[1], q, k1);
+        let (secs, n_secs) = a.sections();
+        for &(q_off, kt) in &secs[..n_secs] {
+            for p in 0..a.pairs {
+                let kp = kt.add(kt_offset(p, j0, a.pairs)).cast::<f32>();
+                let (k0, k1) = (S::load(kp), S::load(kp.add(16)));
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let q = S::splat_bits(pair_at(a.q.add((r0 + r) * a.q_pitch + q_off + 2 * p)));
+                    accr[0] = S::dot_pairs(accr[0], q, k0);
+                    accr[1] = S::dot_pairs(accr[1], q, k1);
+                }
             }
         }
         for (r, accr) in acc.iter().enumerate() {
@@ -133,16 +136,19 @@ unsafe fn pv_block<S: PairDot, const MR: usize, const NV: usize>(a: &PvArgs, r0:
                 *x = S::mul(al, S::load(a.o.add((r0 + r) * a.dp + c0 + 16 * u)));
             }
         }
-        for jp in 0..a.keys / 2 {
-            let vp = a.vv.add(jp * a.vv_pitch + c0).cast::<f32>();
-            let mut vv = [S::zero(); NV];
-            for (u, x) in vv.iter_mut().enumerate() {
-                *x = S::load(vp.add(16 * u));
-            }
-            for (r, accr) in acc.iter_mut().enumerate() {
-                let p = S::splat_bits(pair_at(a.p.add((r0 + r) * SK + 2 * jp)));
-                for u in 0..NV {
-                    accr[u] = S::dot_pairs(accr[u], p, vv[u]);
+        let (secs, n_secs) = a.sections();
+        for &(p_off, vsec) in &secs[..n_secs] {
+            for jp in 0..a.keys / 2 {
+                let vp = vsec.add(jp * a.vv_pitch + c0).cast::<f32>();
+                let mut vv = [S::zero(); NV];
+                for (u, x) in vv.iter_mut().enumerate() {
+                    *x = S::load(vp.add(16 * u));
+                }
+                for (r, accr) in acc.iter_mut().enumerate() {
+                    let p = S::splat_bits(pair_at(a.p.add((r0 + r) * a.p_pitch + p_off + 2 * jp)));
+                    for u in 0..NV {
+                        accr[u] = S::dot_pairs(accr[u], p, vv[u]);
+                    }
                 }
             }
         }

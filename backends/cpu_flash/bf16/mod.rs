@@ -37,7 +37,7 @@ pub(crate) use amx::Amx;
 pub(crate) use dot::Dot;
 #[cfg(test)]
 pub(super) use pack::pack_kt_for_test;
-pub(super) use pack::Bf16Scratch;
+pub(super) use pack::{Bf16Scratch, Src};
 pub(super) use softmax::round_bf16;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use softmax::Avx512Softmax;
@@ -65,12 +65,17 @@ pub(crate) fn kt_offset(p: usize, j: usize, pairs: usize) -> usize {
 
 /// Operands of `S = Q·K^T` for one unit and tile.
 pub(super) struct QkArgs {
-    /// Q rows as bf16 bits, `q_pitch` elements apart, `2 · pairs` each.
+    /// Q rows as bf16 bits, `q_pitch` elements apart, `2 · pairs` each
+    /// (for split inputs the high halves, then the low halves).
     pub q: *const u16,
     pub q_pitch: usize,
     /// K^T pairs from the tile's first key (a block start), laid out as
-    /// `kt_offset(p, j, pairs)` says.
-    pub kt: *const u32,
+    /// `kt_offset(p, j, pairs)` says: the high halves, and for split
+    /// inputs the low halves.
+    pub kt: [*const u32; 2],
+    /// Inputs split into bf16 high + low halves (f16):
+    /// `S = Qh·Kh + Qh·Kl + Ql·Kh`.
+    pub split: bool,
     /// Dimension pairs (a multiple of 16).
     pub pairs: usize,
     /// Scores out, `[rows][SK]` f32.
@@ -83,11 +88,16 @@ pub(super) struct QkArgs {
 
 /// Operands of `O = alpha·O + P·V` for one unit and tile.
 pub(super) struct PvArgs {
-    /// P as bf16 bits, `[rows][SK]`.
+    /// P as bf16 bits, rows `p_pitch` apart (for split inputs the high
+    /// halves, then the low halves `SK` further on).
     pub p: *const u16,
+    pub p_pitch: usize,
     /// V pairs at the tile's first key: pair row `jp` starts at
-    /// `vv + jp · vv_pitch`, one u32 per dim, `dp` of them.
-    pub vv: *const u32,
+    /// `vv + jp · vv_pitch`, one u32 per dim, `dp` of them; the high
+    /// halves, and for split inputs the low halves.
+    pub vv: [*const u32; 2],
+    /// `O += Ph·Vh + Ph·Vl + Pl·Vh` (split inputs).
+    pub split: bool,
     pub vv_pitch: usize,
     /// Keys (a multiple of 32, <= SK).
     pub keys: usize,
@@ -98,6 +108,28 @@ pub(super) struct PvArgs {
     /// Per row, the factor O is rescaled by (only read when `RESCALES_O`).
     pub alpha: *const f32,
     pub rows: usize,
+}
+
+/// The products a split input adds up: (offset into a Q row, K^T pack).
+impl QkArgs {
+    pub(super) fn sections(&self) -> ([(usize, *const u32); 3], usize) {
+        if self.split {
+            ([(0, self.kt[0]), (0, self.kt[1]), (2 * self.pairs, self.kt[0])], 3)
+        } else {
+            ([(0, self.kt[0]); 3], 1)
+        }
+    }
+}
+
+/// The products a split input adds up: (offset into a P row, V pack).
+impl PvArgs {
+    pub(super) fn sections(&self) -> ([(usize, *const u32); 3], usize) {
+        if self.split {
+            ([(0, self.vv[0]), (0, self.vv[1]), (SK, self.vv[0])], 3)
+        } else {
+            ([(0, self.vv[0]); 3], 1)
+        }
+    }
 }
 
 /// The two products of one ISA, each cut into independent blocks.

@@ -2,12 +2,14 @@
 //! pairs and V pairs, per head (kept while the worker stays on the head)
 //! or per key tile when a head is too large.
 
+use super::super::elem::Elem;
 use super::super::schedule::{Call, Rows, Task};
 use super::super::scratch::{prefetch_row, AlignedBuf, HeadRows, PREFETCH_ROWS};
 use super::super::{BQ, SUB, VHEAD_MAX};
+use super::softmax::{round_bf16, widen};
 use super::SK;
 use super::{kt_offset, KB};
-use half::bf16;
+use half::{bf16, f16};
 
 /// Head-dim padding of Q and K^T: one AMX A operand row (32 bf16).
 pub(super) const DQ_ALIGN: usize = 32;
@@ -19,29 +21,88 @@ const TILE_REACH: usize = SK + 32;
 /// tile would share a few L1 sets otherwise).
 const PITCH_PAD: usize = 16;
 
-/// A worker's bf16 buffers, built on its first bf16 task of a call.
+/// A worker's bf16 buffers, built on its first task of a call.
 pub(crate) struct Bf16Scratch {
-    /// Per unit: Q rows, `[BQ][dq]` bf16 bits.
+    /// Per unit: Q rows, `[BQ][dq]` bf16 bits (`[BQ][2 · dq]` for split
+    /// inputs: the high halves, then the low halves).
     pub q: Vec<AlignedBuf<u16>>,
     /// Scores, `[BQ][SK]` f32.
     pub s: AlignedBuf<f32>,
-    /// P, `[BQ][SK]` bf16 bits.
+    /// P, `[BQ][SK]` bf16 bits (`[BQ][2 · SK]` for split inputs).
     pub p: AlignedBuf<u16>,
-    pub kt: Packed,
-    pub vv: Packed,
+    /// K^T and V packs of the high halves, and of the low halves (split
+    /// inputs only).
+    pub kt: [Packed; 2],
+    pub vv: [Packed; 2],
+    /// Split inputs: one head's (or tile's) rows as high / low halves, and
+    /// a widened row.
+    conv: (Vec<u16>, Vec<u16>, Vec<f32>),
     pub dq: usize,
+    pub split: bool,
 }
 
 impl Bf16Scratch {
-    pub(super) fn new(d: usize) -> Bf16Scratch {
+    pub(super) fn new(d: usize, split: bool) -> Bf16Scratch {
         let dq = d.next_multiple_of(DQ_ALIGN);
+        let w = if split { 2 } else { 1 };
         Bf16Scratch {
-            q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq)).collect(),
+            q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq * w)).collect(),
             s: AlignedBuf::new(BQ * SK),
-            p: AlignedBuf::new(BQ * SK),
-            kt: Packed::default(),
-            vv: Packed::default(),
+            p: AlignedBuf::new(BQ * SK * w),
+            kt: Default::default(),
+            vv: Default::default(),
+            conv: (Vec::new(), Vec::new(), vec![0.0; d]),
             dq,
+            split,
+        }
+    }
+
+    /// Q rows `[BQ][q_pitch]`: elements apart.
+    pub(super) fn q_pitch(&self) -> usize {
+        if self.split {
+            2 * self.dq
+        } else {
+            self.dq
+        }
+    }
+}
+
+/// An input type the dot-product paths read: bf16 as it is, or f16 split
+/// exactly into bf16 high and low halves (`x = hi + lo`: an f16 has 11
+/// significant bits, `hi` keeps 8, the remainder fits `lo`, and bf16's
+/// range holds f16's), so that `q·k = qh·kh + qh·kl + ql·kh + ql·kl` and
+/// the dropped `ql·kl` is below 2^-16 of `|q||k|`.
+pub(crate) trait Src: Elem {
+    const SPLIT: bool;
+    /// The slice's bits when it already is bf16.
+    fn as_bits(src: &[Self]) -> Option<&[u16]>;
+    /// A row's high halves into `hi` and (split types) low halves into
+    /// `lo`; `tmp` is f32 scratch of the row's length.
+    fn halves(src: &[Self], hi: &mut [u16], lo: &mut [u16], tmp: &mut [f32]);
+}
+
+impl Src for bf16 {
+    const SPLIT: bool = false;
+    fn as_bits(src: &[bf16]) -> Option<&[u16]> {
+        Some(bytemuck::cast_slice(src))
+    }
+    #[inline(always)]
+    fn halves(src: &[bf16], hi: &mut [u16], _: &mut [u16], _: &mut [f32]) {
+        hi.copy_from_slice(bytemuck::cast_slice(src));
+    }
+}
+
+impl Src for f16 {
+    const SPLIT: bool = true;
+    fn as_bits(_: &[f16]) -> Option<&[u16]> {
+        None
+    }
+    #[inline(always)]
+    fn halves(src: &[f16], hi: &mut [u16], lo: &mut [u16], tmp: &mut [f32]) {
+        Self::widen(src, tmp);
+        for ((h, l), &x) in hi.iter_mut().zip(lo.iter_mut()).zip(tmp.iter()) {
+            *h = round_bf16(x);
+            *l = round_bf16(x - widen(*h));
         }
     }
 }
@@ -62,25 +123,29 @@ impl Packed {
     }
 }
 
-/// The bits of a bf16 slice.
-pub(super) fn bits(x: &[bf16]) -> &[u16] {
-    bytemuck::cast_slice(x)
-}
-
-/// Copies Q rows `i0..i0 + rows` of head `h` into `dst` (`[BQ][dq]`),
-/// zeroing the rows up to the next multiple of 16. Columns past `d` stay
-/// zero: nothing else writes them.
-pub(super) fn load_q(c: &Call<bf16>, dst: &mut [u16], dq: usize, (b, h, i0, rows): (usize, usize, usize, usize)) {
-    let (q, d) = (bits(c.q), c.d);
+/// Copies Q rows `i0..i0 + rows` of head `h` into `dst` (`[BQ][pitch]`:
+/// the high halves, then at `dq` the low halves of split inputs), zeroing
+/// the rows up to the next multiple of 16. Columns past `d` stay zero:
+/// nothing else writes them.
+pub(super) fn load_q<S: Src>(
+    c: &Call<S>,
+    s: &mut Bf16Scratch,
+    ui: usize,
+    (b, h, i0, rows): (usize, usize, usize, usize),
+) {
+    let (d, dq, pitch) = (c.d, s.dq, s.q_pitch());
+    let (dst, tmp) = (&mut s.q[ui], &mut s.conv.2);
     for r in 0..rows {
         if r + PREFETCH_ROWS < rows {
             let pf = c.q_rows.at(b, i0 + r + PREFETCH_ROWS, h);
-            prefetch_row(&q[pf..pf + d]);
+            prefetch_row(&c.q[pf..pf + d]);
         }
         let off = c.q_rows.at(b, i0 + r, h);
-        dst[r * dq..r * dq + d].copy_from_slice(&q[off..off + d]);
+        let (hi, lo) = dst[r * pitch..(r + 1) * pitch].split_at_mut(dq);
+        let lo_len = d.min(lo.len());
+        S::halves(&c.q[off..off + d], &mut hi[..d], &mut lo[..lo_len], tmp);
     }
-    dst[rows * dq..rows.next_multiple_of(16) * dq].fill(0);
+    dst[rows * pitch..rows.next_multiple_of(16) * pitch].fill(0);
 }
 
 /// Packs keys `rows` (K rows) into K^T pairs: `dst[kt_offset(p, j,
@@ -249,25 +314,25 @@ pub(crate) fn pack_kt_for_test(src: &[u16], rows: HeadRows, dst: &mut [u32], lay
 /// Where a tile's K^T and V pairs are: column / pair row 0 is key
 /// `origin`.
 pub(super) struct PackedKv {
-    kt: *const u32,
+    kt: [*const u32; 2],
     /// u32 per block of `KB` keys (all pairs).
     kt_block: usize,
-    vv: *const u32,
+    vv: [*const u32; 2],
     pub vv_pitch: usize,
     origin: usize,
 }
 
 impl PackedKv {
     /// K^T pairs from key `j` (a block start) on.
-    pub(super) fn kt_at(&self, j: usize) -> *const u32 {
+    pub(super) fn kt_at(&self, j: usize) -> [*const u32; 2] {
         debug_assert!((j - self.origin).is_multiple_of(KB));
-        self.kt.wrapping_add((j - self.origin) / KB * self.kt_block)
+        self.kt.map(|kt| kt.wrapping_add((j - self.origin) / KB * self.kt_block))
     }
 
     /// V pairs from key `j` (even) on.
-    pub(super) fn vv_at(&self, j: usize) -> *const u32 {
+    pub(super) fn vv_at(&self, j: usize) -> [*const u32; 2] {
         debug_assert!((j - self.origin).is_multiple_of(2));
-        self.vv.wrapping_add((j - self.origin) / 2 * self.vv_pitch)
+        self.vv.map(|vv| vv.wrapping_add((j - self.origin) / 2 * self.vv_pitch))
     }
 }
 
@@ -285,7 +350,7 @@ pub(super) struct KvPlan {
 }
 
 impl KvPlan {
-    pub(super) fn new(c: &Call<bf16>, task: &Task, dq: usize) -> KvPlan {
+    pub(super) fn new<S: Src>(c: &Call<S>, task: &Task, dq: usize) -> KvPlan {
         let rows = |r: Rows| HeadRows { base: r.at(task.b, 0, task.kvh), stride: r.seq, count: c.skv, d: c.d };
         let kt_pairs = dq / 2;
         let head_kt = (c.skv + TILE_REACH).div_ceil(KB) * kt_pairs * KB;
@@ -306,35 +371,75 @@ impl KvPlan {
     /// The packed K^T and V for the walk's tile `t0..t1` (`t0` even):
     /// the head copies (packed on first use of the head by this worker),
     /// or this tile's keys packed, the rest of its reach zero.
-    pub(super) fn tile(
+    pub(super) fn tile<S: Src>(
         &self,
-        c: &Call<bf16>,
+        c: &Call<S>,
         s: &mut Bf16Scratch,
         id: (usize, usize),
         t0: usize,
         t1: usize,
     ) -> PackedKv {
-        let (k, v) = (bits(c.k), bits(c.v));
         let origin = if self.heads {
-            if s.kt.of != Some(id) {
-                pack_kt(k, self.k_rows, s.kt.buf(self.kt_len), self.kt_pairs);
-                pack_vv(v, self.v_rows, s.vv.buf(self.vv_len), self.vv_pitch);
-                s.kt.of = Some(id);
+            if s.kt[0].of != Some(id) {
+                self.pack(c, s, (self.k_rows, self.v_rows), false);
+                s.kt[0].of = Some(id);
             }
             0
         } else {
             let n = t1 - t0;
-            let kt = s.kt.buf(self.kt_len);
-            // Keys past the tile read as zeros.
-            kt.fill(0);
-            pack_kt(k, self.k_rows.slice(t0, n), kt, self.kt_pairs);
-            let vv = s.vv.buf(self.vv_len);
-            pack_vv(v, self.v_rows.slice(t0, n), vv, self.vv_pitch);
-            vv[n.div_ceil(2) * self.vv_pitch..].fill(0);
-            s.kt.of = None;
+            self.pack(c, s, (self.k_rows.slice(t0, n), self.v_rows.slice(t0, n)), true);
+            s.kt[0].of = None;
             t0
         };
-        let (kt, vv) = (s.kt.buf(self.kt_len).as_ptr(), s.vv.buf(self.vv_len).as_ptr());
+        let halves = if s.split { 2 } else { 1 };
+        let mut kt = [std::ptr::null(); 2];
+        let mut vv = [std::ptr::null(); 2];
+        for i in 0..halves {
+            kt[i] = s.kt[i].buf(self.kt_len).as_ptr();
+            vv[i] = s.vv[i].buf(self.vv_len).as_ptr();
+        }
+        if halves == 1 {
+            (kt[1], vv[1]) = (kt[0], vv[0]);
+        }
         PackedKv { kt, kt_block: self.kt_pairs * KB, vv, vv_pitch: self.vv_pitch, origin }
+    }
+
+    /// Packs K rows `k` and V rows `v` (a head, or a tile with `clear`:
+    /// the packs' keys past the rows read as zeros).
+    fn pack<S: Src>(&self, c: &Call<S>, s: &mut Bf16Scratch, (k, v): (HeadRows, HeadRows), clear: bool) {
+        let halves = if s.split { 2 } else { 1 };
+        for (i, (src, rows)) in [(c.k, k), (c.v, v)].into_iter().enumerate() {
+            // bf16 rows are packed in place; split rows go through `conv`.
+            let (hi, lo, rows) = match S::as_bits(src) {
+                Some(b) => (b, &[][..], rows),
+                None => {
+                    let (hi, lo, tmp) = &mut s.conv;
+                    let n = rows.count * rows.d;
+                    hi.resize(n, 0);
+                    lo.resize(n, 0);
+                    for j in 0..rows.count {
+                        let off = rows.base + j * rows.stride;
+                        let (h, l) = (&mut hi[j * rows.d..(j + 1) * rows.d], &mut lo[j * rows.d..(j + 1) * rows.d]);
+                        S::halves(&src[off..off + rows.d], h, l, tmp);
+                    }
+                    (&hi[..], &lo[..], HeadRows { base: 0, stride: rows.d, ..rows })
+                }
+            };
+            for (half, bits) in [hi, lo].into_iter().enumerate().take(halves) {
+                if i == 0 {
+                    let kt = s.kt[half].buf(self.kt_len);
+                    if clear {
+                        kt.fill(0);
+                    }
+                    pack_kt(bits, rows, kt, self.kt_pairs);
+                } else {
+                    let vv = s.vv[half].buf(self.vv_len);
+                    pack_vv(bits, rows, vv, self.vv_pitch);
+                    if clear {
+                        vv[rows.count.div_ceil(2) * self.vv_pitch..].fill(0);
+                    }
+                }
+            }
+        }
     }
 }

@@ -39,7 +39,8 @@ pub(crate) trait RowSoftmax {
     /// Turns rows `0..un.pos.rows` of `s` (`[BQ][SK]` raw scores, the
     /// first `n` keys of the step valid; overwritten) into P in `p`
     /// (`[BQ][SK]` bf16 bits, the first `n` rounded up to 32 written, zero
-    /// outside each row's live keys), updates
+    /// outside each row's live keys; with `split`, rows of `2 · SK`: the
+    /// high halves, then `SK` on the low halves `bf16(p - high)`), updates
     /// the unit's running max and sum, and writes each row's rescale
     /// factor for O into `alpha`.
     unsafe fn tile<const LOG2: bool>(
@@ -50,6 +51,7 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
+        split: bool,
     );
 }
 
@@ -64,9 +66,8 @@ pub(crate) fn round_bf16(x: f32) -> u16 {
 }
 
 /// bf16 bits widened to f32.
-#[cfg(test)]
 #[inline(always)]
-fn widen(x: u16) -> f32 {
+pub(super) fn widen(x: u16) -> f32 {
     f32::from_bits((x as u32) << 16)
 }
 
@@ -113,8 +114,10 @@ impl RowSoftmax for PortableSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
+        split: bool,
     ) {
-        assert!(s.len() >= BQ * SK && p.len() >= BQ * SK && n <= SK);
+        let pp = if split { 2 * SK } else { SK };
+        assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && n <= SK);
         let rows = un.pos.rows;
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
@@ -130,13 +133,16 @@ impl RowSoftmax for PortableSoftmax {
         let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
         for r in 0..rows {
             let srow = &s[r * SK..r * SK + keys];
-            let prow = &mut p[r * SK..r * SK + keys];
             let mut sum = [0.0f32; W];
-            for (sc, pc) in srow.chunks_exact(W).zip(prow.chunks_exact_mut(W)) {
-                for i in 0..W {
-                    let e = round_bf16(exp_any::<LOG2>(sc[i] - m_use[r], k.fma));
-                    pc[i] = e;
-                    sum[i] += widen(e);
+            for (j, &x) in srow.iter().enumerate() {
+                let e = exp_any::<LOG2>(x - m_use[r], k.fma);
+                let h = round_bf16(e);
+                p[r * pp + j] = h;
+                sum[j % W] += widen(h);
+                if split {
+                    let l = round_bf16(e - widen(h));
+                    p[r * pp + SK + j] = l;
+                    sum[j % W] += widen(l);
                 }
             }
             un.l[r] = un.l[r] * alpha[r] + sum.iter().sum::<f32>();
@@ -232,13 +238,13 @@ mod x86 {
         _mm512_mask_or_epi32(r, nan, hi, _mm512_set1_epi32(0x40))
     }
 
-    /// 32 P values rounded to bf16, as 32 bf16 bits (`a` first), and the
-    /// sum of the rounded values added to `sum`.
+    /// 32 P values rounded to bf16, as 32 bf16 bits (`a` first) and as
+    /// f32 (`a`'s, `b`'s), the rounded values added to `sum`.
     ///
     /// # Safety
     /// AVX-512F/BW, and AVX512-BF16 when `CVT`.
     #[inline(always)]
-    unsafe fn round_pair<const CVT: bool>(a: __m512, b: __m512, sum: &mut __m512) -> __m512i {
+    unsafe fn round_pair<const CVT: bool>(a: __m512, b: __m512, sum: &mut __m512) -> (__m512i, __m512, __m512) {
         let packed: __m512i = if CVT {
             // SAFETY: AVX512-BF16 present when CVT (caller); __m512bh and
             // __m512i are both 64 bytes.
@@ -247,10 +253,10 @@ mod x86 {
             let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
             _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
         };
-        let lo = _mm512_castsi512_si256(packed);
-        let hi = _mm512_extracti64x4_epi64::<1>(packed);
-        *sum = _mm512_add_ps(*sum, _mm512_add_ps(widen16(lo), widen16(hi)));
-        packed
+        let ra = widen16(_mm512_castsi512_si256(packed));
+        let rb = widen16(_mm512_extracti64x4_epi64::<1>(packed));
+        *sum = _mm512_add_ps(*sum, _mm512_add_ps(ra, rb));
+        (packed, ra, rb)
     }
 
     /// P for 16 keys: `2^(x · ce + me)` where `mask` is set, else 0.
@@ -274,8 +280,10 @@ mod x86 {
             live: &LiveKeys,
             k: &Scaling,
             alpha: &mut [f32; BQ],
+            split: bool,
         ) {
-            assert!(s.len() >= BQ * SK && p.len() >= BQ * SK && n <= SK);
+            let pp = if split { 2 * SK } else { SK };
+            assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && n <= SK);
             // Whole pairs of 16-key chunks: the keys the products read.
             let halves = n.div_ceil(32);
             let rows = un.pos.rows;
@@ -306,7 +314,7 @@ mod x86 {
             for r in 0..rows {
                 // SAFETY: as above; row r of p is SK bf16 (asserted).
                 unsafe {
-                    let (sp, pp) = (s.as_ptr().add(r * SK), p.as_mut_ptr().add(r * SK));
+                    let (sp, prow) = (s.as_ptr().add(r * SK), p.as_mut_ptr().add(r * pp));
                     let (ce, me) = (_mm512_set1_ps(scale * e), _mm512_set1_ps(-m_use[r] * e));
                     let (lo, hi) = (live.begin[r], live.end[r]);
                     let mut sum = _mm512_setzero_ps();
@@ -314,8 +322,12 @@ mod x86 {
                         let (c0, c1) = (2 * half, 2 * half + 1);
                         let a = p16(sp.add(16 * c0), chunk_mask(lo, hi, c0), ce, me);
                         let b = p16(sp.add(16 * c1), chunk_mask(lo, hi, c1), ce, me);
-                        let packed = round_pair::<CVT>(a, b, &mut sum);
-                        _mm512_storeu_si512(pp.add(32 * half).cast(), packed);
+                        let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
+                        _mm512_storeu_si512(prow.add(32 * half).cast(), packed);
+                        if split {
+                            let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
+                            _mm512_storeu_si512(prow.add(SK + 32 * half).cast(), low);
+                        }
                     }
                     un.l[r] = un.l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
                 }

@@ -12,12 +12,10 @@ use super::super::scratch::{AlignedBuf, Scratch};
 use super::super::task::{finish_units, start_units};
 use super::super::unit::Unit;
 use super::super::{BQ, SUB};
-use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv};
+use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv, Src};
 use super::softmax::{RowSoftmax, Scaling};
 use super::SK;
 use super::{MatMul, PvArgs, QkArgs, KB};
-use half::bf16;
-
 /// One unit (`ui`) over keys `j0..j0 + n` of the walk's tile `t0..t1`
 /// (`j0` a multiple of `KB`, `n <= SK`).
 #[derive(Clone, Copy)]
@@ -29,23 +27,27 @@ struct Step {
     t1: usize,
 }
 
-/// Runs task `t` of the call with the products of `mm` and softmax `X`.
+/// Runs task `t` of the call with the products of `mm` and softmax `X`
+/// (inputs `S`: bf16, or f16 split into bf16 halves).
 ///
 /// # Safety
 /// `M`'s and `X`'s CPU features must be present (and, for AMX, the tile
 /// state granted); tasks running concurrently must have distinct `t`.
 #[inline(always)]
-pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax>(
+pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax, S: Src>(
     mm: &mut M,
-    c: &Call<bf16>,
+    c: &Call<S>,
     sc: &mut Scratch,
     t: usize,
 ) {
     let task = c.task(t);
-    let mut bs = sc.bf16.take().unwrap_or_else(|| Box::new(Bf16Scratch::new(c.d)));
+    let mut bs = match sc.bf16.take() {
+        Some(bs) if bs.split == S::SPLIT => bs,
+        _ => Box::new(Bf16Scratch::new(c.d, S::SPLIT)),
+    };
     let dq = bs.dq;
     let mut units = start_units(c, sc, &task, |sc, ui, pos| {
-        load_q(c, &mut bs.q[ui], dq, (task.b, pos.h, pos.i0, pos.rows));
+        load_q(c, &mut bs, ui, (task.b, pos.h, pos.i0, pos.rows));
         sc.o[ui][..pos.rows.next_multiple_of(16) * c.dp].fill(0.0);
     });
     let steps = steps(&units);
@@ -94,9 +96,9 @@ fn steps(units: &[Option<Unit>; SUB]) -> Vec<Step> {
 }
 
 /// One task's state while its steps run.
-struct Run<'a, M> {
+struct Run<'a, M, S> {
     mm: &'a mut M,
-    c: &'a Call<'a, bf16>,
+    c: &'a Call<'a, S>,
     bs: &'a mut Bf16Scratch,
     o: &'a mut [AlignedBuf],
     units: &'a mut [Option<Unit>; SUB],
@@ -104,7 +106,7 @@ struct Run<'a, M> {
     dq: usize,
 }
 
-impl<M: MatMul> Run<'_, M> {
+impl<M: MatMul, S: Src> Run<'_, M, S> {
     /// The steps in order; the walk tile's K^T and V come from the head
     /// copies or are packed when the walk reaches the tile.
     ///
@@ -132,11 +134,13 @@ impl<M: MatMul> Run<'_, M> {
         let dp = self.c.dp;
         let un = self.units[st.ui].as_mut().expect("a step's unit is live");
         let (rows, rows16, keys) = (un.pos.rows, un.pos.rows.next_multiple_of(16), st.n.next_multiple_of(32));
+        let q_pitch = self.bs.q_pitch();
         let (s, p, o) = (&mut self.bs.s, &mut self.bs.p, &mut self.o[st.ui]);
         let qk = QkArgs {
             q: self.bs.q[st.ui].as_ptr(),
-            q_pitch: self.dq,
+            q_pitch,
             kt: kv.kt_at(st.j0),
+            split: S::SPLIT,
             pairs: self.dq / 2,
             s: s.as_mut_ptr(),
             rows: rows16,
@@ -148,9 +152,10 @@ impl<M: MatMul> Run<'_, M> {
         let live = un.live_keys(st.j0, st.n);
         let mut alpha = [1.0f32; BQ];
         // SAFETY: X's features are present (forwarded contract).
-        unsafe { X::tile::<LOG2>(un, s, p, st.n, &live, &self.scaling, &mut alpha) };
+        unsafe { X::tile::<LOG2>(un, s, p, st.n, &live, &self.scaling, &mut alpha, S::SPLIT) };
         // Padding rows of the last query block multiply as zeros.
-        p[rows * SK..rows16 * SK].fill(0);
+        let p_pitch = if S::SPLIT { 2 * SK } else { SK };
+        p[rows * p_pitch..rows16 * p_pitch].fill(0);
         if !M::RESCALES_O {
             for (r, &a) in alpha.iter().enumerate().take(rows) {
                 if a != 1.0 {
@@ -160,6 +165,8 @@ impl<M: MatMul> Run<'_, M> {
         }
         let pv = PvArgs {
             p: p.as_ptr(),
+            p_pitch,
+            split: S::SPLIT,
             vv: kv.vv_at(st.j0),
             vv_pitch: kv.vv_pitch,
             keys,
