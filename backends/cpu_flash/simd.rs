@@ -188,7 +188,8 @@ impl PairDot for Avx512Bf16 {
         // SAFETY: only called where avx512bf16 is enabled (trait contract);
         // __m512 and __m512bh are both 64 bytes of lanes.
         unsafe {
-            let (a, b): (__m512bh, __m512bh) = (std::mem::transmute(a), std::mem::transmute(b));
+            let cast = |x: __m512| std::mem::transmute::<__m512, __m512bh>(x);
+            let (a, b) = (cast(a), cast(b));
             _mm512_dpbf16_ps(acc, a, b)
         }
     }

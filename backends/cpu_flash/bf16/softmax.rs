@@ -28,6 +28,8 @@ pub(crate) struct Scaling {
     pub softcap: Option<f32>,
     /// Hardware FMA in the task (for the scalar `exp` of the rescale).
     pub fma: bool,
+    /// P rows hold high and low bf16 halves (split inputs, see `tile`).
+    pub split: bool,
 }
 
 /// One tile's softmax.
@@ -51,7 +53,6 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-        split: bool,
     );
 }
 
@@ -114,9 +115,8 @@ impl RowSoftmax for PortableSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-        split: bool,
     ) {
-        let pp = if split { 2 * SK } else { SK };
+        let (split, pp) = (k.split, if k.split { 2 * SK } else { SK });
         assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && n <= SK);
         let rows = un.pos.rows;
         let mut scale = k.scale;
@@ -248,7 +248,7 @@ mod x86 {
         let packed: __m512i = if CVT {
             // SAFETY: AVX512-BF16 present when CVT (caller); __m512bh and
             // __m512i are both 64 bytes.
-            unsafe { std::mem::transmute(_mm512_cvtne2ps_pbh(b, a)) }
+            unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
         } else {
             let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
             _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
@@ -280,9 +280,8 @@ mod x86 {
             live: &LiveKeys,
             k: &Scaling,
             alpha: &mut [f32; BQ],
-            split: bool,
         ) {
-            let pp = if split { 2 * SK } else { SK };
+            let (split, pp) = (k.split, if k.split { 2 * SK } else { SK });
             assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && n <= SK);
             // Whole pairs of 16-key chunks: the keys the products read.
             let halves = n.div_ceil(32);
@@ -295,7 +294,7 @@ mod x86 {
             // Scores in exp2's units: x · scale · (log2 e unless LOG2).
             let e = if LOG2 { 1.0 } else { std::f32::consts::LOG2_E };
             let mut tile_max = [f32::NEG_INFINITY; BQ];
-            for r in 0..rows {
+            for (r, tm) in tile_max.iter_mut().enumerate().take(rows) {
                 let (lo, hi) = (live.begin[r], live.end[r]);
                 // SAFETY: AVX-512F/BW (trait contract); row r of s is SK
                 // floats and 32 · halves <= SK (asserted above).
@@ -307,7 +306,7 @@ mod x86 {
                     }
                     // The raw max times a positive scale is the scaled max.
                     let raw = _mm512_reduce_max_ps(mx);
-                    tile_max[r] = if raw == f32::NEG_INFINITY { raw } else { raw * scale };
+                    *tm = if raw == f32::NEG_INFINITY { raw } else { raw * scale };
                 }
             }
             let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);

@@ -53,7 +53,7 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax, S: Src>(
     let steps = steps(&units);
     if !steps.is_empty() {
         let plan = KvPlan::new(c, &task, dq);
-        let scaling = Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA };
+        let scaling = Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA, split: S::SPLIT };
         let mut run = Run { mm, c, bs: &mut bs, o: &mut sc.o, units: &mut units, scaling, dq };
         // SAFETY: forwarded contract; `end` follows `begin` on this thread.
         unsafe {
@@ -152,7 +152,7 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
         let live = un.live_keys(st.j0, st.n);
         let mut alpha = [1.0f32; BQ];
         // SAFETY: X's features are present (forwarded contract).
-        unsafe { X::tile::<LOG2>(un, s, p, st.n, &live, &self.scaling, &mut alpha, S::SPLIT) };
+        unsafe { X::tile::<LOG2>(un, s, p, st.n, &live, &self.scaling, &mut alpha) };
         // Padding rows of the last query block multiply as zeros.
         let p_pitch = if S::SPLIT { 2 * SK } else { SK };
         p[rows * p_pitch..rows16 * p_pitch].fill(0);
