@@ -41,11 +41,17 @@
 //! * Deterministic: every output element is produced by one unit, in a
 //!   fixed order, whatever the thread count.
 //!
+//! * bf16 runs on AMX tiles (`tdpbf16ps`) where the CPU and OS allow it,
+//!   and f16 too, split exactly into bf16 halves (`bf16/`: its own
+//!   layouts, steps of 256 keys, AVX-512 softmax); `CpuIsa::kernels` and
+//!   `explain` say which kernels a dtype gets on this CPU.
+//!
 //! Files, one job each: `isa` (detection, dispatch), `schedule` (the call,
 //! tasks, rayon), `task` (one task's steps), `unit` (one unit's online
 //! softmax step), `kernels` (micro-kernels), `simd` (vector types), `exp`
 //! (softmax math), `exact` (the f64 path for non-finite rows), `scratch`
-//! (buffers, head copies), `elem` (dtypes).
+//! (buffers, head copies), `elem` (dtypes), `bf16/` (the dot-product
+//! paths for bf16 and f16).
 
 mod bf16;
 mod elem;
