@@ -7,10 +7,16 @@ Usage (torch in a venv outside the repo, never in CI):
     /work/.venv-torch/bin/python scripts/compare_torch_cpu.py [--rounds 3] [--dtypes f32,bf16,f16]
     # before/after: two builds of cpu-flash alternate with torch in every round
     ... compare_torch_cpu.py --build before=/tmp/base/time_cpu_flash --build after=target/release/rocmforge
+    # one kernel family forced (the example's --isa), next to the automatic choice
+    ... compare_torch_cpu.py --build auto=target/release/rocmforge --build avx512=target/release/examples/time_cpu_flash@avx512
+    # accuracy instead of speed: cpu-flash's and torch's error against torch's f64 result, same inputs
+    ... compare_torch_cpu.py --accuracy --dtypes bf16,f16
 
 A build is a path to the `rocmforge` CLI (timed with `bench --json`) or to
-the `time_cpu_flash` example; without `--build`, target/release/rocmforge is
-used when it works, else target/release/examples/time_cpu_flash. Torch and
+the `time_cpu_flash` example, which may end in `@ISA` to force a kernel
+family (`--isa`: amx, avx512bf16, avx512, avx2, portable); without
+`--build`, target/release/rocmforge is used when it works, else
+target/release/examples/time_cpu_flash. Torch and
 every build alternate within each round (the order rotates per round); the
 table shows the median over rounds of each side's per-round median, and the
 range of per-round ratios. It also shows CPU time per call (all threads of
@@ -57,11 +63,14 @@ def parse_json(text):
 
 def build_command(tool, shape, mask, dtype, backend, warmup, repeats):
     s = ",".join(map(str, shape))
+    tool, _, isa = tool.partition("@")
     if os.path.basename(tool).startswith("rocmforge"):
+        if isa:
+            raise SystemExit(f"{tool}@{isa}: the CLI picks the kernel family itself; force one with the example")
         return [tool, "bench", "--backends", backend, "--shape", s, "--mask", mask, "--dtype", dtype,
                 "--warmup", str(warmup), "--repeats", str(repeats), "--json"]
     return [tool, "--backends", backend, "--mask", mask, "--shape", s, "--dtype", dtype, "--warmup", str(warmup),
-            "--repeats", str(repeats), "--reference-repeats", str(repeats)]
+            "--repeats", str(repeats), "--reference-repeats", str(repeats)] + (["--isa", isa] if isa else [])
 
 
 def rocmforge_time(tools, shape, mask, dtype, backend, warmup, repeats):
@@ -115,6 +124,8 @@ def main():
     ap.add_argument("--reference", action="store_true", help="also time cpu-reference (slow: ~1 min per shape)")
     ap.add_argument("--build", action="append", default=[], metavar="LABEL=PATH",
                     help="a cpu-flash build to time (rocmforge CLI or time_cpu_flash example); repeat to compare")
+    ap.add_argument("--accuracy", action="store_true",
+                    help="report errors against torch's f64 result instead of times (runs the CLI with --q/--k/--v)")
     ap.add_argument("--cli", default="target/release/rocmforge")
     ap.add_argument("--example", default="target/release/examples/time_cpu_flash")
     args = ap.parse_args()
@@ -122,6 +133,8 @@ def main():
     builds = [(label, [path]) for label, path in (b.split("=", 1) for b in args.build)]
     if not builds:
         builds = [("cpu-flash", [t for t in (args.cli, args.example) if os.path.exists(t)])]
+    if args.accuracy:
+        return accuracy(args, [d.strip() for d in args.dtypes.split(",") if d.strip()])
     dtypes = [d.strip() for d in args.dtypes.split(",") if d.strip()]
 
     import torch
@@ -190,6 +203,48 @@ def main():
             print(line)
     print(f"\n(cpu-flash timed with {tool_used}; torch GQA via {args.gqa}; medians over {args.rounds} rounds; "
           f"speed / torch = torch ms / cpu-flash ms)")
+
+
+def accuracy(args, dtypes):
+    """cpu-flash (the CLI, automatic kernel choice) and torch on the same
+    inputs, each against torch's float64 attention of those inputs: max and
+    mean |error| per shape and dtype."""
+    import tempfile
+    import torch
+    from safetensors.torch import load_file, save_file
+    torch.set_num_threads(args.threads)
+    os.environ["RAYON_NUM_THREADS"] = str(args.threads)
+    F = torch.nn.functional
+    tdtypes = {"f32": torch.float32, "bf16": torch.bfloat16, "f16": torch.float16}
+    print(f"torch {torch.__version__}, {args.threads} threads, cpu-flash from {args.cli}", file=sys.stderr)
+    print("| shape (b,hq,hkv,sq,skv,d) | mask | dtype | torch max abs err | torch mean abs err | "
+          "cpu-flash max abs err | cpu-flash mean abs err | cpu-flash / torch (mean) |\n|---|---|---|---|---|---|---|---|")
+    for dtype in dtypes:
+        for shape, mask in SHAPES:
+            b, hq, hkv, sq, skv, d = shape
+            g = torch.Generator().manual_seed(1)
+            q, k, v = ((torch.rand(b, h, s_, d, generator=g) * 2 - 1).to(tdtypes[dtype])
+                       for h, s_ in ((hq, sq), (hkv, skv), (hkv, skv)))
+            kw = {"is_causal": mask == "causal", "enable_gqa": hq != hkv}
+            with torch.inference_mode():
+                ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), **kw)
+                got_torch = F.scaled_dot_product_attention(q, k, v, **kw).double()
+            with tempfile.TemporaryDirectory() as tmp:
+                paths = {}
+                for name, t in (("q", q), ("k", k), ("v", v)):
+                    paths[name] = os.path.join(tmp, f"{name}.safetensors")
+                    save_file({name: t.transpose(1, 2).contiguous()}, paths[name])
+                out = os.path.join(tmp, "out.safetensors")
+                cmd = [args.cli, "run", "--backend", "cpu-flash", "--device", "cpu", "--dtype", dtype, "--mask", mask,
+                       "--batch", str(b), "--heads", str(hq), "--kv-heads", str(hkv), "--seq-q", str(sq),
+                       "--seq-kv", str(skv), "--head-dim", str(d), "--q", paths["q"], "--k", paths["k"],
+                       "--v", paths["v"], "--out", out]
+                subprocess.run(cmd, check=True, capture_output=True, text=True)
+                got = next(iter(load_file(out).values())).transpose(1, 2).double()
+            row = [(got_torch - ref).abs(), (got - ref).abs()]
+            (tmax, tmean), (fmax, fmean) = ((e.max().item(), e.mean().item()) for e in row)
+            print(f"| {','.join(map(str, shape))} | {mask} | {dtype} | {tmax:.3e} | {tmean:.3e} | {fmax:.3e} | "
+                  f"{fmean:.3e} | {fmean / tmean:.2f} |", flush=True)
 
 
 if __name__ == "__main__":

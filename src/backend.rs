@@ -59,6 +59,13 @@ pub trait AttentionBackend: Send + Sync + 'static {
     /// Computes `out = softmax(mask(scale * q k^T)) v` for a call that has
     /// already passed every check (including this backend's `check`).
     fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError>;
+    /// The kernels this backend runs for `dtype` on this machine, in words,
+    /// where that depends on the machine (CPU backends that pick an ISA at
+    /// run time); `None` otherwise. `explain` and `backends` show it.
+    fn kernels_here(&self, dtype: crate::dtype::DType) -> Option<String> {
+        let _ = dtype;
+        None
+    }
 }
 
 impl dyn AttentionBackend {

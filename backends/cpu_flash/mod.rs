@@ -41,12 +41,19 @@
 //! * Deterministic: every output element is produced by one unit, in a
 //!   fixed order, whatever the thread count.
 //!
+//! * bf16 runs on AMX tiles (`tdpbf16ps`) where the CPU and OS allow it,
+//!   and f16 too, split exactly into bf16 halves (`bf16/`: its own
+//!   layouts, steps of 256 keys, AVX-512 softmax); `CpuIsa::kernels` and
+//!   `explain` say which kernels a dtype gets on this CPU.
+//!
 //! Files, one job each: `isa` (detection, dispatch), `schedule` (the call,
 //! tasks, rayon), `task` (one task's steps), `unit` (one unit's online
 //! softmax step), `kernels` (micro-kernels), `simd` (vector types), `exp`
 //! (softmax math), `exact` (the f64 path for non-finite rows), `scratch`
-//! (buffers, head copies), `elem` (dtypes).
+//! (buffers, head copies), `elem` (dtypes), `bf16/` (the dot-product
+//! paths for bf16 and f16).
 
+mod bf16;
 mod elem;
 mod exact;
 mod exp;
@@ -132,6 +139,17 @@ impl CpuFlash {
         self.isa.isa()
     }
 
+    /// The kernels this instance runs for `dtype`, in words.
+    pub fn kernels(&self, dtype: DType) -> &'static str {
+        self.isa.isa().kernels(dtype)
+    }
+
+    /// Portable kernels with the bf16 products run by an emulator (tests).
+    #[cfg(test)]
+    fn emulated(e: isa::Emulated) -> CpuFlash {
+        CpuFlash { isa: VerifiedIsa::emulated(e) }
+    }
+
     /// Runs a checked call: the element type picks the instantiation.
     fn compute(&self, call: &mut CheckedCall<'_>) -> Result<(), BackendError> {
         let p = call.problem();
@@ -193,5 +211,21 @@ impl AttentionBackend for CpuFlash {
 
     fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
         self.compute(&mut call)
+    }
+
+    /// The kernels `dtype` gets on this CPU, the family's name, and why the
+    /// wider families are not used.
+    fn kernels_here(&self, dtype: DType) -> Option<String> {
+        let isa = self.isa.isa();
+        let wider: Vec<String> = CpuIsa::ALL
+            .into_iter()
+            .take_while(|w| *w != isa)
+            .filter_map(|w| w.unavailable().map(|why| format!("{}: {why}", w.name())))
+            .collect();
+        let mut text = format!("{} ({} family)", isa.kernels(dtype), isa.name());
+        if !wider.is_empty() {
+            text.push_str(&format!("; not used here: {}", wider.join("; ")));
+        }
+        Some(text)
     }
 }

@@ -198,6 +198,6 @@ pub(super) fn run<T: Elem>(p: &AttentionProblem, storages: Storages<'_, T>, layo
         let slot = rayon::current_thread_index().unwrap_or(0) % slots.len();
         let mut guard = slots[slot].lock().unwrap_or_else(|e| e.into_inner());
         let sc = guard.get_or_insert_with(|| Scratch::new(call.d, call.dp));
-        isa.dispatch(&call, sc, t);
+        T::run_task(isa, &call, sc, t);
     });
 }

@@ -1,34 +1,37 @@
 //! A worker's reusable f32 buffers, and the per-head K/V copies.
 
+use super::bf16::Bf16Scratch;
 use super::elem::Elem;
 use super::{BK, BQ, QTS, SUB};
 
-/// A zeroed f32 buffer whose first element sits on a 64-byte boundary, so
-/// that zmm loads of rows whose stride is a multiple of 16 floats never
-/// straddle two cache lines (split loads cost ~30% of the kernels' speed).
-pub(super) struct AlignedBuf {
-    buf: Vec<f32>,
+/// A zeroed buffer (f32 unless said otherwise) whose first element sits on
+/// a 64-byte boundary, so that zmm loads of rows whose stride is a multiple
+/// of 64 bytes never straddle two cache lines (split loads cost ~30% of the
+/// kernels' speed).
+pub(super) struct AlignedBuf<T = f32> {
+    buf: Vec<T>,
     off: usize,
     len: usize,
 }
 
-impl AlignedBuf {
-    pub(super) fn new(len: usize) -> AlignedBuf {
-        let buf = vec![0.0f32; len + 16];
-        let off = buf.as_ptr().align_offset(64).min(16);
+impl<T: Copy + Default> AlignedBuf<T> {
+    pub(super) fn new(len: usize) -> AlignedBuf<T> {
+        let slack = 64 / std::mem::size_of::<T>().max(1);
+        let buf = vec![T::default(); len + slack];
+        let off = buf.as_ptr().align_offset(64).min(slack);
         AlignedBuf { buf, off, len }
     }
 }
 
-impl std::ops::Deref for AlignedBuf {
-    type Target = [f32];
-    fn deref(&self) -> &[f32] {
+impl<T> std::ops::Deref for AlignedBuf<T> {
+    type Target = [T];
+    fn deref(&self) -> &[T] {
         &self.buf[self.off..self.off + self.len]
     }
 }
 
-impl std::ops::DerefMut for AlignedBuf {
-    fn deref_mut(&mut self) -> &mut [f32] {
+impl<T> std::ops::DerefMut for AlignedBuf<T> {
+    fn deref_mut(&mut self) -> &mut [T] {
         &mut self.buf[self.off..self.off + self.len]
     }
 }
@@ -55,6 +58,8 @@ pub(super) struct Scratch {
     pub vhead: HeadCopy,
     /// f64 accumulator of the exact-row path; empty until a row needs it.
     pub exact: Vec<f64>,
+    /// The bf16 dot-product paths' buffers, built by their first task.
+    pub bf16: Option<Box<Bf16Scratch>>,
 }
 
 impl Scratch {
@@ -69,6 +74,7 @@ impl Scratch {
             khead: HeadCopy::default(),
             vhead: HeadCopy::default(),
             exact: Vec::new(),
+            bf16: None,
         }
     }
 }

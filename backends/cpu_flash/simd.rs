@@ -138,3 +138,64 @@ x86_simd!(
     Avx2: __m256, 8 lanes, needs "avx2,fma";
     _mm256_setzero_ps, _mm256_set1_ps, _mm256_loadu_ps, _mm256_storeu_ps, _mm256_fmadd_ps, _mm256_mul_ps, _mm256_max_ps
 );
+
+/// `Simd` with bf16 pair dot products (`vdpbf16ps`): each 32-bit lane of
+/// an operand holds two bf16 values, the lower-addressed one in the low
+/// half.
+///
+/// # Safety
+/// As for `Simd`.
+pub(super) trait PairDot: Simd {
+    /// `acc + a.lo · b.lo + a.hi · b.hi`, lane by lane.
+    unsafe fn dot_pairs(acc: Self::V, a: Self::V, b: Self::V) -> Self::V;
+    /// Every lane holding the bits `x`.
+    unsafe fn splat_bits(x: u32) -> Self::V;
+}
+
+/// The two bf16 halves of a lane, widened.
+#[inline(always)]
+fn bf16_halves(x: f32) -> (f32, f32) {
+    let b = x.to_bits();
+    (f32::from_bits(b << 16), f32::from_bits(b & 0xFFFF_0000))
+}
+
+/// The portable emulation (tests run the AVX512-BF16 kernels through it).
+impl<const N: usize> PairDot for Lanes<N> {
+    #[inline(always)]
+    unsafe fn dot_pairs(acc: [f32; N], a: [f32; N], b: [f32; N]) -> [f32; N] {
+        std::array::from_fn(|i| {
+            let ((a0, a1), (b0, b1)) = (bf16_halves(a[i]), bf16_halves(b[i]));
+            acc[i] + (a0 * b0 + a1 * b1)
+        })
+    }
+    #[inline(always)]
+    unsafe fn splat_bits(x: u32) -> [f32; N] {
+        [f32::from_bits(x); N]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+x86_simd!(
+    /// 16 lanes in zmm registers, with `vdpbf16ps`.
+    Avx512Bf16: __m512, 16 lanes, needs "avx512f,avx512bw,avx512bf16";
+    _mm512_setzero_ps, _mm512_set1_ps, _mm512_loadu_ps, _mm512_storeu_ps, _mm512_fmadd_ps, _mm512_mul_ps, _mm512_max_ps
+);
+
+#[cfg(target_arch = "x86_64")]
+impl PairDot for Avx512Bf16 {
+    #[inline(always)]
+    unsafe fn dot_pairs(acc: __m512, a: __m512, b: __m512) -> __m512 {
+        // SAFETY: only called where avx512bf16 is enabled (trait contract);
+        // __m512 and __m512bh are both 64 bytes of lanes.
+        unsafe {
+            let cast = |x: __m512| std::mem::transmute::<__m512, __m512bh>(x);
+            let (a, b) = (cast(a), cast(b));
+            _mm512_dpbf16_ps(acc, a, b)
+        }
+    }
+    #[inline(always)]
+    unsafe fn splat_bits(x: u32) -> __m512 {
+        // SAFETY: only called where avx512f is enabled (trait contract).
+        unsafe { _mm512_castsi512_ps(_mm512_set1_epi32(x as i32)) }
+    }
+}

@@ -5,10 +5,10 @@
 use super::elem::Elem;
 use super::exact::{exact_row, HUGE_LOGIT};
 use super::kernels::Kernels;
-use super::schedule::{Call, Rows, Task};
+use super::schedule::{Call, Rows, Task, UnitPos};
 use super::scratch::{prefetch_row, AlignedBuf, HeadRows, Scratch, PREFETCH_ROWS};
 use super::unit::{KvTile, StridedRows, Unit, UnitBuffers};
-use super::{BK, DIM_ALIGN, HEAD_PAD, KEY_ALIGN, QTS, SUB, VHEAD_MAX};
+use super::{BK, DIM_ALIGN, HEAD_PAD, KEY_ALIGN, QTS, ROW_ALIGN, SUB, VHEAD_MAX};
 
 /// Runs task `t` of the call.
 ///
@@ -18,7 +18,10 @@ use super::{BK, DIM_ALIGN, HEAD_PAD, KEY_ALIGN, QTS, SUB, VHEAD_MAX};
 #[inline(always)]
 pub(super) unsafe fn run_task<K: Kernels, T: Elem>(c: &Call<T>, sc: &mut Scratch, t: usize) {
     let task = c.task(t);
-    let mut units = start_units(c, sc, &task);
+    let mut units = start_units(c, sc, &task, |sc, ui, pos| {
+        load_q_block(c, sc, ui, (task.b, pos.h, pos.i0, pos.rows));
+        sc.o[ui][..pos.rows.next_multiple_of(ROW_ALIGN) * c.dp].fill(0.0);
+    });
     let g_lo = units.iter().flatten().map(|u| u.kv_lo).min();
     let g_hi = units.iter().flatten().map(|u| u.kv_hi).max();
     let (Some(g_lo), Some(g_hi)) = (g_lo, g_hi) else {
@@ -32,8 +35,13 @@ pub(super) unsafe fn run_task<K: Kernels, T: Elem>(c: &Call<T>, sc: &mut Scratch
 }
 
 /// The task's units with at least one visible key; rows of the others are
-/// written as zeros. Each live unit's Q block is loaded and its O cleared.
-fn start_units<T: Elem>(c: &Call<T>, sc: &mut Scratch, task: &Task) -> [Option<Unit>; SUB] {
+/// written as zeros. `load` loads each live unit's Q block and clears its O.
+pub(super) fn start_units<T: Elem>(
+    c: &Call<T>,
+    sc: &mut Scratch,
+    task: &Task,
+    mut load: impl FnMut(&mut Scratch, usize, UnitPos),
+) -> [Option<Unit>; SUB] {
     let mut units: [Option<Unit>; SUB] = std::array::from_fn(|_| None);
     for (ui, slot) in units.iter_mut().enumerate().take(task.units) {
         let un = Unit::new(c, c.unit_pos(task.kvh, task.first_unit + ui));
@@ -44,8 +52,7 @@ fn start_units<T: Elem>(c: &Call<T>, sc: &mut Scratch, task: &Task) -> [Option<U
             }
             continue;
         }
-        load_q_block(c, sc, ui, (task.b, pos.h, pos.i0, pos.rows));
-        sc.o[ui][..un.rows_p() * c.dp].fill(0.0);
+        load(sc, ui, pos);
         *slot = Some(un);
     }
     units
@@ -229,7 +236,8 @@ unsafe fn walk_tiles<K: Kernels, T: Elem>(
 /// Normalises each unit's rows by their sums and writes them out: rows no
 /// key is visible to as zeros, rows whose fast result is not finite or
 /// whose logits are huge through the exact path (see `exact.rs`).
-fn finish_units<T: Elem>(c: &Call<T>, sc: &mut Scratch, task: &Task, units: &[Option<Unit>; SUB]) {
+#[inline(always)]
+pub(super) fn finish_units<T: Elem>(c: &Call<T>, sc: &mut Scratch, task: &Task, units: &[Option<Unit>; SUB]) {
     let (d, dp) = (c.d, c.dp);
     for (ui, un) in units.iter().enumerate() {
         let Some(un) = un else { continue };

@@ -21,7 +21,7 @@ pub(super) struct Unit {
     pub kv_lo: usize,
     pub kv_hi: usize,
     /// Online softmax: running max and sum per query.
-    m: [f32; BQ],
+    pub(super) m: [f32; BQ],
     pub l: [f32; BQ],
 }
 
@@ -95,11 +95,6 @@ impl Unit {
         self.m[r]
     }
 
-    /// Rows of O the unit's P·V updates.
-    pub(super) fn rows_p(&self) -> usize {
-        self.rows_p
-    }
-
     /// S^T = K·Q^T, online softmax update, O = alpha·O + P·V over `kv`.
     ///
     /// # Safety
@@ -159,7 +154,7 @@ impl Unit {
     /// Per query, its live key interval inside keys `j0..j0 + n`, relative
     /// to `j0`.
     #[inline(always)]
-    fn live_keys(&self, j0: usize, n: usize) -> LiveKeys {
+    pub(super) fn live_keys(&self, j0: usize, n: usize) -> LiveKeys {
         let mut live = LiveKeys { begin: [0; BQ], end: [0; BQ], full: true };
         for r in 0..self.pos.rows {
             live.begin[r] = (self.lo[r].clamp(j0, j0 + n) - j0) as i32;
@@ -207,10 +202,10 @@ impl Unit {
 
 /// Per query, the live keys of a tile: `begin[r]..end[r]`; `full` when
 /// every query sees every key.
-struct LiveKeys {
-    begin: [i32; BQ],
-    end: [i32; BQ],
-    full: bool,
+pub(super) struct LiveKeys {
+    pub begin: [i32; BQ],
+    pub end: [i32; BQ],
+    pub full: bool,
 }
 
 /// Soft-caps the first `n` score rows, sets scores outside each query's

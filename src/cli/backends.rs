@@ -78,6 +78,7 @@ pub fn json(registry: &Registry) -> serde_json::Value {
                 "paged_kv": b.accepts_paged_kv(),
                 "deterministic": c.deterministic,
                 "workspace": c.workspace,
+                "kernels_here": kernels_here(b),
             })
         })
         .collect();
@@ -129,7 +130,24 @@ pub fn table(registry: &Registry) -> String {
         out.push_str(&line(r.iter().map(|s| s.as_str()).collect()));
     }
     out.push_str(&format!("{} backend(s) registered\n", rows.len()));
+    for b in registry.backends() {
+        if let Some(per_dtype) = kernels_here(b) {
+            out.push_str(&format!("{} on this machine:\n", b.name()));
+            for (dtype, k) in per_dtype {
+                out.push_str(&format!("  {dtype}: {k}\n"));
+            }
+        }
+    }
     out
+}
+
+/// Per dtype the backend accepts, the kernels it runs on this machine
+/// (`None` when the backend does not depend on the machine).
+fn kernels_here(b: &dyn AttentionBackend) -> Option<std::collections::BTreeMap<&'static str, String>> {
+    let c = b.capabilities();
+    let map: std::collections::BTreeMap<_, _> =
+        c.dtypes.iter().filter_map(|&d| b.kernels_here(d).map(|k| (d.name(), k))).collect();
+    (!map.is_empty()).then_some(map)
 }
 
 /// The support matrix as Markdown: the content of docs/backends.md. A test

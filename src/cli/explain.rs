@@ -54,7 +54,8 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
                     Verdict::Eligible => ("eligible", vec![]),
                     Verdict::Rejected(r) => ("rejected", r.iter().map(|r| r.to_string()).collect()),
                 };
-                json!({"backend": name, "verdict": word, "reasons": reasons})
+                let kernels = registry.get(name).and_then(|b| b.kernels_here(p.dtype));
+                json!({"backend": name, "verdict": word, "reasons": reasons, "kernels": kernels})
             })
             .collect();
         json::write(
@@ -85,6 +86,12 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
                 }
             };
             writeln!(out, "  {name:<width$}  {word:<8}  {detail}")?;
+        }
+        for (name, verdict) in verdicts {
+            let kernels = registry.get(name).and_then(|b| b.kernels_here(p.dtype));
+            if let (Some(k), Verdict::Chosen | Verdict::Eligible) = (kernels, verdict) {
+                writeln!(out, "kernels: {name} runs {} here as {k}", p.dtype)?;
+            }
         }
         let verdict = match available {
             Some(a) if !fits => format!("more than the {} available here", human(a as u128)),

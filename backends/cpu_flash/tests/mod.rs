@@ -8,13 +8,28 @@ use crate::device::Device;
 use crate::problem::{AttentionProblem, Mask, ProblemError};
 use crate::tensor::Tensor;
 
+mod bf16;
 mod kernels;
 mod nonfinite;
 mod strided;
 
-/// One instance per ISA this CPU can run.
+/// One instance per ISA this CPU can run, plus the bf16 AMX and
+/// AVX512-BF16 kernels through their emulators (so their logic runs on
+/// every CPU; `bf16.rs` checks that the real ones ran where present).
 fn instances() -> Vec<CpuFlash> {
-    CpuIsa::ALL.into_iter().filter_map(|isa| CpuFlash::with_isa(isa).ok()).collect()
+    let mut all: Vec<CpuFlash> = CpuIsa::ALL.into_iter().filter_map(|isa| CpuFlash::with_isa(isa).ok()).collect();
+    all.extend([CpuFlash::emulated(isa::Emulated::Tiles), CpuFlash::emulated(isa::Emulated::PairDot)]);
+    all.extend(avx512_softmax_emulated());
+    all
+}
+
+/// The tile emulator with the AVX-512 softmax, where the CPU has AVX-512F/BW.
+fn avx512_softmax_emulated() -> Option<CpuFlash> {
+    #[cfg(target_arch = "x86_64")]
+    if CpuIsa::Avx512.available() && is_x86_feature_detected!("avx512bw") {
+        return Some(CpuFlash::emulated(isa::Emulated::TilesAvx512));
+    }
+    None
 }
 
 /// Runs `backend` on `p` into a NaN-poisoned output.
@@ -37,7 +52,7 @@ fn check(p: &AttentionProblem, seed: u64) {
     for backend in isas {
         let got = run(&backend, p, (&q, &k, &v));
         for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
-            assert!(tol.accepts(g as f64, e), "{p} isa {:?}: element {i}: got {g}, expected {e}", backend.isa());
+            assert!(tol.accepts(g as f64, e), "{p} {backend:?}: element {i}: got {g}, expected {e}");
         }
     }
 }
@@ -219,7 +234,9 @@ fn a_forced_isa_the_cpu_lacks_is_an_error() {
             Ok(b) => assert_eq!(b.isa(), isa),
             Err(e) => {
                 assert!(!isa.available());
-                assert_eq!(e, IsaUnavailable { wanted: isa, detected: CpuIsa::detect() });
+                let why = isa.unavailable().expect("an unavailable ISA has a reason");
+                assert_eq!(e, IsaUnavailable { wanted: isa, detected: CpuIsa::detect(), why });
+                assert!(e.to_string().contains(why), "{e}");
             }
         }
     }

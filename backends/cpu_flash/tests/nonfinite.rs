@@ -52,7 +52,7 @@ fn check_against_reference(p: &AttentionProblem, [q, k, v]: &[Tensor; 3], what: 
             } else {
                 tol.accepts(g as f64, e)
             };
-            assert!(ok, "{p}, {what}, isa {:?}: element {i}: got {g}, reference {e}", backend.isa());
+            assert!(ok, "{p}, {what}, {backend:?}: element {i}: got {g}, reference {e}");
         }
     }
     expected.iter().filter(|e| !(**e as f32).is_finite()).count()

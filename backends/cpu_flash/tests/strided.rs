@@ -48,7 +48,7 @@ fn strided_views_match_the_reference_and_leave_padding_alone() {
                 let got = run(&backend);
                 for (i, (&g, &e)) in got.iter().zip(&expected).enumerate() {
                     let ok = if i % (d + pad) >= d { g.is_nan() } else { tol.accepts(g as f64, e as f64) };
-                    assert!(ok, "{p} isa {:?}: storage element {i}: got {g}, reference {e}", backend.isa());
+                    assert!(ok, "{p} {backend:?}: storage element {i}: got {g}, reference {e}");
                 }
             }
         }
