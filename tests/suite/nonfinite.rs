@@ -73,6 +73,9 @@ fn tiled_problems() -> Vec<AttentionProblem> {
         ] {
             out.push(AttentionProblem::new(1, 150, 200, 4, 2, d, dtype).with_mask(mask));
         }
+        // Decode-shaped (seq_q ≤ 8, a GQA group of 4, several key tiles), so
+        // flash-decode, which takes only such shapes, runs its cases too.
+        out.push(AttentionProblem::new(1, 4, 200, 8, 2, 64, dtype).with_mask(Mask::Causal));
     }
     out
 }
@@ -81,9 +84,10 @@ fn problems() -> Vec<AttentionProblem> {
     let mut out = Vec::new();
     for dtype in DType::ALL {
         // seq_q > seq_kv with causal and window masks: some rows see no key.
+        // seq_q 8 is also a decode shape, which flash-decode takes.
         for mask in [Mask::None, Mask::Causal, Mask::SlidingWindow { left: 2, right: 1 }] {
             for softcap in [None, Some(8.0)] {
-                let mut p = AttentionProblem::new(2, 9, 7, 4, 2, 32, dtype).with_mask(mask);
+                let mut p = AttentionProblem::new(2, 8, 7, 4, 2, 32, dtype).with_mask(mask);
                 p.softcap = softcap;
                 out.push(p);
             }
@@ -219,7 +223,7 @@ fn unfused_chunks_keep_masked_v_garbage_out() {
         check_output("gpu-unfused (chunks of 2 heads)", &p, &got.to_f32(), &expected).unwrap_or_else(|e| panic!("{e}"));
         ran += 1;
     }
-    assert_eq!(ran, 9, "every masked tiled problem runs");
+    assert_eq!(ran, 12, "every masked tiled problem runs");
 }
 
 /// Huge values go into one element of k or v per case: two huge logits in
