@@ -54,7 +54,7 @@ pub enum Command {
     Bench(bench::Args),
     /// List GPUs, or say why there is none.
     Devices(devices::Args),
-    /// Kernel tools: compile every kernel specialization for a target.
+    /// Kernel tools: list every kernel specialization, or compile them for a target.
     Kernels(kernels::Args),
     /// Greedy generation with a Hugging Face model directory (Llama, Mistral, Qwen2, GLM).
     Generate(generate::Args),

@@ -17,6 +17,10 @@ pub enum DeviceError {
     Driver { call: &'static str, detail: String },
     #[error("BLAS {call} failed: {detail}")]
     Blas { call: &'static str, detail: String },
+    #[error(
+        "the {compiler} compiler does not build for target {target} (NVRTC builds sm_XY; hipcc and clang build gfxNNN)"
+    )]
+    WrongCompiler { compiler: &'static str, target: String },
     #[error("unknown target '{target}': expected sm_XY (NVIDIA) or gfxNNN (AMD)")]
     UnknownTarget { target: String },
     #[error("the {what} lock was poisoned by a panic in another thread")]

@@ -67,20 +67,32 @@ pub fn all_specs(registry: &Registry) -> Vec<KernelSpec> {
     specs
 }
 
-/// Compiles every spec for `target`, in parallel (compiles are independent
-/// processes or NVRTC programs); the first failure in spec order is returned
-/// with the compiler log.
+/// Compiles every spec for `target` with its usual compiler
+/// (`OfflineCompiler::for_arch`); see `compile_all_by`.
 pub fn compile_all(specs: &[KernelSpec], target: &str) -> DeviceResult<Vec<CompileReport>> {
-    use rayon::prelude::*;
     let arch = Arch::parse(target)?;
-    let compiler = OfflineCompiler::for_arch(&arch);
+    compile_all_by(specs, &arch, OfflineCompiler::for_arch(&arch))
+}
+
+/// Compiles every spec for `arch` with `compiler`, in parallel (compiles
+/// are independent processes or NVRTC programs); the first failure in spec
+/// order is returned with the compiler log. Header-free clang also builds
+/// the targets Debian's hipcc knows (CI compiles every specialization that
+/// way, and a sample through hipcc, which parses the HIP headers each time).
+pub fn compile_all_by(
+    specs: &[KernelSpec],
+    arch: &Arch,
+    compiler: OfflineCompiler,
+) -> DeviceResult<Vec<CompileReport>> {
+    use rayon::prelude::*;
     specs
         .par_iter()
         .map(|spec| {
-            let code = compile_source(&spec.label(), spec.entry, &spec.source(), &arch, &spec.options(&arch))?;
+            let code =
+                compile_source_by(compiler, &spec.label(), spec.entry, &spec.source(), arch, &spec.options(arch))?;
             Ok(CompileReport {
                 kernel: spec.label(),
-                target: target.to_string(),
+                target: arch.to_string(),
                 compiler: compiler.name(),
                 bytes: code.len(),
             })
@@ -92,9 +104,26 @@ pub fn compile_all(specs: &[KernelSpec], target: &str) -> DeviceResult<Vec<Compi
 /// `arch` with its offline compiler and returns the code object. `label`
 /// names the kernel in errors; `stem` names the temp files.
 pub fn compile_source(label: &str, stem: &str, source: &str, arch: &Arch, options: &[String]) -> DeviceResult<Vec<u8>> {
-    match OfflineCompiler::for_arch(arch) {
-        OfflineCompiler::Nvrtc => compile_nvrtc(stem, source, options, arch),
-        amd => compile_amd(amd, label, stem, source, arch, options),
+    compile_source_by(OfflineCompiler::for_arch(arch), label, stem, source, arch, options)
+}
+
+/// `compile_source` with an explicit compiler, which must build for
+/// `arch`'s vendor (NVRTC for NVIDIA; hipcc or header-free clang for AMD).
+pub fn compile_source_by(
+    compiler: OfflineCompiler,
+    label: &str,
+    stem: &str,
+    source: &str,
+    arch: &Arch,
+    options: &[String],
+) -> DeviceResult<Vec<u8>> {
+    let nvidia = arch.vendor() == super::Vendor::Nvidia;
+    match compiler {
+        OfflineCompiler::Nvrtc if nvidia => compile_nvrtc(stem, source, options, arch),
+        OfflineCompiler::Hipcc | OfflineCompiler::HeaderFreeClang if !nvidia => {
+            compile_amd(compiler, label, stem, source, arch, options)
+        }
+        _ => Err(DeviceError::WrongCompiler { compiler: compiler.name(), target: arch.to_string() }),
     }
 }
 

@@ -1,15 +1,18 @@
 //! Offline kernel compiles, no GPU needed: every kernel specialization any
 //! registered backend can request, plus a header probe kernel and the
-//! parameter-struct layout probes, compiled for AMD targets by `hipcc`
-//! (gfx90a wave64, gfx1030 wave32) and header-free clang (gfx942 wave64 MFMA,
-//! gfx1100 wave32 WMMA), and for NVIDIA targets by NVRTC (sm_80, sm_90).
-//! This is the library-level twin of `rocmforge kernels check --target ...`.
+//! parameter-struct layout probes, compiled for NVIDIA targets by NVRTC
+//! (sm_80, sm_90) and for AMD targets by header-free clang-19 (gfx90a wave64
+//! MFMA, gfx1030 wave32 SIMT, gfx942 wave64 MFMA, gfx1100 wave32 WMMA), all
+//! of them; and a sample (one per code path) by Debian's `hipcc` with the
+//! real HIP headers (gfx90a, gfx1030). This is the library-level twin of
+//! `rocmforge kernels check --target ...`.
 //!
 //! A missing compiler prints SKIP; `ROCMFORGE_REQUIRE_HIPCC=1` (hipcc and
 //! clang) / `ROCMFORGE_REQUIRE_NVRTC=1` turn SKIP into a failure (CI sets both).
 
 use rocmforge::device::offline::{
-    all_specs, clang_available, compile_all, compile_source, hipcc_available, nvrtc_available, OfflineCompiler,
+    all_specs, clang_available, compile_all_by, compile_source, compile_source_by, hipcc_available, nvrtc_available,
+    OfflineCompiler,
 };
 use rocmforge::kernels::params::all_layout_probes;
 use rocmforge::kernels::{header, KernelFile, KernelSpec};
@@ -65,8 +68,8 @@ fn probe_specs() -> Vec<KernelSpec> {
 /// have their own test, `model_kernels_offline`) plus the header probe. This
 /// is the exhaustive compile CI relies on: `.ci/run` does not run `rocmforge
 /// kernels check` separately (it would compile the same set again), and
-/// `kernels_check_command_compiles_every_specialization` below checks that
-/// the command covers the same set.
+/// `kernels_list_and_check_commands_cover_every_specialization` below checks
+/// that the command covers the same set.
 fn specs_under_test() -> Vec<KernelSpec> {
     let registry = Registry::global().expect("registry builds");
     let all = all_specs(registry);
@@ -108,51 +111,111 @@ fn wavefront_size(code_object: &[u8]) -> Option<u8> {
     code_object.windows(key.len()).position(|w| w == key).and_then(|at| code_object.get(at + key.len()).copied())
 }
 
-fn check_target(target: &str) {
-    let test = format!("kernels_compile_for_{target}");
-    if !have_compiler(&test, target) {
+/// Compiles every specialization under test for `target` with `compiler`,
+/// and the parameter-struct layout probes.
+fn check_target(target: &str, compiler: OfflineCompiler) {
+    let test = format!("kernels_compile_for_{target}_by_{}", compiler.name());
+    if !have_compiler_for(&test, target, compiler) {
         return;
     }
     let specs = specs_under_test();
-    let reports = compile_all(&specs, target).unwrap_or_else(|e| panic!("{target}: {e}"));
+    compile_and_check(&specs, target, compiler);
+}
+
+fn compile_and_check(specs: &[KernelSpec], target: &str, compiler: OfflineCompiler) {
+    let arch = Arch::parse(target).unwrap();
+    let reports = compile_all_by(specs, &arch, compiler).unwrap_or_else(|e| panic!("{target}: {e}"));
     assert_eq!(reports.len(), specs.len());
     for r in &reports {
         assert!(r.bytes > 0, "{r:?}");
         println!("ok {} for {} by {} ({} bytes)", r.kernel, r.target, r.compiler, r.bytes);
     }
     // Parameter structs: the C side must have the Rust side's layout.
-    let arch = Arch::parse(target).unwrap();
     for (name, probe) in all_layout_probes() {
         let options = vec![format!("-DRF_WARP_SIZE={}", arch.warp_size())];
-        compile_source(name, "layout_probe", &probe, &arch, &options)
+        compile_source_by(compiler, name, "layout_probe", &probe, &arch, &options)
             .unwrap_or_else(|e| panic!("{target}: {name} layout differs from Rust: {e}"));
     }
 }
 
+/// `have_compiler` for an explicit compiler (header-free clang on a target
+/// hipcc also knows).
+fn have_compiler_for(test: &str, target: &str, compiler: OfflineCompiler) -> bool {
+    match compiler {
+        OfflineCompiler::HeaderFreeClang => have_compiler(test, "gfx942"),
+        OfflineCompiler::Hipcc => have_compiler(test, "gfx90a"),
+        OfflineCompiler::Nvrtc => have_compiler(test, target),
+    }
+}
+
+// Every specialization for every target: NVRTC for NVIDIA; header-free
+// clang-19 for the four AMD targets (wave64 MFMA on gfx90a/gfx942, wave32
+// SIMT on gfx1030, wave32 WMMA on gfx1100).
+
 #[test]
-fn kernels_compile_for_gfx90a() {
-    check_target("gfx90a");
+fn kernels_compile_for_gfx90a_header_free() {
+    check_target("gfx90a", OfflineCompiler::HeaderFreeClang);
 }
 
 #[test]
-fn kernels_compile_for_gfx1030() {
-    check_target("gfx1030");
+fn kernels_compile_for_gfx1030_header_free() {
+    check_target("gfx1030", OfflineCompiler::HeaderFreeClang);
 }
 
 #[test]
 fn kernels_compile_for_gfx942_header_free() {
-    check_target("gfx942");
+    check_target("gfx942", OfflineCompiler::HeaderFreeClang);
 }
 
 #[test]
 fn kernels_compile_for_gfx1100_header_free() {
-    check_target("gfx1100");
+    check_target("gfx1100", OfflineCompiler::HeaderFreeClang);
 }
 
 #[test]
 fn kernels_compile_for_sm80_and_sm90() {
-    check_target("sm_80");
-    check_target("sm_90");
+    check_target("sm_80", OfflineCompiler::Nvrtc);
+    check_target("sm_90", OfflineCompiler::Nvrtc);
+}
+
+/// Debian's hipcc (ROCm 5.2) with the real HIP headers, on the targets it
+/// knows. What it proves beyond the header-free compiles of the same
+/// targets is that our headers live beside hip_runtime.h, and that depends
+/// on which code paths a specialization compiles (element type, f32 mode,
+/// entry), not on its head dim; hipcc parses the HIP headers on every
+/// compile (3-4x the time of header-free clang on the CI machine), so it
+/// builds one specialization per (file, entry, defines other than the head
+/// dim) instead of all of them.
+#[test]
+fn kernels_compile_with_hipcc_for_gfx90a_and_gfx1030() {
+    if !have_compiler("kernels_compile_with_hipcc_for_gfx90a_and_gfx1030", "gfx90a") {
+        return;
+    }
+    let all = specs_under_test();
+    let sample = one_per_code_path(&all);
+    println!("hipcc: {} of {} specializations (one per file, entry and non-head-dim defines)", sample.len(), all.len());
+    assert!(sample.len() < all.len(), "the sample should leave out head-dim variants");
+    for target in ["gfx90a", "gfx1030"] {
+        compile_and_check(&sample, target, OfflineCompiler::Hipcc);
+    }
+}
+
+/// One specialization for each (file, entry, defines without RF_HEAD_DIM).
+fn one_per_code_path(specs: &[KernelSpec]) -> Vec<KernelSpec> {
+    let path_of = |s: &KernelSpec| {
+        let defines: Vec<_> = s.defines.iter().filter(|(k, _)| k != "RF_HEAD_DIM").cloned().collect();
+        (s.file.path, s.entry, defines)
+    };
+    let mut seen = Vec::new();
+    let mut sample = Vec::new();
+    for spec in specs {
+        let key = path_of(spec);
+        if !seen.contains(&key) {
+            seen.push(key);
+            sample.push(spec.clone());
+        }
+    }
+    sample
 }
 
 /// A wrong field offset in a parameter struct is caught: the probe built
@@ -274,17 +337,35 @@ int main(int argc, char** argv) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The CLI's `kernels check` compiles the same specializations the test
-/// above does (plus the model kernels), for the fastest compiler CI has
-/// (header-free clang for gfx942).
+/// The CLI's `kernels list` names the same specializations the tests above
+/// compile (plus the model kernels), and `kernels check` compiles what its
+/// filter selects (one family here: the exhaustive compiles are above).
 #[test]
-fn kernels_check_command_compiles_every_specialization() {
+fn kernels_list_and_check_commands_cover_every_specialization() {
+    let all = all_specs(Registry::global().expect("registry builds"));
+    let out = crate::cli::assert_ok(&crate::cli::run(&["kernels", "list"]));
+    assert!(out.contains(&format!("\n{} specializations\n", all.len())), "count missing in: {out}");
+    for spec in &all {
+        assert!(out.lines().any(|l| l == spec.label()), "{} not listed", spec.label());
+    }
     let target = "gfx942";
-    if !have_compiler("kernels_check_command_compiles_every_specialization", target) {
+    if !have_compiler("kernels_list_and_check_commands_cover_every_specialization", target) {
         return;
     }
-    let expected = all_specs(Registry::global().expect("registry builds")).len();
-    let out = crate::cli::assert_ok(&crate::cli::run(&["kernels", "check", "--target", target]));
-    let want = format!("{target}: {expected} specializations compiled");
+    let family = "replicate/";
+    let expected = all.iter().filter(|s| s.label().contains(family)).count();
+    assert!(expected > 0, "no {family} specialization registered");
+    let out = crate::cli::assert_ok(&crate::cli::run(&["kernels", "check", "--target", target, "--filter", family]));
+    let want = format!("{target}: {expected} specializations compiled by clang");
     assert!(out.contains(&want), "'{want}' not in: {out}");
+    let out = crate::cli::assert_ok(&crate::cli::run(&[
+        "kernels",
+        "check",
+        "--target",
+        "gfx90a",
+        "--header-free",
+        "--filter",
+        family,
+    ]));
+    assert!(out.contains(&format!("gfx90a: {expected} specializations compiled by clang")), "{out}");
 }
