@@ -22,7 +22,7 @@ use crate::backend::{AttentionBackend, BackendError, BackendRegistration, Checke
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
 use crate::device::{Device, DeviceError, DeviceKind, GemmDesc, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
-use crate::kernels::params::SoftmaxParams;
+use crate::kernels::params::{KernelStrides, SoftmaxParams};
 use crate::kernels::{KernelSpec, UNFUSED_MASKED_PV, UNFUSED_SOFTMAX_ROWS};
 use crate::problem::{AttentionProblem, Mask, MaskKind, TensorRole};
 use std::sync::Arc;
@@ -49,11 +49,9 @@ crate::kernel_params! {
         pub o: u64,
         pub probs: u64,
         pub flags: u64,
-        pub v_batch_stride: i64,
-        pub v_seq_stride: i64,
-        pub v_head_stride: i64,
-        pub o_seq_stride: i64,
-        pub o_head_stride: i64,
+        pub v_strides: KernelStrides,
+        /// The batch stride is unused: `o` addresses batch `b` already.
+        pub o_strides: KernelStrides,
         /// Mask bounds, negative = unbounded (`rf/mask.h`).
         pub win_left: i64,
         pub win_right: i64,
@@ -302,16 +300,14 @@ impl AttentionBackend for GpuUnfused {
         let i32v = |v: usize| v as i32;
         let p_es = if p.dtype == DType::F32 { 4 } else { es };
         let guard = if some_key_masked(p) {
+            let strides = call.kernel_strides();
             let base = MaskedPvParams {
                 v: vp,
                 o: 0,
                 probs,
                 flags: scores + flags_at as u64,
-                v_batch_stride: sv_[0] as i64,
-                v_seq_stride: sv_[1] as i64,
-                v_head_stride: sv_[2] as i64,
-                o_seq_stride: so_[1] as i64,
-                o_head_stride: so_[2] as i64,
+                v_strides: strides.v,
+                o_strides: strides.o,
                 win_left,
                 win_right,
                 batch: i32v(p.batch),

@@ -9,7 +9,7 @@ use crate::backends::gpu_flash::launch::{self, FlashPointers};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
 use crate::device::{Device, DeviceError, DeviceKind, LaunchConfig};
 use crate::dtype::DType;
-use crate::kernels::params::ExpandKvParams;
+use crate::kernels::params::{ExpandKvParams, QkvoStrides};
 use crate::kernels::{KernelSpec, REPLICATE_EXPAND_KV};
 use crate::problem::{AttentionProblem, MaskKind, TensorRole};
 
@@ -23,6 +23,16 @@ const MAX_BLOCKS: usize = 65536;
 pub struct MqaReplicate;
 
 inventory::submit! { BackendRegistration { create: || Box::new(MqaReplicate) } }
+
+/// The problem the fused kernel runs: Q and O keep their strides, K and V
+/// are the contiguous copy with one head per query head.
+fn replicated(p: &AttentionProblem) -> AttentionProblem {
+    let mut dense = p.clone();
+    dense.strides.set(TensorRole::K, None);
+    dense.strides.set(TensorRole::V, None);
+    dense.num_kv_heads = p.num_q_heads;
+    dense
+}
 
 /// Bytes of the replicated K and V.
 fn copy_bytes(p: &AttentionProblem) -> Option<usize> {
@@ -67,12 +77,7 @@ impl AttentionBackend for MqaReplicate {
 
     fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
         let mut reasons = self.capabilities().reasons(p, device);
-        // Only Q and O keep their own strides; K/V come from the contiguous copy.
-        let mut dense = p.clone();
-        dense.strides.set(TensorRole::K, None);
-        dense.strides.set(TensorRole::V, None);
-        dense.num_kv_heads = p.num_q_heads;
-        reasons.extend(launch::layout_reasons(&dense));
+        reasons.extend(launch::layout_reasons(&replicated(p)));
         match copy_bytes(p) {
             Some(n) if n <= WORKSPACE_CAP => {}
             needed => reasons.push(Unsupported::Workspace { what: "replicated K and V", needed, cap: WORKSPACE_CAP }),
@@ -98,19 +103,15 @@ impl AttentionBackend for MqaReplicate {
         let bytes = copy_bytes(p).ok_or_else(internal)?;
         let workspace = gpu.workspace(bytes)?;
         let (dst_k, dst_v) = (workspace.ptr(), workspace.ptr() + (bytes / 2) as u64);
-        let [sk, sv] = [TensorRole::K, TensorRole::V].map(|r| p.strides_of(r).map(|s| s as i64));
+        let strides = call.kernel_strides();
         let rows = p.batch * p.seq_kv * p.num_q_heads;
         let params = ExpandKvParams {
             src_k: k,
             src_v: v,
             dst_k,
             dst_v,
-            k_batch_stride: sk[0],
-            k_seq_stride: sk[1],
-            k_head_stride: sk[2],
-            v_batch_stride: sv[0],
-            v_seq_stride: sv[1],
-            v_head_stride: sv[2],
+            k_strides: strides.k,
+            v_strides: strides.v,
             rows: rows as i64,
             seq: p.seq_kv as i32,
             heads_q: p.num_q_heads as i32,
@@ -124,9 +125,10 @@ impl AttentionBackend for MqaReplicate {
         // sources are the checked K/V views, destinations the workspace of
         // 2 * rows * head_dim elements.
         unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
-        let dense_strides = [p.seq_kv * p.num_q_heads * p.head_dim, p.num_q_heads * p.head_dim, p.head_dim];
+        let dense = replicated(p);
+        let [k_strides, v_strides] = [TensorRole::K, TensorRole::V].map(|r| dense.strides_of(r).into());
         let ptrs = FlashPointers { q, k: dst_k, v: dst_v, o, lse: 0 };
-        launch::launch(&gpu, self.name(), p, ptrs, Some((dense_strides, p.num_q_heads)))?;
+        launch::launch(&gpu, self.name(), &dense, ptrs, QkvoStrides { k: k_strides, v: v_strides, ..strides })?;
         // Back to the pool once queued: later work on the stream runs after.
         drop(workspace);
         Ok(())

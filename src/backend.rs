@@ -9,6 +9,7 @@
 
 use crate::capabilities::{Capabilities, Unsupported};
 use crate::device::{Device, DeviceError};
+use crate::kernels::params::QkvoStrides;
 use crate::problem::{AttentionProblem, ProblemError, TensorRole};
 use crate::tensor::{IndexTensor, TensorError, TensorView, TensorViewMut};
 
@@ -251,6 +252,15 @@ impl<'a> CheckedCall<'a> {
 
     pub fn out(&mut self) -> &mut TensorViewMut<'a> {
         &mut self.out
+    }
+
+    /// The element strides of Q, K, V and O as the kernels' parameter
+    /// structs embed them, from the checked views (which equal the
+    /// problem's strides; with paged K/V, K's and V's batch stride is one
+    /// pool block).
+    pub fn kernel_strides(&self) -> QkvoStrides {
+        let views = [self.q.layout(), self.k.layout(), self.v.layout(), self.out.layout()];
+        QkvoStrides::new(views.map(|l| l.strides))
     }
 }
 

@@ -11,7 +11,7 @@ use crate::backend::BackendError;
 use crate::capabilities::Unsupported;
 use crate::device::{DeviceError, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
-use crate::kernels::params::{DecodeCombineParams, DecodeParams};
+use crate::kernels::params::{DecodeCombineParams, DecodeParams, QkvoStrides};
 use crate::kernels::{KernelSpec, DECODE_COMBINE, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use std::collections::HashMap;
@@ -192,6 +192,7 @@ pub fn launch(
     backend: &'static str,
     p: &AttentionProblem,
     ptrs: DecodePointers,
+    strides: QkvoStrides,
 ) -> Result<(), BackendError> {
     for (tensor, addr) in [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)] {
         if addr % 16 != 0 {
@@ -205,7 +206,6 @@ pub fn launch(
     let part_o = workspace.as_ref().map_or(0, |w| w.ptr());
     let rows = (p.batch * p.seq_q * p.num_q_heads) as u64;
     let part_lse = if part_o != 0 { part_o + rows * plan.num_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
-    let [sq, sk, sv, so] = TensorRole::ALL.map(|r| p.strides_of(r).map(|s| s as i64));
     let (window_left, window_right) = window(p.mask);
     let paged = p.paged;
     // `layout_reasons` (part of `check`) bounded every size below by i32::MAX.
@@ -218,18 +218,7 @@ pub fn launch(
         part_lse,
         block_table: if paged.is_some() { ptrs.block_table } else { 0 },
         seq_lens: if paged.is_some() { ptrs.seq_lens } else { 0 },
-        q_batch_stride: sq[0],
-        q_seq_stride: sq[1],
-        q_head_stride: sq[2],
-        k_batch_stride: sk[0],
-        k_seq_stride: sk[1],
-        k_head_stride: sk[2],
-        v_batch_stride: sv[0],
-        v_seq_stride: sv[1],
-        v_head_stride: sv[2],
-        o_batch_stride: so[0],
-        o_seq_stride: so[1],
-        o_head_stride: so[2],
+        strides,
         window_left,
         window_right,
         batch: p.batch as i32,
@@ -280,9 +269,7 @@ fn launch_combine(
         part_lse: split.part_lse,
         o: split.o,
         seq_lens: split.seq_lens,
-        o_batch_stride: split.o_batch_stride,
-        o_seq_stride: split.o_seq_stride,
-        o_head_stride: split.o_head_stride,
+        o_strides: split.strides.o,
         window_left: split.window_left,
         window_right: split.window_right,
         batch: split.batch,

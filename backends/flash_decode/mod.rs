@@ -90,7 +90,7 @@ impl AttentionBackend for FlashDecode {
             block_table,
             seq_lens,
         };
-        launch::launch(&gpu, self.name(), p, ptrs)
+        launch::launch(&gpu, self.name(), p, ptrs, call.kernel_strides())
     }
 }
 

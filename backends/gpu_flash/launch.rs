@@ -9,10 +9,9 @@ use crate::backend::BackendError;
 use crate::capabilities::Unsupported;
 use crate::device::{DeviceError, GpuDevice, LaunchConfig};
 use crate::dtype::DType;
-use crate::kernels::params::FlashParams;
+use crate::kernels::params::{FlashParams, QkvoStrides};
 use crate::kernels::{KernelSpec, FLASH_FWD};
 use crate::problem::{AttentionProblem, Mask, TensorRole};
-use crate::tensor::Strides;
 use std::sync::Arc;
 
 /// Head dimensions the kernel is specialized for.
@@ -106,14 +105,15 @@ pub struct FlashPointers {
     pub lse: u64,
 }
 
-/// Queues the fused forward for `p` (strides from the problem, except
-/// `kv_strides`, which overrides K and V, e.g. a replicated workspace).
+/// Queues the fused forward for `p` on tensors with `strides`: the checked
+/// call's (`CheckedCall::kernel_strides`), or K/V of a workspace described
+/// by `p` (mqa-replicate).
 pub fn launch(
     gpu: &Arc<GpuDevice>,
     backend: &'static str,
     p: &AttentionProblem,
     ptrs: FlashPointers,
-    kv_strides: Option<(Strides, usize)>,
+    strides: QkvoStrides,
 ) -> Result<(), BackendError> {
     for (tensor, addr) in [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)] {
         if addr % 16 != 0 {
@@ -132,11 +132,6 @@ pub fn launch(
         Mask::Causal => (-1, 0),
         Mask::SlidingWindow { left, right } => (left as i64, right as i64),
     };
-    let [sq, sk, sv, so] = TensorRole::ALL.map(|r| p.strides_of(r).map(|s| s as i64));
-    let (sk, sv, heads_kv) = match kv_strides {
-        Some((s, heads)) => (s.map(|x| x as i64), s.map(|x| x as i64), heads),
-        None => (sk, sv, p.num_kv_heads),
-    };
     // `layout_reasons` (part of `check`) bounded every size below by i32::MAX.
     let params = FlashParams {
         q: ptrs.q,
@@ -144,25 +139,14 @@ pub fn launch(
         v: ptrs.v,
         o: ptrs.o,
         lse: ptrs.lse,
-        q_batch_stride: sq[0],
-        q_seq_stride: sq[1],
-        q_head_stride: sq[2],
-        k_batch_stride: sk[0],
-        k_seq_stride: sk[1],
-        k_head_stride: sk[2],
-        v_batch_stride: sv[0],
-        v_seq_stride: sv[1],
-        v_head_stride: sv[2],
-        o_batch_stride: so[0],
-        o_seq_stride: so[1],
-        o_head_stride: so[2],
+        strides,
         window_left,
         window_right,
         batch: p.batch as i32,
         seq_q: p.seq_q as i32,
         seq_kv: p.seq_kv as i32,
         heads_q: p.num_q_heads as i32,
-        heads_kv: heads_kv as i32,
+        heads_kv: p.num_kv_heads as i32,
         scale: p.effective_scale(),
         softcap: p.softcap.unwrap_or(0.0),
         reserved: 0,
@@ -175,7 +159,7 @@ pub fn launch(
     };
     // SAFETY: rf_flash_fwd takes rf_flash_params by value (layout checked by
     // the offline probe); every pointer addresses a tensor whose shape and
-    // strides CheckedCall verified against `p` (or a workspace sized for it).
+    // strides CheckedCall verified against `p` (or a workspace `p` describes).
     unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
     Ok(())
 }

@@ -87,7 +87,7 @@ impl AttentionBackend for GpuFlash {
             o: ptr(call.out().gpu_ptr(), "out")?,
             lse: 0,
         };
-        launch::launch(&gpu, self.name, p, ptrs, None)
+        launch::launch(&gpu, self.name, p, ptrs, call.kernel_strides())
     }
 }
 

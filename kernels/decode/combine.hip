@@ -49,7 +49,7 @@ extern "C" __global__ void RF_COMBINE_BOUNDS rf_decode_combine(const rf_decode_c
     const long long lo = p.window_left >= 0 ? (pos - p.window_left > 0 ? pos - p.window_left : 0) : 0;
     long long hi = p.window_right >= 0 ? pos + p.window_right + 1 : len;
     if (hi > len) hi = len;
-    elem* out = reinterpret_cast<elem*>(p.o) + b * p.o_batch_stride + sq * p.o_seq_stride + hq * p.o_head_stride;
+    elem* out = reinterpret_cast<elem*>(p.o) + b * p.o_strides.batch + sq * p.o_strides.seq + hq * p.o_strides.head;
     if (bad || lo >= hi) {
         const float fill = bad ? nan_f() : 0.0f;
         for (int d = lane; d < p.head_dim; d += RF_WARP_SIZE) out[d] = from_f(fill);

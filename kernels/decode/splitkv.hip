@@ -156,7 +156,7 @@ RF_DEVICE void load_q(const rf_decode_params& p, const Work& w, float* q_s) {
         float f[VEC];
         if (r < w.rows) {
             const int rr = w.r0 + r, sq = rr / w.group, hq = w.hk * w.group + rr % w.group;
-            const elem* src = q + w.b * p.q_batch_stride + sq * p.q_seq_stride + hq * p.q_head_stride + d0;
+            const elem* src = q + w.b * p.strides.q.batch + sq * p.strides.q.seq + hq * p.strides.q.head + d0;
             unpack(*reinterpret_cast<const U32x4*>(src), f);
         } else {
 #pragma unroll

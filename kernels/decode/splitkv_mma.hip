@@ -154,8 +154,8 @@ RF_DEVICE void load_q(const rf_decode_params& p, const Work& w, elem* q_s) {
         U32x4 v = {0u, 0u, 0u, 0u};
         if (r < w.rows) {
             const int rr = w.r0 + r, sq = rr / w.group, hq = w.hk * w.group + rr % w.group;
-            v = *reinterpret_cast<const U32x4*>(q + w.b * p.q_batch_stride + sq * p.q_seq_stride +
-                                                hq * p.q_head_stride + d0);
+            v = *reinterpret_cast<const U32x4*>(q + w.b * p.strides.q.batch + sq * p.strides.q.seq +
+                                                hq * p.strides.q.head + d0);
         }
         *reinterpret_cast<U32x4*>(q_s + KT::off(r, d0)) = v;
     }

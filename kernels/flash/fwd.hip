@@ -332,7 +332,8 @@ RF_DEVICE void store_output(const rf_flash_params& p, const rf_frag_c (&o)[MT][D
             }
     }
     __syncthreads();
-    rf_elem* o_g = reinterpret_cast<rf_elem*>(p.o) + b * p.o_batch_stride + m0 * p.o_seq_stride + hq * p.o_head_stride;
+    rf_elem* o_g =
+        reinterpret_cast<rf_elem*>(p.o) + b * p.strides.o.batch + m0 * p.strides.o.seq + hq * p.strides.o.head;
     const int rows_valid = p.seq_q - m0;
     constexpr int CHUNKS = BM * QT::CPR;
 #pragma unroll
@@ -341,7 +342,7 @@ RF_DEVICE void store_output(const rf_flash_params& p, const rf_frag_c (&o)[MT][D
         if (CHUNKS % THREADS == 0 || c < CHUNKS) {
             const int row = c / QT::CPR, col = (c % QT::CPR) * VEC;
             if (row < rows_valid) {
-                *reinterpret_cast<U32x4*>(o_g + row * p.o_seq_stride + col) =
+                *reinterpret_cast<U32x4*>(o_g + row * p.strides.o.seq + col) =
                     *reinterpret_cast<const U32x4*>(o_s + QT::off(row, col));
             }
         }
@@ -373,19 +374,19 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     const long long shift = w.shift;
     const int m_last = (int)min_ll(m0 + BM, p.seq_q) - 1;
 
-    const rf_elem* q_g = reinterpret_cast<const rf_elem*>(p.q) + b * p.q_batch_stride + m0 * p.q_seq_stride +
-                         hq * p.q_head_stride;
-    const rf_elem* k_g = reinterpret_cast<const rf_elem*>(p.k) + b * p.k_batch_stride + hk * p.k_head_stride;
-    const rf_elem* v_g = reinterpret_cast<const rf_elem*>(p.v) + b * p.v_batch_stride + hk * p.v_head_stride;
+    const rf_elem* q_g = reinterpret_cast<const rf_elem*>(p.q) + b * p.strides.q.batch + m0 * p.strides.q.seq +
+                         hq * p.strides.q.head;
+    const rf_elem* k_g = reinterpret_cast<const rf_elem*>(p.k) + b * p.strides.k.batch + hk * p.strides.k.head;
+    const rf_elem* v_g = reinterpret_cast<const rf_elem*>(p.v) + b * p.strides.v.batch + hk * p.strides.v.head;
 
     auto load_kv = [&](int nb, int stage) {
         const int n0 = nb * BN;
-        load_rows<BN>(sK + stage * K_STAGE, k_g + n0 * p.k_seq_stride, p.k_seq_stride, p.seq_kv - n0);
-        load_rows<BN>(sV + stage * V_STAGE, v_g + n0 * p.v_seq_stride, p.v_seq_stride, p.seq_kv - n0);
+        load_rows<BN>(sK + stage * K_STAGE, k_g + n0 * p.strides.k.seq, p.strides.k.seq, p.seq_kv - n0);
+        load_rows<BN>(sV + stage * V_STAGE, v_g + n0 * p.strides.v.seq, p.strides.v.seq, p.seq_kv - n0);
     };
 
     // Prologue: Q and the first STAGES - 1 tiles, one copy group each.
-    load_rows<BM>(sQ, q_g, p.q_seq_stride, p.seq_q - m0);
+    load_rows<BM>(sQ, q_g, p.strides.q.seq, p.seq_q - m0);
 #pragma unroll
     for (int s = 0; s < STAGES - 1; ++s) {
         if (n_begin + s < n_end) load_kv(n_begin + s, s);

@@ -28,8 +28,10 @@ RF_KERNEL void rf_expand_kv(RfExpandKvParams p) {
         const long long bs = row / p.heads_q;
         const long long s = bs % p.seq, b = bs / p.seq;
         const int hk = hq / group;
-        const rf_bits* k = (const rf_bits*)p.src_k + b * p.k_batch_stride + s * p.k_seq_stride + hk * p.k_head_stride;
-        const rf_bits* v = (const rf_bits*)p.src_v + b * p.v_batch_stride + s * p.v_seq_stride + hk * p.v_head_stride;
+        const rf_bits* k =
+            (const rf_bits*)p.src_k + b * p.k_strides.batch + s * p.k_strides.seq + hk * p.k_strides.head;
+        const rf_bits* v =
+            (const rf_bits*)p.src_v + b * p.v_strides.batch + s * p.v_strides.seq + hk * p.v_strides.head;
         rf_bits* dk = (rf_bits*)p.dst_k + row * p.head_dim;
         rf_bits* dv = (rf_bits*)p.dst_v + row * p.head_dim;
         for (int x = (int)threadIdx.x; x < p.head_dim; x += lanes) {

@@ -67,7 +67,7 @@ RF_KERNEL void rf_nonfinite_scan(RfMaskedPvParams prm) {
          r += (long long)gridDim.x * warps) {
         const long long hk = r % prm.heads_kv, j = (r / prm.heads_kv) % prm.seq_kv,
                         b = r / ((long long)prm.heads_kv * prm.seq_kv);
-        const elem_t* row = v + b * prm.v_batch_stride + j * prm.v_seq_stride + hk * prm.v_head_stride;
+        const elem_t* row = v + b * prm.v_strides.batch + j * prm.v_strides.seq + hk * prm.v_strides.head;
         for (int x = lane; x < prm.head_dim; x += RF_WARP_SIZE) bad |= nonfinite(from_elem(row[x]));
     }
     const bool any = block_any(bad);
@@ -84,7 +84,7 @@ RF_KERNEL void rf_masked_pv(RfMaskedPvParams prm) {
     for (int i = threadIdx.x; i < RF_SCAN_BLOCKS; i += blockDim.x) set |= flags[i] != 0;
     if (!block_any(set)) return;
     const elem_t* probs = (const elem_t*)prm.probs;
-    const elem_t* v = (const elem_t*)prm.v + prm.b * prm.v_batch_stride;
+    const elem_t* v = (const elem_t*)prm.v + prm.b * prm.v_strides.batch;
     elem_t* o = (elem_t*)prm.o;
     const long long rows = (long long)prm.heads * prm.seq_q;
     for (long long r = blockIdx.x; r < rows; r += gridDim.x) {
@@ -97,8 +97,8 @@ RF_KERNEL void rf_masked_pv(RfMaskedPvParams prm) {
         for (int x = threadIdx.x; x < prm.head_dim; x += blockDim.x) {
             float acc = 0.0f;
             for (long long j = lo; j < hi; ++j)
-                acc += from_elem(p_row[j]) * from_elem(v[j * prm.v_seq_stride + hk * prm.v_head_stride + x]);
-            o[i * prm.o_seq_stride + h * prm.o_head_stride + x] = to_elem(acc);
+                acc += from_elem(p_row[j]) * from_elem(v[j * prm.v_strides.seq + hk * prm.v_strides.head + x]);
+            o[i * prm.o_strides.seq + h * prm.o_strides.head + x] = to_elem(acc);
         }
     }
 }

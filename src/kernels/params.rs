@@ -42,6 +42,44 @@ macro_rules! kernel_params {
 }
 
 kernel_params! {
+    /// `RfStrides` of `rf/strides.h`: element strides of one `[batch, seq,
+    /// heads, head_dim]` tensor (head_dim contiguous).
+    pub struct KernelStrides as "RfStrides" in "rf/strides.h" {
+        pub batch: i64,
+        pub seq: i64,
+        pub head: i64,
+    }
+}
+
+kernel_params! {
+    /// `RfQkvoStrides` of `rf/strides.h`: the strides of one call's four
+    /// tensors, embedded in the parameter structs of the fused kernels.
+    pub struct QkvoStrides as "RfQkvoStrides" in "rf/strides.h" {
+        pub q: KernelStrides,
+        pub k: KernelStrides,
+        pub v: KernelStrides,
+        pub o: KernelStrides,
+    }
+}
+
+impl From<Strides> for KernelStrides {
+    /// Validated strides address elements of an allocation, so each fits
+    /// an `i64`.
+    fn from([batch, seq, head]: Strides) -> KernelStrides {
+        KernelStrides { batch: batch as i64, seq: seq as i64, head: head as i64 }
+    }
+}
+
+impl QkvoStrides {
+    /// The strides of Q, K, V and O, in `TensorRole::ALL` order (the
+    /// checked views' layouts: `CheckedCall::kernel_strides`).
+    pub fn new(strides: [Strides; 4]) -> QkvoStrides {
+        let [q, k, v, o] = strides.map(KernelStrides::from);
+        QkvoStrides { q, k, v, o }
+    }
+}
+
+kernel_params! {
     /// `RfSoftmaxParams` of `unfused/softmax_rows.hip`.
     pub struct SoftmaxParams as "RfSoftmaxParams" in "rf/params.h" {
         /// f32 scores, rows x seq_kv.
@@ -68,18 +106,7 @@ kernel_params! {
         pub o: u64,
         /// f32 [batch, heads_q, seq_q] log-sum-exp, or 0 for none.
         pub lse: u64,
-        pub q_batch_stride: i64,
-        pub q_seq_stride: i64,
-        pub q_head_stride: i64,
-        pub k_batch_stride: i64,
-        pub k_seq_stride: i64,
-        pub k_head_stride: i64,
-        pub v_batch_stride: i64,
-        pub v_seq_stride: i64,
-        pub v_head_stride: i64,
-        pub o_batch_stride: i64,
-        pub o_seq_stride: i64,
-        pub o_head_stride: i64,
+        pub strides: QkvoStrides,
         /// Mask bounds, negative = unbounded (`rf/mask.h`).
         pub window_left: i64,
         pub window_right: i64,
@@ -102,12 +129,8 @@ kernel_params! {
         pub src_v: u64,
         pub dst_k: u64,
         pub dst_v: u64,
-        pub k_batch_stride: i64,
-        pub k_seq_stride: i64,
-        pub k_head_stride: i64,
-        pub v_batch_stride: i64,
-        pub v_seq_stride: i64,
-        pub v_head_stride: i64,
+        pub k_strides: KernelStrides,
+        pub v_strides: KernelStrides,
         pub rows: i64,
         pub seq: i32,
         pub heads_q: i32,
@@ -131,18 +154,8 @@ kernel_params! {
         pub block_table: u64,
         /// i32 `[batch]` sequence lengths, or 0 (all `seq_kv`).
         pub seq_lens: u64,
-        pub q_batch_stride: i64,
-        pub q_seq_stride: i64,
-        pub q_head_stride: i64,
-        pub k_batch_stride: i64,
-        pub k_seq_stride: i64,
-        pub k_head_stride: i64,
-        pub v_batch_stride: i64,
-        pub v_seq_stride: i64,
-        pub v_head_stride: i64,
-        pub o_batch_stride: i64,
-        pub o_seq_stride: i64,
-        pub o_head_stride: i64,
+        /// With a block table, K's and V's batch stride is one pool block.
+        pub strides: QkvoStrides,
         pub window_left: i64,
         pub window_right: i64,
         pub batch: i32,
@@ -169,9 +182,7 @@ kernel_params! {
         pub part_lse: u64,
         pub o: u64,
         pub seq_lens: u64,
-        pub o_batch_stride: i64,
-        pub o_seq_stride: i64,
-        pub o_head_stride: i64,
+        pub o_strides: KernelStrides,
         pub window_left: i64,
         pub window_right: i64,
         pub batch: i32,
@@ -206,6 +217,7 @@ pub fn layout_probe<P: KernelParams>() -> String {
 }
 
 use crate::backends::gpu_unfused::MaskedPvParams;
+use crate::tensor::Strides;
 
 /// Layout probes of every parameter struct, for the offline compile tests.
 pub fn all_layout_probes() -> Vec<(&'static str, String)> {
@@ -216,6 +228,8 @@ pub fn all_layout_probes() -> Vec<(&'static str, String)> {
         (DecodeParams::C_NAME, layout_probe::<DecodeParams>()),
         (DecodeCombineParams::C_NAME, layout_probe::<DecodeCombineParams>()),
         (MaskedPvParams::C_NAME, layout_probe::<MaskedPvParams>()),
+        (KernelStrides::C_NAME, layout_probe::<KernelStrides>()),
+        (QkvoStrides::C_NAME, layout_probe::<QkvoStrides>()),
     ]
 }
 
@@ -229,5 +243,21 @@ mod tests {
         assert!(probe.contains("sizeof(RfSoftmaxParams) == 48"), "{probe}");
         assert!(probe.contains("__builtin_offsetof(RfSoftmaxParams, seq_kv) == 36"), "{probe}");
         assert_eq!(SoftmaxParams::fields().len(), 8);
+    }
+
+    #[test]
+    fn embedded_strides_keep_the_flat_layout() {
+        // The four tensors' strides sit where twelve i64 fields sat before.
+        assert_eq!(size_of::<KernelStrides>(), 24);
+        assert_eq!(size_of::<QkvoStrides>(), 96);
+        assert_eq!(size_of::<FlashParams>(), 184);
+        assert_eq!(size_of::<DecodeParams>(), 232);
+        assert_eq!(std::mem::offset_of!(FlashParams, strides), 40);
+        assert_eq!(std::mem::offset_of!(QkvoStrides, o) + std::mem::offset_of!(KernelStrides, head), 88);
+        let probe = layout_probe::<FlashParams>();
+        assert!(probe.contains("__builtin_offsetof(rf_flash_params, strides) == 40"), "{probe}");
+        assert!(probe.contains("sizeof(((rf_flash_params*)0)->strides) == 96"), "{probe}");
+        let s = QkvoStrides::new([[1, 2, 3], [4, 5, 6], [7, 8, 9], [10, 11, 12]]);
+        assert_eq!((s.q.batch, s.k.seq, s.v.head, s.o.batch), (1, 5, 9, 10));
     }
 }

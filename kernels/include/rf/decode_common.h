@@ -193,8 +193,8 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
 template <int BN, int D, int KV_STRIDE, int THREADS>
 RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, elem* stage) {
     constexpr int VEC = 16 / (int)sizeof(elem), CPR = D / VEC;
-    const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.k_head_stride;
-    const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.v_head_stride;
+    const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.strides.k.head;
+    const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.strides.v.head;
     const int* table = p.block_table != 0 ? reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width
                                           : nullptr;
     const long long in_block = (1ll << p.block_shift) - 1;
@@ -214,11 +214,11 @@ RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, e
                     bad = true;
                     ok = false;
                 }
-                koff = blk * p.k_batch_stride + (j & in_block) * p.k_seq_stride;
-                voff = blk * p.v_batch_stride + (j & in_block) * p.v_seq_stride;
+                koff = blk * p.strides.k.batch + (j & in_block) * p.strides.k.seq;
+                voff = blk * p.strides.v.batch + (j & in_block) * p.strides.v.seq;
             } else if (ok) {
-                koff = w.b * p.k_batch_stride + j * p.k_seq_stride;
-                voff = w.b * p.v_batch_stride + j * p.v_seq_stride;
+                koff = w.b * p.strides.k.batch + j * p.strides.k.seq;
+                voff = w.b * p.strides.v.batch + j * p.strides.v.seq;
             }
             copy16(stage + row * KV_STRIDE + col, ok ? kbase + koff + col : kbase, ok);
             copy16(stage + (BN + row) * KV_STRIDE + col, ok ? vbase + voff + col : vbase, ok);
@@ -258,7 +258,7 @@ RF_DEVICE void write_pair(const rf_decode_params& p, const Work& w, int r, int c
     }
     if (direct) {
         elem* out =
-            reinterpret_cast<elem*>(p.o) + w.b * p.o_batch_stride + sq * p.o_seq_stride + hq * p.o_head_stride + c;
+            reinterpret_cast<elem*>(p.o) + w.b * p.strides.o.batch + sq * p.strides.o.seq + hq * p.strides.o.head + c;
         store2(out, a0, a1);
     } else {
         const long long row = (((long long)blockIdx.x * p.batch + w.b) * p.seq_q + sq) * p.heads_q + hq;

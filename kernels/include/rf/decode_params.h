@@ -11,6 +11,7 @@
 // contiguous, other strides in ELEMENTS, multiples of 16 / sizeof(element),
 // pointers 16-byte aligned (16-byte vector loads).
 #pragma once
+#include "rf/strides.h"
 
 struct rf_decode_params {
     unsigned long long q;
@@ -22,10 +23,7 @@ struct rf_decode_params {
     unsigned long long block_table;  // i32 [batch][table_width]; 0 = dense K/V
     unsigned long long seq_lens;     // i32 [batch]; 0 = every sequence is seq_kv long
 
-    long long q_batch_stride, q_seq_stride, q_head_stride;
-    long long k_batch_stride, k_seq_stride, k_head_stride;
-    long long v_batch_stride, v_seq_stride, v_head_stride;
-    long long o_batch_stride, o_seq_stride, o_head_stride;
+    RfQkvoStrides strides;  // with a block table, k/v batch = one pool block
     // Visibility around pos = i + len - seq_q (rf/mask.h): causal = (-1, 0),
     // none = (-1, -1), window = (left, right).
     long long window_left;
@@ -51,7 +49,7 @@ struct rf_decode_combine_params {
     unsigned long long part_lse;
     unsigned long long o;
     unsigned long long seq_lens;  // i32 [batch] or 0
-    long long o_batch_stride, o_seq_stride, o_head_stride;
+    RfStrides o_strides;
     long long window_left;
     long long window_right;
     int batch;

@@ -9,6 +9,7 @@
 // and every stride a multiple of 16 / sizeof(element) (8 for f16/bf16, 4 for
 // f32); the host rejects anything else.
 #pragma once
+#include "rf/strides.h"
 
 struct rf_flash_params {
     // Device pointers (CUdeviceptr / hipDeviceptr_t bit patterns).
@@ -19,10 +20,7 @@ struct rf_flash_params {
     unsigned long long lse;  // optional f32 [batch, heads_q, seq_q] contiguous; 0 = not written
 
     // Element strides (batch, seq, head) of each tensor.
-    long long q_batch_stride, q_seq_stride, q_head_stride;
-    long long k_batch_stride, k_seq_stride, k_head_stride;
-    long long v_batch_stride, v_seq_stride, v_head_stride;
-    long long o_batch_stride, o_seq_stride, o_head_stride;
+    RfQkvoStrides strides;
 
     // Visibility window around pos = i + seq_kv - seq_q (bottom-right
     // aligned): key j is visible iff (left < 0 || j >= pos - left) &&

@@ -4,6 +4,7 @@
 // offset and size generated from the Rust side, so the two cannot drift.
 // Fields are ordered 8-byte first so neither side inserts hidden padding.
 #pragma once
+#include "rf/strides.h"
 
 // unfused/softmax_rows.hip
 struct RfSoftmaxParams {
@@ -23,8 +24,8 @@ struct RfExpandKvParams {
     unsigned long long src_v;
     unsigned long long dst_k;   // [batch, seq, heads_q, head_dim], contiguous
     unsigned long long dst_v;
-    long long k_batch_stride, k_seq_stride, k_head_stride;  // elements
-    long long v_batch_stride, v_seq_stride, v_head_stride;
+    RfStrides k_strides;        // elements
+    RfStrides v_strides;
     long long rows;             // batch * seq * heads_q
     int seq;
     int heads_q;

@@ -59,14 +59,14 @@ RF_DEVICE BlockWork block_work(const rf_flash_params& p, unsigned bx, unsigned b
 RF_DEVICE VPass v_pass_args(const rf_flash_params& p) {
     const BlockWork w = block_work(p, opaque_u32(blockIdx.x), opaque_u32(blockIdx.y), opaque_u32(blockIdx.z));
     VPass a;
-    a.q = reinterpret_cast<const rf_elem*>(p.q) + w.b * p.q_batch_stride + w.hq * p.q_head_stride;
-    a.k = reinterpret_cast<const rf_elem*>(p.k) + w.b * p.k_batch_stride + w.hk * p.k_head_stride;
-    a.v = reinterpret_cast<const rf_elem*>(p.v) + w.b * p.v_batch_stride + w.hk * p.v_head_stride;
-    a.o = reinterpret_cast<rf_elem*>(p.o) + w.b * p.o_batch_stride + w.hq * p.o_head_stride;
-    a.q_stride = p.q_seq_stride;
-    a.k_stride = p.k_seq_stride;
-    a.v_stride = p.v_seq_stride;
-    a.o_stride = p.o_seq_stride;
+    a.q = reinterpret_cast<const rf_elem*>(p.q) + w.b * p.strides.q.batch + w.hq * p.strides.q.head;
+    a.k = reinterpret_cast<const rf_elem*>(p.k) + w.b * p.strides.k.batch + w.hk * p.strides.k.head;
+    a.v = reinterpret_cast<const rf_elem*>(p.v) + w.b * p.strides.v.batch + w.hk * p.strides.v.head;
+    a.o = reinterpret_cast<rf_elem*>(p.o) + w.b * p.strides.o.batch + w.hq * p.strides.o.head;
+    a.q_stride = p.strides.q.seq;
+    a.k_stride = p.strides.k.seq;
+    a.v_stride = p.strides.v.seq;
+    a.o_stride = p.strides.o.seq;
     a.window_left = p.window_left;
     a.window_right = p.window_right;
     a.shift = w.shift;
