@@ -22,7 +22,6 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use crate::registry::{AttentionConfig, Registry};
-use crate::tensor::Tensor;
 use crate::tensor::{TensorView, TensorViewMut};
 use std::collections::BTreeMap;
 
@@ -119,12 +118,11 @@ impl AttentionLayer {
         cache.append(self.index, &entries, &k, &v)?;
         let mut attn = engine.activation(x.rows(), self.num_heads * self.head_dim)?;
         for merged in paged_groups(spans) {
-            if let Some(out) = self.attend_paged(engine, &q, merged, cache)? {
-                engine.write_rows(&mut attn, merged[0].first_row, &out)?;
+            if self.attend_paged(engine, &q, merged, cache, &mut attn)? {
                 continue;
             }
             for group in groups(merged) {
-                self.attend(engine, &q, group, cache, &mut attn)?;
+                self.attend(engine, &q, group, &*cache, &mut attn)?;
             }
         }
         engine.linear(&attn, &self.proj.o, self.proj.o_bias.as_ref())
@@ -132,36 +130,44 @@ impl AttentionLayer {
 
     /// One batched attention call over a paged cache's pool for adjacent
     /// spans with the same number of new tokens, each with its own cached
-    /// length; `None` when the cache is not paged or the chosen backend does
-    /// not read paged K/V (the caller then takes the dense path).
+    /// length, written into their rows of `attn` (in place, as `attend`
+    /// does). `false` when the cache is not paged or the chosen backend
+    /// does not read paged K/V (the caller then takes the dense path); the
+    /// block table is only touched once the backend has accepted.
     fn attend_paged(
         &mut self,
         engine: &Engine,
         q: &Matrix,
         group: &[Span],
-        cache: &dyn KvCache,
-    ) -> Result<Option<Tensor>, ModelError> {
+        cache: &mut dyn KvCache,
+        attn: &mut Matrix,
+    ) -> Result<bool, ModelError> {
         let seqs: Vec<(SeqId, usize)> = group.iter().map(|s| (s.seq, s.start + s.len)).collect();
+        let Some(layout) = cache.paged_layout(&seqs)? else { return Ok(false) };
         let kv_len = seqs.iter().map(|&(_, l)| l).max().unwrap_or(0);
-        let Some(access) = cache.paged_kv(self.index, &seqs)? else { return Ok(None) };
         let (h, hkv, d, len) = (self.num_heads, self.num_kv_heads, self.head_dim, group[0].len);
         let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
         // Chosen on the dense problem, as in `attend`; the paged form is
         // used only when that backend takes it.
         let backend = self.dispatcher.backend_for(&p)?;
-        let paged = p.clone().with_paged(access.layout);
+        let paged = p.clone().with_paged(layout);
         let device = self.dispatcher.device().clone();
         if !Registry::reasons(backend, &paged, &device).is_empty() {
             self.dispatcher.forget_call(ShapeClass::of(&p));
-            return Ok(None);
+            return Ok(false);
         }
-        let q = engine.rows_as(q, group[0].first_row, p.q_shape(), self.dtype)?;
-        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        let access = cache
+            .paged_kv(self.index, &seqs)?
+            .ok_or_else(|| ModelError::Request("the cache gave a paged layout but no paged access".into()))?;
+        let first = group[0].first_row;
+        let q = engine.attention_input(q, first, p.q_shape(), self.dtype)?;
+        let mut out = engine.attention_output(attn, first, p.out_shape(), self.dtype)?;
         backend
-            .forward_paged(&paged, &q, access.k, access.v, access.refs(), &mut out)
+            .forward_paged(&paged, q.view(), access.k, access.v, access.refs(), out.view_mut()?)
             .map_err(|source| ModelError::Backend { layer: self.index, backend: backend.name(), source })?;
+        out.finish(engine)?;
         self.dispatcher.note_in_place(ShapeClass::of(&p));
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// One batched attention call for adjacent spans that share their cached

@@ -13,10 +13,12 @@
 
 mod contiguous;
 mod paged;
+mod paged_index;
 mod storage;
 
 pub use contiguous::ContiguousCache;
 pub use paged::PagedCache;
+pub use paged_index::IndexUploads;
 pub(crate) use storage::same_device;
 pub use storage::KvStorage;
 
@@ -26,7 +28,6 @@ use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::PagedKv;
 use crate::tensor::{HostData, IndexTensor, Tensor, TensorView};
-use std::sync::Arc;
 
 /// Identifies one sequence in a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,11 +140,21 @@ pub trait KvCache: Send {
     /// [`KvCache::gather`] instead.
     fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError>;
 
+    /// The [`PagedKv`] layout a paged attention call over `(sequence,
+    /// length)` pairs would have (nothing is uploaded); `None` when the cache
+    /// is not paged. Lets a caller ask a backend before [`KvCache::paged_kv`].
+    fn paged_layout(&self, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKv>, KvCacheError> {
+        let _ = seqs;
+        Ok(None)
+    }
+
     /// For a paged attention call: the block pools of `layer` and the block
     /// table and length of each `(sequence, length)`, on the cache's device
     /// (no copy of keys or values). `None` when the cache is not paged.
     /// Lengths may differ; each must be written (committed or appended).
-    fn paged_kv(&self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
+    /// Takes `&mut self` because the device copy of the table and lengths
+    /// is rewritten in place: one access at a time.
+    fn paged_kv(&mut self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
         let _ = (layer, seqs);
         Ok(None)
     }
@@ -203,7 +214,7 @@ pub struct PagedKvAccess<'a> {
     pub k: TensorView<'a>,
     pub v: TensorView<'a>,
     pub layout: PagedKv,
-    pub index: Arc<PagedIndex>,
+    pub index: &'a PagedIndex,
 }
 
 impl PagedKvAccess<'_> {
