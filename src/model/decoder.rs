@@ -305,6 +305,24 @@ impl Decoder {
         Ok(out)
     }
 
+    /// Each step's logits for its last token, in step order, with the
+    /// same timing as [`Decoder::next_tokens`] (`wait` covers the download
+    /// of these rows: on a GPU only `steps.len() × vocab` values come back).
+    pub fn last_logits(&mut self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let start = Instant::now();
+        let (logits, _, order) = self.logits(cache, steps, LogitsFor::Last)?;
+        let issued = Instant::now();
+        let flat = logits.to_vec()?;
+        self.timing.issue += issued - start;
+        self.timing.wait += issued.elapsed();
+        self.timing.calls += 1;
+        let mut out = vec![Vec::new(); steps.len()];
+        for (row, &step) in flat.chunks_exact(logits.cols().max(1)).zip(&order) {
+            out[step] = row.to_vec();
+        }
+        Ok(out)
+    }
+
     /// The logits rows `which` names, in span order, with the spans and
     /// each span's step index.
     fn logits(
