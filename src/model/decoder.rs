@@ -20,7 +20,6 @@ use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask};
 use crate::registry::{AttentionConfig, Registry};
 use crate::selection::DeviceChoice;
-use crate::tensor::HostData;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -448,14 +447,14 @@ fn block(
     engine: &Engine,
 ) -> Result<Block, ModelError> {
     let opt = |b: &Option<super::weights::Weight>| b.as_ref().map(|b| engine.weight(b)).transpose();
+    let qkv = Weight::stacked(&[&w.q, &w.k, &w.v])
+        .ok_or_else(|| ModelError::Request(format!("layer {i}: q, k and v weights do not stack")))?;
     let proj = Projections {
-        q: engine.weight(&w.q)?,
-        k: engine.weight(&w.k)?,
-        v: engine.weight(&w.v)?,
+        qkv: engine.weight(&qkv)?,
+        qkv_bias: Weight::stacked_biases([&w.q_bias, &w.k_bias, &w.v_bias], [&w.q, &w.k, &w.v])
+            .map(|b| engine.weight(&b))
+            .transpose()?,
         o: engine.weight(&w.o)?,
-        q_bias: opt(&w.q_bias)?,
-        k_bias: opt(&w.k_bias)?,
-        v_bias: opt(&w.v_bias)?,
         o_bias: opt(&w.o_bias)?,
     };
     let attention = AttentionLayer::new(i, c, proj, kv_dtype, attention.clone(), engine.device());
@@ -470,7 +469,7 @@ fn block(
             },
             // Without biases gate and up become one [gate; up] matrix: one
             // GEMM (and one launch) instead of two.
-            _ => match stacked(gate, up) {
+            _ => match Weight::stacked(&[gate, up]) {
                 Some(both) => Mlp::Fused { gate_up: engine.weight(&both)?, down },
                 None => Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases: None },
             },
@@ -485,19 +484,4 @@ fn block(
         attention,
         mlp,
     })
-}
-
-/// `[a; b]`: the rows of `a` then those of `b` (same columns and dtype).
-fn stacked(a: &Weight, b: &Weight) -> Option<Weight> {
-    let (&[ra, ca], &[rb, cb]) = (a.shape.as_slice(), b.shape.as_slice()) else { return None };
-    if ca != cb {
-        return None;
-    }
-    let data = match (&a.data, &b.data) {
-        (HostData::F32(x), HostData::F32(y)) => HostData::F32([x.as_slice(), y].concat()),
-        (HostData::F16(x), HostData::F16(y)) => HostData::F16([x.as_slice(), y].concat()),
-        (HostData::BF16(x), HostData::BF16(y)) => HostData::BF16([x.as_slice(), y].concat()),
-        _ => return None,
-    };
-    Some(Weight { shape: vec![ra + rb, ca], data })
 }

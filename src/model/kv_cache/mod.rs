@@ -22,7 +22,7 @@ pub use paged_index::IndexUploads;
 pub(crate) use storage::same_device;
 pub use storage::KvStorage;
 
-use super::matrix::Matrix;
+use super::matrix::{Columns, Matrix};
 use crate::backend::PagedKvRefs;
 use crate::device::Device;
 use crate::dtype::DType;
@@ -167,6 +167,18 @@ pub trait KvCache: Send {
     /// `kv_heads × head_dim` wide, on the cache's device) of `layer` at
     /// positions `len .. len + entry.len`, which must be reserved.
     fn append(&mut self, layer: usize, entries: &[AppendRows], k: &Matrix, v: &Matrix) -> Result<(), KvCacheError> {
+        self.append_columns(layer, entries, k.all_columns(), v.all_columns())
+    }
+
+    /// [`KvCache::append`] from some columns of wider rows: k and v inside
+    /// the fused QKV projection's output, copied from there.
+    fn append_columns(
+        &mut self,
+        layer: usize,
+        entries: &[AppendRows],
+        k: Columns<'_>,
+        v: Columns<'_>,
+    ) -> Result<(), KvCacheError> {
         let (mut src, mut dst) = (Vec::new(), Vec::new());
         for e in entries {
             let (len, reserved) = (self.len(e.seq)?, self.reserved(e.seq)?);

@@ -331,3 +331,41 @@ fn paged_kv_exposes_the_pool_and_each_sequence_s_table() {
     assert!(contiguous.paged_layout(&[]).unwrap().is_none());
     assert!(contiguous.paged_kv(0, &[]).unwrap().is_none());
 }
+
+#[test]
+fn appending_columns_of_wider_rows_is_appending_those_rows() {
+    let mut rng = SplitMix64(8);
+    let row = SHAPE.row();
+    for (mut narrow, mut wide) in caches(SHAPE).into_iter().zip(caches(SHAPE)) {
+        let (a, b) = (narrow.add_sequence().unwrap(), wide.add_sequence().unwrap());
+        for n in [5, 1, 12] {
+            narrow.reserve(a, n).unwrap();
+            wide.reserve(b, n).unwrap();
+            let (k, v, other) = (rows(n, &mut rng), rows(n, &mut rng), rows(n, &mut rng));
+            // [other | v | k] rows: the columns need not be in q, k, v order.
+            let packed: Vec<f32> = (0..n)
+                .flat_map(|r| {
+                    [&other[r * row..(r + 1) * row], &v[r * row..(r + 1) * row], &k[r * row..(r + 1) * row]].concat()
+                })
+                .collect();
+            let m = Matrix::from_host(n, 3 * row, packed).unwrap();
+            for layer in 0..SHAPE.num_layers {
+                put(narrow.as_mut(), layer, a, &k, &v).unwrap();
+                let entries = [AppendRows { seq: b, first_row: 0, len: n }];
+                wide.append_columns(layer, &entries, m.columns(2 * row, row).unwrap(), m.columns(row, row).unwrap())
+                    .unwrap();
+            }
+            narrow.commit(a, n).unwrap();
+            wide.commit(b, n).unwrap();
+        }
+        let len = narrow.len(a).unwrap();
+        for layer in 0..SHAPE.num_layers {
+            assert_eq!(get(narrow.as_ref(), layer, &[a], len).unwrap(), get(wide.as_ref(), layer, &[b], len).unwrap());
+        }
+        let bad = Matrix::from_host(1, 3 * row, vec![0.0; 3 * row]).unwrap();
+        wide.reserve(b, 1).unwrap();
+        let entries = [AppendRows { seq: b, first_row: 0, len: 1 }];
+        let err = wide.append_columns(0, &entries, bad.columns(0, row - 1).unwrap(), bad.columns(row, row).unwrap());
+        assert!(matches!(err, Err(KvCacheError::Rows { .. })), "{err:?}");
+    }
+}
