@@ -20,6 +20,11 @@ to a directory under /tmp (never downloaded). Then, for each batch size:
   last is the decode time of the remaining max_new - 1 tokens per sequence.
   Warm-up calls (which compile) are not timed.
 
+With --rocmforge-before BIN a second rocmforge binary (e.g. built from the
+commit before a change) runs the same way, interleaved with the first per
+batch, so both see the same machine state; --hf-modes none skips
+transformers (then torch is used only to build the model).
+
 Prints a table and writes everything to --json. Runs on the GPU machine
 (torch + transformers installed there, no network).
 
@@ -254,6 +259,9 @@ def main():
     ap.add_argument("--max-new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ours-repeats", type=int, default=2)
+    ap.add_argument("--ours-warmups", type=int, default=1,
+                    help="untimed runs of each binary first: the first process compiles the kernels (NVRTC), "
+                    "some of them inside the timed decode steps (flash-decode at the first decode step)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hf-modes", default="compiled,eager",
                     help="compiled, eager, both (comma-separated), or none (ours only)")
@@ -290,6 +298,9 @@ def main():
     binaries = [(args.rocmforge, "rocmforge")]
     if args.rocmforge_before:
         binaries.append((args.rocmforge_before, args.before_label))
+    for binary, label in binaries:
+        for _ in range(args.ours_warmups):
+            bench_ours(binary, args.model_dir, prompt, batches[0], min(args.max_new, 8), 1, extra, label)
     for b in batches:
         runs = {label: [] for _, label in binaries}
         for _ in range(args.ours_repeats):
