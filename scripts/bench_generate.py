@@ -20,6 +20,11 @@ to a directory under /tmp (never downloaded). Then, for each batch size:
   last is the decode time of the remaining max_new - 1 tokens per sequence.
   Warm-up calls (which compile) are not timed.
 
+With --rocmforge-before BIN a second rocmforge binary (e.g. built from the
+commit before a change) runs the same way, interleaved with the first per
+batch, so both see the same machine state; --hf-modes none skips
+transformers (then torch is used only to build the model).
+
 Prints a table and writes everything to --json. Runs on the GPU machine
 (torch + transformers installed there, no network).
 
@@ -161,7 +166,7 @@ def bench_hf(model, prompt, batch, max_new, compiled, repeats, warmups):
     )
 
 
-def bench_ours(binary, model_dir, prompt, batch, max_new, repeats, extra):
+def bench_ours(binary, model_dir, prompt, batch, max_new, repeats, extra, label="rocmforge"):
     runs = []
     for _ in range(repeats):
         cmd = [binary, "generate", "--model", model_dir, "--device", "gpu", "--batch", str(batch), "--json"]
@@ -170,14 +175,14 @@ def bench_ours(binary, model_dir, prompt, batch, max_new, repeats, extra):
         p = subprocess.run(cmd, capture_output=True, text=True)
         if p.returncode != 0:
             log(f"rocmforge failed ({p.returncode}): {p.stderr.strip()}")
-            return dict(impl="rocmforge", batch=batch, error=p.stderr.strip())
+            return dict(impl=label, batch=batch, error=p.stderr.strip())
         r = json.loads(p.stdout)
         r["process_seconds"] = time.time() - t
         runs.append(r)
     rates = [r["decode_tokens_per_s"] for r in runs]
     last = runs[-1]
     return dict(
-        impl="rocmforge",
+        impl=label,
         batch=batch,
         decode_tokens_per_s=rates,
         median=statistics.median(rates),
@@ -193,6 +198,18 @@ def bench_ours(binary, model_dir, prompt, batch, max_new, repeats, extra):
         tokens=last["tokens"][0],
         command=" ".join(cmd[:9]) + " --tokens <prompt> --max-new " + str(max_new) + " " + " ".join(extra),
     )
+
+
+def merge_runs(runs):
+    """One result from single-run results of one binary and batch."""
+    bad = [r for r in runs if "error" in r]
+    if bad:
+        return bad[0]
+    out = dict(runs[-1])
+    for key in ("decode_tokens_per_s", "ttft_ms", "issue_ms_per_step", "wait_ms_per_step", "process_seconds"):
+        out[key] = [x for r in runs for x in r[key]]
+    out["median"] = statistics.median(out["decode_tokens_per_s"])
+    return out
 
 
 def ncu_summary(path):
@@ -242,8 +259,15 @@ def main():
     ap.add_argument("--max-new", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ours-repeats", type=int, default=2)
+    ap.add_argument("--ours-warmups", type=int, default=1,
+                    help="untimed runs of each binary first: the first process compiles the kernels (NVRTC), "
+                    "some of them inside the timed decode steps (flash-decode at the first decode step)")
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--hf-modes", default="compiled,eager", help="compiled, eager, or both (comma-separated)")
+    ap.add_argument("--hf-modes", default="compiled,eager",
+                    help="compiled, eager, both (comma-separated), or none (ours only)")
+    ap.add_argument("--rocmforge-before", metavar="BIN",
+                    help="a second rocmforge binary (e.g. built before a change), run the same way in the same run")
+    ap.add_argument("--before-label", default="rocmforge (before)", help="its label in the table")
     ap.add_argument("--ours-extra", default="", help="extra arguments for rocmforge generate")
     ap.add_argument("--json", help="write every result here")
     args = ap.parse_args()
@@ -269,16 +293,33 @@ def main():
     batches = [int(b) for b in args.batches.split(",")]
     extra = args.ours_extra.split()
     results = []
+    # Interleaved per batch (after, before, after, before, ...) so drift in
+    # the machine's state hits both alike.
+    binaries = [(args.rocmforge, "rocmforge")]
+    if args.rocmforge_before:
+        binaries.append((args.rocmforge_before, args.before_label))
+    for binary, label in binaries:
+        for _ in range(args.ours_warmups):
+            bench_ours(binary, args.model_dir, prompt, batches[0], min(args.max_new, 8), 1, extra, label)
     for b in batches:
-        r = bench_ours(args.rocmforge, args.model_dir, prompt, b, args.max_new, args.ours_repeats, extra)
-        log(json.dumps({k: v for k, v in r.items() if k != "tokens"}))
-        results.append(r)
+        runs = {label: [] for _, label in binaries}
+        for _ in range(args.ours_repeats):
+            for binary, label in binaries:
+                r = bench_ours(binary, args.model_dir, prompt, b, args.max_new, 1, extra, label)
+                runs[label].append(r)
+        for _, label in binaries:
+            r = merge_runs(runs[label])
+            log(json.dumps({k: v for k, v in r.items() if k != "tokens"}))
+            results.append(r)
 
-    model = AutoModelForCausalLM.from_pretrained(
-        args.model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map="cuda"
-    ).eval()
-    model.generation_config.eos_token_id = None
-    for mode in args.hf_modes.split(","):
+    modes = [m for m in args.hf_modes.split(",") if m and m != "none"]
+    model = None
+    if modes:
+        model = AutoModelForCausalLM.from_pretrained(
+            args.model_dir, dtype=torch.bfloat16, attn_implementation="sdpa", device_map="cuda"
+        ).eval()
+        model.generation_config.eos_token_id = None
+    for mode in modes:
         for b in batches:
             start = time.time()
             r = bench_hf(model, prompt, b, args.max_new, mode == "compiled", args.repeats, warmups=2)
@@ -299,21 +340,21 @@ def main():
         runs = ", ".join(f"{x:.0f}" for x in r["decode_tokens_per_s"])
         attn = (
             f"{'/'.join(r['prefill_backends'])} / {'/'.join(r['decode_backends'])}"
-            if r["impl"] == "rocmforge"
+            if r["impl"].startswith("rocmforge")
             else "sdpa / sdpa"
         )
         step_ms = 1e3 * r["batch"] / r["median"]
         log(f"| {r['impl']} | {r['batch']} | {r['median']:.1f} | {runs} | {step_ms:.2f} | {attn} |")
     log("")
     for r in results:
-        if r["impl"] == "rocmforge" and "error" not in r:
+        if r["impl"].startswith("rocmforge") and "error" not in r:
             issue, wait = statistics.median(r["issue_ms_per_step"]), statistics.median(r["wait_ms_per_step"])
-            log(f"rocmforge batch {r['batch']}: per decode step {issue:.3f} ms issuing the forward on the host, "
+            log(f"{r['impl']} batch {r['batch']}: per decode step {issue:.3f} ms issuing the forward on the host, "
                 f"{wait:.3f} ms waiting for the GPU (argmax download)")
     for b in batches:
         ours = next((r for r in results if r["impl"] == "rocmforge" and r["batch"] == b and "error" not in r), None)
         for r in results:
-            if r["impl"] != "rocmforge" and r["batch"] == b and ours:
+            if r["impl"] != "rocmforge" and r["batch"] == b and ours and "error" not in r:
                 same = agreement(ours["tokens"], r["tokens"])
                 log(
                     f"batch {b}: rocmforge / {r['impl']} = {ours['median'] / r['median']:.2f}x; "

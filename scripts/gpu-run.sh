@@ -3,7 +3,8 @@
 #   ./run.sh OUTDIR [step...]
 # Steps (default: all, in this order): devices tests check memcheck
 # racecheck synccheck cpu-avx512 bench compare compare-decode; on request only:
-# racecheck-concurrency, peak-memory. Each step's log goes to OUTDIR/<step>.log; the
+# racecheck-concurrency, peak-memory, model-tests, model-memcheck (the model
+# layer's tests alone, CPU and GPU; its GPU tests under memcheck). Each step's log goes to OUTDIR/<step>.log; the
 # script exits non-zero if any step failed. GPU tests are marked
 # #[ignore = "needs a GPU"] in the suite (so `cargo test` without a GPU lists
 # them as ignored); here they run with --include-ignored and
@@ -61,6 +62,19 @@ for step in "${steps[@]}"; do
             echo "   error: no GPU test passed; the suite ran without its GPU half" >&2
             failed=1
         fi
+        ;;
+    model-tests)
+        run_step model-tests ./suite --test-threads=1 --include-ignored model_ decoder_decodes
+        gpu_passed=$(grep -c -E '::gpu.* \.\.\. ok$' "$out/model-tests.log" || true)
+        echo "   model GPU tests passed: $gpu_passed"
+        if [ "$gpu_passed" -eq 0 ]; then
+            echo "   error: no model GPU test passed" >&2
+            failed=1
+        fi
+        ;;
+    model-memcheck)
+        run_step model-memcheck compute-sanitizer --tool memcheck --error-exitcode 1 ./suite --test-threads=1 \
+            --include-ignored model_gpu model_sampling::gpu decoder_decodes
         ;;
     check)
         run_step check-f32 ./rocmforge run --backend gpu-unfused --check

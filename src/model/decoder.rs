@@ -20,7 +20,6 @@ use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask};
 use crate::registry::{AttentionConfig, Registry};
 use crate::selection::DeviceChoice;
-use crate::tensor::HostData;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -305,6 +304,24 @@ impl Decoder {
         Ok(out)
     }
 
+    /// Each step's logits for its last token, in step order, with the
+    /// same timing as [`Decoder::next_tokens`] (`wait` covers the download
+    /// of these rows: on a GPU only `steps.len() × vocab` values come back).
+    pub fn last_logits(&mut self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let start = Instant::now();
+        let (logits, _, order) = self.logits(cache, steps, LogitsFor::Last)?;
+        let issued = Instant::now();
+        let flat = logits.to_vec()?;
+        self.timing.issue += issued - start;
+        self.timing.wait += issued.elapsed();
+        self.timing.calls += 1;
+        let mut out = vec![Vec::new(); steps.len()];
+        for (row, &step) in flat.chunks_exact(logits.cols().max(1)).zip(&order) {
+            out[step] = row.to_vec();
+        }
+        Ok(out)
+    }
+
     /// The logits rows `which` names, in span order, with the spans and
     /// each span's step index.
     fn logits(
@@ -430,14 +447,14 @@ fn block(
     engine: &Engine,
 ) -> Result<Block, ModelError> {
     let opt = |b: &Option<super::weights::Weight>| b.as_ref().map(|b| engine.weight(b)).transpose();
+    let qkv = Weight::stacked(&[&w.q, &w.k, &w.v])
+        .ok_or_else(|| ModelError::Request(format!("layer {i}: q, k and v weights do not stack")))?;
     let proj = Projections {
-        q: engine.weight(&w.q)?,
-        k: engine.weight(&w.k)?,
-        v: engine.weight(&w.v)?,
+        qkv: engine.weight(&qkv)?,
+        qkv_bias: Weight::stacked_biases([&w.q_bias, &w.k_bias, &w.v_bias], [&w.q, &w.k, &w.v])
+            .map(|b| engine.weight(&b))
+            .transpose()?,
         o: engine.weight(&w.o)?,
-        q_bias: opt(&w.q_bias)?,
-        k_bias: opt(&w.k_bias)?,
-        v_bias: opt(&w.v_bias)?,
         o_bias: opt(&w.o_bias)?,
     };
     let attention = AttentionLayer::new(i, c, proj, kv_dtype, attention.clone(), engine.device());
@@ -452,7 +469,7 @@ fn block(
             },
             // Without biases gate and up become one [gate; up] matrix: one
             // GEMM (and one launch) instead of two.
-            _ => match stacked(gate, up) {
+            _ => match Weight::stacked(&[gate, up]) {
                 Some(both) => Mlp::Fused { gate_up: engine.weight(&both)?, down },
                 None => Mlp::Split { gate: engine.weight(gate)?, up: engine.weight(up)?, down, biases: None },
             },
@@ -467,19 +484,4 @@ fn block(
         attention,
         mlp,
     })
-}
-
-/// `[a; b]`: the rows of `a` then those of `b` (same columns and dtype).
-fn stacked(a: &Weight, b: &Weight) -> Option<Weight> {
-    let (&[ra, ca], &[rb, cb]) = (a.shape.as_slice(), b.shape.as_slice()) else { return None };
-    if ca != cb {
-        return None;
-    }
-    let data = match (&a.data, &b.data) {
-        (HostData::F32(x), HostData::F32(y)) => HostData::F32([x.as_slice(), y].concat()),
-        (HostData::F16(x), HostData::F16(y)) => HostData::F16([x.as_slice(), y].concat()),
-        (HostData::BF16(x), HostData::BF16(y)) => HostData::BF16([x.as_slice(), y].concat()),
-        _ => return None,
-    };
-    Some(Weight { shape: vec![ra + rb, ca], data })
 }

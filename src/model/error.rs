@@ -4,6 +4,7 @@
 use super::config::ConfigError;
 use super::kv_cache::KvCacheError;
 use super::rope::RopeError;
+use super::sampling::SamplingError;
 use super::weights::WeightsError;
 use crate::backend::BackendError;
 use crate::device::DeviceError;
@@ -32,6 +33,8 @@ pub enum ModelError {
     DeviceChoice(SelectError),
     #[error("token id {token} at position {position} is outside the vocabulary (vocab_size {vocab_size})")]
     Token { token: u32, position: usize, vocab_size: usize },
+    #[error("sampling{}: {source}", seq.map(|i| format!(" (sequence {i})")).unwrap_or_default())]
+    Sampling { seq: Option<usize>, source: SamplingError },
     #[error("{0}")]
     Request(String),
 }

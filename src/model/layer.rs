@@ -1,7 +1,11 @@
-//! The attention layer: q/k/v projections (optional biases), RoPE on q and
-//! k, the new keys and values appended to the cache, attention over the
-//! cache through the backend the [`Dispatcher`] selects, and the output
-//! projection. Dense steps run on the decoder's [`Engine`].
+//! The attention layer: the q/k/v projection (one GEMM with a `[q; k; v]`
+//! weight, optional biases), RoPE on q and k (one launch: their heads are
+//! adjacent in each output row), the new keys and values appended to the
+//! cache, attention over the cache through the backend the [`Dispatcher`]
+//! selects, and the output projection. q, k and v stay column ranges of the
+//! projection's output: the cache copies k and v from there, and attention
+//! reads q there through a strided view (or a copy, for a backend that
+//! takes no strided q). Dense steps run on the decoder's [`Engine`].
 //!
 //! Sequences in one call may have different cached lengths. Adjacent spans
 //! with the same (cached length, new tokens) form one batched attention
@@ -13,16 +17,16 @@
 
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, Dispatcher, ShapeClass};
-use super::engine::{Engine, RopeInput};
+use super::engine::{AttentionInput, Engine, RopeInput};
 use super::error::ModelError;
 use super::kv_cache::{AppendRows, KvCache, SeqId};
-use super::matrix::Matrix;
+use super::matrix::{Columns, Matrix};
 use super::rope::Rope;
+use crate::backend::AttentionBackend;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use crate::registry::{AttentionConfig, Registry};
-use crate::tensor::Tensor;
 use crate::tensor::{TensorView, TensorViewMut};
 use std::collections::BTreeMap;
 
@@ -38,15 +42,13 @@ pub struct Span {
     pub first_row: usize,
 }
 
-/// The four projections of one layer (`[out, in]` weights) and their biases.
+/// The projections of one layer (`[out, in]` weights) and their biases:
+/// q, k and v stacked in one `[(heads + 2 kv_heads) × head_dim, hidden]`
+/// matrix (and one bias), then the output projection.
 pub struct Projections {
-    pub q: Matrix,
-    pub k: Matrix,
-    pub v: Matrix,
+    pub qkv: Matrix,
+    pub qkv_bias: Option<Matrix>,
     pub o: Matrix,
-    pub q_bias: Option<Matrix>,
-    pub k_bias: Option<Matrix>,
-    pub v_bias: Option<Matrix>,
     pub o_bias: Option<Matrix>,
 }
 
@@ -108,23 +110,29 @@ impl AttentionLayer {
         rope: (&Rope, &RopeInput),
         cache: &mut dyn KvCache,
     ) -> Result<Matrix, ModelError> {
-        let p = &self.proj;
-        let mut q = engine.linear(x, &p.q, p.q_bias.as_ref())?;
-        let mut k = engine.linear(x, &p.k, p.k_bias.as_ref())?;
-        let v = engine.linear(x, &p.v, p.v_bias.as_ref())?;
-        engine.rope(&mut q, self.num_heads, rope.0, rope.1)?;
-        engine.rope(&mut k, self.num_kv_heads, rope.0, rope.1)?;
+        let (q_width, kv_width) = (self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim);
+        let mut qkv = engine.linear(x, &self.proj.qkv, self.proj.qkv_bias.as_ref())?;
+        if qkv.cols() != q_width + 2 * kv_width {
+            return Err(ModelError::Request(format!(
+                "layer {}: the qkv projection has {} outputs",
+                self.index,
+                qkv.cols()
+            )));
+        }
+        // q's heads, then k's: one rotation over the first heads + kv_heads.
+        engine.rope(&mut qkv, self.num_heads + self.num_kv_heads, rope.0, rope.1)?;
+        let (q, k, v) =
+            (qkv.columns(0, q_width)?, qkv.columns(q_width, kv_width)?, qkv.columns(q_width + kv_width, kv_width)?);
         let entries: Vec<AppendRows> =
             spans.iter().map(|s| AppendRows { seq: s.seq, first_row: s.first_row, len: s.len }).collect();
-        cache.append(self.index, &entries, &k, &v)?;
-        let mut attn = engine.activation(x.rows(), self.num_heads * self.head_dim)?;
+        cache.append_columns(self.index, &entries, k, v)?;
+        let mut attn = engine.activation(x.rows(), q_width)?;
         for merged in paged_groups(spans) {
-            if let Some(out) = self.attend_paged(engine, &q, merged, cache)? {
-                engine.write_rows(&mut attn, merged[0].first_row, &out)?;
+            if self.attend_paged(engine, q, merged, cache, &mut attn)? {
                 continue;
             }
             for group in groups(merged) {
-                self.attend(engine, &q, group, cache, &mut attn)?;
+                self.attend(engine, q, group, &*cache, &mut attn)?;
             }
         }
         engine.linear(&attn, &self.proj.o, self.proj.o_bias.as_ref())
@@ -132,36 +140,43 @@ impl AttentionLayer {
 
     /// One batched attention call over a paged cache's pool for adjacent
     /// spans with the same number of new tokens, each with its own cached
-    /// length; `None` when the cache is not paged or the chosen backend does
-    /// not read paged K/V (the caller then takes the dense path).
+    /// length, written into their rows of `attn` (in place, as `attend`
+    /// does). `false` when the cache is not paged or the chosen backend
+    /// does not read paged K/V (the caller then takes the dense path); the
+    /// block table is only touched once the backend has accepted.
     fn attend_paged(
         &mut self,
         engine: &Engine,
-        q: &Matrix,
+        q: Columns<'_>,
         group: &[Span],
-        cache: &dyn KvCache,
-    ) -> Result<Option<Tensor>, ModelError> {
+        cache: &mut dyn KvCache,
+        attn: &mut Matrix,
+    ) -> Result<bool, ModelError> {
         let seqs: Vec<(SeqId, usize)> = group.iter().map(|s| (s.seq, s.start + s.len)).collect();
+        let Some(layout) = cache.paged_layout(&seqs)? else { return Ok(false) };
         let kv_len = seqs.iter().map(|&(_, l)| l).max().unwrap_or(0);
-        let Some(access) = cache.paged_kv(self.index, &seqs)? else { return Ok(None) };
         let (h, hkv, d, len) = (self.num_heads, self.num_kv_heads, self.head_dim, group[0].len);
         let p = AttentionProblem::new(group.len(), len, kv_len, h, hkv, d, self.dtype).with_mask(self.mask);
         // Chosen on the dense problem, as in `attend`; the paged form is
         // used only when that backend takes it.
         let backend = self.dispatcher.backend_for(&p)?;
-        let paged = p.clone().with_paged(access.layout);
+        let paged = p.clone().with_paged(layout);
         let device = self.dispatcher.device().clone();
         if !Registry::reasons(backend, &paged, &device).is_empty() {
             self.dispatcher.forget_call(ShapeClass::of(&p));
-            return Ok(None);
+            return Ok(false);
         }
-        let q = engine.rows_as(q, group[0].first_row, p.q_shape(), self.dtype)?;
-        let mut out = Tensor::nan(p.out_shape(), self.dtype, &device)?;
+        let (q, paged) = query(engine, (backend, &device), q, group[0].first_row, &paged)?;
+        let access = cache
+            .paged_kv(self.index, &seqs)?
+            .ok_or_else(|| ModelError::Request("the cache gave a paged layout but no paged access".into()))?;
+        let mut out = engine.attention_output(attn, group[0].first_row, p.out_shape(), self.dtype)?;
         backend
-            .forward_paged(&paged, &q, access.k, access.v, access.refs(), &mut out)
+            .forward_paged(&paged, q.view(), access.k, access.v, access.refs(), out.view_mut()?)
             .map_err(|source| ModelError::Backend { layer: self.index, backend: backend.name(), source })?;
+        out.finish(engine)?;
         self.dispatcher.note_in_place(ShapeClass::of(&p));
-        Ok(Some(out))
+        Ok(true)
     }
 
     /// One batched attention call for adjacent spans that share their cached
@@ -171,7 +186,7 @@ impl AttentionLayer {
     fn attend(
         &mut self,
         engine: &Engine,
-        q: &Matrix,
+        q: Columns<'_>,
         group: &[Span],
         cache: &dyn KvCache,
         attn: &mut Matrix,
@@ -185,8 +200,8 @@ impl AttentionLayer {
         let device = self.dispatcher.device().clone();
         let seqs: Vec<SeqId> = group.iter().map(|s| s.seq).collect();
         // Views of the model's activations when they are in the problem's
-        // dtype (GPU), else converted copies.
-        let q = engine.attention_input(q, group[0].first_row, p.q_shape(), self.dtype)?;
+        // dtype (GPU), else converted copies; `p` gains q's strides.
+        let (q, p) = query(engine, (backend, &device), q, group[0].first_row, &p)?;
         let mut out = engine.attention_output(attn, group[0].first_row, p.out_shape(), self.dtype)?;
         let layer = self.index;
         let run = |p: &AttentionProblem, k: TensorView<'_>, v: TensorView<'_>, out: TensorViewMut<'_>| {
@@ -211,6 +226,30 @@ impl AttentionLayer {
         run(&p, k.view(), v.view(), out.view_mut()?)?;
         out.finish(engine)
     }
+}
+
+/// The query rows `first ..` of `q` for problem `p` (whose batch and
+/// seq_q they fill) on `backend`: a strided view of the projection's
+/// output, with `p` given q's strides, when the backend takes that; else a
+/// contiguous copy with `p` as it is.
+fn query<'a>(
+    engine: &Engine,
+    (backend, device): (&dyn AttentionBackend, &Device),
+    q: Columns<'a>,
+    first: usize,
+    p: &AttentionProblem,
+) -> Result<(AttentionInput<'a>, AttentionProblem), ModelError> {
+    let view = engine.attention_input(q, first, p.q_shape(), p.dtype, true)?;
+    let layout = *view.view().layout();
+    if layout.is_contiguous() {
+        return Ok((view, p.clone()));
+    }
+    let mut strided = p.clone();
+    strided.strides.set(TensorRole::Q, Some(layout.strides));
+    if Registry::reasons(backend, &strided, device).is_empty() {
+        return Ok((view, strided));
+    }
+    Ok((engine.attention_input(q, first, p.q_shape(), p.dtype, false)?, p.clone()))
 }
 
 /// Maximal runs of spans that are adjacent in rows and share (start, len).

@@ -156,4 +156,113 @@ impl Matrix {
     pub fn to_vec(&self) -> Result<Vec<f32>, TensorError> {
         self.tensor.to_f32_vec()
     }
+
+    /// Columns `first .. first + width` of every row.
+    pub fn columns(&self, first: usize, width: usize) -> Result<Columns<'_>, TensorError> {
+        if first.checked_add(width).is_none_or(|end| end > self.cols) {
+            return Err(TensorError::Length {
+                tensor: format!("columns {first}..{} of a {}-column matrix", first.saturating_add(width), self.cols),
+                got: self.cols,
+                expected: first.saturating_add(width),
+                shape: self.tensor.shape(),
+            });
+        }
+        Ok(Columns { matrix: self, first, width })
+    }
+
+    /// Every column.
+    pub fn all_columns(&self) -> Columns<'_> {
+        Columns { matrix: self, first: 0, width: self.cols }
+    }
+}
+
+/// Columns `first .. first + width` of every row of a matrix: q, k or v
+/// inside the output of the fused QKV projection (rows `matrix.cols()`
+/// elements apart), or a whole matrix.
+#[derive(Clone, Copy, Debug)]
+pub struct Columns<'a> {
+    matrix: &'a Matrix,
+    first: usize,
+    width: usize,
+}
+
+impl<'a> Columns<'a> {
+    pub fn matrix(&self) -> &'a Matrix {
+        self.matrix
+    }
+
+    pub fn first(&self) -> usize {
+        self.first
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    pub fn rows(&self) -> usize {
+        self.matrix.rows
+    }
+
+    /// Elements from one row to the next.
+    pub fn row_stride(&self) -> usize {
+        self.matrix.cols
+    }
+
+    pub fn dtype(&self) -> DType {
+        self.matrix.dtype()
+    }
+
+    pub fn device(&self) -> Device {
+        self.matrix.device()
+    }
+
+    /// Row `row`'s columns, when on the host.
+    pub fn host_row(&self, row: usize) -> Option<&'a [f32]> {
+        let at = row * self.matrix.cols + self.first;
+        self.matrix.host()?.get(at..at + self.width)
+    }
+
+    /// Device address of element (`row`, `first`), when on a GPU.
+    pub fn gpu_ptr(&self, row: usize, what: &'static str) -> Result<u64, DeviceError> {
+        Ok(self.matrix.gpu_ptr(row, what)? + (self.first * self.dtype().size_in_bytes()) as u64)
+    }
+
+    /// Rows `first_row .. first_row + b × s` as a `[b, s, h, width / h]`
+    /// tensor view (strided unless the columns are whole rows), no copy.
+    pub fn rows_view(&self, first_row: usize, shape: [usize; 4]) -> Result<TensorView<'a>, TensorError> {
+        let c = self.matrix.cols;
+        let layout = Layout { shape, strides: [shape[1] * c, c, shape[3]], offset: first_row * c + self.first };
+        if shape[2] * shape[3] != self.width {
+            return Err(TensorError::Length {
+                tensor: "column view".into(),
+                got: shape[2] * shape[3],
+                expected: self.width,
+                shape,
+            });
+        }
+        self.matrix.tensor.strided_view(layout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_are_checked_and_viewed_in_place() {
+        let m = Matrix::from_host(3, 10, (0..30).map(|x| x as f32).collect()).unwrap();
+        assert!(m.columns(8, 3).is_err() && m.columns(usize::MAX, 2).is_err());
+        let c = m.columns(4, 6).unwrap();
+        assert_eq!((c.first(), c.width(), c.rows(), c.row_stride()), (4, 6, 3, 10));
+        assert_eq!(c.host_row(1), Some(&[14.0, 15.0, 16.0, 17.0, 18.0, 19.0][..]));
+        assert_eq!(c.host_row(3), None);
+        // Rows 1 and 2 as [2, 1, 2, 3]: strided by the full row.
+        let v = c.rows_view(1, [2, 1, 2, 3]).unwrap();
+        assert_eq!(v.layout().strides, [10, 10, 3]);
+        assert_eq!(v.layout().offset, 14);
+        assert!(!v.layout().is_contiguous());
+        assert!(c.rows_view(0, [1, 1, 2, 2]).is_err(), "2 × 2 is not the 6 columns");
+        assert!(c.rows_view(2, [2, 1, 2, 3]).is_err(), "past the last row");
+        assert!(m.all_columns().rows_view(0, [1, 3, 2, 5]).unwrap().layout().is_contiguous());
+    }
 }

@@ -9,8 +9,9 @@
 //! - [`kv_cache`]: contiguous and paged key/value caches behind one trait.
 //! - [`layer`]: the attention layer (QKV, RoPE, cache, attention, output),
 //!   with [`dispatch`] choosing and caching its backend per shape class.
-//! - [`decoder`]: embeddings, norms, MLP, LM head; [`generate`]: greedy
-//!   generation with timing.
+//! - [`decoder`]: embeddings, norms, MLP, LM head; [`generate`]: greedy or
+//!   sampled generation ([`sampling`]) with timing, stopping at the model's
+//!   EOS ids ([`stop_tokens`]).
 
 pub mod config;
 pub mod decoder;
@@ -23,13 +24,17 @@ pub mod layer;
 pub mod matrix;
 pub mod ops;
 pub mod rope;
+pub mod sampling;
+pub mod stop_tokens;
 pub mod weights;
 
 pub use config::{ConfigError, Family, ModelConfig, RopeScaling, RopeStyle};
 pub use decoder::{model_dtype, CacheKind, Decoder, DecoderOptions, LogitsFor, Step, StepTiming};
 pub use dispatch::{AttentionChoice, ShapeClass};
 pub use error::ModelError;
-pub use generate::{generate, GenerateRequest, Generation};
+pub use generate::{generate, generate_with, FinishReason, GenerateOptions, GenerateRequest, Generation};
 pub use kv_cache::{CacheShape, ContiguousCache, KvCache, KvCacheError, PagedCache, SeqId};
 pub use rope::{Positions, Rope, RopeError};
+pub use sampling::{Sampling, SamplingError};
+pub use stop_tokens::StopTokens;
 pub use weights::{ModelWeights, WeightsError};

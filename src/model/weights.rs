@@ -31,6 +31,69 @@ impl Weight {
     pub fn to_f32(&self) -> Vec<f32> {
         self.data.to_f32()
     }
+
+    /// The rows of `parts` one after the other, `[Σ rows, cols]` (or one
+    /// vector of `[Σ n]` for vectors): in their dtype when they share one, else
+    /// widened to f32 (exact). `None` when the column counts differ. Stacking
+    /// changes no value: each output of the stacked GEMM is the same dot
+    /// product as before.
+    pub fn stacked(parts: &[&Weight]) -> Option<Weight> {
+        let first = parts.first()?;
+        let cols = match first.shape.as_slice() {
+            [_] => None,
+            [_, c] => Some(*c),
+            _ => return None,
+        };
+        let mut rows = 0;
+        for w in parts {
+            match (w.shape.as_slice(), cols) {
+                ([n], None) => rows += n,
+                ([r, c], Some(cols)) if *c == cols => rows += r,
+                _ => return None,
+            }
+        }
+        fn concat<'w, T: Copy + 'w>(
+            parts: &[&'w Weight],
+            get: impl Fn(&'w HostData) -> Option<&'w [T]>,
+        ) -> Option<Vec<T>> {
+            let mut out = Vec::new();
+            for w in parts {
+                out.extend_from_slice(get(&w.data)?);
+            }
+            Some(out)
+        }
+        let same = match first.dtype() {
+            DType::F32 => concat(parts, |d| if let HostData::F32(v) = d { Some(v) } else { None }).map(HostData::F32),
+            DType::F16 => concat(parts, |d| if let HostData::F16(v) = d { Some(v) } else { None }).map(HostData::F16),
+            DType::BF16 => {
+                concat(parts, |d| if let HostData::BF16(v) = d { Some(v) } else { None }).map(HostData::BF16)
+            }
+        };
+        let data = same.unwrap_or_else(|| HostData::F32(parts.iter().flat_map(|w| w.to_f32()).collect()));
+        let shape = match cols {
+            Some(c) => vec![rows, c],
+            None => vec![rows],
+        };
+        Some(Weight { shape, data })
+    }
+
+    /// The q/k/v biases as one vector for the stacked projection: `None`
+    /// without any, zeros for a missing one (adding 0 changes nothing).
+    pub fn stacked_biases(biases: [&Option<Weight>; 3], weights: [&Weight; 3]) -> Option<Weight> {
+        if biases.iter().all(|b| b.is_none()) {
+            return None;
+        }
+        let dtype = biases.iter().flat_map(|b| b.as_ref()).next().map_or(DType::F32, Weight::dtype);
+        let zeros: Vec<Weight> = weights
+            .iter()
+            .map(|w| {
+                let n = w.shape.first().copied().unwrap_or(0);
+                Weight { shape: vec![n], data: HostData::from_f32(dtype, &vec![0.0; n]) }
+            })
+            .collect();
+        let parts: Vec<&Weight> = biases.iter().zip(&zeros).map(|(b, z)| b.as_ref().unwrap_or(z)).collect();
+        Weight::stacked(&parts)
+    }
 }
 
 /// The MLP's input projections: separate, or one fused `[gate; up]` matrix (GLM).

@@ -23,6 +23,7 @@ mod model_fixtures;
 mod model_gpu;
 mod model_gpu_half;
 mod model_kernels_offline;
+mod model_sampling;
 mod nonfinite;
 mod oracle;
 mod selection;

@@ -125,10 +125,23 @@ fn gpu_rope_matches_the_host() {
             rope.apply(&mut want, 3, streams).unwrap();
             let table = rope.cos_sin_table(streams).unwrap();
             let table = Matrix::from_host(7, table.len() / 7, table).unwrap().to_device(&device).unwrap();
-            let mut x = Matrix::from_host(7, 96, input).unwrap().to_device(&device).unwrap();
+            let mut x = Matrix::from_host(7, 96, input.clone()).unwrap().to_device(&device).unwrap();
             engine.rope(&mut x, 3, &rope, &table).unwrap();
             let e = max_err(&x.to_vec().unwrap(), &want);
             assert!(e <= 2e-6, "{style:?} rotary {rotary_dim} 2d={two_d}: {e:.2e}");
+            // The first 3 heads of wider rows ([q | k | v] of a fused
+            // projection): the same rotation, the other columns untouched.
+            let extra = random(7 * 40, cases + 100);
+            let wide: Vec<f32> =
+                (0..7).flat_map(|t| [&input[t * 96..(t + 1) * 96], &extra[t * 40..(t + 1) * 40]].concat()).collect();
+            let mut x = Matrix::from_host(7, 136, wide.clone()).unwrap().to_device(&device).unwrap();
+            engine.rope(&mut x, 3, &rope, &table).unwrap();
+            let got = x.to_vec().unwrap();
+            for t in 0..7 {
+                let e = max_err(&got[t * 136..t * 136 + 96], &want[t * 96..(t + 1) * 96]);
+                assert!(e <= 2e-6, "wide rows: {style:?} rotary {rotary_dim} 2d={two_d}: {e:.2e}");
+                assert_eq!(&got[t * 136 + 96..(t + 1) * 136], &wide[t * 136 + 96..(t + 1) * 136], "untouched columns");
+            }
             cases += 1;
         }
     }
@@ -164,8 +177,22 @@ fn gpu_kv_caches_match_the_host() {
                         (0..3).map(|i| AppendRows { seq: pick(i), first_row: i * n, len: n }).collect()
                     };
                     h.append(layer as usize, &entries(&|i| seqs[i].0), &k, &v).unwrap();
-                    let (gk, gv) = (k.to_device(&device).unwrap(), v.to_device(&device).unwrap());
-                    g.append(layer as usize, &entries(&|i| seqs[i].1), &gk, &gv).unwrap();
+                    if layer == 0 {
+                        let (gk, gv) = (k.to_device(&device).unwrap(), v.to_device(&device).unwrap());
+                        g.append(layer as usize, &entries(&|i| seqs[i].1), &gk, &gv).unwrap();
+                    } else {
+                        // From columns of wider rows, as the fused QKV projection's
+                        // output holds them: [5 other | k | v].
+                        let (kh, vh, other) = (k.to_vec().unwrap(), v.to_vec().unwrap(), random(rows * 5, 3));
+                        let wide: Vec<f32> = (0..rows)
+                            .flat_map(|r| {
+                                [&other[r * 5..r * 5 + 5], &kh[r * 16..r * 16 + 16], &vh[r * 16..r * 16 + 16]].concat()
+                            })
+                            .collect();
+                        let gw = Matrix::from_host(rows, 37, wide).unwrap().to_device(&device).unwrap();
+                        let (gk, gv) = (gw.columns(5, 16).unwrap(), gw.columns(21, 16).unwrap());
+                        g.append_columns(layer as usize, &entries(&|i| seqs[i].1), gk, gv).unwrap();
+                    }
                 }
                 for (hs, gs) in &seqs {
                     h.commit(*hs, n).unwrap();

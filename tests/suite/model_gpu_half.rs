@@ -10,7 +10,10 @@ use super::model_fixtures::{fixture_dir, half_model_bound, model_rows_and_error,
 use super::model_gpu::{fixture_head_dim, gpu, gpu_backends, max_err, random};
 use rocmforge::model::engine::{round_slice, Engine};
 use rocmforge::model::matrix::Matrix;
-use rocmforge::model::{CacheKind, Decoder, DecoderOptions, GenerateRequest, Rope, RopeScaling, RopeStyle, Step};
+use rocmforge::model::{
+    CacheKind, CacheShape, Decoder, DecoderOptions, GenerateRequest, KvCache, PagedCache, Rope, RopeScaling, RopeStyle,
+    SeqId, ShapeClass, Step,
+};
 use rocmforge::selection::DeviceChoice;
 use rocmforge::tensor::HostData;
 use rocmforge::{AttentionConfig, BackendChoice, DType, Device};
@@ -148,6 +151,50 @@ fn gpu_half_precision_models_stay_within_the_bound_and_near_the_host() {
     }
 }
 
+/// Prefills `prompts` into `kv`, then runs `warm` decode steps (the first
+/// ones meet new sizes); returns the sequence ids and the next tokens.
+fn prefill_and_warm(d: &mut Decoder, kv: &mut dyn KvCache, prompts: &[&[u32]], warm: usize) -> (Vec<SeqId>, Vec<u32>) {
+    let seqs: Vec<SeqId> = prompts.iter().map(|_| kv.add_sequence().unwrap()).collect();
+    let steps: Vec<Step<'_>> = seqs.iter().zip(prompts).map(|(&seq, &tokens)| Step { seq, tokens }).collect();
+    let mut next = d.next_tokens(kv, &steps).unwrap();
+    for _ in 0..warm {
+        decode_step(d, kv, &seqs, &mut next);
+    }
+    (seqs, next)
+}
+
+fn decode_step(d: &mut Decoder, kv: &mut dyn KvCache, seqs: &[SeqId], next: &mut Vec<u32>) {
+    let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
+    let steps: Vec<Step<'_>> = seqs.iter().zip(&ids).map(|(&seq, t)| Step { seq, tokens: t }).collect();
+    *next = d.next_tokens(kv, &steps).unwrap();
+}
+
+/// Runs `steps` decode steps and asserts that they allocated nothing: no
+/// new buffer in the model's pool, and no device memory at all (the
+/// device's live bytes unchanged and its peak never above them, which
+/// also catches a buffer allocated and freed within a step).
+fn assert_steps_allocate_nothing(
+    what: &str,
+    g: &rocmforge::device::GpuDevice,
+    d: &mut Decoder,
+    kv: &mut dyn KvCache,
+    (seqs, next): (&[SeqId], &mut Vec<u32>),
+    steps: usize,
+) {
+    let before = d.pool_stats().unwrap();
+    g.reset_peak_memory();
+    let memory = g.memory();
+    for _ in 0..steps {
+        decode_step(d, kv, seqs, next);
+    }
+    let (after, memory_after) = (d.pool_stats().unwrap(), g.memory());
+    println!("{what}: pool {before:?} -> {after:?}, device memory {memory:?} -> {memory_after:?}");
+    assert_eq!(after.allocations, before.allocations, "{what}: decode steps allocated pool buffers");
+    assert!(after.reuses > before.reuses, "{what}: the pool was not used");
+    assert_eq!(memory_after.live_bytes, memory.live_bytes, "{what}: device memory held changed");
+    assert_eq!(memory_after.peak_bytes, memory.live_bytes, "{what}: a decode step allocated device memory");
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn gpu_decode_steps_allocate_nothing() {
@@ -157,24 +204,45 @@ fn gpu_decode_steps_allocate_nothing() {
         let r = reference(name);
         let mut d = half_decoder(name, dtype, DeviceChoice::Gpu(g.ordinal()), None);
         let mut kv = d.new_cache(CacheKind::Contiguous, 2, r.prompt.len() + 8).unwrap();
-        let seqs = [kv.add_sequence().unwrap(), kv.add_sequence().unwrap()];
-        let prompts = [&r.prompt[..], &r.prompt[..6]];
-        let steps: Vec<Step<'_>> = seqs.iter().zip(prompts).map(|(&seq, tokens)| Step { seq, tokens }).collect();
-        let mut next = d.next_tokens(kv.as_mut(), &steps).unwrap();
-        let mut step = |d: &mut Decoder, next: &mut Vec<u32>| {
-            let ids: Vec<[u32; 1]> = next.iter().map(|&t| [t]).collect();
-            let steps: Vec<Step<'_>> = seqs.iter().zip(&ids).map(|(&seq, t)| Step { seq, tokens: t }).collect();
-            *next = d.next_tokens(kv.as_mut(), &steps).unwrap();
-        };
         // The first decode step meets new sizes; from then on the pool has them.
-        step(&mut d, &mut next);
-        let before = d.pool_stats().unwrap();
-        for _ in 0..5 {
-            step(&mut d, &mut next);
-        }
-        let after = d.pool_stats().unwrap();
-        println!("{name} {dtype}: pool before {before:?}, after 5 decode steps {after:?}");
-        assert_eq!(after.allocations, before.allocations, "{name} {dtype}: decode steps allocated");
-        assert!(after.reuses > before.reuses, "{name} {dtype}: the pool was not used");
+        let (seqs, mut next) = prefill_and_warm(&mut d, kv.as_mut(), &[&r.prompt[..], &r.prompt[..6]], 1);
+        let what = format!("{name} {dtype} contiguous");
+        assert_steps_allocate_nothing(&what, g, &mut d, kv.as_mut(), (&seqs, &mut next), 5);
+    }
+}
+
+#[test]
+#[ignore = "needs a GPU"]
+fn gpu_paged_decode_steps_allocate_nothing() {
+    // glm: head_dim 32, which flash-decode (the backend that reads the
+    // paged pool in place) has a kernel for; the other fixtures' decode
+    // backends gather a paged cache into a copy each step.
+    let Some(device) = gpu() else { return };
+    let Device::Gpu(g) = &device else { unreachable!() };
+    for dtype in [DType::F32, DType::BF16, DType::F16] {
+        let r = reference("glm");
+        let mut d = half_decoder("glm", dtype, DeviceChoice::Gpu(g.ordinal()), None);
+        let c = d.config();
+        let shape = CacheShape { num_layers: c.num_layers, num_kv_heads: c.num_kv_heads, head_dim: c.head_dim, dtype };
+        let mut kv = PagedCache::on(&device, shape, 16, 8).unwrap();
+        // Warm up to lengths 40 and 38: three blocks each, a table 4 wide;
+        // the 12 measured steps take both past 48, into a fourth block
+        // (table rewrites, same width).
+        let (seqs, mut next) = prefill_and_warm(&mut d, &mut kv, &[&r.prompt[..], &r.prompt[..6]], 32);
+        let before = kv.index_uploads();
+        let what = format!("glm {dtype} paged");
+        assert_steps_allocate_nothing(&what, g, &mut d, &mut kv, (&seqs, &mut next), 12);
+        let after = kv.index_uploads();
+        println!("{what}: paged index {before:?} -> {after:?}");
+        assert_eq!(after.allocations, before.allocations, "{what}: the block table was reallocated");
+        assert_eq!(
+            after.len_writes,
+            before.len_writes + 12,
+            "{what}: one lengths write per step (all layers share it)"
+        );
+        // Sequence A enters its fourth block at step 9, B at step 11.
+        assert_eq!(after.table_writes, before.table_writes + 2, "{what}: one table write per new block");
+        let decode = &d.attention_choices()[&ShapeClass::Decode];
+        assert!(decode.iter().all(|(_, c)| c.backend == "flash-decode"), "{what}: {decode:?}");
     }
 }

@@ -12,7 +12,7 @@ use crate::device::{Device, DeviceBuffer, DeviceError, GemmDesc, GpuDevice, Laun
 use crate::dtype::DType;
 use crate::kernels::params::KernelParams;
 use crate::model::error::ModelError;
-use crate::model::matrix::Matrix;
+use crate::model::matrix::{Columns, Matrix};
 use crate::model::rope::Rope;
 use crate::tensor::Tensor;
 use std::sync::Arc;
@@ -261,7 +261,7 @@ impl GpuEngine {
     pub fn rope(&self, x: &mut Matrix, heads: usize, rope: &Rope, table: &Matrix) -> Result<(), ModelError> {
         let streams: i32 = if rope.is_two_d() { 2 } else { 1 };
         let pairs = rope.inv_freq().len();
-        if x.cols() != heads * rope.head_dim()
+        if x.cols() < heads * rope.head_dim()
             || table.rows() != x.rows()
             || table.cols() != streams as usize * pairs * 2
             || table.dtype() != DType::F32
@@ -328,16 +328,28 @@ impl GpuEngine {
 
     /// Rows `first ..` of `x` as a new `[b, s, h, d]` tensor of `dtype`.
     pub fn rows_as(&self, x: &Matrix, first: usize, shape: [usize; 4], dtype: DType) -> Result<Tensor, ModelError> {
+        self.columns_as(x.all_columns(), first, shape, dtype)
+    }
+
+    /// Rows `first ..` of columns `x` as a new contiguous `[b, s, h, d]` tensor of `dtype`.
+    pub fn columns_as(
+        &self,
+        x: Columns<'_>,
+        first: usize,
+        shape: [usize; 4],
+        dtype: DType,
+    ) -> Result<Tensor, ModelError> {
         let rows = shape[0] * shape[1];
         let width = shape[2] * shape[3];
-        if width != x.cols() || first + rows > x.rows() {
+        if width != x.width() || first + rows > x.rows() {
             return Err(ModelError::Request("rows_as: rows out of range".into()));
         }
         let out = Tensor::nan(shape, dtype, &self.device())?;
         let dst_ptr = out.gpu_buffer().map(DeviceBuffer::ptr).ok_or(DeviceError::NotOnGpu { tensor: "q" })?;
-        let src = RowsAt { ptr: x.gpu_ptr(first, "x")?, dtype: x.dtype(), stride: width, index: None };
+        let src = RowsAt { ptr: x.gpu_ptr(first, "x")?, dtype: x.dtype(), stride: x.row_stride(), index: None };
         let dst = RowsAt { ptr: dst_ptr, dtype, stride: width, index: None };
-        // SAFETY: rows `first .. first + rows` of x exist (checked); out holds rows × width.
+        // SAFETY: rows `first .. first + rows` of x exist and its columns
+        // lie inside each row (checked); out holds rows × width.
         unsafe { self.copy_rows(&src, &dst, rows, width)? };
         Ok(out)
     }

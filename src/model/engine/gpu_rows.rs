@@ -52,21 +52,33 @@ impl GpuEngine {
             return Ok(Matrix::from_host(rows, cols, values)?.to_device(&self.device())?);
         }
         let out = self.matrix(rows, cols, DType::F32)?;
-        let base = out.gpu_ptr(0, "words")?;
+        // SAFETY: `out` holds rows × cols = words.len() 4-byte elements.
+        unsafe { self.put_words_at(out.gpu_ptr(0, "words")?, words)? };
+        Ok(out)
+    }
+
+    /// Queues `put_words` launches writing `words` at device address `dst`
+    /// (one launch per [`PUT_WORDS`]): the words travel in the launches'
+    /// parameters, so `words` may be dropped on return and nothing waits.
+    ///
+    /// # Safety
+    /// `dst .. dst + 4 × words.len()` is live device memory that no queued
+    /// work still needs to read with its old contents out of stream order.
+    pub unsafe fn put_words_at(&self, dst: u64, words: &[u32]) -> Result<(), ModelError> {
         let cfg = LaunchConfig { grid: (4, 1, 1), block: (256, 1, 1), shared_mem_bytes: 0 };
         for (i, chunk) in words.chunks(PUT_WORDS).enumerate() {
             let mut p = PutWordsParams {
-                dst: base + (i * PUT_WORDS * 4) as u64,
+                dst: dst + (i * PUT_WORDS * 4) as u64,
                 count: chunk.len() as i32,
                 reserved: 0,
                 words: [0; PUT_WORDS],
             };
             p.words[..chunk.len()].copy_from_slice(chunk);
-            // SAFETY: `out` holds rows × cols 4-byte elements; this chunk's
-            // `count` words start inside it at word i × PUT_WORDS.
+            // SAFETY: this chunk's `count` words start at word i × PUT_WORDS
+            // of the range the caller vouches for.
             unsafe { self.launch(KernelId::PutWords, cfg, &p)? };
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The parameters naming `index` (`rows` entries) for a copy.

@@ -8,7 +8,7 @@
 
 use crate::dtype::DType;
 use crate::model::error::ModelError;
-use crate::model::matrix::Matrix;
+use crate::model::matrix::{Columns, Matrix};
 use crate::model::ops;
 use crate::model::rope::{Positions, Rope};
 use crate::tensor::{HostData, Tensor};
@@ -116,21 +116,29 @@ impl HostEngine {
         Ok(())
     }
 
+    /// Rotates the first `heads` heads of every row of `x`.
     pub fn rope(&self, x: &mut Matrix, heads: usize, rope: &Rope, positions: &[usize]) -> Result<(), ModelError> {
+        let (head_dim, cols) = (rope.head_dim(), x.cols());
+        let width = heads * head_dim;
+        if cols < width || x.rows() != positions.len() {
+            return Err(ModelError::Request("rope: matrix shape does not match".into()));
+        }
         if self.dtype == DType::F32 {
-            return Ok(rope.apply(host_mut(x)?, heads, Positions::OneD(positions))?);
+            if cols == width {
+                return Ok(rope.apply(host_mut(x)?, heads, Positions::OneD(positions))?);
+            }
+            for (row, p) in host_mut(x)?.chunks_exact_mut(cols).zip(positions) {
+                rope.apply(&mut row[..width], heads, Positions::OneD(std::slice::from_ref(p)))?;
+            }
+            return Ok(());
         }
         let table = rope.cos_sin_table(Positions::OneD(positions))?;
         let r = round_to(self.dtype);
-        let (head_dim, pairs) = (rope.head_dim(), rope.inv_freq().len());
+        let pairs = rope.inv_freq().len();
         let style = rope.style();
-        let x = host_mut(x)?;
-        if x.len() != positions.len() * heads * head_dim {
-            return Err(ModelError::Request("rope: matrix shape does not match".into()));
-        }
         // The same index math as kernels/model/rope.hip (one stream).
-        for (t, token) in x.chunks_exact_mut(heads * head_dim).enumerate() {
-            for head in token.chunks_exact_mut(head_dim) {
+        for (t, token) in host_mut(x)?.chunks_exact_mut(cols).enumerate() {
+            for head in token[..width].chunks_exact_mut(head_dim) {
                 for i in 0..pairs {
                     let (a, b) = match style {
                         crate::model::config::RopeStyle::NeoX => (i, i + pairs),
@@ -147,10 +155,26 @@ impl HostEngine {
     }
 
     pub fn rows_as(&self, x: &Matrix, first: usize, shape: [usize; 4], dtype: DType) -> Result<Tensor, ModelError> {
-        let n: usize = shape.iter().product();
-        let start = first * x.cols();
-        let data = host(x)?.get(start..start + n).ok_or_else(|| ModelError::Request("rows out of range".into()))?;
-        Ok(Tensor::from_host(shape, HostData::from_f32(dtype, data))?)
+        self.columns_as(x.all_columns(), first, shape, dtype)
+    }
+
+    /// Rows `first ..` of columns `x` as a contiguous `[b, s, h, d]` tensor of `dtype`.
+    pub fn columns_as(
+        &self,
+        x: Columns<'_>,
+        first: usize,
+        shape: [usize; 4],
+        dtype: DType,
+    ) -> Result<Tensor, ModelError> {
+        let (rows, width) = (shape[0] * shape[1], shape[2] * shape[3]);
+        if width != x.width() {
+            return Err(ModelError::Request("rows_as: the shape does not match the columns".into()));
+        }
+        let mut data = Vec::with_capacity(rows * width);
+        for r in first..first + rows {
+            data.extend_from_slice(x.host_row(r).ok_or_else(|| ModelError::Request("rows out of range".into()))?);
+        }
+        Ok(Tensor::from_host(shape, HostData::from_f32(dtype, &data))?)
     }
 
     /// Writes `src` into rows `first ..` of `dst`, widened to f32 and rounded
@@ -171,5 +195,45 @@ impl HostEngine {
             return Err(ModelError::Request("argmax over empty rows".into()));
         }
         Ok(host(x)?.chunks_exact(x.cols()).map(|row| ops::argmax(row) as u32).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::config::{RopeScaling, RopeStyle};
+    use crate::tensor::SplitMix64;
+
+    /// RoPE over the first heads of wider rows (q and k of a fused
+    /// projection) rotates exactly as over those heads alone, in every
+    /// dtype, and leaves the rest of each row alone.
+    #[test]
+    fn rope_on_wider_rows_is_rope_on_the_leading_heads() {
+        let mut rng = SplitMix64(3);
+        let (tokens, heads, extra) = (5, 3, 20);
+        let rope = Rope::with_parts(RopeStyle::NeoX, 16, 8, 10000.0, RopeScaling::None, false).unwrap();
+        let positions: Vec<usize> = (0..tokens).map(|t| 7 + 3 * t).collect();
+        for dtype in DType::ALL {
+            let engine = HostEngine::new(dtype);
+            let narrow: Vec<f32> = (0..tokens * heads * 16).map(|_| rng.next_unit() - 0.5).collect();
+            let rest: Vec<f32> = (0..tokens * extra).map(|_| rng.next_unit()).collect();
+            let cols = heads * 16 + extra;
+            let wide: Vec<f32> = (0..tokens)
+                .flat_map(|t| [&narrow[t * 48..(t + 1) * 48], &rest[t * extra..(t + 1) * extra]].concat())
+                .collect();
+            let (mut a, mut b) =
+                (engine.matrix(tokens, 48, narrow).unwrap(), engine.matrix(tokens, cols, wide).unwrap());
+            engine.rope(&mut a, heads, &rope, &positions).unwrap();
+            engine.rope(&mut b, heads, &rope, &positions).unwrap();
+            let (a, b) = (a.host().unwrap(), b.host().unwrap());
+            for t in 0..tokens {
+                assert_eq!(&b[t * cols..t * cols + 48], &a[t * 48..(t + 1) * 48], "{dtype} token {t}");
+                let mut want = rest[t * extra..(t + 1) * extra].to_vec();
+                round_slice(dtype, &mut want);
+                assert_eq!(&b[t * cols + 48..(t + 1) * cols], &want[..], "{dtype}: other columns untouched");
+            }
+            let mut short = engine.matrix(tokens, 40, vec![0.0; tokens * 40]).unwrap();
+            assert!(engine.rope(&mut short, heads, &rope, &positions).is_err(), "rows narrower than the heads");
+        }
     }
 }

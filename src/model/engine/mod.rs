@@ -20,7 +20,7 @@ pub use host::{round_slice, HostEngine};
 pub use pool::{poison_new_activations, PoolStats};
 
 use super::error::ModelError;
-use super::matrix::Matrix;
+use super::matrix::{Columns, Matrix};
 use super::rope::{Positions, Rope};
 use super::weights::Weight;
 use crate::device::Device;
@@ -231,7 +231,9 @@ impl Engine {
         Ok(RopeInput { positions, table })
     }
 
-    /// Rotates `x` (`[tokens, heads × head_dim]`) in place.
+    /// Rotates the first `heads` heads of every row of `x` (`[tokens, ≥
+    /// heads × head_dim]`) in place: q alone, or q and k together in the
+    /// fused projection's `[q | k | v]` rows.
     pub fn rope(&self, x: &mut Matrix, heads: usize, rope: &Rope, input: &RopeInput) -> Result<(), ModelError> {
         match (self, &input.table) {
             (Engine::Host(h), _) => h.rope(x, heads, rope, &input.positions),
@@ -243,9 +245,20 @@ impl Engine {
     /// Rows `first ..` of `x` as a new `[b, s, h, d]` tensor of `dtype`
     /// (attention inputs are in the cache's dtype).
     pub fn rows_as(&self, x: &Matrix, first: usize, shape: [usize; 4], dtype: DType) -> Result<Tensor, ModelError> {
+        self.columns_as(x.all_columns(), first, shape, dtype)
+    }
+
+    /// The same for some columns of `x`'s rows (`h × d` = their width).
+    pub fn columns_as(
+        &self,
+        x: Columns<'_>,
+        first: usize,
+        shape: [usize; 4],
+        dtype: DType,
+    ) -> Result<Tensor, ModelError> {
         match self {
-            Engine::Host(h) => h.rows_as(x, first, shape, dtype),
-            Engine::Gpu(g) => g.rows_as(x, first, shape, dtype),
+            Engine::Host(h) => h.columns_as(x, first, shape, dtype),
+            Engine::Gpu(g) => g.columns_as(x, first, shape, dtype),
         }
     }
 
@@ -259,19 +272,21 @@ impl Engine {
     }
 
     /// Query rows `first ..` of `q` for an attention problem of `dtype` and
-    /// q shape `shape`: a view when `q` already holds them that way on a
-    /// GPU, else a converted copy.
+    /// q shape `shape`: a view (strided when `q` is some columns of wider
+    /// rows) when `q` already holds them in `dtype` on a GPU and `view_ok`,
+    /// else a contiguous converted copy.
     pub fn attention_input<'a>(
         &self,
-        q: &'a Matrix,
+        q: Columns<'a>,
         first: usize,
         shape: [usize; 4],
         dtype: DType,
+        view_ok: bool,
     ) -> Result<AttentionInput<'a>, ModelError> {
-        if matches!(self, Engine::Gpu(_)) && q.dtype() == dtype {
+        if view_ok && matches!(self, Engine::Gpu(_)) && q.dtype() == dtype {
             return Ok(AttentionInput::View(q.rows_view(first, shape)?));
         }
-        Ok(AttentionInput::Copy(self.rows_as(q, first, shape, dtype)?))
+        Ok(AttentionInput::Copy(self.columns_as(q, first, shape, dtype)?))
     }
 
     /// The output rows `first ..` of `dst` for an attention problem of

@@ -13,20 +13,21 @@
 
 mod contiguous;
 mod paged;
+mod paged_index;
 mod storage;
 
 pub use contiguous::ContiguousCache;
 pub use paged::PagedCache;
+pub use paged_index::IndexUploads;
 pub(crate) use storage::same_device;
 pub use storage::KvStorage;
 
-use super::matrix::Matrix;
+use super::matrix::{Columns, Matrix};
 use crate::backend::PagedKvRefs;
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::problem::PagedKv;
 use crate::tensor::{HostData, IndexTensor, Tensor, TensorView};
-use std::sync::Arc;
 
 /// Identifies one sequence in a cache.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -139,11 +140,21 @@ pub trait KvCache: Send {
     /// [`KvCache::gather`] instead.
     fn views(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<Option<KvViews<'_>>, KvCacheError>;
 
+    /// The [`PagedKv`] layout a paged attention call over `(sequence,
+    /// length)` pairs would have (nothing is uploaded); `None` when the cache
+    /// is not paged. Lets a caller ask a backend before [`KvCache::paged_kv`].
+    fn paged_layout(&self, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKv>, KvCacheError> {
+        let _ = seqs;
+        Ok(None)
+    }
+
     /// For a paged attention call: the block pools of `layer` and the block
     /// table and length of each `(sequence, length)`, on the cache's device
     /// (no copy of keys or values). `None` when the cache is not paged.
     /// Lengths may differ; each must be written (committed or appended).
-    fn paged_kv(&self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
+    /// Takes `&mut self` because the device copy of the table and lengths
+    /// is rewritten in place: one access at a time.
+    fn paged_kv(&mut self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
         let _ = (layer, seqs);
         Ok(None)
     }
@@ -156,6 +167,18 @@ pub trait KvCache: Send {
     /// `kv_heads × head_dim` wide, on the cache's device) of `layer` at
     /// positions `len .. len + entry.len`, which must be reserved.
     fn append(&mut self, layer: usize, entries: &[AppendRows], k: &Matrix, v: &Matrix) -> Result<(), KvCacheError> {
+        self.append_columns(layer, entries, k.all_columns(), v.all_columns())
+    }
+
+    /// [`KvCache::append`] from some columns of wider rows: k and v inside
+    /// the fused QKV projection's output, copied from there.
+    fn append_columns(
+        &mut self,
+        layer: usize,
+        entries: &[AppendRows],
+        k: Columns<'_>,
+        v: Columns<'_>,
+    ) -> Result<(), KvCacheError> {
         let (mut src, mut dst) = (Vec::new(), Vec::new());
         for e in entries {
             let (len, reserved) = (self.len(e.seq)?, self.reserved(e.seq)?);
@@ -203,7 +226,7 @@ pub struct PagedKvAccess<'a> {
     pub k: TensorView<'a>,
     pub v: TensorView<'a>,
     pub layout: PagedKv,
-    pub index: Arc<PagedIndex>,
+    pub index: &'a PagedIndex,
 }
 
 impl PagedKvAccess<'_> {

@@ -5,15 +5,14 @@
 //! storage is the `[num_blocks, block_size, kv_heads, head_dim]` pool that
 //! paged-attention kernels read.
 
+use super::paged_index::{table_width, IndexUploads, PagedIndexes};
 use super::{
-    check_readable, CacheShape, KvCache, KvCacheError, KvStorage, KvViews, PagedIndex, PagedKvAccess, SeqId, SeqState,
-    BLOCK_SIZES,
+    check_readable, CacheShape, KvCache, KvCacheError, KvStorage, KvViews, PagedKvAccess, SeqId, SeqState, BLOCK_SIZES,
 };
 use crate::device::Device;
 use crate::problem::PagedKv;
-use crate::tensor::{IndexTensor, Layout};
+use crate::tensor::Layout;
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 
 pub struct PagedCache {
     shape: CacheShape,
@@ -24,14 +23,10 @@ pub struct PagedCache {
     free: Vec<u32>,
     tables: BTreeMap<SeqId, (SeqState, Vec<u32>)>,
     next_id: usize,
-    /// The last block table and lengths handed to a paged call, and their
-    /// copy on the cache's device: every layer of a step asks for the same
-    /// ones, so they are uploaded once per step, not once per layer.
-    last_index: Mutex<Option<LastIndex>>,
+    /// The block tables and lengths paged calls read, kept on the cache's
+    /// device and rewritten in place where they change (see `paged_index.rs`).
+    indexes: PagedIndexes,
 }
-
-/// A block table and lengths (host values) and their uploaded copy.
-type LastIndex = (Vec<i32>, Vec<i32>, Arc<PagedIndex>);
 
 impl PagedCache {
     /// A host pool of `num_blocks` blocks of `block_size` (16 or 32) tokens.
@@ -69,7 +64,7 @@ impl PagedCache {
             free,
             tables: BTreeMap::new(),
             next_id: 0,
-            last_index: Mutex::new(None),
+            indexes: PagedIndexes::new(device.clone()),
         })
     }
 
@@ -94,33 +89,36 @@ impl PagedCache {
         self.tables.get(&seq).ok_or(KvCacheError::UnknownSequence(seq))
     }
 
-    /// The block table (-1 past each length) and lengths of `seqs`, on the
-    /// cache's device; reuses the previous upload when they are the same.
-    fn index(&self, seqs: &[(SeqId, usize)]) -> Result<(usize, Arc<PagedIndex>), KvCacheError> {
-        let width = seqs.iter().map(|&(_, len)| len.div_ceil(self.block_size)).max().unwrap_or(0).max(1);
+    /// What the paged index has allocated and written so far.
+    pub fn index_uploads(&self) -> IndexUploads {
+        self.indexes.uploads()
+    }
+
+    /// The problem's paged layout for `seqs`: this pool, and a table wide
+    /// enough for the longest (a power of two, so it rarely changes).
+    fn layout(&self, seqs: &[(SeqId, usize)]) -> Result<PagedKv, KvCacheError> {
+        for &(seq, len) in seqs {
+            check_readable(self, &[seq], len)?;
+        }
+        if i32::try_from(self.num_blocks).is_err() {
+            return Err(KvCacheError::TooLarge { what: format!("{} blocks", self.num_blocks) });
+        }
+        let blocks = seqs.iter().map(|&(_, len)| len.div_ceil(self.block_size)).max().unwrap_or(0);
+        Ok(PagedKv { block_size: self.block_size, num_blocks: self.num_blocks, table_width: table_width(blocks) })
+    }
+
+    /// The block table (`[seqs, width]`, -1 past each length) and lengths of `seqs`.
+    fn index_values(&self, seqs: &[(SeqId, usize)], width: usize) -> Result<(Vec<i32>, Vec<i32>), KvCacheError> {
         let mut table = vec![-1i32; seqs.len() * width];
         let mut lens = Vec::with_capacity(seqs.len());
         for (i, &(seq, len)) in seqs.iter().enumerate() {
             let (_, blocks) = self.entry(seq)?;
             for (slot, &block) in table[i * width..].iter_mut().zip(&blocks[..len.div_ceil(self.block_size)]) {
-                *slot = block as i32; // block ids < num_blocks, which fits u32 and was checked to fit i32 below
+                *slot = block as i32; // block ids < num_blocks, checked to fit i32 in `layout`
             }
             lens.push(i32::try_from(len).map_err(|_| KvCacheError::TooLarge { what: format!("{len} positions") })?);
         }
-        let mut last = self.last_index.lock().map_err(|_| KvCacheError::Gpu("paged index lock poisoned".into()))?;
-        if let Some((t, l, index)) = last.as_ref() {
-            if *t == table && *l == lens {
-                return Ok((width, index.clone()));
-            }
-        }
-        let device = self.storage.device();
-        let upload = |v: &[i32]| IndexTensor::from_host(v.to_vec()).to_device(&device);
-        let index = Arc::new(PagedIndex {
-            block_table: upload(&table).map_err(|e| KvCacheError::Gpu(e.to_string()))?,
-            seq_lens: upload(&lens).map_err(|e| KvCacheError::Gpu(e.to_string()))?,
-        });
-        *last = Some((table, lens, index.clone()));
-        Ok((width, index))
+        Ok((table, lens))
     }
 }
 
@@ -151,6 +149,7 @@ impl KvCache for PagedCache {
     fn remove_sequence(&mut self, seq: SeqId) -> Result<(), KvCacheError> {
         let (_, table) = self.tables.remove(&seq).ok_or(KvCacheError::UnknownSequence(seq))?;
         self.free.extend(table.into_iter().rev());
+        self.indexes.forget(seq);
         Ok(())
     }
 
@@ -217,17 +216,20 @@ impl KvCache for PagedCache {
         self.storage.views(layer, layout).map(Some)
     }
 
-    fn paged_kv(&self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
-        for &(seq, len) in seqs {
-            check_readable(self, &[seq], len)?;
+    fn paged_layout(&self, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKv>, KvCacheError> {
+        self.layout(seqs).map(Some)
+    }
+
+    fn paged_kv(&mut self, layer: usize, seqs: &[(SeqId, usize)]) -> Result<Option<PagedKvAccess<'_>>, KvCacheError> {
+        let layout = self.layout(seqs)?;
+        if layer >= self.shape.num_layers {
+            return Err(KvCacheError::Layer { layer, num_layers: self.shape.num_layers });
         }
-        if i32::try_from(self.num_blocks).is_err() {
-            return Err(KvCacheError::TooLarge { what: format!("{} blocks", self.num_blocks) });
-        }
-        let (table_width, index) = self.index(seqs)?;
+        let (table, lens) = self.index_values(seqs, layout.table_width)?;
+        let ids = seqs.iter().map(|&(seq, _)| seq).collect();
+        let index = self.indexes.get(ids, layout.table_width, table, lens)?;
         let pool = [self.num_blocks, self.block_size, self.shape.num_kv_heads, self.shape.head_dim];
         let views = self.storage.views(layer, Layout::contiguous(pool))?;
-        let layout = PagedKv { block_size: self.block_size, num_blocks: self.num_blocks, table_width };
         Ok(Some(PagedKvAccess { k: views.k, v: views.v, layout, index }))
     }
 }

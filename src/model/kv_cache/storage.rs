@@ -6,7 +6,7 @@ use super::{CacheShape, KvCacheError, KvViews};
 use crate::device::Device;
 use crate::dtype::DType;
 use crate::model::engine::gpu::{GpuEngine, RowsAt};
-use crate::model::matrix::Matrix;
+use crate::model::matrix::Columns;
 use crate::tensor::{HostData, Layout, Tensor};
 
 /// Per layer, keys and values as `[1, rows, kv_heads, head_dim]` tensors.
@@ -85,20 +85,21 @@ impl KvStorage {
         Ok(())
     }
 
-    /// Copies rows `src_rows` of `k` and `v` (model dtype, one token per row) to
-    /// physical rows `dst_rows`, rounding to the cache's dtype.
+    /// Copies rows `src_rows` of `k` and `v` (model dtype, one token per
+    /// row, possibly columns of wider rows) to physical rows `dst_rows`,
+    /// rounding to the cache's dtype.
     pub fn write(
         &mut self,
         layer: usize,
-        k: &Matrix,
-        v: &Matrix,
+        k: Columns<'_>,
+        v: Columns<'_>,
         src_rows: &[usize],
         dst_rows: &[usize],
     ) -> Result<(), KvCacheError> {
         self.check_layer(layer)?;
         let row = self.shape.row();
-        if k.cols() != row || v.cols() != row || k.rows() != v.rows() {
-            return Err(KvCacheError::Rows { what: "k/v", got: k.cols(), row });
+        if k.width() != row || v.width() != row || k.rows() != v.rows() {
+            return Err(KvCacheError::Rows { what: "k/v", got: k.width(), row });
         }
         if src_rows.len() != dst_rows.len()
             || src_rows.iter().any(|&r| r >= k.rows())
@@ -111,11 +112,10 @@ impl KvStorage {
         }
         match self.device() {
             Device::Cpu => {
-                let (sk, sv) = (k.host().ok_or_else(|| view_err("k"))?, v.host().ok_or_else(|| view_err("v"))?);
                 let (dk, dv) = (host_mut(&mut self.k[layer])?, host_mut(&mut self.v[layer])?);
                 for (&s, &d) in src_rows.iter().zip(dst_rows) {
-                    super::store(dk, d * row, &sk[s * row..(s + 1) * row]);
-                    super::store(dv, d * row, &sv[s * row..(s + 1) * row]);
+                    super::store(dk, d * row, k.host_row(s).ok_or_else(|| view_err("k"))?);
+                    super::store(dv, d * row, v.host_row(s).ok_or_else(|| view_err("v"))?);
                 }
                 Ok(())
             }
@@ -126,13 +126,14 @@ impl KvStorage {
                     let from = RowsAt {
                         ptr: src.gpu_ptr(0, "k/v").map_err(gpu_err)?,
                         dtype: src.dtype(),
-                        stride: row,
+                        stride: src.row_stride(),
                         index: Some(src_rows),
                     };
                     let to = RowsAt { ptr: gpu_ptr(dst)?, dtype, stride: row, index: Some(dst_rows) };
                     // SAFETY: every source row is < k.rows() and every
                     // destination row < self.rows (checked above); both sides
-                    // are `row` elements wide.
+                    // are `row` elements wide (the source's columns lie in
+                    // its rows, `row_stride` apart: `Columns` checks that).
                     unsafe { engine.copy_rows(&from, &to, src_rows.len(), row) }.map_err(gpu_err)?;
                 }
                 Ok(())

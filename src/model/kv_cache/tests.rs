@@ -279,28 +279,93 @@ fn paged_kv_exposes_the_pool_and_each_sequence_s_table() {
     step(&mut paged, &mut model, b, 40, &mut rng);
     step(&mut paged, &mut model, a, 17, &mut rng);
     let (row, bs) = (SHAPE.row(), 16);
+    let layout = paged.paged_layout(&[(a, 37), (b, 5)]).unwrap().expect("a paged cache");
+    // Three blocks needed; the table is a power of two wide (4).
+    assert_eq!(layout, crate::problem::PagedKv { block_size: 16, num_blocks: 12, table_width: 4 });
+    let b_block = paged.block_table(b).unwrap()[0] as i32;
     let access = paged.paged_kv(1, &[(a, 37), (b, 5)]).unwrap().expect("a paged cache");
-    assert_eq!(access.layout, crate::problem::PagedKv { block_size: 16, num_blocks: 12, table_width: 3 });
+    assert_eq!(access.layout, layout);
     assert_eq!(access.k.shape(), [12, 16, SHAPE.num_kv_heads, SHAPE.head_dim]);
     let table = access.index.block_table.download().unwrap();
     assert_eq!(access.index.seq_lens.download().unwrap(), vec![37, 5]);
-    assert_eq!(&table[3..], &[paged.block_table(b).unwrap()[0] as i32, -1, -1], "-1 past the length");
+    assert_eq!(table[3], -1, "-1 past the length");
+    assert_eq!(&table[4..], &[b_block, -1, -1, -1], "-1 past the length");
     // Every position read through the table is the row gather copies.
-    let pool = access.k.host().unwrap();
+    let pool = access.k.host().unwrap().clone();
     for (i, (seq, len)) in [(a, 37), (b, 5)].into_iter().enumerate() {
         let (k, _) = get(&paged, 1, &[seq], len).unwrap();
         for j in 0..len {
-            let at = (table[i * 3 + j / bs] as usize * bs + j % bs) * row;
+            let at = (table[i * 4 + j / bs] as usize * bs + j % bs) * row;
             let got: Vec<f32> = (0..row).map(|x| pool.get_f32(at + x)).collect();
             assert_eq!(got, k.to_f32()[j * row..(j + 1) * row], "sequence {i} position {j}");
         }
     }
-    // The same request reuses the uploaded index; another makes a new one.
-    let again = paged.paged_kv(2, &[(a, 37), (b, 5)]).unwrap().unwrap();
-    assert!(std::sync::Arc::ptr_eq(&again.index, &access.index));
+    // The same request (another layer) writes nothing; a shorter length
+    // rewrites the lengths only; one that drops a block rewrites the table.
+    let none = IndexUploads { allocations: 1, table_writes: 0, len_writes: 0 };
+    assert_eq!(paged.index_uploads(), none);
+    paged.paged_kv(2, &[(a, 37), (b, 5)]).unwrap().unwrap();
+    assert_eq!(paged.index_uploads(), none);
     let other = paged.paged_kv(2, &[(a, 36), (b, 5)]).unwrap().unwrap();
-    assert!(!std::sync::Arc::ptr_eq(&other.index, &access.index));
+    assert_eq!(other.index.seq_lens.download().unwrap(), vec![36, 5]);
+    assert_eq!(paged.index_uploads(), IndexUploads { len_writes: 1, ..none });
+    let b_blocks: Vec<i32> = paged.block_table(b).unwrap()[..2].iter().map(|&x| x as i32).collect();
+    let other = paged.paged_kv(2, &[(a, 36), (b, 20)]).unwrap().unwrap();
+    assert_eq!(other.index.block_table.download().unwrap()[4..], [b_blocks[0], b_blocks[1], -1, -1]);
+    assert_eq!(paged.index_uploads(), IndexUploads { allocations: 1, table_writes: 1, len_writes: 2 });
+    // Another group is kept beside it; a wider table is a new allocation.
+    paged.paged_kv(0, &[(b, 5)]).unwrap().unwrap();
+    paged.paged_kv(0, &[(a, 36), (b, 20)]).unwrap().unwrap();
+    assert_eq!(paged.index_uploads().allocations, 2);
+    step(&mut paged, &mut model, a, 40, &mut rng);
+    let wide = paged.paged_kv(0, &[(a, 77), (b, 5)]).unwrap().unwrap();
+    assert_eq!(wide.layout.table_width, 8);
+    assert_eq!(paged.index_uploads().allocations, 3);
     assert!(matches!(paged.paged_kv(0, &[(b, 41)]), Err(KvCacheError::TooShort { .. })));
-    let contiguous = ContiguousCache::new(SHAPE, 2, 8).unwrap();
+    assert!(matches!(paged.paged_kv(3, &[(b, 5)]), Err(KvCacheError::Layer { .. })));
+    // Removing a sequence drops the indexes that name it.
+    paged.remove_sequence(a).unwrap();
+    paged.paged_kv(0, &[(b, 5)]).unwrap().unwrap();
+    assert_eq!(paged.index_uploads().allocations, 3, "b alone was kept");
+    let mut contiguous = ContiguousCache::new(SHAPE, 2, 8).unwrap();
+    assert!(contiguous.paged_layout(&[]).unwrap().is_none());
     assert!(contiguous.paged_kv(0, &[]).unwrap().is_none());
+}
+
+#[test]
+fn appending_columns_of_wider_rows_is_appending_those_rows() {
+    let mut rng = SplitMix64(8);
+    let row = SHAPE.row();
+    for (mut narrow, mut wide) in caches(SHAPE).into_iter().zip(caches(SHAPE)) {
+        let (a, b) = (narrow.add_sequence().unwrap(), wide.add_sequence().unwrap());
+        for n in [5, 1, 12] {
+            narrow.reserve(a, n).unwrap();
+            wide.reserve(b, n).unwrap();
+            let (k, v, other) = (rows(n, &mut rng), rows(n, &mut rng), rows(n, &mut rng));
+            // [other | v | k] rows: the columns need not be in q, k, v order.
+            let packed: Vec<f32> = (0..n)
+                .flat_map(|r| {
+                    [&other[r * row..(r + 1) * row], &v[r * row..(r + 1) * row], &k[r * row..(r + 1) * row]].concat()
+                })
+                .collect();
+            let m = Matrix::from_host(n, 3 * row, packed).unwrap();
+            for layer in 0..SHAPE.num_layers {
+                put(narrow.as_mut(), layer, a, &k, &v).unwrap();
+                let entries = [AppendRows { seq: b, first_row: 0, len: n }];
+                wide.append_columns(layer, &entries, m.columns(2 * row, row).unwrap(), m.columns(row, row).unwrap())
+                    .unwrap();
+            }
+            narrow.commit(a, n).unwrap();
+            wide.commit(b, n).unwrap();
+        }
+        let len = narrow.len(a).unwrap();
+        for layer in 0..SHAPE.num_layers {
+            assert_eq!(get(narrow.as_ref(), layer, &[a], len).unwrap(), get(wide.as_ref(), layer, &[b], len).unwrap());
+        }
+        let bad = Matrix::from_host(1, 3 * row, vec![0.0; 3 * row]).unwrap();
+        wide.reserve(b, 1).unwrap();
+        let entries = [AppendRows { seq: b, first_row: 0, len: 1 }];
+        let err = wide.append_columns(0, &entries, bad.columns(0, row - 1).unwrap(), bad.columns(row, row).unwrap());
+        assert!(matches!(err, Err(KvCacheError::Rows { .. })), "{err:?}");
+    }
 }

@@ -241,3 +241,26 @@ fn sharded_index_loads_and_is_checked() {
     let err = ModelWeights::load(dir.path(), &c).unwrap_err();
     assert!(err.to_string().contains("weight_map") && err.to_string().contains(INDEX_FILE), "{err}");
 }
+
+#[test]
+fn stacking_keeps_every_value() {
+    let w = |rows: usize, cols: usize, data: HostData| Weight { shape: vec![rows, cols], data };
+    let f32s = |v: &[f32]| HostData::F32(v.to_vec());
+    let bf16s = |v: &[f32]| HostData::from_f32(DType::BF16, v);
+    let (q, k, v) = (w(2, 2, f32s(&[1., 2., 3., 4.])), w(1, 2, f32s(&[5., 6.])), w(1, 2, f32s(&[7., 8.])));
+    let qkv = Weight::stacked(&[&q, &k, &v]).unwrap();
+    assert_eq!((qkv.shape.clone(), qkv.data.clone()), (vec![4, 2], f32s(&[1., 2., 3., 4., 5., 6., 7., 8.])));
+    // One dtype stays that dtype; mixed dtypes widen (exactly) to f32.
+    let (a, b) = (w(1, 2, bf16s(&[1.5, -2.0])), w(1, 2, bf16s(&[3.0, 0.25])));
+    assert_eq!(Weight::stacked(&[&a, &b]).unwrap().data, bf16s(&[1.5, -2.0, 3.0, 0.25]));
+    assert_eq!(Weight::stacked(&[&a, &k]).unwrap().data, f32s(&[1.5, -2.0, 5., 6.]));
+    assert!(Weight::stacked(&[&q, &w(1, 3, f32s(&[0.; 3]))]).is_none(), "columns differ");
+    assert!(Weight::stacked(&[]).is_none());
+    // Biases: none, all, or zeros in place of the missing ones.
+    let bias = |v: &[f32]| Some(Weight { shape: vec![v.len()], data: f32s(v) });
+    assert_eq!(Weight::stacked_biases([&None, &None, &None], [&q, &k, &v]), None);
+    let all = Weight::stacked_biases([&bias(&[1., 2.]), &bias(&[3.]), &bias(&[4.])], [&q, &k, &v]).unwrap();
+    assert_eq!((all.shape, all.data), (vec![4], f32s(&[1., 2., 3., 4.])));
+    let some = Weight::stacked_biases([&None, &bias(&[3.]), &None], [&q, &k, &v]).unwrap();
+    assert_eq!(some.data, f32s(&[0., 0., 3., 0.]));
+}
