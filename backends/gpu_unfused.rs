@@ -18,9 +18,9 @@
 //! `rf_masked_pv` returns at once unless a flag is set; then it recomputes
 //! the chunk's rows over their visible keys only (kernels/unfused/masked_pv.hip).
 
-use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall, GpuCall};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
-use crate::device::{Device, DeviceError, DeviceKind, GemmDesc, GpuDevice, Kernel, LaunchConfig};
+use crate::device::{Device, GemmDesc, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
 use crate::kernels::params::{KernelStrides, SoftmaxParams};
 use crate::kernels::{KernelSpec, UNFUSED_MASKED_PV, UNFUSED_SOFTMAX_ROWS};
@@ -211,20 +211,8 @@ impl AttentionBackend for GpuUnfused {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            device: DeviceKind::Gpu,
-            dtypes: &DType::ALL,
-            head_dims: HeadDims::Range { min: 1, max: usize::MAX },
-            max_seq_q: None,
-            max_seq_kv: None,
-            masks: &MaskKind::ALL,
-            max_group_size: None,
-            softcap: true,
-            strided: true,
-            matrix_units: None,
-            deterministic: true,
-            workspace: "scores of as many heads as fit the cap (default 1 GiB)",
-        }
+        let workspace = "scores of as many heads as fit the cap (default 1 GiB)";
+        Capabilities::gpu(HeadDims::Range { min: 1, max: usize::MAX }, &MaskKind::ALL, workspace)
     }
 
     fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
@@ -271,18 +259,12 @@ impl AttentionBackend for GpuUnfused {
             .collect()
     }
 
-    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+    fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError> {
         let p = call.problem();
-        let Device::Gpu(gpu) = call.device().clone() else {
-            return Err(BackendError::Internal { backend: self.name(), what: "a checked GPU call is on the CPU" });
-        };
-        let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
-        let (qp, kp, vp) =
-            (ptr(call.q().gpu_ptr(), "q")?, ptr(call.k().gpu_ptr(), "k")?, ptr(call.v().gpu_ptr(), "v")?);
-        let op = ptr(call.out().gpu_ptr(), "out")?;
+        let GpuCall { gpu, q: qp, k: kp, v: vp, o: op, strides } = call.gpu_pointers(self.name())?;
         // `check` (run by CheckedCall) rejected a head that cannot fit.
         let internal =
-            || BackendError::Internal { backend: "gpu-unfused", what: "checked problem exceeds the workspace" };
+            || BackendError::Internal { backend: self.name(), what: "checked problem exceeds the workspace" };
         let hpc = heads_per_chunk(p, self.workspace_cap).ok_or_else(internal)?;
         let flags_at = flags_offset(hpc, p).ok_or_else(internal)?;
         let workspace = gpu.workspace(flags_at + FLAG_BYTES)?;
@@ -300,7 +282,6 @@ impl AttentionBackend for GpuUnfused {
         let i32v = |v: usize| v as i32;
         let p_es = if p.dtype == DType::F32 { 4 } else { es };
         let guard = if some_key_masked(p) {
-            let strides = call.kernel_strides();
             let base = MaskedPvParams {
                 v: vp,
                 o: 0,

@@ -4,10 +4,10 @@
 //! and wins in auto; this backend exists for the design the project grew
 //! from and as a second opinion in differential tests.
 
-use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
+use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall, GpuCall};
 use crate::backends::gpu_flash::launch::{self, FlashPointers};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
-use crate::device::{Device, DeviceError, DeviceKind, LaunchConfig};
+use crate::device::{Device, LaunchConfig};
 use crate::dtype::DType;
 use crate::kernels::params::{ExpandKvParams, QkvoStrides};
 use crate::kernels::{KernelSpec, REPLICATE_EXPAND_KV};
@@ -59,20 +59,8 @@ impl AttentionBackend for MqaReplicate {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            device: DeviceKind::Gpu,
-            dtypes: &DType::ALL,
-            head_dims: HeadDims::List(launch::HEAD_DIMS),
-            max_seq_q: None,
-            max_seq_kv: None,
-            masks: &MaskKind::ALL,
-            max_group_size: None,
-            softcap: true,
-            strided: true,
-            matrix_units: None,
-            deterministic: true,
-            workspace: "a K and V copy with one head per query head (cap 4 GiB)",
-        }
+        let workspace = "a K and V copy with one head per query head (cap 4 GiB)";
+        Capabilities::gpu(HeadDims::List(launch::HEAD_DIMS), &MaskKind::ALL, workspace)
     }
 
     fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
@@ -91,19 +79,13 @@ impl AttentionBackend for MqaReplicate {
         specs
     }
 
-    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+    fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError> {
         let p = call.problem();
-        let Device::Gpu(gpu) = call.device().clone() else {
-            return Err(BackendError::Internal { backend: self.name(), what: "a checked GPU call is on the CPU" });
-        };
-        let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
-        let (q, k, v) = (ptr(call.q().gpu_ptr(), "q")?, ptr(call.k().gpu_ptr(), "k")?, ptr(call.v().gpu_ptr(), "v")?);
-        let o = ptr(call.out().gpu_ptr(), "out")?;
-        let internal = || BackendError::Internal { backend: "mqa-replicate", what: "checked problem exceeds the cap" };
+        let GpuCall { gpu, q, k, v, o, strides } = call.gpu_pointers(self.name())?;
+        let internal = || BackendError::Internal { backend: self.name(), what: "checked problem exceeds the cap" };
         let bytes = copy_bytes(p).ok_or_else(internal)?;
         let workspace = gpu.workspace(bytes)?;
         let (dst_k, dst_v) = (workspace.ptr(), workspace.ptr() + (bytes / 2) as u64);
-        let strides = call.kernel_strides();
         let rows = p.batch * p.seq_kv * p.num_q_heads;
         let params = ExpandKvParams {
             src_k: k,

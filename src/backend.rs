@@ -8,10 +8,11 @@
 //! no backend can be reached with an unchecked call.
 
 use crate::capabilities::{Capabilities, Unsupported};
-use crate::device::{Device, DeviceError};
+use crate::device::{Device, DeviceError, GpuDevice};
 use crate::kernels::params::QkvoStrides;
 use crate::problem::{AttentionProblem, ProblemError, TensorRole};
 use crate::tensor::{IndexTensor, TensorError, TensorView, TensorViewMut};
+use std::sync::Arc;
 
 /// Errors from running a backend.
 #[derive(Debug, thiserror::Error)]
@@ -254,6 +255,24 @@ impl<'a> CheckedCall<'a> {
         &mut self.out
     }
 
+    /// What every GPU backend's `run` starts from: the GPU, the device
+    /// addresses of Q, K, V and O, and their strides. `backend` names the
+    /// caller in the (unreachable) error for a call that is not on a GPU.
+    pub fn gpu_pointers(&self, backend: &'static str) -> Result<GpuCall, BackendError> {
+        let Device::Gpu(gpu) = &self.device else {
+            return Err(BackendError::Internal { backend, what: "a checked GPU call is on the CPU" });
+        };
+        let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
+        Ok(GpuCall {
+            gpu: Arc::clone(gpu),
+            q: ptr(self.q.gpu_ptr(), "q")?,
+            k: ptr(self.k.gpu_ptr(), "k")?,
+            v: ptr(self.v.gpu_ptr(), "v")?,
+            o: ptr(self.out.gpu_ptr(), "out")?,
+            strides: self.kernel_strides(),
+        })
+    }
+
     /// The element strides of Q, K, V and O as the kernels' parameter
     /// structs embed them, from the checked views (which equal the
     /// problem's strides; with paged K/V, K's and V's batch stride is one
@@ -262,6 +281,18 @@ impl<'a> CheckedCall<'a> {
         let views = [self.q.layout(), self.k.layout(), self.v.layout(), self.out.layout()];
         QkvoStrides::new(views.map(|l| l.strides))
     }
+}
+
+/// A checked call on a GPU ([`CheckedCall::gpu_pointers`]): the device, the
+/// address of element `[0, 0, 0, 0]` of each tensor, and the strides.
+#[derive(Clone, Debug)]
+pub struct GpuCall {
+    pub gpu: Arc<GpuDevice>,
+    pub q: u64,
+    pub k: u64,
+    pub v: u64,
+    pub o: u64,
+    pub strides: QkvoStrides,
 }
 
 fn same_device(a: &Device, b: &Device) -> bool {

@@ -57,6 +57,27 @@ pub struct Capabilities {
 }
 
 impl Capabilities {
+    /// What the GPU backends share: every dtype, any sequence length and
+    /// GQA group, soft-cap, strided tensors, any matrix unit,
+    /// deterministic. Each backend names its head dims, masks and
+    /// workspace, and overrides the rest where it differs.
+    pub fn gpu(head_dims: HeadDims, masks: &'static [MaskKind], workspace: &'static str) -> Capabilities {
+        Capabilities {
+            device: DeviceKind::Gpu,
+            dtypes: &DType::ALL,
+            head_dims,
+            max_seq_q: None,
+            max_seq_kv: None,
+            masks,
+            max_group_size: None,
+            softcap: true,
+            strided: true,
+            matrix_units: None,
+            deterministic: true,
+            workspace,
+        }
+    }
+
     /// Every reason this capability set rejects `p` on `device` (empty = fits).
     pub fn reasons(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
         let mut out = Vec::new();

@@ -13,8 +13,7 @@ pub mod split;
 
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
-use crate::device::{Device, DeviceError, DeviceKind};
-use crate::dtype::DType;
+use crate::device::{Device, DeviceError};
 use crate::kernels::KernelSpec;
 use crate::problem::{AttentionProblem, MaskKind};
 use launch::DecodePointers;
@@ -42,19 +41,10 @@ impl AttentionBackend for FlashDecode {
     }
 
     fn capabilities(&self) -> Capabilities {
+        let workspace = "f32 partial outputs: splits x batch x q_heads x seq_q x (head_dim + 1)";
         Capabilities {
-            device: DeviceKind::Gpu,
-            dtypes: &DType::ALL,
-            head_dims: HeadDims::List(launch::HEAD_DIMS),
             max_seq_q: Some(launch::MAX_SEQ_Q),
-            max_seq_kv: None,
-            masks: &MaskKind::ALL,
-            max_group_size: None,
-            softcap: true,
-            strided: true,
-            matrix_units: None,
-            deterministic: true,
-            workspace: "f32 partial outputs: splits x batch x q_heads x seq_q x (head_dim + 1)",
+            ..Capabilities::gpu(HeadDims::List(launch::HEAD_DIMS), &MaskKind::ALL, workspace)
         }
     }
 
@@ -72,31 +62,22 @@ impl AttentionBackend for FlashDecode {
         true
     }
 
-    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
-        let p = call.problem();
-        let Device::Gpu(gpu) = call.device().clone() else {
-            return Err(BackendError::Internal { backend: self.name(), what: "a checked GPU call is on the CPU" });
-        };
+    fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError> {
+        let g = call.gpu_pointers(self.name())?;
         let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
         let (block_table, seq_lens) = match call.paged() {
             Some(refs) => (ptr(refs.block_table.gpu_ptr(), "block_table")?, ptr(refs.seq_lens.gpu_ptr(), "seq_lens")?),
             None => (0, 0),
         };
-        let ptrs = DecodePointers {
-            q: ptr(call.q().gpu_ptr(), "q")?,
-            k: ptr(call.k().gpu_ptr(), "k")?,
-            v: ptr(call.v().gpu_ptr(), "v")?,
-            o: ptr(call.out().gpu_ptr(), "out")?,
-            block_table,
-            seq_lens,
-        };
-        launch::launch(&gpu, self.name(), p, ptrs, call.kernel_strides())
+        let ptrs = DecodePointers { q: g.q, k: g.k, v: g.v, o: g.o, block_table, seq_lens };
+        launch::launch(&g.gpu, self.name(), call.problem(), ptrs, g.strides)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
     use crate::problem::{Mask, PagedKv};
 
     fn wants_gpu_only(r: &[Unsupported]) -> bool {

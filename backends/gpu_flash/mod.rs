@@ -12,8 +12,7 @@ pub mod launch;
 
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
-use crate::device::{Device, DeviceError, DeviceKind};
-use crate::dtype::DType;
+use crate::device::Device;
 use crate::kernels::KernelSpec;
 use crate::problem::{AttentionProblem, MaskKind};
 use launch::FlashPointers;
@@ -48,20 +47,7 @@ impl AttentionBackend for GpuFlash {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            device: DeviceKind::Gpu,
-            dtypes: &DType::ALL,
-            head_dims: HeadDims::List(launch::HEAD_DIMS),
-            max_seq_q: None,
-            max_seq_kv: None,
-            masks: self.masks,
-            max_group_size: None,
-            softcap: true,
-            strided: true,
-            matrix_units: None,
-            deterministic: true,
-            workspace: "none",
-        }
+        Capabilities::gpu(HeadDims::List(launch::HEAD_DIMS), self.masks, "none")
     }
 
     fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
@@ -74,26 +60,17 @@ impl AttentionBackend for GpuFlash {
         launch::all_specs()
     }
 
-    fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
-        let p = call.problem();
-        let Device::Gpu(gpu) = call.device().clone() else {
-            return Err(BackendError::Internal { backend: self.name, what: "a checked GPU call is on the CPU" });
-        };
-        let ptr = |v: Option<u64>, tensor| v.ok_or(DeviceError::NotOnGpu { tensor });
-        let ptrs = FlashPointers {
-            q: ptr(call.q().gpu_ptr(), "q")?,
-            k: ptr(call.k().gpu_ptr(), "k")?,
-            v: ptr(call.v().gpu_ptr(), "v")?,
-            o: ptr(call.out().gpu_ptr(), "out")?,
-            lse: 0,
-        };
-        launch::launch(&gpu, self.name, p, ptrs, call.kernel_strides())
+    fn run(&self, call: CheckedCall<'_>) -> Result<(), BackendError> {
+        let g = call.gpu_pointers(self.name)?;
+        let ptrs = FlashPointers { q: g.q, k: g.k, v: g.v, o: g.o, lse: 0 };
+        launch::launch(&g.gpu, self.name, call.problem(), ptrs, g.strides)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
     use crate::problem::Mask;
 
     #[test]

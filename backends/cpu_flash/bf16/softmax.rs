@@ -32,19 +32,40 @@ pub(crate) struct Scaling {
     pub split: bool,
 }
 
-/// One tile's softmax.
+/// One tile's softmax: a row kernel (`row_max`, `row_p`) plugged into the
+/// one generic tile loop (`tile`).
 ///
 /// # Safety
 /// Implementations may need CPU features: only call them inside a task
 /// compiled with those features.
 pub(crate) trait RowSoftmax {
+    /// The maximum of `srow` (one row's raw scores; its length a multiple
+    /// of 32, at most `SK`) over the live keys `begin..end`, times the
+    /// positive `scale`; -inf when no key is live. NaN scores do not count.
+    unsafe fn row_max(srow: &[f32], live: (i32, i32), scale: f32) -> f32;
+
+    /// Writes one row's P into `prow` as bf16 bits: `exp(x · scale - m)`
+    /// (base 2 when `LOG2`) on the live keys of `srow`, zero elsewhere, for
+    /// all `srow.len()` keys; with `k.split` also the low halves
+    /// `bf16(p - high)` at `prow[SK..]` (`prow` holds `SK`, or `2 · SK`
+    /// with `split`, values). Returns the sum of the rounded values written.
+    unsafe fn row_p<const LOG2: bool>(
+        srow: &[f32],
+        prow: &mut [u16],
+        live: (i32, i32),
+        scale: f32,
+        m: f32,
+        k: &Scaling,
+    ) -> f32;
+
     /// Turns rows `0..un.pos.rows` of `s` (`[BQ][SK]` raw scores, the
-    /// first `n` keys of the step valid; overwritten) into P in `p`
-    /// (`[BQ][SK]` bf16 bits, the first `n` rounded up to 32 written, zero
-    /// outside each row's live keys; with `split`, rows of `2 · SK`: the
-    /// high halves, then `SK` on the low halves `bf16(p - high)`), updates
-    /// the unit's running max and sum, and writes each row's rescale
-    /// factor for O into `alpha`.
+    /// first `n` keys of the step valid; soft-capped in place) into P in
+    /// `p` (`[BQ][SK]` bf16 bits, the first `n` rounded up to 32 written,
+    /// zero outside each row's live keys; with `split`, rows of `2 · SK`:
+    /// the high halves, then `SK` on the low halves `bf16(p - high)`),
+    /// updates the unit's running max and sum, and writes each row's
+    /// rescale factor for O into `alpha`.
+    #[inline(always)]
     unsafe fn tile<const LOG2: bool>(
         un: &mut Unit,
         s: &mut [f32],
@@ -53,7 +74,31 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-    );
+    ) {
+        let pp = if k.split { 2 * SK } else { SK };
+        // Whole pairs of 16-key chunks: the keys the products read.
+        let keys = n.next_multiple_of(32);
+        assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && keys <= SK);
+        let rows = un.pos.rows;
+        let mut scale = k.scale;
+        if let Some(cap) = k.softcap {
+            softcap_rows(s, rows, n, scale, cap);
+            scale = 1.0;
+        }
+        let mut tile_max = [f32::NEG_INFINITY; BQ];
+        for (r, tm) in tile_max.iter_mut().enumerate().take(rows) {
+            // SAFETY: features forwarded (trait contract); the row's
+            // length is a multiple of 32, at most SK (asserted).
+            *tm = unsafe { Self::row_max(&s[r * SK..r * SK + keys], (live.begin[r], live.end[r]), scale) };
+        }
+        let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
+        for r in 0..rows {
+            let (srow, prow) = (&s[r * SK..r * SK + keys], &mut p[r * pp..(r + 1) * pp]);
+            // SAFETY: as above; prow holds pp values.
+            let sum = unsafe { Self::row_p::<LOG2>(srow, prow, (live.begin[r], live.end[r]), scale, m_use[r], k) };
+            un.l[r] = un.l[r] * alpha[r] + sum;
+        }
+    }
 }
 
 /// `f32` rounded to the nearest bf16 (ties to even), as bits; NaN stays a
@@ -107,66 +152,47 @@ pub(crate) struct PortableSoftmax;
 #[cfg(test)]
 impl RowSoftmax for PortableSoftmax {
     #[inline(always)]
-    unsafe fn tile<const LOG2: bool>(
-        un: &mut Unit,
-        s: &mut [f32],
-        p: &mut [u16],
-        n: usize,
-        live: &LiveKeys,
+    unsafe fn row_max(srow: &[f32], (begin, end): (i32, i32), scale: f32) -> f32 {
+        let mut mx = [f32::NEG_INFINITY; W];
+        for (j, &x) in srow.iter().enumerate() {
+            let y = if live(j, begin, end) { x * scale } else { f32::NEG_INFINITY };
+            mx[j % W] = if y > mx[j % W] { y } else { mx[j % W] };
+        }
+        mx.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+    }
+
+    #[inline(always)]
+    unsafe fn row_p<const LOG2: bool>(
+        srow: &[f32],
+        prow: &mut [u16],
+        (begin, end): (i32, i32),
+        scale: f32,
+        m: f32,
         k: &Scaling,
-        alpha: &mut [f32; BQ],
-    ) {
-        let (split, pp) = (k.split, if k.split { 2 * SK } else { SK });
-        assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && n <= SK);
-        let rows = un.pos.rows;
-        let mut scale = k.scale;
-        if let Some(cap) = k.softcap {
-            softcap_rows(s, rows, n, scale, cap);
-            scale = 1.0;
-        }
-        let keys = n.next_multiple_of(32);
-        let mut tile_max = [f32::NEG_INFINITY; BQ];
-        for (r, tm) in tile_max.iter_mut().enumerate().take(rows) {
-            let srow = &mut s[r * SK..r * SK + keys];
-            *tm = scale_mask_max(srow, (live.begin[r], live.end[r]), scale);
-        }
-        let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
-        for r in 0..rows {
-            let srow = &s[r * SK..r * SK + keys];
-            let mut sum = [0.0f32; W];
-            for (j, &x) in srow.iter().enumerate() {
-                let e = exp_any::<LOG2>(x - m_use[r], k.fma);
-                let h = round_bf16(e);
-                p[r * pp + j] = h;
-                sum[j % W] += widen(h);
-                if split {
-                    let l = round_bf16(e - widen(h));
-                    p[r * pp + SK + j] = l;
-                    sum[j % W] += widen(l);
-                }
+    ) -> f32 {
+        let mut sum = [0.0f32; W];
+        for (j, &x) in srow.iter().enumerate() {
+            let y = if live(j, begin, end) { x * scale } else { f32::NEG_INFINITY };
+            let e = exp_any::<LOG2>(y - m, k.fma);
+            let h = round_bf16(e);
+            prow[j] = h;
+            sum[j % W] += widen(h);
+            if k.split {
+                let l = round_bf16(e - widen(h));
+                prow[SK + j] = l;
+                sum[j % W] += widen(l);
             }
-            un.l[r] = un.l[r] * alpha[r] + sum.iter().sum::<f32>();
         }
+        sum.iter().sum()
     }
 }
 
-/// Scales a row, sets every score outside `begin..end` to -inf, and
-/// returns the row's maximum (NaN scores are kept but do not count).
+/// Whether key `j` of a tile lies in the live interval `begin..end`.
 #[cfg(test)]
 #[inline(always)]
-fn scale_mask_max(srow: &mut [f32], (begin, end): (i32, i32), scale: f32) -> f32 {
-    let mut mx = [f32::NEG_INFINITY; W];
-    for (ci, chunk) in srow.chunks_exact_mut(W).enumerate() {
-        let base = (ci * W) as i32;
-        for (i, x) in chunk.iter_mut().enumerate() {
-            let j = base + i as i32;
-            let y = *x * scale;
-            let y = if (j >= begin) & (j < end) { y } else { f32::NEG_INFINITY };
-            *x = y;
-            mx[i] = if y > mx[i] { y } else { mx[i] };
-        }
-    }
-    mx.iter().fold(f32::NEG_INFINITY, |a, &b| if b > a { b } else { a })
+fn live(j: usize, begin: i32, end: i32) -> bool {
+    let j = j as i32;
+    (j >= begin) & (j < end)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -272,64 +298,59 @@ mod x86 {
 
     impl<const CVT: bool> RowSoftmax for Avx512Softmax<CVT> {
         #[inline(always)]
-        unsafe fn tile<const LOG2: bool>(
-            un: &mut Unit,
-            s: &mut [f32],
-            p: &mut [u16],
-            n: usize,
-            live: &LiveKeys,
-            k: &Scaling,
-            alpha: &mut [f32; BQ],
-        ) {
-            let (split, pp) = (k.split, if k.split { 2 * SK } else { SK });
-            assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && n <= SK);
-            // Whole pairs of 16-key chunks: the keys the products read.
-            let halves = n.div_ceil(32);
-            let rows = un.pos.rows;
-            let mut scale = k.scale;
-            if let Some(cap) = k.softcap {
-                softcap_rows(s, rows, n, scale, cap);
-                scale = 1.0;
+        unsafe fn row_max(srow: &[f32], (lo, hi): (i32, i32), scale: f32) -> f32 {
+            // SAFETY: AVX-512F/BW (trait contract); the loop reads at most
+            // srow.len() floats.
+            unsafe {
+                let sp = srow.as_ptr();
+                let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+                for c in 0..srow.len() / 16 {
+                    mx = _mm512_mask_max_ps(mx, chunk_mask(lo, hi, c), _mm512_loadu_ps(sp.add(16 * c)), mx);
+                }
+                // The raw max times a positive scale is the scaled max.
+                let raw = _mm512_reduce_max_ps(mx);
+                if raw == f32::NEG_INFINITY {
+                    raw
+                } else {
+                    raw * scale
+                }
             }
+        }
+
+        #[inline(always)]
+        unsafe fn row_p<const LOG2: bool>(
+            srow: &[f32],
+            prow: &mut [u16],
+            (lo, hi): (i32, i32),
+            scale: f32,
+            m: f32,
+            k: &Scaling,
+        ) -> f32 {
+            let halves = srow.len() / 32;
+            // The stores below stay inside prow.
+            assert!(prow.len() >= if k.split { SK + 32 * halves } else { 32 * halves });
             // Scores in exp2's units: x · scale · (log2 e unless LOG2).
             let e = if LOG2 { 1.0 } else { std::f32::consts::LOG2_E };
-            let mut tile_max = [f32::NEG_INFINITY; BQ];
-            for (r, tm) in tile_max.iter_mut().enumerate().take(rows) {
-                let (lo, hi) = (live.begin[r], live.end[r]);
-                // SAFETY: AVX-512F/BW (trait contract); row r of s is SK
-                // floats and 32 · halves <= SK (asserted above).
-                unsafe {
-                    let sp = s.as_ptr().add(r * SK);
-                    let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
-                    for c in 0..2 * halves {
-                        mx = _mm512_mask_max_ps(mx, chunk_mask(lo, hi, c), _mm512_loadu_ps(sp.add(16 * c)), mx);
+            // SAFETY: AVX-512F/BW, and AVX512-BF16 when CVT (trait
+            // contract); reads at most srow.len() floats, writes the
+            // 32 · halves values of prow (and as many from SK on with
+            // split) asserted above.
+            unsafe {
+                let (sp, pw) = (srow.as_ptr(), prow.as_mut_ptr());
+                let (ce, me) = (_mm512_set1_ps(scale * e), _mm512_set1_ps(-m * e));
+                let mut sum = _mm512_setzero_ps();
+                for half in 0..halves {
+                    let (c0, c1) = (2 * half, 2 * half + 1);
+                    let a = p16(sp.add(16 * c0), chunk_mask(lo, hi, c0), ce, me);
+                    let b = p16(sp.add(16 * c1), chunk_mask(lo, hi, c1), ce, me);
+                    let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
+                    _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
+                    if k.split {
+                        let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
+                        _mm512_storeu_si512(pw.add(SK + 32 * half).cast(), low);
                     }
-                    // The raw max times a positive scale is the scaled max.
-                    let raw = _mm512_reduce_max_ps(mx);
-                    *tm = if raw == f32::NEG_INFINITY { raw } else { raw * scale };
                 }
-            }
-            let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
-            for r in 0..rows {
-                // SAFETY: as above; row r of p is SK bf16 (asserted).
-                unsafe {
-                    let (sp, prow) = (s.as_ptr().add(r * SK), p.as_mut_ptr().add(r * pp));
-                    let (ce, me) = (_mm512_set1_ps(scale * e), _mm512_set1_ps(-m_use[r] * e));
-                    let (lo, hi) = (live.begin[r], live.end[r]);
-                    let mut sum = _mm512_setzero_ps();
-                    for half in 0..halves {
-                        let (c0, c1) = (2 * half, 2 * half + 1);
-                        let a = p16(sp.add(16 * c0), chunk_mask(lo, hi, c0), ce, me);
-                        let b = p16(sp.add(16 * c1), chunk_mask(lo, hi, c1), ce, me);
-                        let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
-                        _mm512_storeu_si512(prow.add(32 * half).cast(), packed);
-                        if split {
-                            let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
-                            _mm512_storeu_si512(prow.add(SK + 32 * half).cast(), low);
-                        }
-                    }
-                    un.l[r] = un.l[r] * alpha[r] + _mm512_reduce_add_ps(sum);
-                }
+                _mm512_reduce_add_ps(sum)
             }
         }
     }
