@@ -63,9 +63,18 @@ struct RowState {
 
 // The A operand of P V for strip mt, keys 16 ku.. of the tile: from the S
 // registers where the layout allows, else from the warp's P staging tile.
-RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const rf_elem* p_s, int mt, int ku) {
+// `finite`: the tile's inputs are finite, so P is (split-tf32's cheap split).
+RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const rf_elem* p_s, int mt, int ku,
+                         bool finite) {
+    (void)finite;
 #if RF_MMA_C_TO_A
     (void)p_s;
+#if RF_FLASH_PRESPLIT && RF_FLASH_FAST_SPLIT
+    if (finite) {
+        rf_c_to_a_finite(a, s[mt][ku]);
+        return;
+    }
+#endif
     rf_c_to_a(a, s[mt][ku]);
 #else
     (void)s;
@@ -101,7 +110,14 @@ RF_DEVICE void qk_tile(rf_frag_c (&s)[MT][BN / 16], const rf_frag_a (&qf)[QF_M][
             if (Q_IN_REGS) {
                 qa[mt] = qf[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0];
             } else {
+#if RF_FLASH_PRESPLIT && RF_FLASH_FAST_SPLIT
+                // A non-finite Q flags every tile; nonfinite_logits then
+                // replaces S wherever the IEEE product is not finite.
+                rf_load_a_finite(qa[mt], sq,
+                                 [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+#else
                 rf_load_a(qa[mt], sq, [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+#endif
             }
         }
 #pragma unroll
@@ -160,6 +176,38 @@ RF_DEVICE void mask_tile(rf_frag_c (&s)[MT][BN / 16], const rf_flash_params& p, 
 // then p = exp2(s - m) stays <= 2^RESCALE_SLACK, harmless in f32 and in the
 // 16-bit P, and the O / l rescale is skipped (most tiles). `raw`: S is q.k
 // and c_log2 = scale * log2(e) is applied here (else c_log2 = 1).
+// This lane's max (MAX) or sum of each row slot over a tile: one partial per
+// 16-key block, combined pairwise, so the chain of dependent operations is
+// C_REGS / ROWS + log2(BN / 16) long instead of BN / 16 * C_REGS / ROWS.
+template <bool MAX>
+RF_DEVICE void slot_reduce(const rf_frag_c (&s)[BN / 16], float (&out)[RF_MMA_ROWS]) {
+    constexpr int NU = BN / 16;
+    float part[RF_MMA_ROWS][NU];
+#pragma unroll
+    for (int nu = 0; nu < NU; ++nu) {
+#pragma unroll
+        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) part[sl][nu] = MAX ? RF_NEG_INF : 0.0f;
+#pragma unroll
+        for (int r = 0; r < RF_MMA_C_REGS; ++r) {
+            float& a = part[rf_c_slot(r)][nu];
+            a = MAX ? fmaxf(a, s[nu].v[r]) : a + s[nu].v[r];
+        }
+    }
+#pragma unroll
+    for (int w = 1; w < NU; w *= 2)
+#pragma unroll
+        for (int i = 0; i + w < NU; i += 2 * w)
+#pragma unroll
+            for (int sl = 0; sl < RF_MMA_ROWS; ++sl)
+                part[sl][i] = MAX ? fmaxf(part[sl][i], part[sl][i + w]) : part[sl][i] + part[sl][i + w];
+#pragma unroll
+    for (int sl = 0; sl < RF_MMA_ROWS; ++sl) out[sl] = part[sl][0];
+}
+
+#ifndef RF_FLASH_TREE
+#define RF_FLASH_TREE 1
+#endif
+
 RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], RowState& st, int mt, float c_log2,
                             bool raw) {
     float mx[RF_MMA_ROWS], sum[RF_MMA_ROWS];
@@ -168,10 +216,14 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
         mx[sl] = RF_NEG_INF;
         sum[sl] = 0.0f;
     }
+    if (RF_FLASH_TREE) {
+        slot_reduce<true>(s, mx);
+    } else {
 #pragma unroll
-    for (int nu = 0; nu < BN / 16; ++nu)
+        for (int nu = 0; nu < BN / 16; ++nu)
 #pragma unroll
-        for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[nu].v[r]);
+            for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[nu].v[r]);
+    }
     bool grow = false;
 #pragma unroll
     for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
@@ -224,8 +276,9 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
         for (int r = 0; r < RF_MMA_C_REGS; ++r) {
             const float e = exp2_fast(fma_f(s[nu].v[r], c, neg_m[rf_c_slot(r)]));
             s[nu].v[r] = e;
-            sum[rf_c_slot(r)] += e;
+            if (!RF_FLASH_TREE) sum[rf_c_slot(r)] += e;
         }
+    if (RF_FLASH_TREE) slot_reduce<false>(s, sum);
 #pragma unroll
     for (int sl = 0; sl < RF_MMA_ROWS; ++sl) st.l[mt][sl] += sum[sl];
 }
@@ -233,7 +286,7 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
 // O += P V, P rounded to the input type. With SPLIT_ACC one head-dim column
 // block at a time over all keys of the tile, from zero, then one f32 add.
 RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN / 16], rf_elem* p_s,
-                       const rf_elem* v_s) {
+                       const rf_elem* v_s, bool finite) {
 #if !RF_MMA_C_TO_A
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -249,7 +302,7 @@ RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN /
         for (int ku = 0; ku < BN / 16; ++ku) {
             rf_frag_a pa[MT];
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt], s, p_s, mt, ku);
+            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt], s, p_s, mt, ku, finite);
 #pragma unroll
             for (int du = 0; du < D / 16; ++du) {
                 rf_frag_b vb;
@@ -263,7 +316,7 @@ RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN /
 #pragma unroll
         for (int ku = 0; ku < BN / 16; ++ku)
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt][ku], s, p_s, mt, ku);
+            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt][ku], s, p_s, mt, ku, finite);
 #pragma unroll
         for (int du = 0; du < D / 16; ++du) {
             rf_frag_c t[MT];
@@ -514,7 +567,7 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) softmax_tile(s[mt], o[mt], st, mt, c_log2, raw);
 
-        pv_tile(o, s, sP + warp * MT * 16 * PT::STRIDE, v_s);
+        pv_tile(o, s, sP + warp * MT * 16 * PT::STRIDE, v_s, !nf);
         any_nf |= nf;
     }
 

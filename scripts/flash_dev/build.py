@@ -20,7 +20,7 @@ def main():
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
     a = ap.parse_args()
     os.makedirs(a.outdir, exist_ok=True)
-    allv = {**variants.default_variants(), **variants.tuning_variants()}
+    allv = {**variants.default_variants(), **variants.tuning_variants(), **variants.experiment_variants()}
     if a.names:
         todo = {k: allv[k] for k in a.names.split(",")}
     else:

@@ -100,6 +100,9 @@ CASES = [
     ("strided_qkv", 2, 4, 4, 150, 150, -1, 0, 0.0, {"packed": True}),
     ("nan", 1, 2, 2, 96, 96, -1, 0, 0.0, {"nan": True}),
     ("inf", 1, 2, 2, 96, 96, -1, 0, 0.0, {"inf": True}),
+    # NaNs whose low mantissa bits are all set or all clear but one (integer
+    # rounding of such a NaN carries into the sign or gives Inf).
+    ("nan_payload", 1, 2, 2, 96, 96, -1, 0, 0.0, {"nan_payload": True}),
     # A NaN in V at a key that is masked for some rows of a tile their block
     # computes (P = 0 there) must not reach them (rf/flash/nonfinite.h).
     ("v_nan_masked_key", 1, 2, 2, 200, 200, -1, 0, 0.0, {"vnan_masked": True}),
@@ -126,6 +129,12 @@ def run_case(kern, defs, case, gen):
         q[0, 5, 0, 3] = float("nan")       # one query row of head 0
         k[0, 40, 1, 7] = float("nan")      # one key of kv head 1 (masked for rows < 40)
         v[0, 0, 1, 9] = float("nan")       # key 0: visible to every causal row, one column
+    if ex.get("nan_payload"):
+        itype = {torch.float32: torch.int32}.get(dt, torch.int16)
+        bits = {torch.float32: (0x7fffffff, 0x7f800001, -1), torch.float16: (0x7fff, 0x7c01, -1),
+                torch.bfloat16: (0x7fff, 0x7f81, -1)}[dt]
+        for t, idx, w in ((q, (0, 5, 0, 3), bits[0]), (k, (0, 40, 1, 7), bits[1]), (v, (0, 0, 1, 9), bits[2])):
+            t.view(itype)[idx] = w
     if ex.get("vnan_masked"):
         v[0, 70, 0, 9] = float("nan")      # visible to causal rows >= 70 only
     if ex.get("huge_k"):
@@ -169,13 +178,14 @@ def run_case(kern, defs, case, gen):
 def check_all(kernels, builds, only, log, case_names=None):
     gen = torch.Generator(device="cuda").manual_seed(1234)
     bad = 0
-    tuned = variants.tuning_variants()
+    exp = variants.experiment_variants()
+    tuned = {k: v for k, v in variants.tuning_variants().items() if k not in exp}
     for name, kern in kernels.items():
         if only and only not in name:
             continue
         defs = builds[name]["defines"]
         cases = CASES
-        if name in tuned:
+        if name in tuned or (name in exp and ("_base" in name or "256x64" in name)):
             cases = [c for c in CASES if c[0] in ("gqa_odd_none", "gqa_odd_causal", "long_causal", "window_37_5", "huge_k")]
         if case_names:
             cases = [c for c in cases if c[0] in case_names]
@@ -223,7 +233,12 @@ BENCH = [
     (1, 32, 32, 8192, 128, True, 2), (8, 16, 16, 1024, 64, True, 2),
     (4, 32, 32, 2048, 128, True, 1), (8, 16, 16, 1024, 64, True, 1),
     (4, 32, 32, 2048, 128, True, 0), (4, 32, 32, 2048, 128, False, 0), (1, 32, 32, 8192, 128, True, 0),
+    # 10..: the other unmasked rows of docs/perf.md's table
+    (4, 32, 32, 2048, 128, False, 1), (4, 32, 8, 2048, 128, False, 2), (1, 32, 32, 8192, 128, False, 2),
 ]
+# FLASH_DEV_BENCH=0,1,7: only those rows of BENCH
+if os.environ.get("FLASH_DEV_BENCH"):
+    BENCH = [BENCH[int(i)] for i in os.environ["FLASH_DEV_BENCH"].split(",")]
 
 
 ROUNDS = int(os.environ.get("FLASH_DEV_ROUNDS", "3"))
@@ -321,7 +336,7 @@ def f32_accuracy(kernels, builds, log):
         row["EFFICIENT"] = ((eo.double() - ro).norm() / rn).item()
         for name, kern in kernels.items():
             defs = builds[name]["defines"]
-            if defs["RF_DTYPE"] != 0 or defs["RF_HEAD_DIM"] != d or "RF_FLASH_BM" in defs:
+            if defs["RF_DTYPE"] != 0 or defs["RF_HEAD_DIM"] != d or ("RF_FLASH_BM" in defs and "x64w8s1" not in name):
                 continue
             o = torch.full((b, s, h, d), float("nan"), device="cuda")
             kern.launch(make_params(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), o, None, -1,

@@ -54,3 +54,25 @@ def tuning_variants():
                 defs["RF_F32_MODE"] = F32_TF32X3
             out[name] = defs
     return out
+
+
+def experiment_variants():
+    """flashperf (2026-11-22 evening): A/B candidates checked on every case.
+    `_base` is the kernel before (row reductions as one chain, the careful
+    tf32 split everywhere); bf16 d 128 with 8 warps x 2 strips (BLOCK_M 256:
+    one block per SM, K/V tiles shared by 8 warps); f32 with the small part
+    left unrounded (`_smalltrunc`) and with 128 x 64 tiles, one stage."""
+    out = {}
+    bf = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128)
+    out["bf16_d128_base"] = dict(bf, RF_FLASH_TREE=0)
+    for st in (2, 3):
+        out[f"bf16_d128_256x64w8s{st}"] = dict(bf, RF_FLASH_BM=256, RF_FLASH_BN=64, RF_FLASH_WARPS=8,
+                                               RF_FLASH_STAGES=st)
+    f32 = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3)
+    for tag, extra in (("", {}), ("_128x64w8s1", dict(RF_FLASH_BM=128, RF_FLASH_BN=64, RF_FLASH_WARPS=8,
+                                                        RF_FLASH_STAGES=1))):
+        if extra:
+            out[f"f32x3_d128{tag}"] = dict(f32, **extra)
+        out[f"f32x3_d128{tag}_base"] = dict(f32, RF_FLASH_FAST_SPLIT=0, RF_FLASH_TREE=0, **extra)
+        out[f"f32x3_d128{tag}_smalltrunc"] = dict(f32, RF_TF32_SMALL_RN=0, **extra)
+    return out

@@ -97,6 +97,13 @@ struct Tile {
 #else
 #define RF_FLASH_PRESPLIT 0
 #endif
+// With the presplit, tiles whose inputs are finite split Q, P and the K/V
+// tile with rf_split_tf32_finite (integer rounding, ~5 instructions a value
+// instead of ~11); tiles with an Inf or NaN keep rf_split_tf32. 0 (the old
+// split everywhere) is for the development harness's A/B only.
+#ifndef RF_FLASH_FAST_SPLIT
+#define RF_FLASH_FAST_SPLIT 1
+#endif
 
 // Shared memory of a (BLOCK_M, BLOCK_N, STAGES) tiling: Q (reused to stage
 // O), K and V per stage, and P staging where P cannot stay in registers.

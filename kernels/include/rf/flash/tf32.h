@@ -20,12 +20,26 @@ namespace rf_flash {
 // and small at vtb + VT_ELEMS. Ends with the V^T tiles written, before the
 // caller's barrier.
 // Returns whether this thread's chunks of K or V hold an Inf or NaN.
+// x = big + small: the cheap split where this chunk is finite, else the
+// one that keeps Inf and NaN (rf/mma/mma_sync.h).
+RF_DEVICE void split_word(unsigned& w, unsigned& small, bool careful) {
+#if RF_FLASH_FAST_SPLIT
+    if (!careful) {
+        rf_split_tf32_finite(__uint_as_float(w), w, small);
+        return;
+    }
+#endif
+    (void)careful;
+    rf_split_tf32(__uint_as_float(w), w, small);
+}
+
 RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
     constexpr int CPR = KVT::CPR;
     constexpr int CHUNKS = BN * CPR;
     constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
+    static_assert(PER <= 32, "one bit per chunk");
     float vraw[PER][4];
-    unsigned bad = 0;
+    unsigned bad = 0, vbad = 0;  // vbad: bit i, chunk i of V is not finite
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
         const int c = (int)threadIdx.x + i * THREADS;
@@ -33,12 +47,15 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
             const int row = c / CPR, col = (c % CPR) * VEC;
             U32x4 kv = *reinterpret_cast<const U32x4*>(kb + KVT::off(row, col));
             const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(row, col));
-            bad |= chunk_nonfinite_bits(kv) | chunk_nonfinite_bits(vv);
+            const unsigned kbits = chunk_nonfinite_bits(kv), vbits = chunk_nonfinite_bits(vv);
+            bad |= kbits | vbits;
+            vbad |= nonfinite_seen(vbits) ? 1u << i : 0u;
+            const bool kcareful = nonfinite_seen(kbits);
             U32x4 ks;
-            rf_split_tf32(__uint_as_float(kv.x), kv.x, ks.x);
-            rf_split_tf32(__uint_as_float(kv.y), kv.y, ks.y);
-            rf_split_tf32(__uint_as_float(kv.z), kv.z, ks.z);
-            rf_split_tf32(__uint_as_float(kv.w), kv.w, ks.w);
+            split_word(kv.x, ks.x, kcareful);
+            split_word(kv.y, ks.y, kcareful);
+            split_word(kv.z, ks.z, kcareful);
+            split_word(kv.w, ks.w, kcareful);
             *reinterpret_cast<U32x4*>(kb + KVT::off(row, col)) = kv;
             *reinterpret_cast<U32x4*>(kb + BN * KVT::STRIDE + KVT::off(row, col)) = ks;
             vraw[i][0] = __uint_as_float(vv.x);
@@ -56,8 +73,8 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
             const int slot = rf_tf32_key_slot(key);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                unsigned big, small;
-                rf_split_tf32(vraw[i][e], big, small);
+                unsigned big = __float_as_uint(vraw[i][e]), small;
+                split_word(big, small, (vbad >> i) & 1u);
                 vtb[VTT::off(col + e, slot)] = __uint_as_float(big);
                 vtb[VT_ELEMS + VTT::off(col + e, slot)] = __uint_as_float(small);
             }

@@ -161,6 +161,35 @@ RF_DEVICE void rf_split_all(const unsigned (&raw)[N], unsigned (&big)[N], unsign
     for (int i = 0; i < N; ++i) rf_split_tf32(__uint_as_float(raw[i]), big[i], small[i]);
 }
 
+// The same split for finite x in integer arithmetic: rounding the 13 low
+// bits of the magnitude half away from zero (add half an ulp, mask) is
+// exactly cvt.rna.tf32, which sm_80/sm_90 emulate with a compare, select,
+// add and mask; small = x - big is exact and rounded the same way (or, with
+// RF_TF32_SMALL_RN 0, left for the tensor cores, which read its top 19 bits).
+// 5 (3) instructions instead of ~11. Not for Inf or NaN: Inf gives a NaN
+// small part, and a NaN whose low mantissa bits are all set carries into the
+// sign and becomes -0. Callers use it only on values they know finite, or
+// where a tile with a non-finite input takes rf_split_tf32's path instead.
+#ifndef RF_TF32_SMALL_RN
+#define RF_TF32_SMALL_RN 1
+#endif
+RF_DEVICE unsigned rf_tf32_rna_bits(unsigned w) { return (w + 0x1000u) & 0xffffe000u; }
+RF_DEVICE void rf_split_tf32_finite(float x, unsigned& big, unsigned& small) {
+    big = rf_tf32_rna_bits(__float_as_uint(x));
+#if RF_F32_MODE == RF_F32_TF32X3
+    const unsigned rest = __float_as_uint(x - __uint_as_float(big));
+    small = RF_TF32_SMALL_RN ? rf_tf32_rna_bits(rest) : rest;
+#else
+    small = 0u;
+#endif
+}
+
+template <int N>
+RF_DEVICE void rf_split_all_finite(const unsigned (&raw)[N], unsigned (&big)[N], unsigned (&small)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) rf_split_tf32_finite(__uint_as_float(raw[i]), big[i], small[i]);
+}
+
 template <class Off>
 RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
     const int l = rf_lane();
@@ -171,6 +200,18 @@ RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
     rf_ldsm_x4(r1, rf_smem_u32(s + off(l & 15, 8 + (l >> 4) * 4)));
     const unsigned raw[8] = {r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3]};
     rf_split_all(raw, a.big, a.small);
+}
+
+// rf_load_a with rf_split_tf32_finite: for A operands known finite, or whose
+// non-finite products the caller replaces (rf/flash/tf32.h).
+template <class Off>
+RF_DEVICE void rf_load_a_finite(rf_frag_a& a, const rf_elem* s, Off off) {
+    const int l = rf_lane();
+    unsigned r0[4], r1[4];
+    rf_ldsm_x4(r0, rf_smem_u32(s + off(l & 15, (l >> 4) * 4)));
+    rf_ldsm_x4(r1, rf_smem_u32(s + off(l & 15, 8 + (l >> 4) * 4)));
+    const unsigned raw[8] = {r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3]};
+    rf_split_all_finite(raw, a.big, a.small);
 }
 
 template <class Off>
@@ -284,5 +325,18 @@ RF_DEVICE void rf_c_to_a(rf_frag_a& a, const rf_frag_c& c) {
         raw[4 * s + 3] = __float_as_uint(c.v[4 * s + 3]);
     }
     rf_split_all(raw, a.big, a.small);
+}
+
+// rf_c_to_a for accumulators known finite (rf_split_tf32_finite).
+RF_DEVICE void rf_c_to_a_finite(rf_frag_a& a, const rf_frag_c& c) {
+    unsigned raw[8];
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        raw[4 * s + 0] = __float_as_uint(c.v[4 * s + 0]);
+        raw[4 * s + 1] = __float_as_uint(c.v[4 * s + 2]);
+        raw[4 * s + 2] = __float_as_uint(c.v[4 * s + 1]);
+        raw[4 * s + 3] = __float_as_uint(c.v[4 * s + 3]);
+    }
+    rf_split_all_finite(raw, a.big, a.small);
 }
 #endif
