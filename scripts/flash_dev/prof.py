@@ -20,6 +20,7 @@ from run import TDT, make_params  # noqa: E402
 
 def main():
     cubins, names = sys.argv[1], sys.argv[2].split(",")
+    torch.zeros(1, device="cuda")  # the context cudrv's module loads need
     builds = json.load(open(os.path.join(cubins, "build.json")))["variants"]
     b, h, s, d = 4, 32, 2048, 128
     done = set()

@@ -248,11 +248,23 @@ def bench(kernels, builds, log):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     gen = torch.Generator(device="cuda").manual_seed(7)
     rows = []
-    for (b, hq, hkv, s, d, causal, dtn) in BENCH:
+    # FLASH_DEV_LAYOUTS=bhsd,bshd: the memory layout of Q/K/V/O (torch's
+    # [b, h, s, d], or [b, s, h, d] as rocmforge's tensors); FLASH_DEV_DIST=
+    # uniform: U(-1, 1) inputs as compare_torch.py (default N(0, 1)).
+    layouts = os.environ.get("FLASH_DEV_LAYOUTS", "bhsd").split(",")
+    uniform = os.environ.get("FLASH_DEV_DIST") == "uniform"
+    rnd = (lambda *sh: torch.rand(*sh, device="cuda", generator=gen) * 2 - 1) if uniform else \
+        (lambda *sh: torch.randn(*sh, device="cuda", generator=gen))
+    for (b, hq, hkv, s, d, causal, dtn), layout in [(r, lay) for r in BENCH for lay in layouts]:
         dt = TDT[dtn]
-        q = torch.randn(b, hq, s, d, device="cuda", generator=gen).to(dt)
-        k = torch.randn(b, hkv, s, d, device="cuda", generator=gen).to(dt)
-        v = torch.randn(b, hkv, s, d, device="cuda", generator=gen).to(dt)
+        if layout == "bshd":
+            q = rnd(b, s, hq, d).to(dt).transpose(1, 2)
+            k = rnd(b, s, hkv, d).to(dt).transpose(1, 2)
+            v = rnd(b, s, hkv, d).to(dt).transpose(1, 2)
+        else:
+            q = rnd(b, hq, s, d).to(dt)
+            k = rnd(b, hkv, s, d).to(dt)
+            v = rnd(b, hkv, s, d).to(dt)
         pairs = s * (s + 1) // 2 if causal else s * s
         flops = 4.0 * b * hq * d * pairs
         res = {}
@@ -300,7 +312,8 @@ def bench(kernels, builds, log):
                             "rounds_ms": times[name]})
         best = min(ours, key=ours.get) if ours else None
         peer = res.get("FLASH_ATTENTION") if dtn != 0 else res.get("EFFICIENT_ATTENTION")
-        row = {"shape": f"{b},{hq},{hkv},{s},{d}", "mask": "causal" if causal else "none",
+        row = {"shape": f"{b},{hq},{hkv},{s},{d}" + ("" if layout == "bhsd" else " bshd"),
+               "mask": "causal" if causal else "none",
                "dtype": {0: "f32", 1: "f16", 2: "bf16"}[dtn], "torch_ms": res, "ours_ms": ours, "best": best,
                "tflops_best": flops / ours[best] / 1e9 if best else None,
                "ratio_vs_peer": (peer / ours[best]) if (best and peer) else None,

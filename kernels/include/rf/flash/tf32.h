@@ -33,6 +33,26 @@ RF_DEVICE void split_word(unsigned& w, unsigned& small, bool careful) {
     rf_split_tf32(__uint_as_float(w), w, small);
 }
 
+// Which V chunk (key, first column) thread chunk c transposes. Key-fastest:
+// the 32 lanes of a warp hold 32 keys of one column chunk, so each of the
+// transposed stores (one V^T row, the keys' slots) hits 32 different banks.
+// (Row-major, as K, the lanes held 32 column chunks of one key and the
+// stores to V^T rows 4 * lane + e fell into two banks: 16-way conflicts,
+// 32 such stores per thread and tile; RF_FLASH_VT_ROWMAJOR 1 restores that
+// for the development harness's A/B.)
+#ifndef RF_FLASH_VT_ROWMAJOR
+#define RF_FLASH_VT_ROWMAJOR 0
+#endif
+RF_DEVICE void v_chunk(int c, int& key, int& col) {
+    if (RF_FLASH_VT_ROWMAJOR) {
+        key = c / KVT::CPR;
+        col = (c % KVT::CPR) * VEC;
+    } else {
+        key = c % BN;
+        col = (c / BN) * VEC;
+    }
+}
+
 RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
     constexpr int CPR = KVT::CPR;
     constexpr int CHUNKS = BN * CPR;
@@ -45,8 +65,10 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
         const int c = (int)threadIdx.x + i * THREADS;
         if (CHUNKS % THREADS == 0 || c < CHUNKS) {
             const int row = c / CPR, col = (c % CPR) * VEC;
+            int vkey, vcol;
+            v_chunk(c, vkey, vcol);
             U32x4 kv = *reinterpret_cast<const U32x4*>(kb + KVT::off(row, col));
-            const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(row, col));
+            const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(vkey, vcol));
             const unsigned kbits = chunk_nonfinite_bits(kv), vbits = chunk_nonfinite_bits(vv);
             bad |= kbits | vbits;
             vbad |= nonfinite_seen(vbits) ? 1u << i : 0u;
@@ -69,7 +91,8 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
     for (int i = 0; i < PER; ++i) {
         const int c = (int)threadIdx.x + i * THREADS;
         if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-            const int key = c / CPR, col = (c % CPR) * VEC;
+            int key, col;
+            v_chunk(c, key, col);
             const int slot = rf_tf32_key_slot(key);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {

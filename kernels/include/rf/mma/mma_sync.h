@@ -147,6 +147,10 @@ RF_DEVICE unsigned rf_to_tf32(float x) {
 // Inf propagates as Inf, not as NaN from Inf - Inf); NaN stays NaN in big.
 RF_DEVICE void rf_split_tf32(float x, unsigned& big, unsigned& small) {
     big = rf_to_tf32(x);
+    // sm_80/sm_90 emulate cvt.rna.tf32 with an add and a mask that turn a
+    // NaN whose top 10 mantissa bits are clear (e.g. 0x7f800001) into Inf
+    // (seen on an H100): keep it a NaN the tensor cores read as one.
+    if (x != x) big = __float_as_uint(x) | 0x00400000u;
 #if RF_F32_MODE == RF_F32_TF32X3
     const float rest = x - __uint_as_float(big);
     small = rf_to_tf32(rest == rest ? rest : 0.0f);
