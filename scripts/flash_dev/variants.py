@@ -71,6 +71,7 @@ def experiment_variants():
     bf = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128)
     out["bf16_d128_tree"] = dict(bf, RF_FLASH_TREE=1)
     out["bf16_d128_nolane"] = dict(bf, RF_FLASH_LANE_ADDR=0)
+    out["bf16_d128_lane"] = dict(bf, RF_FLASH_LANE_ADDR=1)
     out["bf16_d128_256x64w8s2"] = dict(bf, RF_FLASH_BM=256, RF_FLASH_BN=64, RF_FLASH_WARPS=8, RF_FLASH_STAGES=2)
     f32 = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3)
     out["f32x3_d128_base"] = dict(f32, RF_FLASH_FAST_SPLIT=0, RF_FLASH_VT_ROWMAJOR=1)
