@@ -43,27 +43,6 @@
 
 namespace rf_flash {
 
-// Fragment loads from lane addresses kept in registers (rf/mma/mma_sync.h,
-// rf_lane_*): the offset of each fragment is then an immediate. Measured in
-// one process on an H200 (2026-11-22, bf16 d 128, (4,32,32,2048,128)
-// non-causal): NVRTC 13.0 0.797 ms with them, 0.865 ms without (it
-// recomputed every fragment address in the loop); NVRTC 13.5 folds the
-// lambda form itself and its code was faster without them (0.787 vs
-// 0.807 ms). So: lane addresses below NVRTC 13.5. The harness may force
-// either (RF_FLASH_LANE_ADDR 0 / 1).
-#ifndef RF_FLASH_LANE_ADDR
-#if defined(__CUDACC_VER_MAJOR__) && defined(__CUDACC_VER_MINOR__)
-#define RF_FLASH_NVCC_VER (__CUDACC_VER_MAJOR__ * 100 + __CUDACC_VER_MINOR__)
-#else
-#define RF_FLASH_NVCC_VER 0
-#endif
-#if defined(RF_MMA_LANE_ADDR) && !RF_FLASH_PRESPLIT && RF_FLASH_NVCC_VER < 1305
-#define RF_FLASH_LANE_ADDR 1
-#else
-#define RF_FLASH_LANE_ADDR 0
-#endif
-#endif
-
 // This lane's shared addresses of its Q fragment (strip 0, k 0) and of its
 // K and V fragments (key 0, column 0) of stage 0; unused without
 // RF_FLASH_LANE_ADDR.
@@ -214,41 +193,6 @@ RF_DEVICE void mask_tile(rf_frag_c (&s)[MT][BN / 16], const rf_flash_params& p, 
 // then p = exp2(s - m) stays <= 2^RESCALE_SLACK, harmless in f32 and in the
 // 16-bit P, and the O / l rescale is skipped (most tiles). `raw`: S is q.k
 // and c_log2 = scale * log2(e) is applied here (else c_log2 = 1).
-// This lane's max (MAX) or sum of each row slot over a tile: one partial per
-// 16-key block, combined pairwise, so the chain of dependent operations is
-// C_REGS / ROWS + log2(BN / 16) long instead of BN / 16 * C_REGS / ROWS.
-template <bool MAX>
-RF_DEVICE void slot_reduce(const rf_frag_c (&s)[BN / 16], float (&out)[RF_MMA_ROWS]) {
-    constexpr int NU = BN / 16;
-    float part[RF_MMA_ROWS][NU];
-#pragma unroll
-    for (int nu = 0; nu < NU; ++nu) {
-#pragma unroll
-        for (int sl = 0; sl < RF_MMA_ROWS; ++sl) part[sl][nu] = MAX ? RF_NEG_INF : 0.0f;
-#pragma unroll
-        for (int r = 0; r < RF_MMA_C_REGS; ++r) {
-            float& a = part[rf_c_slot(r)][nu];
-            a = MAX ? fmaxf(a, s[nu].v[r]) : a + s[nu].v[r];
-        }
-    }
-#pragma unroll
-    for (int w = 1; w < NU; w *= 2)
-#pragma unroll
-        for (int i = 0; i + w < NU; i += 2 * w)
-#pragma unroll
-            for (int sl = 0; sl < RF_MMA_ROWS; ++sl)
-                part[sl][i] = MAX ? fmaxf(part[sl][i], part[sl][i + w]) : part[sl][i] + part[sl][i + w];
-#pragma unroll
-    for (int sl = 0; sl < RF_MMA_ROWS; ++sl) out[sl] = part[sl][0];
-}
-
-// 1: row max / sum through slot_reduce. Measured on an H100 (2026-11-22):
-// no gain at (4,32,32,2048,128) and 5 % slower at (1,32,32,8192,128) in
-// bf16, so off; kept for the development harness.
-#ifndef RF_FLASH_TREE
-#define RF_FLASH_TREE 0
-#endif
-
 RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], RowState& st, int mt, float c_log2,
                             bool raw) {
     float mx[RF_MMA_ROWS], sum[RF_MMA_ROWS];
@@ -257,14 +201,10 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
         mx[sl] = RF_NEG_INF;
         sum[sl] = 0.0f;
     }
-    if (RF_FLASH_TREE) {
-        slot_reduce<true>(s, mx);
-    } else {
 #pragma unroll
-        for (int nu = 0; nu < BN / 16; ++nu)
+    for (int nu = 0; nu < BN / 16; ++nu)
 #pragma unroll
-            for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[nu].v[r]);
-    }
+        for (int r = 0; r < RF_MMA_C_REGS; ++r) mx[rf_c_slot(r)] = fmaxf(mx[rf_c_slot(r)], s[nu].v[r]);
     bool grow = false;
 #pragma unroll
     for (int sl = 0; sl < RF_MMA_ROWS; ++sl) {
@@ -317,9 +257,8 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
         for (int r = 0; r < RF_MMA_C_REGS; ++r) {
             const float e = exp2_fast(fma_f(s[nu].v[r], c, neg_m[rf_c_slot(r)]));
             s[nu].v[r] = e;
-            if (!RF_FLASH_TREE) sum[rf_c_slot(r)] += e;
+            sum[rf_c_slot(r)] += e;
         }
-    if (RF_FLASH_TREE) slot_reduce<false>(s, sum);
 #pragma unroll
     for (int sl = 0; sl < RF_MMA_ROWS; ++sl) st.l[mt][sl] += sum[sl];
 }
