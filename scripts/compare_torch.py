@@ -48,7 +48,10 @@ def time_torch(fn, warmup, repeats):
     return statistics.median(times)
 
 
-def torch_sdpa(shape, mask, dtype, warmup, repeats):
+TORCH_BACKENDS = ["MATH", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION"]
+
+
+def torch_sdpa(shape, mask, dtype, warmup, repeats, names=None):
     """Median ms per SDPBackend, or the reason it could not run."""
     import torch
     import torch.nn.functional as F
@@ -65,8 +68,7 @@ def torch_sdpa(shape, mask, dtype, warmup, repeats):
     if causal and sq != skv:
         raise ValueError("torch's is_causal is top-left aligned; compare causal only with seq_q == seq_kv")
     out = {}
-    for backend in [SDPBackend.MATH, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
-                    SDPBackend.CUDNN_ATTENTION]:
+    for backend in [getattr(SDPBackend, n) for n in (names or TORCH_BACKENDS)]:
         def call():
             return F.scaled_dot_product_attention(q, k, v, is_causal=causal, enable_gqa=hq != hkv)
         try:
@@ -89,6 +91,8 @@ def main():
     ap.add_argument("--repeats", type=int, default=20)
     ap.add_argument("--gpu-vs-cpu", default="1,32,8,1024,1024,128",
                     help="shape for the GPU-vs-CPU line (causal f32); empty to skip")
+    ap.add_argument("--torch-backends", default=",".join(TORCH_BACKENDS),
+                    help="SDPBackend names to time (comma list; MATH is slow at long sequences)")
     ap.add_argument("--json", help="write all measurements here")
     args = ap.parse_args()
 
@@ -113,7 +117,7 @@ def main():
                 for r in results:
                     print(f"{shape_s:<24} {dtype:<5} {mask:<7} {r['backend']:<22} {r['median_ms']:>10.3f} "
                           f"{flops / r['median_ms'] / 1e9:>8.1f} {'':>10}")
-                theirs = torch_sdpa(shape, mask, dtype, args.warmup, args.repeats)
+                theirs = torch_sdpa(shape, mask, dtype, args.warmup, args.repeats, args.torch_backends.split(","))
                 for name, ms in theirs.items():
                     if isinstance(ms, str):
                         print(f"{'':<24} {'':<5} {'':<7} {'torch ' + name:<22} {ms}")

@@ -43,6 +43,13 @@
 
 namespace rf_flash {
 
+// This lane's shared addresses of its Q fragment (strip 0, k 0) and of its
+// K and V fragments (key 0, column 0) of stage 0; unused without
+// RF_FLASH_LANE_ADDR.
+struct LaneAddr {
+    unsigned q, k, v;
+};
+
 // Q fragments kept in registers (Q_IN_REGS), or a 1 x 1 placeholder.
 constexpr int QF_M = Q_IN_REGS ? MT : 1;
 constexpr int QF_K = Q_IN_REGS ? D / 16 : 1;
@@ -63,9 +70,18 @@ struct RowState {
 
 // The A operand of P V for strip mt, keys 16 ku.. of the tile: from the S
 // registers where the layout allows, else from the warp's P staging tile.
-RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const rf_elem* p_s, int mt, int ku) {
+// `finite`: the tile's inputs are finite, so P is (split-tf32's cheap split).
+RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const rf_elem* p_s, int mt, int ku,
+                         bool finite) {
+    (void)finite;
 #if RF_MMA_C_TO_A
     (void)p_s;
+#if RF_FLASH_PRESPLIT && RF_FLASH_FAST_SPLIT
+    if (finite) {
+        rf_c_to_a_finite(a, s[mt][ku]);
+        return;
+    }
+#endif
     rf_c_to_a(a, s[mt][ku]);
 #else
     (void)s;
@@ -76,7 +92,9 @@ RF_DEVICE void p_operand(rf_frag_a& a, const rf_frag_c (&s)[MT][BN / 16], const 
 // S = Q K^T for this warp's strips of one tile. With SPLIT_ACC the products
 // of ACC_KK k blocks go to `acc` from zero, then one f32 add into S.
 RF_DEVICE void qk_tile(rf_frag_c (&s)[MT][BN / 16], const rf_frag_a (&qf)[QF_M][QF_K], const rf_elem* sq,
-                       const rf_elem* k_s, int strip0) {
+                       const rf_elem* k_s, int strip0, unsigned q_lane, unsigned k_lane) {
+    (void)q_lane;
+    (void)k_lane;
     rf_frag_c acc[MT][BN / 16];  // unused without SPLIT_ACC
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -101,7 +119,18 @@ RF_DEVICE void qk_tile(rf_frag_c (&s)[MT][BN / 16], const rf_frag_a (&qf)[QF_M][
             if (Q_IN_REGS) {
                 qa[mt] = qf[Q_IN_REGS ? mt : 0][Q_IN_REGS ? kk : 0];
             } else {
+#if RF_FLASH_PRESPLIT && RF_FLASH_FAST_SPLIT
+                // A non-finite Q flags every tile; nonfinite_logits then
+                // replaces S wherever the IEEE product is not finite.
+                rf_load_a_finite(qa[mt], sq,
+                                 [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+#else
+#if RF_FLASH_LANE_ADDR
+                rf_load_a_at(qa[mt], q_lane + (unsigned)sizeof(rf_elem) * QT::off(16 * mt, 16 * kk));
+#else
                 rf_load_a(qa[mt], sq, [&](int r, int c) { return QT::off(strip0 + 16 * mt + r, 16 * kk + c); });
+#endif
+#endif
             }
         }
 #pragma unroll
@@ -111,7 +140,11 @@ RF_DEVICE void qk_tile(rf_frag_c (&s)[MT][BN / 16], const rf_frag_a (&qf)[QF_M][
             rf_load_b_nk_split(kb, k_s, k_s + BN * KVT::STRIDE,
                                [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
 #else
+#if RF_FLASH_LANE_ADDR
+            rf_load_b_nk_at(kb, k_lane + (unsigned)sizeof(rf_elem) * KVT::off(16 * nu, 16 * kk));
+#else
             rf_load_b_nk(kb, k_s, [&](int r, int c) { return KVT::off(16 * nu + r, 16 * kk + c); });
+#endif
 #endif
 #pragma unroll
             for (int mt = 0; mt < MT; ++mt) rf_mma(cs[mt][nu], qa[mt], kb);
@@ -233,7 +266,8 @@ RF_DEVICE void softmax_tile(rf_frag_c (&s)[BN / 16], rf_frag_c (&o)[D / 16], Row
 // O += P V, P rounded to the input type. With SPLIT_ACC one head-dim column
 // block at a time over all keys of the tile, from zero, then one f32 add.
 RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN / 16], rf_elem* p_s,
-                       const rf_elem* v_s) {
+                       const rf_elem* v_s, unsigned v_lane, bool finite) {
+    (void)v_lane;
 #if !RF_MMA_C_TO_A
 #pragma unroll
     for (int mt = 0; mt < MT; ++mt)
@@ -249,11 +283,15 @@ RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN /
         for (int ku = 0; ku < BN / 16; ++ku) {
             rf_frag_a pa[MT];
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt], s, p_s, mt, ku);
+            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt], s, p_s, mt, ku, finite);
 #pragma unroll
             for (int du = 0; du < D / 16; ++du) {
                 rf_frag_b vb;
+#if RF_FLASH_LANE_ADDR
+                rf_load_b_kn_at(vb, v_lane + (unsigned)sizeof(rf_elem) * KVT::off(16 * ku, 16 * du));
+#else
                 rf_load_b_kn(vb, v_s, [&](int r, int c) { return KVT::off(16 * ku + r, 16 * du + c); });
+#endif
 #pragma unroll
                 for (int mt = 0; mt < MT; ++mt) rf_mma(o[mt][du], pa[mt], vb);
             }
@@ -263,7 +301,7 @@ RF_DEVICE void pv_tile(rf_frag_c (&o)[MT][D / 16], const rf_frag_c (&s)[MT][BN /
 #pragma unroll
         for (int ku = 0; ku < BN / 16; ++ku)
 #pragma unroll
-            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt][ku], s, p_s, mt, ku);
+            for (int mt = 0; mt < MT; ++mt) p_operand(pa[mt][ku], s, p_s, mt, ku, finite);
 #pragma unroll
         for (int du = 0; du < D / 16; ++du) {
             rf_frag_c t[MT];
@@ -424,6 +462,12 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
     bool q_bad = false;  // this thread's Q chunks hold an Inf or NaN
 #endif
     bool any_nf = false;  // some tile took the non-finite paths (block-uniform)
+    LaneAddr lane = {0u, 0u, 0u};
+#if RF_FLASH_LANE_ADDR
+    lane.q = rf_lane_a(sQ, [&](int r, int c) { return QT::off(strip0 + r, c); });
+    lane.k = rf_lane_b_nk(sK, [&](int r, int c) { return KVT::off(r, c); });
+    lane.v = rf_lane_b_kn(sV, [&](int r, int c) { return KVT::off(r, c); });
+#endif
 
     for (int nb = n_begin; nb < n_end; ++nb) {
         const int it = nb - n_begin, n0 = nb * BN;
@@ -483,7 +527,8 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
         }
 
         rf_frag_c s[MT][BN / 16];
-        qk_tile(s, qf, sQ, k_s, strip0);
+        const unsigned stage = (unsigned)(it % STAGES);
+        qk_tile(s, qf, sQ, k_s, strip0, lane.q, lane.k + stage * (unsigned)(K_STAGE * sizeof(rf_elem)));
 #if RF_FLASH_PRESPLIT && !defined(RF_FLASH_DBG_NO_TF32LOGITS)
         if (nf) nonfinite_logits(s, sQ, k_s, strip0);
 #endif
@@ -515,7 +560,8 @@ extern "C" __global__ void RF_FLASH_BOUNDS rf_flash_fwd(const rf_flash_params p)
 #pragma unroll
         for (int mt = 0; mt < MT; ++mt) softmax_tile(s[mt], o[mt], st, mt, c_log2, raw);
 
-        pv_tile(o, s, sP + warp * MT * 16 * PT::STRIDE, v_s);
+        pv_tile(o, s, sP + warp * MT * 16 * PT::STRIDE, v_s, lane.v + stage * (unsigned)(V_STAGE * sizeof(rf_elem)),
+                !nf);
         any_nf |= nf;
     }
 

@@ -18,9 +18,10 @@ def main():
     ap.add_argument("--only", default="", help="substring of the variant names to build")
     ap.add_argument("--names", default="", help="comma-separated exact variant names (instead of --only)")
     ap.add_argument("--jobs", type=int, default=os.cpu_count())
+    ap.add_argument("--suffix", default="", help="append to the cubin names; build.json entries of OUTDIR are kept")
     a = ap.parse_args()
     os.makedirs(a.outdir, exist_ok=True)
-    allv = {**variants.default_variants(), **variants.tuning_variants()}
+    allv = {**variants.default_variants(), **variants.tuning_variants(), **variants.experiment_variants()}
     if a.names:
         todo = {k: allv[k] for k in a.names.split(",")}
     else:
@@ -32,18 +33,21 @@ def main():
             cub, log = nvrtc.compile_cubin(defs, arch=a.arch, extra=["-diag-suppress=177"])
         except RuntimeError as e:
             return name, None, str(e)
-        with open(os.path.join(a.outdir, f"{name}.cubin"), "wb") as f:
+        with open(os.path.join(a.outdir, f"{name}{a.suffix}.cubin"), "wb") as f:
             f.write(cub)
         return name, nvrtc.resources(log), None
 
     report, failed = {}, 0
+    old_json = os.path.join(a.outdir, "build.json")
+    if a.suffix and os.path.exists(old_json):
+        report.update(json.load(open(old_json))["variants"])
     with ThreadPoolExecutor(a.jobs) as ex:
         for name, res, err in ex.map(one, sorted(todo.items())):
             if err:
                 failed += 1
                 print(f"FAIL {name}\n{err[:3000]}")
                 continue
-            report[name] = dict(res, defines=todo[name])
+            report[name + a.suffix] = dict(res, defines=todo[name], nvrtc=nvrtc.version())
             print(f"{name:<28} regs {res['regs']:>3} spill {res['spill_stores']:>4} stack {res['stack']:>4}")
     with open(os.path.join(a.outdir, "build.json"), "w") as f:
         json.dump({"nvrtc": nvrtc.version(), "arch": a.arch, "variants": report}, f, indent=1)

@@ -100,6 +100,9 @@ CASES = [
     ("strided_qkv", 2, 4, 4, 150, 150, -1, 0, 0.0, {"packed": True}),
     ("nan", 1, 2, 2, 96, 96, -1, 0, 0.0, {"nan": True}),
     ("inf", 1, 2, 2, 96, 96, -1, 0, 0.0, {"inf": True}),
+    # NaNs whose low mantissa bits are all set or all clear but one (integer
+    # rounding of such a NaN carries into the sign or gives Inf).
+    ("nan_payload", 1, 2, 2, 96, 96, -1, 0, 0.0, {"nan_payload": True}),
     # A NaN in V at a key that is masked for some rows of a tile their block
     # computes (P = 0 there) must not reach them (rf/flash/nonfinite.h).
     ("v_nan_masked_key", 1, 2, 2, 200, 200, -1, 0, 0.0, {"vnan_masked": True}),
@@ -126,6 +129,12 @@ def run_case(kern, defs, case, gen):
         q[0, 5, 0, 3] = float("nan")       # one query row of head 0
         k[0, 40, 1, 7] = float("nan")      # one key of kv head 1 (masked for rows < 40)
         v[0, 0, 1, 9] = float("nan")       # key 0: visible to every causal row, one column
+    if ex.get("nan_payload"):
+        itype = {torch.float32: torch.int32}.get(dt, torch.int16)
+        bits = {torch.float32: (0x7fffffff, 0x7f800001, -1), torch.float16: (0x7fff, 0x7c01, -1),
+                torch.bfloat16: (0x7fff, 0x7f81, -1)}[dt]
+        for t, idx, w in ((q, (0, 5, 0, 3), bits[0]), (k, (0, 40, 1, 7), bits[1]), (v, (0, 0, 1, 9), bits[2])):
+            t.view(itype)[idx] = w
     if ex.get("vnan_masked"):
         v[0, 70, 0, 9] = float("nan")      # visible to causal rows >= 70 only
     if ex.get("huge_k"):
@@ -169,13 +178,14 @@ def run_case(kern, defs, case, gen):
 def check_all(kernels, builds, only, log, case_names=None):
     gen = torch.Generator(device="cuda").manual_seed(1234)
     bad = 0
-    tuned = variants.tuning_variants()
+    exp = variants.experiment_variants()
+    tuned = {k: v for k, v in variants.tuning_variants().items() if k not in exp}
     for name, kern in kernels.items():
         if only and only not in name:
             continue
         defs = builds[name]["defines"]
         cases = CASES
-        if name in tuned:
+        if name in tuned or (name in exp and ("_base" in name or "256x64" in name)):
             cases = [c for c in CASES if c[0] in ("gqa_odd_none", "gqa_odd_causal", "long_causal", "window_37_5", "huge_k")]
         if case_names:
             cases = [c for c in cases if c[0] in case_names]
@@ -223,7 +233,12 @@ BENCH = [
     (1, 32, 32, 8192, 128, True, 2), (8, 16, 16, 1024, 64, True, 2),
     (4, 32, 32, 2048, 128, True, 1), (8, 16, 16, 1024, 64, True, 1),
     (4, 32, 32, 2048, 128, True, 0), (4, 32, 32, 2048, 128, False, 0), (1, 32, 32, 8192, 128, True, 0),
+    # 10..: the other unmasked rows of docs/perf.md's table
+    (4, 32, 32, 2048, 128, False, 1), (4, 32, 8, 2048, 128, False, 2), (1, 32, 32, 8192, 128, False, 2),
 ]
+# FLASH_DEV_BENCH=0,1,7: only those rows of BENCH
+if os.environ.get("FLASH_DEV_BENCH"):
+    BENCH = [BENCH[int(i)] for i in os.environ["FLASH_DEV_BENCH"].split(",")]
 
 
 ROUNDS = int(os.environ.get("FLASH_DEV_ROUNDS", "3"))
@@ -233,11 +248,23 @@ def bench(kernels, builds, log):
     from torch.nn.attention import SDPBackend, sdpa_kernel
     gen = torch.Generator(device="cuda").manual_seed(7)
     rows = []
-    for (b, hq, hkv, s, d, causal, dtn) in BENCH:
+    # FLASH_DEV_LAYOUTS=bhsd,bshd: the memory layout of Q/K/V/O (torch's
+    # [b, h, s, d], or [b, s, h, d] as rocmforge's tensors); FLASH_DEV_DIST=
+    # uniform: U(-1, 1) inputs as compare_torch.py (default N(0, 1)).
+    layouts = os.environ.get("FLASH_DEV_LAYOUTS", "bhsd").split(",")
+    uniform = os.environ.get("FLASH_DEV_DIST") == "uniform"
+    rnd = (lambda *sh: torch.rand(*sh, device="cuda", generator=gen) * 2 - 1) if uniform else \
+        (lambda *sh: torch.randn(*sh, device="cuda", generator=gen))
+    for (b, hq, hkv, s, d, causal, dtn), layout in [(r, lay) for r in BENCH for lay in layouts]:
         dt = TDT[dtn]
-        q = torch.randn(b, hq, s, d, device="cuda", generator=gen).to(dt)
-        k = torch.randn(b, hkv, s, d, device="cuda", generator=gen).to(dt)
-        v = torch.randn(b, hkv, s, d, device="cuda", generator=gen).to(dt)
+        if layout == "bshd":
+            q = rnd(b, s, hq, d).to(dt).transpose(1, 2)
+            k = rnd(b, s, hkv, d).to(dt).transpose(1, 2)
+            v = rnd(b, s, hkv, d).to(dt).transpose(1, 2)
+        else:
+            q = rnd(b, hq, s, d).to(dt)
+            k = rnd(b, hkv, s, d).to(dt)
+            v = rnd(b, hkv, s, d).to(dt)
         pairs = s * (s + 1) // 2 if causal else s * s
         flops = 4.0 * b * hq * d * pairs
         res = {}
@@ -285,7 +312,8 @@ def bench(kernels, builds, log):
                             "rounds_ms": times[name]})
         best = min(ours, key=ours.get) if ours else None
         peer = res.get("FLASH_ATTENTION") if dtn != 0 else res.get("EFFICIENT_ATTENTION")
-        row = {"shape": f"{b},{hq},{hkv},{s},{d}", "mask": "causal" if causal else "none",
+        row = {"shape": f"{b},{hq},{hkv},{s},{d}" + ("" if layout == "bhsd" else " bshd"),
+               "mask": "causal" if causal else "none",
                "dtype": {0: "f32", 1: "f16", 2: "bf16"}[dtn], "torch_ms": res, "ours_ms": ours, "best": best,
                "tflops_best": flops / ours[best] / 1e9 if best else None,
                "ratio_vs_peer": (peer / ours[best]) if (best and peer) else None,
@@ -321,7 +349,7 @@ def f32_accuracy(kernels, builds, log):
         row["EFFICIENT"] = ((eo.double() - ro).norm() / rn).item()
         for name, kern in kernels.items():
             defs = builds[name]["defines"]
-            if defs["RF_DTYPE"] != 0 or defs["RF_HEAD_DIM"] != d or "RF_FLASH_BM" in defs:
+            if defs["RF_DTYPE"] != 0 or defs["RF_HEAD_DIM"] != d or ("RF_FLASH_BM" in defs and "x64w8s1" not in name):
                 continue
             o = torch.full((b, s, h, d), float("nan"), device="cuda")
             kern.launch(make_params(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), o, None, -1,

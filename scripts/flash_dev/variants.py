@@ -54,3 +54,28 @@ def tuning_variants():
                 defs["RF_F32_MODE"] = F32_TF32X3
             out[name] = defs
     return out
+
+
+def experiment_variants():
+    """flashperf (2026-11-22 evening): A/B candidates checked on every case
+    (`_base` ones on the short list). `f32x3_d128_base`: the f32 kernel
+    before this work (careful tf32 split everywhere, V^T transposed
+    row-major with 16-way bank conflicts; NaN fix included); `_vtrow` keeps
+    only the old V^T mapping; `_smallrn` rounds the small tf32 part (the
+    default leaves it to the tensor cores' truncation); `_128x64w8s1`: 128 x
+    64 tiles, one stage. `bf16_d128_nolane` / `_lane` force the lambda /
+    lane-address fragment loads (the default picks by NVRTC version);
+    `bf16_d128_256x64w8s2` (8 warps x 2 strips, one block per SM) measured
+    7 % slower and is kept for the record. The pairwise-tree row reductions
+    measured in the same work were removed (NOTES.md v7)."""
+    out = {}
+    bf = dict(RF_DTYPE=BF16, RF_HEAD_DIM=128)
+    out["bf16_d128_nolane"] = dict(bf, RF_FLASH_LANE_ADDR=0)
+    out["bf16_d128_lane"] = dict(bf, RF_FLASH_LANE_ADDR=1)
+    out["bf16_d128_256x64w8s2"] = dict(bf, RF_FLASH_BM=256, RF_FLASH_BN=64, RF_FLASH_WARPS=8, RF_FLASH_STAGES=2)
+    f32 = dict(RF_DTYPE=F32, RF_HEAD_DIM=128, RF_F32_MODE=F32_TF32X3)
+    out["f32x3_d128_base"] = dict(f32, RF_FLASH_FAST_SPLIT=0, RF_FLASH_VT_ROWMAJOR=1)
+    out["f32x3_d128_vtrow"] = dict(f32, RF_FLASH_VT_ROWMAJOR=1)
+    out["f32x3_d128_smallrn"] = dict(f32, RF_TF32_SMALL_RN=1)
+    out["f32x3_d128_128x64w8s1"] = dict(f32, RF_FLASH_BM=128, RF_FLASH_BN=64, RF_FLASH_WARPS=8, RF_FLASH_STAGES=1)
+    return out

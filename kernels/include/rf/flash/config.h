@@ -97,6 +97,34 @@ struct Tile {
 #else
 #define RF_FLASH_PRESPLIT 0
 #endif
+// With the presplit, tiles whose inputs are finite split Q, P and the K/V
+// tile with rf_split_tf32_finite (integer rounding, ~5 instructions a value
+// instead of ~11); tiles with an Inf or NaN keep rf_split_tf32. 0 (the old
+// split everywhere) is for the development harness's A/B only.
+#ifndef RF_FLASH_FAST_SPLIT
+#define RF_FLASH_FAST_SPLIT 1
+#endif
+
+// Fragment loads from lane addresses kept in registers (rf/mma/mma_sync.h,
+// rf_lane_*): the offset of each fragment is then an immediate. Measured in
+// one process on an H200 (2026-11-22, bf16 d 128, (4,32,32,2048,128)
+// non-causal): NVRTC 13.0 0.797 ms with them, 0.865 ms without (it
+// recomputed every fragment address in the loop); NVRTC 13.5 folds the
+// lambda form itself and its code was faster without them (0.787 vs
+// 0.807 ms). So: lane addresses below NVRTC 13.5. The harness may force
+// either (RF_FLASH_LANE_ADDR 0 / 1).
+#ifndef RF_FLASH_LANE_ADDR
+#if defined(__CUDACC_VER_MAJOR__) && defined(__CUDACC_VER_MINOR__)
+#define RF_FLASH_NVCC_VER (__CUDACC_VER_MAJOR__ * 100 + __CUDACC_VER_MINOR__)
+#else
+#define RF_FLASH_NVCC_VER 0
+#endif
+#if defined(RF_MMA_LANE_ADDR) && !RF_FLASH_PRESPLIT && RF_FLASH_NVCC_VER < 1305
+#define RF_FLASH_LANE_ADDR 1
+#else
+#define RF_FLASH_LANE_ADDR 0
+#endif
+#endif
 
 // Shared memory of a (BLOCK_M, BLOCK_N, STAGES) tiling: Q (reused to stage
 // O), K and V per stage, and P staging where P cannot stay in registers.

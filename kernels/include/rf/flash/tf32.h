@@ -20,25 +20,64 @@ namespace rf_flash {
 // and small at vtb + VT_ELEMS. Ends with the V^T tiles written, before the
 // caller's barrier.
 // Returns whether this thread's chunks of K or V hold an Inf or NaN.
+// x = big + small: the cheap split where this chunk is finite, else the
+// one that keeps Inf and NaN (rf/mma/mma_sync.h).
+RF_DEVICE void split_word(unsigned& w, unsigned& small, bool careful) {
+#if RF_FLASH_FAST_SPLIT
+    if (!careful) {
+        rf_split_tf32_finite(__uint_as_float(w), w, small);
+        return;
+    }
+#endif
+    (void)careful;
+    rf_split_tf32(__uint_as_float(w), w, small);
+}
+
+// Which V chunk (key, first column) thread chunk c transposes. Key-fastest:
+// the 32 lanes of a warp hold 32 keys of one column chunk, so each of the
+// transposed stores (one V^T row, the keys' slots) hits 32 different banks.
+// (Row-major, as K, the lanes held 32 column chunks of one key and the
+// stores to V^T rows 4 * lane + e fell into two banks: 16-way conflicts,
+// 32 such stores per thread and tile; RF_FLASH_VT_ROWMAJOR 1 restores that
+// for the development harness's A/B.)
+#ifndef RF_FLASH_VT_ROWMAJOR
+#define RF_FLASH_VT_ROWMAJOR 0
+#endif
+RF_DEVICE void v_chunk(int c, int& key, int& col) {
+    if (RF_FLASH_VT_ROWMAJOR) {
+        key = c / KVT::CPR;
+        col = (c % KVT::CPR) * VEC;
+    } else {
+        key = c % BN;
+        col = (c / BN) * VEC;
+    }
+}
+
 RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
     constexpr int CPR = KVT::CPR;
     constexpr int CHUNKS = BN * CPR;
     constexpr int PER = (CHUNKS + THREADS - 1) / THREADS;
+    static_assert(PER <= 32, "one bit per chunk");
     float vraw[PER][4];
-    unsigned bad = 0;
+    unsigned bad = 0, vbad = 0;  // vbad: bit i, chunk i of V is not finite
 #pragma unroll
     for (int i = 0; i < PER; ++i) {
         const int c = (int)threadIdx.x + i * THREADS;
         if (CHUNKS % THREADS == 0 || c < CHUNKS) {
             const int row = c / CPR, col = (c % CPR) * VEC;
+            int vkey, vcol;
+            v_chunk(c, vkey, vcol);
             U32x4 kv = *reinterpret_cast<const U32x4*>(kb + KVT::off(row, col));
-            const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(row, col));
-            bad |= chunk_nonfinite_bits(kv) | chunk_nonfinite_bits(vv);
+            const U32x4 vv = *reinterpret_cast<const U32x4*>(vtb + KVT::off(vkey, vcol));
+            const unsigned kbits = chunk_nonfinite_bits(kv), vbits = chunk_nonfinite_bits(vv);
+            bad |= kbits | vbits;
+            vbad |= nonfinite_seen(vbits) ? 1u << i : 0u;
+            const bool kcareful = nonfinite_seen(kbits);
             U32x4 ks;
-            rf_split_tf32(__uint_as_float(kv.x), kv.x, ks.x);
-            rf_split_tf32(__uint_as_float(kv.y), kv.y, ks.y);
-            rf_split_tf32(__uint_as_float(kv.z), kv.z, ks.z);
-            rf_split_tf32(__uint_as_float(kv.w), kv.w, ks.w);
+            split_word(kv.x, ks.x, kcareful);
+            split_word(kv.y, ks.y, kcareful);
+            split_word(kv.z, ks.z, kcareful);
+            split_word(kv.w, ks.w, kcareful);
             *reinterpret_cast<U32x4*>(kb + KVT::off(row, col)) = kv;
             *reinterpret_cast<U32x4*>(kb + BN * KVT::STRIDE + KVT::off(row, col)) = ks;
             vraw[i][0] = __uint_as_float(vv.x);
@@ -52,12 +91,13 @@ RF_DEVICE bool presplit_tile(rf_elem* kb, rf_elem* vtb) {
     for (int i = 0; i < PER; ++i) {
         const int c = (int)threadIdx.x + i * THREADS;
         if (CHUNKS % THREADS == 0 || c < CHUNKS) {
-            const int key = c / CPR, col = (c % CPR) * VEC;
+            int key, col;
+            v_chunk(c, key, col);
             const int slot = rf_tf32_key_slot(key);
 #pragma unroll
             for (int e = 0; e < 4; ++e) {
-                unsigned big, small;
-                rf_split_tf32(vraw[i][e], big, small);
+                unsigned big = __float_as_uint(vraw[i][e]), small;
+                split_word(big, small, (vbad >> i) & 1u);
                 vtb[VTT::off(col + e, slot)] = __uint_as_float(big);
                 vtb[VT_ELEMS + VTT::off(col + e, slot)] = __uint_as_float(small);
             }

@@ -85,6 +85,34 @@ RF_DEVICE void rf_load_b_kn(rf_frag_b& b, const rf_elem* s, Off off) {
     rf_ldsm_x4_trans(b.x, rf_smem_u32(s + off((q & 1) * 8 + (l & 7), (q >> 1) * 8)));
 }
 
+// The same loads in two steps, for linear tile layouts (off(r0 + r, c0 + c)
+// = off(r, c) + off(r0, c0)): rf_lane_*(s, off) is this lane's shared
+// address of the fragment at (0, 0), computed once; rf_load_*_at(frag, lane
+// + bytes) loads the fragment whose corner is `bytes` further. With the lane
+// address kept in a register, the per-fragment offset is a constant the
+// compiler puts in the instruction (NVRTC 13.0 recomputed each fragment's
+// full address inside the flash tile loop from the lambda form: ~150 more
+// integer instructions per tile and a spill at 255 registers).
+template <class Off>
+RF_DEVICE unsigned rf_lane_a(const rf_elem* s, Off off) {
+    const int l = rf_lane();
+    return rf_smem_u32(s + off(l & 15, (l >> 4) * 8));
+}
+template <class Off>
+RF_DEVICE unsigned rf_lane_b_nk(const rf_elem* s, Off off) {
+    const int l = rf_lane(), q = l >> 3;
+    return rf_smem_u32(s + off((q >> 1) * 8 + (l & 7), (q & 1) * 8));
+}
+template <class Off>
+RF_DEVICE unsigned rf_lane_b_kn(const rf_elem* s, Off off) {
+    const int l = rf_lane(), q = l >> 3;
+    return rf_smem_u32(s + off((q & 1) * 8 + (l & 7), (q >> 1) * 8));
+}
+RF_DEVICE void rf_load_a_at(rf_frag_a& a, unsigned addr) { rf_ldsm_x4(a.x, addr); }
+RF_DEVICE void rf_load_b_nk_at(rf_frag_b& b, unsigned addr) { rf_ldsm_x4(b.x, addr); }
+RF_DEVICE void rf_load_b_kn_at(rf_frag_b& b, unsigned addr) { rf_ldsm_x4_trans(b.x, addr); }
+#define RF_MMA_LANE_ADDR 1
+
 RF_DEVICE void rf_mma_16816(float* c, const unsigned (&a)[4], unsigned b0, unsigned b1) {
 #if RF_DTYPE == RF_BF16
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
@@ -147,6 +175,10 @@ RF_DEVICE unsigned rf_to_tf32(float x) {
 // Inf propagates as Inf, not as NaN from Inf - Inf); NaN stays NaN in big.
 RF_DEVICE void rf_split_tf32(float x, unsigned& big, unsigned& small) {
     big = rf_to_tf32(x);
+    // sm_80/sm_90 emulate cvt.rna.tf32 with an add and a mask that turn a
+    // NaN whose top 10 mantissa bits are clear (e.g. 0x7f800001) into Inf
+    // (seen on an H100): keep it a NaN the tensor cores read as one.
+    if (x != x) big = __float_as_uint(x) | 0x00400000u;
 #if RF_F32_MODE == RF_F32_TF32X3
     const float rest = x - __uint_as_float(big);
     small = rf_to_tf32(rest == rest ? rest : 0.0f);
@@ -161,6 +193,41 @@ RF_DEVICE void rf_split_all(const unsigned (&raw)[N], unsigned (&big)[N], unsign
     for (int i = 0; i < N; ++i) rf_split_tf32(__uint_as_float(raw[i]), big[i], small[i]);
 }
 
+// The same split for finite x in integer arithmetic: rounding the 13 low
+// bits of the magnitude half away from zero (add half an ulp, mask) is
+// exactly cvt.rna.tf32, which sm_80/sm_90 emulate with a compare, select,
+// add and mask. small = x - big is exact (at most 13 significant bits) and
+// goes to the tensor cores as it is: they read the top 19 bits of a tf32
+// operand, i.e. truncate small to tf32 (|error| < 2^-10 |small| <= 2^-21 |x|
+// instead of 2^-22 |x| rounded). Measured on an H100 (2026-11-22, relative
+// Frobenius error vs f64 at (1,8,1024,128)): 4.68e-7 / 3.61e-7 (non-causal /
+// causal) against 4.63e-7 / 3.58e-7 with small rounded, and PyTorch
+// EFFICIENT's 6.71e-7 / 4.94e-7; 7 % faster. RF_TF32_SMALL_RN 1 rounds small
+// too (5 instructions instead of 3; ~11 for rf_split_tf32). Not for Inf or
+// NaN: Inf gives a NaN small part, and a NaN whose low mantissa bits are all
+// set carries into the sign and becomes -0. Callers use it only on values
+// they know finite, or where a tile with a non-finite input takes
+// rf_split_tf32's path instead.
+#ifndef RF_TF32_SMALL_RN
+#define RF_TF32_SMALL_RN 0
+#endif
+RF_DEVICE unsigned rf_tf32_rna_bits(unsigned w) { return (w + 0x1000u) & 0xffffe000u; }
+RF_DEVICE void rf_split_tf32_finite(float x, unsigned& big, unsigned& small) {
+    big = rf_tf32_rna_bits(__float_as_uint(x));
+#if RF_F32_MODE == RF_F32_TF32X3
+    const unsigned rest = __float_as_uint(x - __uint_as_float(big));
+    small = RF_TF32_SMALL_RN ? rf_tf32_rna_bits(rest) : rest;
+#else
+    small = 0u;
+#endif
+}
+
+template <int N>
+RF_DEVICE void rf_split_all_finite(const unsigned (&raw)[N], unsigned (&big)[N], unsigned (&small)[N]) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) rf_split_tf32_finite(__uint_as_float(raw[i]), big[i], small[i]);
+}
+
 template <class Off>
 RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
     const int l = rf_lane();
@@ -171,6 +238,18 @@ RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
     rf_ldsm_x4(r1, rf_smem_u32(s + off(l & 15, 8 + (l >> 4) * 4)));
     const unsigned raw[8] = {r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3]};
     rf_split_all(raw, a.big, a.small);
+}
+
+// rf_load_a with rf_split_tf32_finite: for A operands known finite, or whose
+// non-finite products the caller replaces (rf/flash/tf32.h).
+template <class Off>
+RF_DEVICE void rf_load_a_finite(rf_frag_a& a, const rf_elem* s, Off off) {
+    const int l = rf_lane();
+    unsigned r0[4], r1[4];
+    rf_ldsm_x4(r0, rf_smem_u32(s + off(l & 15, (l >> 4) * 4)));
+    rf_ldsm_x4(r1, rf_smem_u32(s + off(l & 15, 8 + (l >> 4) * 4)));
+    const unsigned raw[8] = {r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3]};
+    rf_split_all_finite(raw, a.big, a.small);
 }
 
 template <class Off>
@@ -284,5 +363,18 @@ RF_DEVICE void rf_c_to_a(rf_frag_a& a, const rf_frag_c& c) {
         raw[4 * s + 3] = __float_as_uint(c.v[4 * s + 3]);
     }
     rf_split_all(raw, a.big, a.small);
+}
+
+// rf_c_to_a for accumulators known finite (rf_split_tf32_finite).
+RF_DEVICE void rf_c_to_a_finite(rf_frag_a& a, const rf_frag_c& c) {
+    unsigned raw[8];
+#pragma unroll
+    for (int s = 0; s < 2; ++s) {
+        raw[4 * s + 0] = __float_as_uint(c.v[4 * s + 0]);
+        raw[4 * s + 1] = __float_as_uint(c.v[4 * s + 2]);
+        raw[4 * s + 2] = __float_as_uint(c.v[4 * s + 1]);
+        raw[4 * s + 3] = __float_as_uint(c.v[4 * s + 3]);
+    }
+    rf_split_all_finite(raw, a.big, a.small);
 }
 #endif
