@@ -159,11 +159,15 @@ kernel_params! {
         /// <= 0 = no soft-cap.
         pub softcap: f32,
         pub reserved: i32,
+        /// u32 `[batch][heads_kv x row chunks]`, zero at launch (more than
+        /// one split): the last block of a row merges the splits.
+        pub counters: u64,
     }
 }
 
 kernel_params! {
-    /// `rf_decode_combine_params` of `decode/combine.hip`.
+    /// `rf_decode_combine_params`: unused since the decode kernel merges its
+    /// own splits (rf/decode/merge.h); to be removed with the params refactor.
     pub struct DecodeCombineParams as "rf_decode_combine_params" in "rf/decode_params.h" {
         pub part_o: u64,
         pub part_lse: u64,

@@ -1,5 +1,5 @@
 // Parameters of the split-KV decode kernels (kernels/decode/splitkv.hip and
-// kernels/decode/combine.hip), passed by value as each kernel's only
+// kernels/decode/splitkv_mma.hip), passed by value as each kernel's only
 // argument. Mirrored by `DecodeParams` / `DecodeCombineParams` in
 // src/kernels/params.rs (#[repr(C)]; a test compiles the field offsets the
 // Rust side generates). Every field is fixed-width, 8-byte fields first, so
@@ -44,6 +44,9 @@ struct rf_decode_params {
     float scale;      // multiplies q.k
     float softcap;    // > 0: logit = softcap * tanh(scale * q.k / softcap)
     int reserved;     // keeps the size a multiple of 8; must be 0
+    // u32 [batch][gridDim.y], zero at launch (num_splits > 1): the tickets
+    // that elect the block merging a row's splits (rf/decode/merge.h).
+    unsigned long long counters;
 };
 
 struct rf_decode_combine_params {
@@ -63,6 +66,6 @@ struct rf_decode_combine_params {
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(rf_decode_params) == 232, "rf_decode_params layout changed: update the Rust mirror");
+static_assert(sizeof(rf_decode_params) == 240, "rf_decode_params layout changed: update the Rust mirror");
 static_assert(sizeof(rf_decode_combine_params) == 96, "rf_decode_combine_params layout changed");
 #endif
