@@ -19,14 +19,15 @@ for item in "$@"; do
             echo "{\"variant\": \"$variant\", \"out\": $line}" >>"$log"
             python3 -c '
 import json, sys
-v, line = sys.argv[1], sys.argv[2]
+v, line = sys.argv[1] or "default", sys.argv[2]
 try:
     r = json.loads(line)
 except ValueError:
-    print(f"{v:28s} {line}")
+    print(v, line)
     sys.exit()
-print(f"{v or \"default\":28s} {r[\"dtype\"]:5s} {r[\"batch\"]:3d},{r[\"seq_kv\"]:6d} {r[\"layout\"]:10s} "
-      f"{1000 * r[\"ms\"]:8.2f} us  host {r[\"host_us\"]:6.2f} us  {r[\"gbps\"]:7.0f} GB/s  nonfinite {r[\"nonfinite_out\"]}")
+us, host, gbps = 1000 * r["ms"], r["host_us"], r["gbps"]
+dt, b, L, lay, nf = r["dtype"], r["batch"], r["seq_kv"], r["layout"], r["nonfinite_out"]
+print(f"{v:28s} {dt:5s} {b:3d},{L:6d} {lay:10s} {us:8.2f} us  host {host:6.2f} us  {gbps:7.0f} GB/s  nonfinite {nf}")
 ' "$variant" "$line"
         done
 done

@@ -5,8 +5,9 @@
 //! else reads it. Keys:
 //! - `stages=N`: K/V pipeline depth (`RF_DECODE_STAGES`);
 //! - `bn=N`: keys per tile (`RF_DECODE_BN`, a multiple of 16);
-//! - `l2=N`: ask L2 to fetch N bytes (64, 128, 256) around each K/V copy
-//!   (`RF_DECODE_L2_PREFETCH`, NVIDIA sm_80+);
+//! - `l2=N`: ask L2 to fetch N bytes (64, 128, 256; 0 = no hint) around
+//!   each K/V copy (`RF_DECODE_L2_PREFETCH`, NVIDIA sm_80+; the f16/bf16
+//!   kernel's default is 256, the f32 one's none);
 //! - `split_tiles=N`: every split covers N tiles (the split count follows).
 //!
 //! An unknown key or a value that does not parse is ignored; a variant the
@@ -37,7 +38,7 @@ impl Tuning {
             match key.trim() {
                 "stages" if value >= 1 => t.stages = Some(value),
                 "bn" if value >= 16 && value % 16 == 0 => t.block_n = Some(value),
-                "l2" if [64, 128, 256].contains(&value) => t.l2_prefetch = Some(value),
+                "l2" if [0, 64, 128, 256].contains(&value) => t.l2_prefetch = Some(value),
                 "split_tiles" if value >= 1 => t.split_tiles = Some(value),
                 _ => {}
             }
@@ -77,6 +78,7 @@ mod tests {
         assert_eq!(t, Tuning { stages: Some(4), block_n: Some(128), l2_prefetch: Some(256), split_tiles: Some(8) });
         assert_eq!(Tuning::parse(""), Tuning::default());
         assert_eq!(Tuning::parse("bn=40,l2=100,stages=0"), Tuning::default());
+        assert_eq!(Tuning::parse("l2=0").l2_prefetch, Some(0));
     }
 
     #[test]

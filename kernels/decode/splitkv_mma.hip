@@ -41,6 +41,13 @@
 #error "f32 decode runs the SIMT kernel (decode/splitkv.hip)"
 #endif
 
+// Each 16-byte K/V copy asks L2 for the 256 bytes around it (a whole K or V
+// row at head_dim 128): +1-2 % at batch 16 and 64 on the H100, no change
+// at batch 1 or for f32 (docs/perf.md, decode). ROCMFORGE_DECODE_TUNE=l2=N
+// overrides it (0 = no hint).
+#ifndef RF_DECODE_L2_PREFETCH
+#define RF_DECODE_L2_PREFETCH 256
+#endif
 #include "rf/decode_common.h"
 #include "rf/decode/merge.h"
 

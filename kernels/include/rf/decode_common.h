@@ -132,10 +132,10 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
 
 
 // 16 bytes of K or V into shared memory (rf_flash::copy16); with
-// RF_DECODE_L2_PREFETCH (64, 128 or 256, a measurement override) the copy
-// also asks L2 to fetch that many bytes around it.
+// RF_DECODE_L2_PREFETCH = 64, 128 or 256 (NVIDIA sm_80+) the copy also asks
+// L2 to fetch that many bytes around it (0 or undefined: no hint).
 RF_DEVICE void copy16_kv(elem* dst, const elem* src, bool ok) {
-#if defined(RF_DECODE_L2_PREFETCH) && defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+#if defined(RF_DECODE_L2_PREFETCH) && RF_DECODE_L2_PREFETCH > 0 && defined(RF_CUDA) && __CUDA_ARCH__ >= 800
 #define RF_DECODE_STR2(x) #x
 #define RF_DECODE_STR(x) RF_DECODE_STR2(x)
     const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
