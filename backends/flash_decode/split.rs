@@ -54,7 +54,7 @@ pub fn plan(input: &SplitInput) -> SplitPlan {
     let base = input.batch.max(1) * input.heads_kv.max(1) * row_chunks;
     let slots = (input.multiprocessors.max(1) * input.blocks_per_sm.max(1)) as f64;
     const FIXED_TILES: f64 = 2.0;
-    const COMBINE_TILES: f64 = 1.0;
+    const MERGE_TILES: f64 = 1.0;
     let mut best = (f64::INFINITY, 1, tiles);
     let mut last_per = 0;
     for wanted in 1..=tiles.min(MAX_SPLITS) {
@@ -65,7 +65,7 @@ pub fn plan(input: &SplitInput) -> SplitPlan {
         last_per = per;
         let splits = tiles.div_ceil(per);
         let waves = ((base * splits) as f64 / slots).ceil();
-        let cost = waves * (per as f64 + FIXED_TILES) + if splits > 1 { COMBINE_TILES } else { 0.0 };
+        let cost = waves * (per as f64 + FIXED_TILES) + if splits > 1 { MERGE_TILES } else { 0.0 };
         if cost < best.0 {
             best = (cost, splits, per);
         }

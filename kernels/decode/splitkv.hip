@@ -58,6 +58,13 @@ namespace rf_decode {
 
 constexpr int D = RF_HEAD_DIM;
 constexpr int THREADS = 128;
+// The merge's partial loads: interleaved with their FMAs. Issuing 16 ahead
+// took this kernel from 128 to 167 registers and cost it 16 % of its
+// bandwidth at batch 1, 8 % at batch 16 (H100, docs/perf.md, decode).
+#ifndef RF_DECODE_MERGE_BATCH
+#define RF_DECODE_MERGE_BATCH 1
+#endif
+constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
 constexpr int WARPS = THREADS / RF_WARP_SIZE;
 constexpr int VEC = 16 / (int)sizeof(elem);  // elements per 16-byte chunk
 
@@ -441,5 +448,5 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, o, bad_block, tid);
-    merge_splits<D, THREADS>(p, w, reinterpret_cast<float*>(sm.kv));
+    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

@@ -65,6 +65,12 @@ constexpr int BN = 64;
 #endif
 constexpr int WARPS = BN / 16 < 4 ? BN / 16 : 4;  // each warp takes 16 keys or more
 constexpr int THREADS = WARPS * RF_WARP_SIZE;
+// The merge's partial loads: 16 splits issued before their FMAs (timing
+// equal to the interleaved loop on the H100, docs/perf.md).
+#ifndef RF_DECODE_MERGE_BATCH
+#define RF_DECODE_MERGE_BATCH 16
+#endif
+constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
 constexpr int VEC = 16 / (int)sizeof(elem);
 constexpr int KW = BN / WARPS;    // keys per warp
 constexpr int NU = KW / 16;       // 16-key blocks per warp
@@ -425,5 +431,5 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, bad_block);
-    merge_splits<D, THREADS>(p, w, reinterpret_cast<float*>(sm.kv));
+    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

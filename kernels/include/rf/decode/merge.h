@@ -150,7 +150,10 @@ RF_DEVICE void merge_weights(const rf_decode_params& p, const Work& w, float* wt
 
 // The last block of a row merges the splits into O. `smem`: at least
 // MERGE_SMEM_BYTES, free for the merge (the caller's K/V stages).
-template <int D, int THREADS>
+// BATCH > 1: the loads of BATCH splits are issued before any is used;
+// BATCH = 1: loads and FMAs interleaved, the loop unrolled by 8 (the f32
+// kernel: see docs/perf.md, decode, for what each measured).
+template <int D, int THREADS, int BATCH>
 RF_DEVICE void merge_splits(const rf_decode_params& p, const Work& w, float* smem) {
     static_assert(D % 4 == 0, "four columns per thread");
     if (p.num_splits <= 1) return;  // the block wrote O itself
@@ -164,29 +167,38 @@ RF_DEVICE void merge_splits(const rf_decode_params& p, const Work& w, float* sme
     const long long split_stride = (long long)p.batch * p.seq_q * p.heads_q * D;
     const float* po = reinterpret_cast<const float*>(p.part_o);
     constexpr int C4 = D / 4;
-    // Loads of BATCH splits are issued before any is used: the loop's time
-    // is a few L2 round trips, not one per split.
-    constexpr int BATCH = 16;
     for (int i = (int)threadIdx.x; i < w.rows * C4; i += THREADS) {
         const int r = i / C4, c = (i % C4) * 4;
         int sq, hq;
         const float* src = po + part_row0(p, w, r, sq, hq) * D + c;
         const float* wr = wt + r * MERGE_SPLITS;
         float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
-        for (int s0 = 0; s0 < S; s0 += BATCH) {
-            F4 v[BATCH];
-#pragma unroll
-            for (int j = 0; j < BATCH; ++j) {
-                if (s0 + j < S) v[j] = load_l2_4(src + (s0 + j) * split_stride);
+        if constexpr (BATCH == 1) {
+#pragma unroll 8
+            for (int s = 0; s < S; ++s) {
+                const F4 v = load_l2_4(src + s * split_stride);
+                const float x = wr[s];
+                a0 += x * v.x;
+                a1 += x * v.y;
+                a2 += x * v.z;
+                a3 += x * v.w;
             }
+        } else {
+            for (int s0 = 0; s0 < S; s0 += BATCH) {
+                F4 v[BATCH];
 #pragma unroll
-            for (int j = 0; j < BATCH; ++j) {
-                if (s0 + j < S) {
-                    const float x = wr[s0 + j];
-                    a0 += x * v[j].x;
-                    a1 += x * v[j].y;
-                    a2 += x * v[j].z;
-                    a3 += x * v[j].w;
+                for (int j = 0; j < BATCH; ++j) {
+                    if (s0 + j < S) v[j] = load_l2_4(src + (s0 + j) * split_stride);
+                }
+#pragma unroll
+                for (int j = 0; j < BATCH; ++j) {
+                    if (s0 + j < S) {
+                        const float x = wr[s0 + j];
+                        a0 += x * v[j].x;
+                        a1 += x * v[j].y;
+                        a2 += x * v[j].z;
+                        a3 += x * v[j].w;
+                    }
                 }
             }
         }
