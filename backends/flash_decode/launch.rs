@@ -1,18 +1,21 @@
-//! Compiling and launching the decode kernels for one problem: the
-//! specializations, the parameter structs, the split plan and the
-//! workspace of partial outputs. The launch shape comes from the kernel
+//! Compiling and launching the decode kernel for one problem: the
+//! specializations, the parameter struct, the split plan, the workspace of
+//! partial outputs and the merge counters (one launch: the last block of a
+//! row merges the splits). The launch shape comes from the kernel
 //! itself (`rf_decode_launch` = {threads, shared bytes, BLOCK_N, rows per
 //! block, shared bytes of one multiprocessor}), read once per device and
 //! specialization (with the compiled kernels), so the tiling lives in the
 //! kernel alone.
 
+use super::counters::Counters;
 use super::split::{self, SplitInput, SplitPlan};
+use super::tuning::tuning;
 use crate::backend::BackendError;
 use crate::capabilities::Unsupported;
 use crate::device::{DeviceError, GpuDevice, Kernel, LaunchConfig};
 use crate::dtype::DType;
-use crate::kernels::params::{DecodeCombineParams, DecodeParams, QkvoStrides};
-use crate::kernels::{KernelSpec, DECODE_COMBINE, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
+use crate::kernels::params::{DecodeParams, QkvoStrides};
+use crate::kernels::{KernelSpec, DECODE_SPLITKV, DECODE_SPLITKV_MMA};
 use crate::problem::{AttentionProblem, Mask, TensorRole};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -34,21 +37,9 @@ pub fn split_spec(dtype: DType, head_dim: usize) -> KernelSpec {
     KernelSpec::new(file, "rf_decode_split").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim)
 }
 
-/// The combine kernel writing `dtype` outputs (any head dim).
-pub fn combine_spec(dtype: DType) -> KernelSpec {
-    KernelSpec::new(DECODE_COMBINE, "rf_decode_combine").define_dtype("RF_DTYPE", dtype)
-}
-
-/// Every specialization the backend may compile: 15 split + 3 combine.
+/// Every specialization the backend may compile: one per dtype and head dim.
 pub fn all_specs() -> Vec<KernelSpec> {
-    let mut specs = Vec::new();
-    for dtype in DType::ALL {
-        for &d in HEAD_DIMS {
-            specs.push(split_spec(dtype, d));
-        }
-        specs.push(combine_spec(dtype));
-    }
-    specs
+    DType::ALL.into_iter().flat_map(|dtype| HEAD_DIMS.iter().map(move |&d| split_spec(dtype, d))).collect()
 }
 
 /// Elements per 16-byte vector: every stride must be a multiple of it.
@@ -118,14 +109,13 @@ struct Shape {
     sm_shared: usize,
 }
 
-/// The compiled kernels of one (device, dtype, head_dim) and the split
-/// kernel's exported launch shape, looked up once: a decode call is short
-/// enough (tens of microseconds at batch 1) that rebuilding kernel keys and
-/// reading the shape back from the device on every call would show.
+/// The compiled kernel of one (device, dtype, head_dim) and its exported
+/// launch shape, looked up once: a decode call is short enough (tens of
+/// microseconds at batch 1) that rebuilding kernel keys and reading the
+/// shape back from the device on every call would show.
 #[derive(Clone, Copy, Debug)]
 struct Prepared {
     split: Kernel,
-    combine: Kernel,
     shape: Shape,
 }
 
@@ -139,8 +129,7 @@ fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, 
     if let Some(p) = lock()?.get(&key) {
         return Ok(*p);
     }
-    let split = gpu.kernel(&split_spec(dtype, head_dim))?;
-    let combine = gpu.kernel(&combine_spec(dtype))?;
+    let split = gpu.kernel(&tuning().apply(split_spec(dtype, head_dim)))?;
     let raw = gpu.kernel_global_i32s(&split, "rf_decode_launch")?;
     let shape = match raw[..] {
         [t, s, bn, r, sm] if t > 0 && s > 0 && bn > 0 && r > 0 && sm > 0 => {
@@ -148,7 +137,7 @@ fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, 
         }
         _ => return Err(DeviceError::Property { property: "rf_decode_launch", value: raw.len() as i64 }.into()),
     };
-    let prepared = Prepared { split, combine, shape };
+    let prepared = Prepared { split, shape };
     lock()?.insert(key, prepared);
     Ok(prepared)
 }
@@ -166,7 +155,10 @@ fn plan_for(gpu: &GpuDevice, p: &AttentionProblem, shape: &Shape) -> (SplitPlan,
         multiprocessors: gpu.info().multiprocessors as usize,
         blocks_per_sm: split::blocks_per_sm(shape.smem as usize, shape.sm_shared),
     };
-    let mut plan = split::plan(&input);
+    let mut plan = match tuning().split_tiles {
+        Some(tiles) => split::plan_with_tiles(&input, tiles),
+        None => split::plan(&input),
+    };
     let rows = p.batch * p.seq_q * p.num_q_heads;
     let bytes = |splits: usize| splits.saturating_mul(rows).saturating_mul(p.head_dim + 1).saturating_mul(4);
     while plan.num_splits > 1 && bytes(plan.num_splits) > WORKSPACE_CAP {
@@ -185,8 +177,8 @@ fn window(mask: Mask) -> (i64, i64) {
     }
 }
 
-/// Queues the decode kernels for `p` (the split kernel, and the combine
-/// kernel when the plan has more than one split).
+/// Queues the decode kernel for `p` (one launch; with more than one split
+/// the last block of each row merges them).
 pub fn launch(
     gpu: &Arc<GpuDevice>,
     backend: &'static str,
@@ -200,9 +192,11 @@ pub fn launch(
             return Err(BackendError::Unsupported { backend, reasons });
         }
     }
-    let Prepared { split: kernel, combine, shape } = prepared(gpu, p.dtype, p.head_dim)?;
+    let Prepared { split: kernel, shape } = prepared(gpu, p.dtype, p.head_dim)?;
     let (plan, workspace_bytes) = plan_for(gpu, p, &shape);
     let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };
+    let rows_y = p.num_kv_heads * plan.row_chunks;
+    let counters = if plan.num_splits > 1 { Some(Counters::lease(gpu, p.batch * rows_y)?) } else { None };
     let part_o = workspace.as_ref().map_or(0, |w| w.ptr());
     let rows = (p.batch * p.seq_q * p.num_q_heads) as u64;
     let part_lse = if part_o != 0 { part_o + rows * plan.num_splits as u64 * p.head_dim as u64 * 4 } else { 0 };
@@ -234,9 +228,10 @@ pub fn launch(
         scale: p.effective_scale(),
         softcap: p.softcap.unwrap_or(0.0),
         reserved: 0,
+        counters: counters.as_ref().map_or(0, |c| c.ptr()),
     };
     let cfg = LaunchConfig {
-        grid: (plan.num_splits as u32, (p.num_kv_heads * plan.row_chunks) as u32, p.batch as u32),
+        grid: (plan.num_splits as u32, rows_y as u32, p.batch as u32),
         block: (shape.threads, 1, 1),
         shared_mem_bytes: shape.smem,
     };
@@ -245,45 +240,11 @@ pub fn launch(
     // strides CheckedCall verified against `p` (k and v: the pools and a
     // block table of batch × table_width entries and batch lengths, each
     // guarded in the kernel); part_o / part_lse address a workspace of
-    // num_splits × rows × (head_dim + 1) floats, alive until the kernels
-    // are queued (work on the device's one stream runs in order).
+    // num_splits × rows × (head_dim + 1) floats and `counters` batch ×
+    // grid.y zeroed u32 (more than one split), alive until the kernel is
+    // queued (work on the device's one stream runs in order).
     unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
-    if plan.num_splits > 1 {
-        launch_combine(gpu, &combine, p, &params)?;
-    }
+    drop(counters);
     drop(workspace);
-    Ok(())
-}
-
-fn launch_combine(
-    gpu: &Arc<GpuDevice>,
-    kernel: &Kernel,
-    p: &AttentionProblem,
-    split: &DecodeParams,
-) -> Result<(), BackendError> {
-    const THREADS: u32 = 128;
-    let warps = THREADS / gpu.arch().warp_size();
-    let rows = (p.batch * p.seq_q * p.num_q_heads) as u64;
-    let params = DecodeCombineParams {
-        part_o: split.part_o,
-        part_lse: split.part_lse,
-        o: split.o,
-        seq_lens: split.seq_lens,
-        o_strides: split.strides.o,
-        window_left: split.window_left,
-        window_right: split.window_right,
-        batch: split.batch,
-        seq_q: split.seq_q,
-        seq_kv: split.seq_kv,
-        heads_q: split.heads_q,
-        head_dim: p.head_dim as i32,
-        num_splits: split.num_splits,
-    };
-    let cfg =
-        LaunchConfig { grid: (rows.div_ceil(warps as u64) as u32, 1, 1), block: (THREADS, 1, 1), shared_mem_bytes: 0 };
-    // SAFETY: rf_decode_combine takes rf_decode_combine_params by value; it
-    // reads the partials the split kernel wrote (same stream, queued
-    // before) and writes rows of `o`, which CheckedCall verified.
-    unsafe { gpu.launch_params(kernel, &cfg, &params)? };
     Ok(())
 }

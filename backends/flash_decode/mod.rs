@@ -2,14 +2,17 @@
 //! to 8) over a long KV sequence (`kernels/decode/`). The keys of each
 //! (sequence, KV head) are split across blocks sized to the GPU's
 //! multiprocessor count; each block writes a partial output with its
-//! log-sum-exp and a combine kernel merges them. GQA-aware: one block reads
+//! log-sum-exp and the last block of the row to finish merges them, in the
+//! same launch. GQA-aware: one block reads
 //! a K/V tile once for every query head of its KV head's group (group ×
 //! seq_q rows). Reads dense K/V through strides (a KV cache with capacity >
 //! length, in place) and paged K/V (block pool + block table + per-sequence
 //! lengths). docs/kernels.md ("Decode") explains the kernel.
 
+pub mod counters;
 pub mod launch;
 pub mod split;
+pub mod tuning;
 
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::{Capabilities, HeadDims, Unsupported};
@@ -37,7 +40,7 @@ impl AttentionBackend for FlashDecode {
     }
 
     fn description(&self) -> &'static str {
-        "split-KV decode (seq_q <= 8): KV split across blocks + combine, GQA rows packed, paged or strided KV"
+        "split-KV decode (seq_q <= 8): KV split across blocks merged in one launch, GQA rows packed, paged or strided KV"
     }
 
     fn capabilities(&self) -> Capabilities {
@@ -112,11 +115,10 @@ mod tests {
     }
 
     #[test]
-    fn one_specialization_per_dtype_and_head_dim_plus_combines() {
+    fn one_specialization_per_dtype_and_head_dim() {
         let specs = launch::all_specs();
-        assert_eq!(specs.len(), 3 * launch::HEAD_DIMS.len() + 3);
+        assert_eq!(specs.len(), 3 * launch::HEAD_DIMS.len());
         for dtype in DType::ALL {
-            assert!(specs.contains(&launch::combine_spec(dtype)));
             for &d in launch::HEAD_DIMS {
                 assert!(specs.contains(&launch::split_spec(dtype, d)), "{dtype} d={d}");
             }

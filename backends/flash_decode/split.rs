@@ -2,7 +2,8 @@
 //! arithmetic on the problem's lengths and the device's multiprocessor
 //! count, so it is unit-tested here and the launch only applies it.
 
-/// Most splits of one sequence (the combine reads every partial).
+/// Most splits of one sequence (the merge reads every partial; MERGE_SPLITS
+/// in kernels/include/rf/decode/merge.h).
 pub const MAX_SPLITS: usize = 128;
 
 /// What the plan depends on.
@@ -44,7 +45,8 @@ pub fn blocks_per_sm(smem_bytes: usize, sm_shared_bytes: usize) -> usize {
 /// The plan with the least modelled time. Blocks run in waves of
 /// `multiprocessors × blocks_per_sm`; a wave lasts as long as its blocks'
 /// tiles plus a fixed cost (pipeline fill, Q load, output), and more than
-/// one split adds the combine pass. Ties go to fewer splits.
+/// one split adds the merge (the last block of each row). Ties go to fewer
+/// splits.
 pub fn plan(input: &SplitInput) -> SplitPlan {
     let block_n = input.block_n.max(1);
     let row_chunks = input.rows.div_ceil(input.rows_per_block.max(1)).max(1);
@@ -52,7 +54,7 @@ pub fn plan(input: &SplitInput) -> SplitPlan {
     let base = input.batch.max(1) * input.heads_kv.max(1) * row_chunks;
     let slots = (input.multiprocessors.max(1) * input.blocks_per_sm.max(1)) as f64;
     const FIXED_TILES: f64 = 2.0;
-    const COMBINE_TILES: f64 = 1.0;
+    const MERGE_TILES: f64 = 1.0;
     let mut best = (f64::INFINITY, 1, tiles);
     let mut last_per = 0;
     for wanted in 1..=tiles.min(MAX_SPLITS) {
@@ -63,12 +65,22 @@ pub fn plan(input: &SplitInput) -> SplitPlan {
         last_per = per;
         let splits = tiles.div_ceil(per);
         let waves = ((base * splits) as f64 / slots).ceil();
-        let cost = waves * (per as f64 + FIXED_TILES) + if splits > 1 { COMBINE_TILES } else { 0.0 };
+        let cost = waves * (per as f64 + FIXED_TILES) + if splits > 1 { MERGE_TILES } else { 0.0 };
         if cost < best.0 {
             best = (cost, splits, per);
         }
     }
     SplitPlan { num_splits: best.1, split_keys: best.2 * block_n, row_chunks }
+}
+
+/// The plan with `per` tiles per split (at least enough for MAX_SPLITS),
+/// for measurements (`ROCMFORGE_DECODE_TUNE=split_tiles=N`).
+pub fn plan_with_tiles(input: &SplitInput, per: usize) -> SplitPlan {
+    let block_n = input.block_n.max(1);
+    let tiles = input.seq_kv.div_ceil(block_n).max(1);
+    let per = per.max(tiles.div_ceil(MAX_SPLITS)).clamp(1, tiles);
+    let row_chunks = input.rows.div_ceil(input.rows_per_block.max(1)).max(1);
+    SplitPlan { num_splits: tiles.div_ceil(per), split_keys: per * block_n, row_chunks }
 }
 
 #[cfg(test)]
@@ -116,6 +128,16 @@ mod tests {
                 assert!((p.num_splits - 1) * p.split_keys < seq_kv, "{seq_kv} {batch}: an empty split {p:?}");
             }
         }
+    }
+
+    #[test]
+    fn forced_tiles_per_split_cover_every_key_within_the_split_limit() {
+        let p = plan_with_tiles(&input(1, 8192), 8);
+        assert_eq!((p.num_splits, p.split_keys), (16, 512));
+        let p = plan_with_tiles(&input(1, 100_000), 1);
+        assert!(p.num_splits <= MAX_SPLITS && p.num_splits * p.split_keys >= 100_000, "{p:?}");
+        let p = plan_with_tiles(&input(2, 100), 50);
+        assert_eq!((p.num_splits, p.split_keys), (1, 128));
     }
 
     #[test]

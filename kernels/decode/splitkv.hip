@@ -12,7 +12,8 @@
 // - Split-KV: blockIdx.x = split s covers keys [s * split_keys, (s + 1) *
 //   split_keys), so one (batch, KV head) is spread over many blocks. With
 //   one split the block writes O itself; with several it writes a partial
-//   output (normalized) and its log2-sum-exp, and decode/combine.hip merges.
+//   output (normalized) and its log2-sum-exp, and the last block of the
+//   row to finish merges them (rf/decode/merge.h).
 // - K/V tiles of BN keys are staged in shared memory, STAGES deep with
 //   cp.async on NVIDIA sm_80+ (plain loads elsewhere), rows padded by one
 //   few 16-byte chunks (see QK below).
@@ -51,17 +52,29 @@
 #endif
 
 #include "rf/decode_common.h"
+#include "rf/decode/merge.h"
 
 namespace rf_decode {
 
 constexpr int D = RF_HEAD_DIM;
 constexpr int THREADS = 128;
+// The merge's partial loads: interleaved with their FMAs. Issuing 16 ahead
+// took this kernel from 128 to 167 registers and cost it 16 % of its
+// bandwidth at batch 1, 8 % at batch 16 (H100, docs/perf.md, decode).
+#ifndef RF_DECODE_MERGE_BATCH
+#define RF_DECODE_MERGE_BATCH 1
+#endif
+constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
 constexpr int WARPS = THREADS / RF_WARP_SIZE;
 constexpr int VEC = 16 / (int)sizeof(elem);  // elements per 16-byte chunk
 
 // Keys per tile: 64 16-bit or 32 f32 keys (4 KB of K per 64-dim slice), half
 // that for head_dim 256, so a stage is about 34 KB of K and V.
+#if defined(RF_DECODE_BN)
+constexpr int BN = RF_DECODE_BN;  // measurement override (ROCMFORGE_DECODE_TUNE)
+#else
 constexpr int BN = (sizeof(elem) == 2 ? 64 : 32) / (D > 128 ? 2 : 1);
+#endif
 constexpr int KSPLIT = THREADS / BN;  // threads per key in QK
 constexpr int DQ = D / KSPLIT;        // head-dim slice of one QK thread
 static_assert(THREADS % BN == 0 && D % KSPLIT == 0 && DQ % VEC == 0, "bad QK split");
@@ -102,18 +115,23 @@ constexpr int SM_SHARED = 164 * 1024;
 constexpr int SM_SHARED = 100 * 1024;
 #endif
 constexpr int FIXED_BYTES = Q_BYTES + S_BYTES + ROW_BYTES;
-constexpr int KV_BYTES_1 = STAGE_BYTES > RED_BYTES ? STAGE_BYTES : RED_BYTES;
-constexpr int KV_BYTES_2 = 2 * STAGE_BYTES > RED_BYTES ? 2 * STAGE_BYTES : RED_BYTES;
+#define RF_KV_BYTES(stages) ((stages) * STAGE_BYTES > RED_BYTES ? (stages) * STAGE_BYTES : RED_BYTES)
+#if defined(RF_DECODE_STAGES)
+constexpr int STAGES = RF_DECODE_STAGES;  // measurement override (ROCMFORGE_DECODE_TUNE)
+#else
 // Two stages where two blocks still fit one SM, else one.
-constexpr int STAGES = (STAGES_PREF == 2 && 2 * (FIXED_BYTES + KV_BYTES_2) <= SM_SHARED) ? 2 : 1;
-constexpr int SMEM_BYTES = FIXED_BYTES + (STAGES == 2 ? KV_BYTES_2 : KV_BYTES_1);
+constexpr int STAGES = (STAGES_PREF == 2 && 2 * (FIXED_BYTES + RF_KV_BYTES(2)) <= SM_SHARED) ? 2 : 1;
+#endif
+constexpr int SMEM_BYTES = FIXED_BYTES + RF_KV_BYTES(STAGES);
 constexpr int STAGE_ELEMS = STAGE_BYTES / (int)sizeof(elem);
 #if defined(RF_HIP)
 static_assert(SMEM_BYTES <= 64 * 1024, "over the 64 KB of LDS a workgroup has");
 #else
-static_assert(SMEM_BYTES <= 99 * 1024, "over the shared memory of the smallest sm_8x part");
+static_assert(SMEM_BYTES <= (SM_SHARED == 228 * 1024 ? 227 : SM_SHARED == 164 * 1024 ? 163 : 99) * 1024,
+              "over the shared memory a block may have on this target");
 #endif
 static_assert(FIXED_BYTES % 16 == 0 && STAGE_BYTES % 16 == 0, "K/V tiles must stay 16-byte aligned");
+static_assert(RF_KV_BYTES(STAGES) >= MERGE_SMEM_BYTES, "the merge of the splits reuses the K/V stages");
 
 // Shared memory of one block.
 struct Smem {
@@ -271,14 +289,14 @@ RF_DEVICE void softmax_tile(const rf_decode_params& p, const Work& w, const Smem
         const float m_new = fmaxf(st.m[i], mx);
         // No visible key yet: subtract 0 so exp2(-inf) = 0 (not NaN).
         const float sub = m_new == RF_NEG_INF ? 0.0f : m_new;
-        const float alpha = exp2_approx(st.m[i] - sub);
+        const float alpha = exp2_fast(st.m[i] - sub);
         float sum = 0.0f;
 #pragma unroll
         for (int e = 0; e < NE; ++e) {
             const int j = lane + RF_WARP_SIZE * e;
             if (j < BN) {
                 const bool visible = j >= lo && j < hi;
-                const float pr = visible ? exp2_approx(x[e] - sub) : -1.0f;
+                const float pr = visible ? exp2_fast(x[e] - sub) : -1.0f;
                 sm.s[r * S_ROW + j] = pr;
                 if (visible) sum += pr;
             }
@@ -388,8 +406,6 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     const Work w = make_work(p);
     const int tid = (int)threadIdx.x;
 
-    load_q(p, w, sm.q);
-
     const long long n_begin = w.lo_any / BN;
     const long long n_end = w.hi_any > w.lo_any ? (w.hi_any + BN - 1) / BN : n_begin;
     const int tiles = (int)(n_end - n_begin);
@@ -406,6 +422,9 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
         if (s < tiles) bad_block |= load_kv<BN, D, KV_STRIDE, THREADS>(p, w, (n_begin + s) * BN, sm.kv + s * STAGE_ELEMS);
         copy_commit();
     }
+    // Q after the first K/V copies are under way: its latency overlaps theirs
+    // (the loop's first barriers publish it).
+    load_q(p, w, sm.q);
     for (int it = 0; it < tiles; ++it) {
         __syncthreads();  // every thread is done with tile it - 1 (its stage, S, alpha)
         const int ahead = it + STAGES - 1;
@@ -429,4 +448,5 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, o, bad_block, tid);
+    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

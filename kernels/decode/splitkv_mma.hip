@@ -10,7 +10,7 @@
 // memory up to three deep with cp.async; each of 4 warps takes 16 of its keys and
 // keeps its own online-softmax state and O accumulator for the 16 rows, so
 // a tile needs no barrier between QK, softmax and PV. The warps' states
-// merge once at the end (like the splits in decode/combine.hip).
+// merge once at the end (like the splits in rf/decode/merge.h).
 //
 //   QK:  S[16 x keys] = Q K^T on the matrix unit (Q fragments in registers).
 //   softmax: log2-domain logits (scale or soft-cap), exact running max per
@@ -41,35 +41,44 @@
 #error "f32 decode runs the SIMT kernel (decode/splitkv.hip)"
 #endif
 
+// Each 16-byte K/V copy asks L2 for the 256 bytes around it (a whole K or V
+// row at head_dim 128): +1-2 % at batch 16 and 64 on the H100, no change
+// at batch 1 or for f32 (docs/perf.md, decode). ROCMFORGE_DECODE_TUNE=l2=N
+// overrides it (0 = no hint).
+#ifndef RF_DECODE_L2_PREFETCH
+#define RF_DECODE_L2_PREFETCH 256
+#endif
 #include "rf/decode_common.h"
+#include "rf/decode/merge.h"
 
 namespace rf_decode {
 
 constexpr int D = RF_HEAD_DIM;
 // Keys per tile: 64 (a K/V stage of 17 KB per 64 head-dim columns); 32 at
 // head_dim 256 on AMD, where a workgroup has 64 KB of LDS.
-#if defined(RF_HIP) && RF_HEAD_DIM > 128
+#if defined(RF_DECODE_BN)
+constexpr int BN = RF_DECODE_BN;  // measurement override (ROCMFORGE_DECODE_TUNE)
+#elif defined(RF_HIP) && RF_HEAD_DIM > 128
 constexpr int BN = 32;
 #else
 constexpr int BN = 64;
 #endif
 constexpr int WARPS = BN / 16 < 4 ? BN / 16 : 4;  // each warp takes 16 keys or more
 constexpr int THREADS = WARPS * RF_WARP_SIZE;
+// The merge's partial loads: 16 splits issued before their FMAs (timing
+// equal to the interleaved loop on the H100, docs/perf.md).
+#ifndef RF_DECODE_MERGE_BATCH
+#define RF_DECODE_MERGE_BATCH 16
+#endif
+constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
 constexpr int VEC = 16 / (int)sizeof(elem);
 constexpr int KW = BN / WARPS;    // keys per warp
 constexpr int NU = KW / 16;       // 16-key blocks per warp
 constexpr int DU = D / 16;        // 16-column blocks of the head dim
 static_assert(KW % 16 == 0 && RMAX == 16, "one 16-row tile, 16-key blocks per warp");
 
-// Rows of COLS elements padded by one 16-byte chunk: an odd chunk count,
-// so the 8 rows one ldmatrix phase reads fall in 8 bank groups.
-template <int COLS>
-struct Tile {
-    static constexpr int CPR = COLS / VEC;
-    static_assert(CPR % 2 == 0, "rows must have an even number of 16-byte chunks");
-    static constexpr int STRIDE = (CPR + 1) * VEC;
-    static RF_DEVICE int off(int row, int col) { return row * STRIDE + col; }
-};
+// Rows padded by one 16-byte chunk (rf_flash::Tile): the 8 rows one
+// ldmatrix phase reads fall in 8 bank groups.
 using KT = Tile<D>;   // Q, K, V
 using PT = Tile<KW>;  // P staging where the accumulator is no A operand
 
@@ -83,7 +92,9 @@ constexpr int STAGE_BYTES = 2 * BN * KT::STRIDE * (int)sizeof(elem);
 constexpr int MERGE_BYTES = WARPS * RMAX * D * 4;  // the warps' O at the end (over the stages)
 constexpr int STAGE_ELEMS = STAGE_BYTES / (int)sizeof(elem);
 
-#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#if defined(RF_DECODE_STAGES)
+constexpr int STAGES_PREF = RF_DECODE_STAGES;  // measurement override (ROCMFORGE_DECODE_TUNE)
+#elif defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
 constexpr int STAGES_PREF = 3;
 #else
 constexpr int STAGES_PREF = 1;
@@ -101,8 +112,13 @@ constexpr int SM_SHARED = 100 * 1024;
 #define RF_TWO_FIT(stages) (2 * (FIXED_BYTES + RF_KV_BYTES(stages) + 1024) <= SM_SHARED)
 // Decode is bound by memory latency x bytes in flight: as many stages (up
 // to STAGES_PREF) as leave room for two blocks per SM (1 KB each reserved).
+#if defined(RF_DECODE_STAGES)
+constexpr int STAGES = RF_DECODE_STAGES;
+#else
 constexpr int STAGES = STAGES_PREF >= 3 && RF_TWO_FIT(3) ? 3 : STAGES_PREF >= 2 && RF_TWO_FIT(2) ? 2 : 1;
+#endif
 constexpr int SMEM_BYTES = FIXED_BYTES + RF_KV_BYTES(STAGES);
+static_assert(RF_KV_BYTES(STAGES) >= MERGE_SMEM_BYTES, "the merge of the splits reuses the K/V stages");
 #if defined(RF_HIP)
 static_assert(SMEM_BYTES <= 64 * 1024, "over the 64 KB of LDS a workgroup has");
 #else
@@ -114,14 +130,7 @@ static_assert(SMEM_BYTES <= (SM_SHARED == 228 * 1024 ? 227 : SM_SHARED == 164 * 
 // D <= 128: the Q fragments stay in registers for the whole block.
 constexpr bool Q_IN_REGS = D <= 128;
 
-// Barrier for shared memory one warp writes and reads.
-RF_DEVICE void warp_sync() {
-#if defined(RF_CUDA)
-    __syncwarp();
-#else
-    __syncthreads();  // the callers' branches are block-uniform
-#endif
-}
+using rf_flash::warp_smem_sync;
 
 struct Smem {
     elem* q;         // [16][KT::STRIDE]
@@ -213,7 +222,7 @@ RF_DEVICE void softmax(const rf_decode_params& p, const Work& w, WarpState& st, 
         const float m_new = fmaxf(st.m[sl], rf_row_max(mx[sl]));
         // No visible key yet: subtract 0 so exp2(-inf) = 0 (not NaN).
         sub[sl] = m_new == RF_NEG_INF ? 0.0f : m_new;
-        alpha[sl] = exp2_approx(st.m[sl] - sub[sl]);
+        alpha[sl] = exp2_fast(st.m[sl] - sub[sl]);
         st.m[sl] = m_new;
         st.l[sl] *= alpha[sl];
     }
@@ -225,7 +234,7 @@ RF_DEVICE void softmax(const rf_decode_params& p, const Work& w, WarpState& st, 
     for (int nu = 0; nu < NU; ++nu) {
 #pragma unroll
         for (int r = 0; r < RF_MMA_C_REGS; ++r) {
-            const float e = exp2_approx(s[nu].v[r] - sub[rf_c_slot(r)]);
+            const float e = exp2_fast(s[nu].v[r] - sub[rf_c_slot(r)]);
             s[nu].v[r] = e;
             st.l[rf_c_slot(r)] += e;  // masked: exp2(-inf) = 0
         }
@@ -245,11 +254,11 @@ RF_DEVICE void pv_full(WarpState& st, const rf_frag_c (&s)[NU], const elem* v_s,
     for (int nu = 0; nu < NU; ++nu)
 #pragma unroll
         for (int r = 0; r < RF_MMA_C_REGS; ++r) pe[PT::off(rf_c_row(r), 16 * nu + rf_c_col(r))] = from_f(s[nu].v[r]);
-    warp_sync();
+    warp_smem_sync();
 #pragma unroll
     for (int nu = 0; nu < NU; ++nu)
         rf_load_a(pa[nu], pe, [&](int r, int c) { return PT::off(r, 16 * nu + c); });
-    warp_sync();
+    warp_smem_sync();
 #endif
 #pragma unroll
     for (int du = 0; du < DU; ++du) {
@@ -272,7 +281,7 @@ RF_DEVICE void pv_partial(WarpState& st, const rf_frag_c (&s)[NU], const bool (&
 #pragma unroll
         for (int r = 0; r < RF_MMA_C_REGS; ++r)
             pf[rf_c_row(r) * PF_STRIDE + 16 * nu + rf_c_col(r)] = masked[nu][r] ? -1.0f : s[nu].v[r];
-    warp_sync();
+    warp_smem_sync();
     for (int j = 0; j < KW; ++j) {
         const elem* vrow = v_s + KT::off(key0 + j, 0);
 #pragma unroll
@@ -284,7 +293,7 @@ RF_DEVICE void pv_partial(WarpState& st, const rf_frag_c (&s)[NU], const bool (&
             }
         }
     }
-    warp_sync();
+    warp_smem_sync();
 }
 
 // The warps' states meet in shared memory (over the K/V stages) and each
@@ -319,7 +328,7 @@ RF_DEVICE void finish(const rf_decode_params& p, const Work& w, const Smem& sm, 
 #pragma unroll
         for (int v = 0; v < WARPS; ++v) {
             const float mv = sm.ml[(v * RMAX + r) * 2];
-            const float scale = mv == RF_NEG_INF ? 0.0f : exp2_approx(mv - m);
+            const float scale = mv == RF_NEG_INF ? 0.0f : exp2_fast(mv - m);
             l += scale * sm.ml[(v * RMAX + r) * 2 + 1];
             a0 += scale * sm.merge[(v * RMAX + r) * D + c];
             a1 += scale * sm.merge[(v * RMAX + r) * D + c + 1];
@@ -348,7 +357,6 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     elem* const pe = sm.pe + warp * RMAX * PT::STRIDE;
     float* const pf = sm.pf + warp * RMAX * PF_STRIDE;
 
-    load_q(p, w, sm.q);
     const long long n_begin = w.lo_any / BN;
     const long long n_end = w.hi_any > w.lo_any ? (w.hi_any + BN - 1) / BN : n_begin;
     const int tiles = (int)(n_end - n_begin);
@@ -371,6 +379,9 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
         if (s < tiles) bad_block |= load_kv<BN, D, KT::STRIDE, THREADS>(p, w, (n_begin + s) * BN, sm.kv + s * STAGE_ELEMS);
         copy_commit();
     }
+    // Q after the first K/V copies are under way: its latency overlaps theirs
+    // (the loop's first barriers publish it).
+    load_q(p, w, sm.q);
     for (int it = 0; it < tiles; ++it) {
         __syncthreads();  // every warp is done with tile it - 1
         const int ahead = it + STAGES - 1;
@@ -420,4 +431,5 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, bad_block);
+    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

@@ -172,25 +172,9 @@ kernel_params! {
         /// <= 0 = no soft-cap.
         pub softcap: f32,
         pub reserved: i32,
-    }
-}
-
-kernel_params! {
-    /// `rf_decode_combine_params` of `decode/combine.hip`.
-    pub struct DecodeCombineParams as "rf_decode_combine_params" in "rf/decode_params.h" {
-        pub part_o: u64,
-        pub part_lse: u64,
-        pub o: u64,
-        pub seq_lens: u64,
-        pub o_strides: KernelStrides,
-        pub window_left: i64,
-        pub window_right: i64,
-        pub batch: i32,
-        pub seq_q: i32,
-        pub seq_kv: i32,
-        pub heads_q: i32,
-        pub head_dim: i32,
-        pub num_splits: i32,
+        /// u32 `[batch][heads_kv x row chunks]`, zero at launch (more than
+        /// one split): the last block of a row merges the splits.
+        pub counters: u64,
     }
 }
 
@@ -226,7 +210,6 @@ pub fn all_layout_probes() -> Vec<(&'static str, String)> {
         (FlashParams::C_NAME, layout_probe::<FlashParams>()),
         (ExpandKvParams::C_NAME, layout_probe::<ExpandKvParams>()),
         (DecodeParams::C_NAME, layout_probe::<DecodeParams>()),
-        (DecodeCombineParams::C_NAME, layout_probe::<DecodeCombineParams>()),
         (MaskedPvParams::C_NAME, layout_probe::<MaskedPvParams>()),
         (KernelStrides::C_NAME, layout_probe::<KernelStrides>()),
         (QkvoStrides::C_NAME, layout_probe::<QkvoStrides>()),

@@ -101,6 +101,59 @@ fn decode_long_kv_many_splits() {
     }
 }
 
+/// The merge counters (one launch; the last block of a row merges the
+/// splits and resets the row's counter): calls of different grids queued
+/// back to back with no host wait between, then the same from four threads
+/// at once. A counter left non-zero would elect no merging block, or one
+/// too early, and leave a row NaN (the poison) or wrong.
+#[test]
+#[ignore = "needs a GPU"]
+fn decode_merge_counters_reset_between_calls_and_threads() {
+    let device = gpu();
+    let cases = [
+        AttentionProblem::new(1, 1, 8192, 32, 8, 128, DType::BF16).with_mask(Mask::Causal),
+        AttentionProblem::new(3, 2, 3000, 8, 2, 64, DType::F16),
+        AttentionProblem::new(1, 4, 9000, 16, 4, 128, DType::F32)
+            .with_mask(Mask::SlidingWindow { left: 5000, right: 0 }),
+    ];
+    let cases: Vec<_> = cases
+        .into_iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let inputs = Inputs::random(&p, 1000 + i as u64);
+            let expected = reference(&p, &inputs);
+            (p, inputs, expected)
+        })
+        .collect();
+    let up = |t: &Tensor| t.to_device(&device).unwrap();
+    let on_device: Vec<_> = cases.iter().map(|(_, i, _)| (up(&i.q), up(&i.k), up(&i.v))).collect();
+    let mut outs = Vec::new();
+    for _round in 0..3 {
+        for (i, ((p, _, _), (q, k, v))) in cases.iter().zip(&on_device).enumerate() {
+            let mut out = Tensor::nan(p.out_shape(), p.dtype, &device).unwrap();
+            backend().forward(p, q, k, v, &mut out).unwrap_or_else(|e| panic!("{p}: {e}"));
+            outs.push((i, out));
+        }
+    }
+    for (n, (i, out)) in outs.iter().enumerate() {
+        let (p, _, expected) = &cases[*i];
+        check_output(NAME, p, &out.to_f32_vec().unwrap(), expected).unwrap_or_else(|e| panic!("queued call {n}: {e}"));
+    }
+    std::thread::scope(|scope| {
+        for t in 0..4 {
+            let (cases, device) = (&cases, device.clone());
+            scope.spawn(move || {
+                for c in 0..3 {
+                    let (p, inputs, expected) = &cases[(t + c) % cases.len()];
+                    let got = run_backend(backend(), p, inputs, &device).unwrap_or_else(|e| panic!("{e}"));
+                    check_output(NAME, p, &got.to_f32(), expected)
+                        .unwrap_or_else(|e| panic!("thread {t} call {c}: {e}"));
+                }
+            });
+        }
+    });
+}
+
 /// K and V as views of a cache of capacity 1.5 × length (the contiguous
 /// KV cache's layout), the slots past the length NaN: read in place.
 #[test]

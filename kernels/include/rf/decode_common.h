@@ -1,71 +1,44 @@
-// What the decode kernels (kernels/decode/) share: the RF_DTYPE element,
-// 16-byte unpacking to f32, exp2 / log2 / tanh, the global-to-shared copy,
-// which keys and rows a block owns (`Work`), the K/V tile loader (dense or
-// through the block table) and how a finished row is written.
+// What the decode kernels (kernels/decode/) share: the RF_DTYPE element
+// and the copy / math helpers (from the shared rf/mma/mma.h and
+// rf/flash/device.h), 16-byte unpacking to f32, which keys and rows a block
+// owns (`Work`), the K/V tile loader (dense or through the block table) and
+// how a finished row is written. The merge of the splits is
+// rf/decode/merge.h.
 #pragma once
 #include "rf/platform.h"
 #include "rf/convert.h"
+#include "rf/reduce.h"
 #include "rf/decode_params.h"
-
-#ifndef RF_DTYPE
-#error "RF_DTYPE (RF_F32, RF_F16 or RF_BF16) must be defined"
-#endif
+// The element type and its conversions (rf_elem), and the flash kernels'
+// device helpers: 16-byte global-to-shared copies (cp.async on NVIDIA
+// sm_80+), exp2 / log2 / tanh, the padded shared-memory tile. Both need
+// RF_DTYPE and RF_HEAD_DIM, which every decode kernel defines.
+#include "rf/mma/mma.h"
+#include "rf/flash/device.h"
 
 namespace rf_decode {
 
-#if RF_DTYPE == RF_F32
-typedef float elem;
-RF_DEVICE float to_f(elem x) { return x; }
-RF_DEVICE elem from_f(float x) { return x; }
-#elif RF_DTYPE == RF_F16
-typedef rf_u16 elem;
-RF_DEVICE float to_f(elem x) { return rf_half_to_float(x); }
-RF_DEVICE elem from_f(float x) { return rf_float_to_half(x); }
-#elif RF_DTYPE == RF_BF16
-typedef rf_u16 elem;
-RF_DEVICE float to_f(elem x) { return rf_bf16_to_float(x); }
-RF_DEVICE elem from_f(float x) { return rf_float_to_bf16(x); }
-#else
-#error "unknown RF_DTYPE"
-#endif
+typedef rf_elem elem;
+RF_DEVICE float to_f(elem x) { return rf_from_elem(x); }
+RF_DEVICE elem from_f(float x) { return rf_to_elem(x); }
 
-struct alignas(16) U32x4 {
-    unsigned x, y, z, w;
-};
+using rf_flash::copy16;
+using rf_flash::copy_commit;
+using rf_flash::copy_wait;
+using rf_flash::exp2_fast;
+using rf_flash::log2_acc;
+using rf_flash::LOG2E;
+using rf_flash::max_ll;
+using rf_flash::min_ll;
+using rf_flash::tanh_f;
+using rf_flash::Tile;
+using rf_flash::U32x4;
+
 struct alignas(16) F4 {
     float x, y, z, w;
 };
 
-constexpr float LOG2E = 1.4426950408889634f;
-
 RF_DEVICE float nan_f() { return __int_as_float(0x7fc00000); }
-
-// 2^x: -inf gives 0, NaN stays NaN (about 2 ulp on NVIDIA).
-RF_DEVICE float exp2_approx(float x) {
-#if defined(RF_CUDA)
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-#else
-    return __builtin_exp2f(x);
-#endif
-}
-
-RF_DEVICE float log2_full(float x) {
-#if defined(RF_CUDA)
-    return log2f(x);
-#else
-    return __builtin_log2f(x);
-#endif
-}
-
-// tanh from exp2: saturates to +-1 (so +-Inf logits stay finite under a
-// soft-cap), keeps NaN; absolute error about 1e-7.
-RF_DEVICE float tanh_f(float x) {
-    const float e = exp2_approx(-2.0f * LOG2E * (x < 0.0f ? -x : x));
-    const float t = (1.0f - e) / (1.0f + e);
-    return x < 0.0f ? -t : t;
-}
 
 // The elements of one 16-byte chunk as floats.
 RF_DEVICE void unpack(const U32x4& u, float (&f)[16 / sizeof(elem)]) {
@@ -110,31 +83,6 @@ RF_DEVICE void store2(elem* d, float a, float b) {
 // Query rows of one block: one 16-row matrix tile.
 constexpr int RMAX = 16;
 
-// 16 bytes of K or V from global to shared; `ok == false` writes zeros.
-RF_DEVICE void copy16(elem* dst, const elem* src, bool ok) {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(ok ? 16 : 0));
-#else
-    U32x4 v = {0u, 0u, 0u, 0u};
-    if (ok) v = *reinterpret_cast<const U32x4*>(src);
-    *reinterpret_cast<U32x4*>(dst) = v;
-#endif
-}
-
-RF_DEVICE void copy_commit() {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.commit_group;\n" ::);
-#endif
-}
-
-template <int N>
-RF_DEVICE void copy_wait() {
-#if defined(RF_CUDA) && __CUDA_ARCH__ >= 800
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-#endif
-}
-
 // What one block works on, fixed for its lifetime.
 struct Work {
     int b, hk, r0, rows, group;
@@ -145,9 +93,6 @@ struct Work {
     long long lo_all, hi_all;    // keys every row sees (tiles inside need no mask)
     bool bad;          // an invalid sequence length
 };
-
-RF_DEVICE long long min_ll(long long a, long long b) { return a < b ? a : b; }
-RF_DEVICE long long max_ll(long long a, long long b) { return a > b ? a : b; }
 
 // Visible keys [lo, hi) of the query at position `pos` in a sequence of `len`.
 RF_DEVICE void row_range(const rf_decode_params& p, long long pos, long long len, long long& lo, long long& hi) {
@@ -186,6 +131,21 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
 }
 
 
+// 16 bytes of K or V into shared memory (rf_flash::copy16); with
+// RF_DECODE_L2_PREFETCH = 64, 128 or 256 (NVIDIA sm_80+) the copy also asks
+// L2 to fetch that many bytes around it (0 or undefined: no hint).
+RF_DEVICE void copy16_kv(elem* dst, const elem* src, bool ok) {
+#if defined(RF_DECODE_L2_PREFETCH) && RF_DECODE_L2_PREFETCH > 0 && defined(RF_CUDA) && __CUDA_ARCH__ >= 800
+#define RF_DECODE_STR2(x) #x
+#define RF_DECODE_STR(x) RF_DECODE_STR2(x)
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global.L2::" RF_DECODE_STR(RF_DECODE_L2_PREFETCH) "B [%0], [%1], 16, %2;\n" ::"r"(d),
+                 "l"(src), "r"(ok ? 16 : 0));
+#else
+    copy16(dst, src, ok);
+#endif
+}
+
 // Starts copying keys n0 .. n0 + BN of K and V into `stage` (K rows, then
 // BN V rows, KV_STRIDE elements apart). Keys at or past the split's end
 // are zeros, never read. Returns whether a block-table entry was out of
@@ -220,8 +180,8 @@ RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, e
                 koff = w.b * p.strides.k.batch + j * p.strides.k.seq;
                 voff = w.b * p.strides.v.batch + j * p.strides.v.seq;
             }
-            copy16(stage + row * KV_STRIDE + col, ok ? kbase + koff + col : kbase, ok);
-            copy16(stage + (BN + row) * KV_STRIDE + col, ok ? vbase + voff + col : vbase, ok);
+            copy16_kv(stage + row * KV_STRIDE + col, ok ? kbase + koff + col : kbase, ok);
+            copy16_kv(stage + (BN + row) * KV_STRIDE + col, ok ? vbase + voff + col : vbase, ok);
         }
     }
     return bad;
@@ -243,7 +203,7 @@ RF_DEVICE void write_pair(const rf_decode_params& p, const Work& w, int r, int c
     long long lo, hi;
     row_range(p, sq + w.shift, w.len, lo, hi);
     const bool visible = max_ll(lo, w.kb) < min_ll(hi, w.ke);
-    float lse = m + log2_full(l);
+    float lse = m + log2_acc(l);
     if (bad) {
         a0 = a1 = lse = nan_f();
     } else if (!visible) {

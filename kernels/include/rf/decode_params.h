@@ -1,6 +1,6 @@
 // Parameters of the split-KV decode kernels (kernels/decode/splitkv.hip and
-// kernels/decode/combine.hip), passed by value as each kernel's only
-// argument. Mirrored by `DecodeParams` / `DecodeCombineParams` in
+// kernels/decode/splitkv_mma.hip), passed by value as each kernel's only
+// argument. Mirrored by `DecodeParams` in
 // src/kernels/params.rs (#[repr(C)]; a test compiles the field offsets the
 // Rust side generates). Every field is fixed-width, 8-byte fields first, so
 // no padding exists on either side.
@@ -42,25 +42,11 @@ struct rf_decode_params {
     float scale;      // multiplies q.k
     float softcap;    // > 0: logit = softcap * tanh(scale * q.k / softcap)
     int reserved;     // keeps the size a multiple of 8; must be 0
-};
-
-struct rf_decode_combine_params {
-    unsigned long long part_o;    // as in rf_decode_params
-    unsigned long long part_lse;
-    unsigned long long o;
-    unsigned long long seq_lens;  // i32 [batch] or 0
-    RfStrides o_strides;
-    long long window_left;
-    long long window_right;
-    int batch;
-    int seq_q;
-    int seq_kv;
-    int heads_q;
-    int head_dim;
-    int num_splits;
+    // u32 [batch][gridDim.y], zero at launch (num_splits > 1): the tickets
+    // that elect the block merging a row's splits (rf/decode/merge.h).
+    unsigned long long counters;
 };
 
 #ifdef __cplusplus
-static_assert(sizeof(rf_decode_params) == 232, "rf_decode_params layout changed: update the Rust mirror");
-static_assert(sizeof(rf_decode_combine_params) == 96, "rf_decode_combine_params layout changed");
+static_assert(sizeof(rf_decode_params) == 240, "rf_decode_params layout changed: update the Rust mirror");
 #endif

@@ -1,0 +1,93 @@
+//! Measurement overrides for `flash-decode`, from the environment variable
+//! `ROCMFORGE_DECODE_TUNE` (comma-separated `key=value`), read once per
+//! process, so that one build can time kernel variants side by side
+//! (`scripts/decode_sweep.sh`). Unset, the tuned defaults apply; nothing
+//! else reads it. Keys:
+//! - `stages=N`: K/V pipeline depth (`RF_DECODE_STAGES`);
+//! - `bn=N`: keys per tile (`RF_DECODE_BN`, a multiple of 16);
+//! - `l2=N`: ask L2 to fetch N bytes (64, 128, 256; 0 = no hint) around
+//!   each K/V copy (`RF_DECODE_L2_PREFETCH`, NVIDIA sm_80+; the f16/bf16
+//!   kernel's default is 256, the f32 one's none);
+//! - `split_tiles=N`: every split covers N tiles (the split count follows).
+//!
+//! An unknown key or a value that does not parse is ignored; a variant the
+//! kernel cannot take fails to compile, which the call reports as an error.
+
+use crate::kernels::KernelSpec;
+use std::sync::OnceLock;
+
+/// The environment variable.
+pub const TUNE_ENV: &str = "ROCMFORGE_DECODE_TUNE";
+
+/// Overrides; `None` = the default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Tuning {
+    pub stages: Option<usize>,
+    pub block_n: Option<usize>,
+    pub l2_prefetch: Option<usize>,
+    pub split_tiles: Option<usize>,
+}
+
+impl Tuning {
+    /// Parses `key=value,...`.
+    pub fn parse(text: &str) -> Tuning {
+        let mut t = Tuning::default();
+        for item in text.split(',') {
+            let Some((key, value)) = item.split_once('=') else { continue };
+            let Ok(value) = value.trim().parse::<usize>() else { continue };
+            match key.trim() {
+                "stages" if value >= 1 => t.stages = Some(value),
+                "bn" if value >= 16 && value % 16 == 0 => t.block_n = Some(value),
+                "l2" if [0, 64, 128, 256].contains(&value) => t.l2_prefetch = Some(value),
+                "split_tiles" if value >= 1 => t.split_tiles = Some(value),
+                _ => {}
+            }
+        }
+        t
+    }
+
+    /// `spec` with the kernel defines of these overrides.
+    pub fn apply(&self, mut spec: KernelSpec) -> KernelSpec {
+        for (name, value) in [
+            ("RF_DECODE_STAGES", self.stages),
+            ("RF_DECODE_BN", self.block_n),
+            ("RF_DECODE_L2_PREFETCH", self.l2_prefetch),
+        ] {
+            if let Some(v) = value {
+                spec = spec.define(name, v);
+            }
+        }
+        spec
+    }
+}
+
+/// The process's overrides (`ROCMFORGE_DECODE_TUNE`, read once).
+pub fn tuning() -> &'static Tuning {
+    static TUNING: OnceLock<Tuning> = OnceLock::new();
+    TUNING.get_or_init(|| std::env::var(TUNE_ENV).map(|s| Tuning::parse(&s)).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+
+    #[test]
+    fn parses_known_keys_and_ignores_the_rest() {
+        let t = Tuning::parse("stages=4, bn=128,l2=256,split_tiles=8,bogus=1,bn=x");
+        assert_eq!(t, Tuning { stages: Some(4), block_n: Some(128), l2_prefetch: Some(256), split_tiles: Some(8) });
+        assert_eq!(Tuning::parse(""), Tuning::default());
+        assert_eq!(Tuning::parse("bn=40,l2=100,stages=0"), Tuning::default());
+        assert_eq!(Tuning::parse("l2=0").l2_prefetch, Some(0));
+    }
+
+    #[test]
+    fn overrides_become_defines() {
+        let spec = super::super::launch::split_spec(DType::BF16, 128);
+        assert_eq!(Tuning::default().apply(spec.clone()), spec);
+        let tuned = Tuning { stages: Some(2), l2_prefetch: Some(128), ..Tuning::default() }.apply(spec);
+        assert!(tuned.defines.contains(&("RF_DECODE_STAGES".to_string(), "2".to_string())));
+        assert!(tuned.defines.contains(&("RF_DECODE_L2_PREFETCH".to_string(), "128".to_string())));
+        assert!(!tuned.defines.iter().any(|(k, _)| k == "RF_DECODE_BN"));
+    }
+}
