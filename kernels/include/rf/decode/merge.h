@@ -210,8 +210,8 @@ RF_DEVICE void merge_splits(const rf_decode_params& p, const Work& w, float* sme
         } else if (lo >= hi) {
             f[0] = f[1] = f[2] = f[3] = 0.0f;
         }
-        elem* out = reinterpret_cast<elem*>(p.o) + w.b * p.o_batch_stride + sq * p.o_seq_stride +
-                    hq * p.o_head_stride + c;
+        elem* out = reinterpret_cast<elem*>(p.o) + w.b * p.strides.o.batch + sq * p.strides.o.seq +
+                    hq * p.strides.o.head + c;
         store2(out, f[0], f[1]);
         store2(out + 2, f[2], f[3]);
     }
