@@ -234,7 +234,7 @@ mod tests {
         assert_eq!(size_of::<KernelStrides>(), 24);
         assert_eq!(size_of::<QkvoStrides>(), 96);
         assert_eq!(size_of::<FlashParams>(), 184);
-        assert_eq!(size_of::<DecodeParams>(), 232);
+        assert_eq!(size_of::<DecodeParams>(), 240); // + the merge counters (u64) at the end
         assert_eq!(std::mem::offset_of!(FlashParams, strides), 40);
         assert_eq!(std::mem::offset_of!(QkvoStrides, o) + std::mem::offset_of!(KernelStrides, head), 88);
         let probe = layout_probe::<FlashParams>();
