@@ -295,6 +295,22 @@ pub struct GpuCall {
     pub strides: QkvoStrides,
 }
 
+/// The vector loads of the fused kernels need every tensor 16-byte
+/// aligned; `addrs` names each tensor's address. A misaligned one is a
+/// typed `Unsupported` reason of `backend`, not a fault on the device.
+pub fn require_16_byte_aligned(backend: &'static str, addrs: [(&'static str, u64); 4]) -> Result<(), BackendError> {
+    let reasons: Vec<Unsupported> = addrs
+        .into_iter()
+        .filter(|(_, address)| address % 16 != 0)
+        .map(|(tensor, address)| Unsupported::Misaligned { tensor, address })
+        .collect();
+    if reasons.is_empty() {
+        Ok(())
+    } else {
+        Err(BackendError::Unsupported { backend, reasons })
+    }
+}
+
 fn same_device(a: &Device, b: &Device) -> bool {
     match (a, b) {
         (Device::Cpu, Device::Cpu) => true,

@@ -186,12 +186,7 @@ pub fn launch(
     ptrs: DecodePointers,
     strides: QkvoStrides,
 ) -> Result<(), BackendError> {
-    for (tensor, addr) in [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)] {
-        if addr % 16 != 0 {
-            let reasons = vec![Unsupported::Misaligned { tensor, address: addr }];
-            return Err(BackendError::Unsupported { backend, reasons });
-        }
-    }
+    crate::backend::require_16_byte_aligned(backend, [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)])?;
     let Prepared { split: kernel, shape } = prepared(gpu, p.dtype, p.head_dim)?;
     let (plan, workspace_bytes) = plan_for(gpu, p, &shape);
     let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };

@@ -115,12 +115,7 @@ pub fn launch(
     ptrs: FlashPointers,
     strides: QkvoStrides,
 ) -> Result<(), BackendError> {
-    for (tensor, addr) in [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)] {
-        if addr % 16 != 0 {
-            let reason = Unsupported::Misaligned { tensor, address: addr };
-            return Err(BackendError::Unsupported { backend, reasons: vec![reason] });
-        }
-    }
+    crate::backend::require_16_byte_aligned(backend, [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)])?;
     let kernel = gpu.kernel(&spec(p.dtype, p.head_dim, None))?;
     let shape = gpu.kernel_global_i32s(&kernel, "rf_flash_fwd_launch")?;
     let (block_m, threads, smem) = match shape[..] {

@@ -228,15 +228,26 @@ RF_DEVICE void rf_split_all_finite(const unsigned (&raw)[N], unsigned (&big)[N],
     for (int i = 0; i < N; ++i) rf_split_tf32_finite(__uint_as_float(raw[i]), big[i], small[i]);
 }
 
+// The raw 32-bit words of an A fragment at `s`, before the tf32 split.
 template <class Off>
-RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
+RF_DEVICE void rf_load_a_raw(unsigned (&raw)[8], const rf_elem* s, Off off) {
     const int l = rf_lane();
     unsigned r0[4], r1[4];
     // 32-bit words through the b16 ldmatrix: an 8x8 b16 matrix is 8 rows of
     // four f32; matrix q of step s covers rows 8(q%2).., k 8s + 4(q/2)...
     rf_ldsm_x4(r0, rf_smem_u32(s + off(l & 15, (l >> 4) * 4)));
     rf_ldsm_x4(r1, rf_smem_u32(s + off(l & 15, 8 + (l >> 4) * 4)));
-    const unsigned raw[8] = {r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3]};
+#pragma unroll
+    for (int i = 0; i < 4; ++i) {
+        raw[i] = r0[i];
+        raw[4 + i] = r1[i];
+    }
+}
+
+template <class Off>
+RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
+    unsigned raw[8];
+    rf_load_a_raw(raw, s, off);
     rf_split_all(raw, a.big, a.small);
 }
 
@@ -244,11 +255,8 @@ RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {
 // non-finite products the caller replaces (rf/flash/tf32.h).
 template <class Off>
 RF_DEVICE void rf_load_a_finite(rf_frag_a& a, const rf_elem* s, Off off) {
-    const int l = rf_lane();
-    unsigned r0[4], r1[4];
-    rf_ldsm_x4(r0, rf_smem_u32(s + off(l & 15, (l >> 4) * 4)));
-    rf_ldsm_x4(r1, rf_smem_u32(s + off(l & 15, 8 + (l >> 4) * 4)));
-    const unsigned raw[8] = {r0[0], r0[1], r0[2], r0[3], r1[0], r1[1], r1[2], r1[3]};
+    unsigned raw[8];
+    rf_load_a_raw(raw, s, off);
     rf_split_all_finite(raw, a.big, a.small);
 }
 
@@ -351,10 +359,8 @@ RF_DEVICE void rf_mma_hi(rf_frag_c& c, const rf_frag_a& a, const rf_frag_b& b) {
     }
 }
 
-// Accumulator tile j (keys 8j..8j+7) becomes k-step j of A, keys permuted
-// as rf_load_b_kn expects: A (g, t) = P(g, 2t), A (g, t+4) = P(g, 2t+1).
-RF_DEVICE void rf_c_to_a(rf_frag_a& a, const rf_frag_c& c) {
-    unsigned raw[8];
+// The words of accumulator tile c in the order rf_c_to_a needs (below).
+RF_DEVICE void rf_c_raw_as_a(unsigned (&raw)[8], const rf_frag_c& c) {
 #pragma unroll
     for (int s = 0; s < 2; ++s) {
         raw[4 * s + 0] = __float_as_uint(c.v[4 * s + 0]);
@@ -362,19 +368,20 @@ RF_DEVICE void rf_c_to_a(rf_frag_a& a, const rf_frag_c& c) {
         raw[4 * s + 2] = __float_as_uint(c.v[4 * s + 1]);
         raw[4 * s + 3] = __float_as_uint(c.v[4 * s + 3]);
     }
+}
+
+// Accumulator tile j (keys 8j..8j+7) becomes k-step j of A, keys permuted
+// as rf_load_b_kn expects: A (g, t) = P(g, 2t), A (g, t+4) = P(g, 2t+1).
+RF_DEVICE void rf_c_to_a(rf_frag_a& a, const rf_frag_c& c) {
+    unsigned raw[8];
+    rf_c_raw_as_a(raw, c);
     rf_split_all(raw, a.big, a.small);
 }
 
 // rf_c_to_a for accumulators known finite (rf_split_tf32_finite).
 RF_DEVICE void rf_c_to_a_finite(rf_frag_a& a, const rf_frag_c& c) {
     unsigned raw[8];
-#pragma unroll
-    for (int s = 0; s < 2; ++s) {
-        raw[4 * s + 0] = __float_as_uint(c.v[4 * s + 0]);
-        raw[4 * s + 1] = __float_as_uint(c.v[4 * s + 2]);
-        raw[4 * s + 2] = __float_as_uint(c.v[4 * s + 1]);
-        raw[4 * s + 3] = __float_as_uint(c.v[4 * s + 3]);
-    }
+    rf_c_raw_as_a(raw, c);
     rf_split_all_finite(raw, a.big, a.small);
 }
 #endif
