@@ -3,10 +3,8 @@
 //! tested against, not a fast path.
 
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
-use crate::capabilities::{Capabilities, HeadDims};
-use crate::device::DeviceKind;
-use crate::dtype::DType;
-use crate::problem::{AttentionProblem, MaskKind, TensorRole};
+use crate::capabilities::Capabilities;
+use crate::problem::{AttentionProblem, TensorRole};
 use crate::tensor::{HostData, Layout};
 
 pub struct CpuReference;
@@ -27,20 +25,7 @@ impl AttentionBackend for CpuReference {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            device: DeviceKind::Cpu,
-            dtypes: &DType::ALL,
-            head_dims: HeadDims::Range { min: 1, max: usize::MAX },
-            max_seq_q: None,
-            max_seq_kv: None,
-            masks: &MaskKind::ALL,
-            max_group_size: None,
-            softcap: true,
-            strided: true,
-            matrix_units: None,
-            deterministic: true,
-            workspace: "one row of seq_kv f64 scores",
-        }
+        Capabilities::cpu_unlimited("one row of seq_kv f64 scores")
     }
 
     fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
@@ -139,6 +124,7 @@ fn reference_attention_strided(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::dtype::DType;
     use crate::problem::Mask;
 
     #[test]

@@ -62,8 +62,23 @@ impl Capabilities {
     /// deterministic. Each backend names its head dims, masks and
     /// workspace, and overrides the rest where it differs.
     pub fn gpu(head_dims: HeadDims, masks: &'static [MaskKind], workspace: &'static str) -> Capabilities {
+        Capabilities::on(DeviceKind::Gpu, head_dims, masks, workspace)
+    }
+
+    /// A CPU backend without limits: every dtype, head dim, mask, length and
+    /// GQA group, soft-cap, strided tensors, deterministic.
+    pub fn cpu_unlimited(workspace: &'static str) -> Capabilities {
+        Capabilities::on(DeviceKind::Cpu, HeadDims::Range { min: 1, max: usize::MAX }, &MaskKind::ALL, workspace)
+    }
+
+    fn on(
+        device: DeviceKind,
+        head_dims: HeadDims,
+        masks: &'static [MaskKind],
+        workspace: &'static str,
+    ) -> Capabilities {
         Capabilities {
-            device: DeviceKind::Gpu,
+            device,
             dtypes: &DType::ALL,
             head_dims,
             max_seq_q: None,

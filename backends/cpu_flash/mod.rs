@@ -71,10 +71,8 @@ mod tests;
 pub use isa::{CpuIsa, IsaUnavailable};
 
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
-use crate::capabilities::{Capabilities, HeadDims};
-use crate::device::DeviceKind;
+use crate::capabilities::Capabilities;
 use crate::dtype::DType;
-use crate::problem::MaskKind;
 use crate::tensor::HostData;
 use isa::VerifiedIsa;
 use schedule::{run, Layouts};
@@ -190,23 +188,9 @@ impl AttentionBackend for CpuFlash {
     }
 
     fn capabilities(&self) -> Capabilities {
-        Capabilities {
-            device: DeviceKind::Cpu,
-            dtypes: &DType::ALL,
-            // Scratch grows linearly with head_dim and stays O(tile); there is
-            // no kernel-imposed limit.
-            head_dims: HeadDims::Range { min: 1, max: usize::MAX },
-            max_seq_q: None,
-            max_seq_kv: None,
-            masks: &MaskKind::ALL,
-            max_group_size: None,
-            softcap: true,
-            // Rows are addressed through each view's strides and offset.
-            strided: true,
-            matrix_units: None,
-            deterministic: true,
-            workspace: "O(tile) f32 scratch + <= 1 MiB K and V head copies per thread",
-        }
+        // Scratch grows linearly with head_dim and stays O(tile): no
+        // kernel-imposed limit; rows are addressed through each view's strides.
+        Capabilities::cpu_unlimited("O(tile) f32 scratch + <= 1 MiB K and V head copies per thread")
     }
 
     fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
