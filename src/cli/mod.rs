@@ -56,7 +56,7 @@ pub enum Command {
     Devices(devices::Args),
     /// Kernel tools: list every kernel specialization, or compile them for a target.
     Kernels(kernels::Args),
-    /// Greedy generation with a Hugging Face model directory (Llama, Mistral, Qwen2, GLM).
+    /// Token generation (greedy, or sampled with --temperature) with a Hugging Face model directory (Llama, Mistral, Qwen2, GLM).
     Generate(generate::Args),
 }
 
