@@ -37,22 +37,8 @@ struct rf_frag_c {
     float v[4];
 };
 
-RF_DEVICE constexpr int rf_c_slot(int r) { return r; }
 RF_DEVICE int rf_slot_row(int slot) { return 4 * (rf_lane() >> 4) + slot; }
-RF_DEVICE int rf_c_row(int r) { return rf_slot_row(r); }
-RF_DEVICE int rf_c_col(int) { return rf_lane() & 15; }
-// C(row of `slot`, col) sits in register `slot` of lane (l & ~15) | col.
-RF_DEVICE int rf_c_src_lane(int col) { return (rf_lane() & ~15) | col; }
-RF_DEVICE constexpr int rf_c_reg(int slot, int) { return slot; }
-
-RF_DEVICE float rf_row_max(float x) {
-    for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, rf_shfl_xor(x, o));
-    return x;
-}
-RF_DEVICE float rf_row_sum(float x) {
-    for (int o = 8; o > 0; o >>= 1) x += rf_shfl_xor(x, o);
-    return x;
-}
+#include "rf/mma/c_lane16.h"
 
 // Four consecutive elements of one row (never crossing a 16-byte chunk).
 template <class Off>

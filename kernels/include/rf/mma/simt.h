@@ -26,22 +26,8 @@ struct rf_frag_c {
     float v[RF_SIMT_KPL];
 };
 
-RF_DEVICE constexpr int rf_c_slot(int r) { return r; }
 RF_DEVICE int rf_slot_row(int slot) { return rf_lane() / 16 + RF_SIMT_KH * slot; }
-RF_DEVICE int rf_c_row(int r) { return rf_slot_row(r); }
-RF_DEVICE int rf_c_col(int) { return rf_lane() & 15; }
-// C(row of `slot`, col) sits in register `slot` of lane (l & ~15) | col.
-RF_DEVICE int rf_c_src_lane(int col) { return (rf_lane() & ~15) | col; }
-RF_DEVICE constexpr int rf_c_reg(int slot, int) { return slot; }
-
-RF_DEVICE float rf_row_max(float x) {
-    for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, rf_shfl_xor(x, o));
-    return x;
-}
-RF_DEVICE float rf_row_sum(float x) {
-    for (int o = 8; o > 0; o >>= 1) x += rf_shfl_xor(x, o);
-    return x;
-}
+#include "rf/mma/c_lane16.h"
 
 template <class Off>
 RF_DEVICE void rf_load_a(rf_frag_a& a, const rf_elem* s, Off off) {

@@ -47,7 +47,6 @@ struct rf_frag_c {
     float v[8];
 };
 
-RF_DEVICE constexpr int rf_c_slot(int r) { return r; }
 #if RF_MMA_FLAVOUR == RF_MMA_WMMA11
 RF_DEVICE int rf_slot_row(int slot) { return 2 * slot + (rf_lane() >> 4); }
 // First k index a lane holds.
@@ -56,20 +55,7 @@ RF_DEVICE int rf_wmma_k0() { return 0; }
 RF_DEVICE int rf_slot_row(int slot) { return 8 * (rf_lane() >> 4) + slot; }
 RF_DEVICE int rf_wmma_k0() { return 8 * (rf_lane() >> 4); }
 #endif
-RF_DEVICE int rf_c_row(int r) { return rf_slot_row(r); }
-RF_DEVICE int rf_c_col(int) { return rf_lane() & 15; }
-// C(row of `slot`, col) sits in register `slot` of lane (l & ~15) | col.
-RF_DEVICE int rf_c_src_lane(int col) { return (rf_lane() & ~15) | col; }
-RF_DEVICE constexpr int rf_c_reg(int slot, int) { return slot; }
-
-RF_DEVICE float rf_row_max(float x) {
-    for (int o = 8; o > 0; o >>= 1) x = fmaxf(x, rf_shfl_xor(x, o));
-    return x;
-}
-RF_DEVICE float rf_row_sum(float x) {
-    for (int o = 8; o > 0; o >>= 1) x += rf_shfl_xor(x, o);
-    return x;
-}
+#include "rf/mma/c_lane16.h"
 
 // Runs of 8 consecutive k in one row: one 16-byte chunk each.
 template <class Off>
