@@ -9,7 +9,7 @@
 //!   products; dims past the last multiple of 64 in 16-wide blocks.
 
 use super::super::simd::PairDot;
-use super::SK;
+use super::SP;
 use super::{kt_offset, MatMul, PvArgs, QkArgs};
 use std::marker::PhantomData;
 
@@ -113,7 +113,7 @@ unsafe fn qk_block<S: PairDot, const MR: usize>(a: &QkArgs, r0: usize, j0: usize
             }
         }
         for (r, accr) in acc.iter().enumerate() {
-            let sp = a.s.add((r0 + r) * SK + j0);
+            let sp = a.s.add((r0 + r) * SP + j0);
             S::store(sp, accr[0]);
             S::store(sp.add(16), accr[1]);
         }

@@ -54,6 +54,21 @@ pub(crate) const SK: usize = 256;
 /// Keys per K^T block.
 pub(super) const KB: usize = 32;
 
+/// Row pitch of S (f32): `SK` plus a 64-byte line, so that the 16 rows of
+/// an AMX tile store do not fall into a few L1 sets (1 KiB apart, every
+/// row of a tile would share 4 of the 64 sets).
+pub(crate) const SP: usize = SK + 16;
+
+/// Row pitch of P (bf16 bits): `SK` values (split inputs: `2 · SK`, the
+/// low halves from `SK` on) plus a 64-byte line, for the same reason.
+pub(crate) const fn p_pitch(split: bool) -> usize {
+    if split {
+        2 * SK + 32
+    } else {
+        SK + 32
+    }
+}
+
 /// Where pair `p` of key `j` sits in a K^T pack whose first key is a block
 /// start: blocks of `KB` keys × 16 pairs (`pairs / 16` of them per key
 /// block, consecutive), each `16 · KB` u32 with one row of `KB` keys per
@@ -61,6 +76,14 @@ pub(super) const KB: usize = 32;
 #[inline(always)]
 pub(crate) fn kt_offset(p: usize, j: usize, pairs: usize) -> usize {
     ((j / KB) * (pairs / 16) + p / 16) * (16 * KB) + (p % 16) * KB + j % KB
+}
+
+/// TEMPORARY (amx2 experiments, removed before merging): variant bits
+/// from `ROCMFORGE_AMX_KNOBS` (1: interleaved tile loads, 2: P·V
+/// dim-block major, 4: row groups of 32, 8: speculative softmax).
+pub(crate) fn knobs() -> u32 {
+    static K: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *K.get_or_init(|| std::env::var("ROCMFORGE_AMX_KNOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(15))
 }
 
 /// Operands of `S = Q·K^T` for one unit and tile.

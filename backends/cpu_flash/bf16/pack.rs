@@ -7,7 +7,7 @@ use super::super::schedule::{Call, Rows, Task};
 use super::super::scratch::{prefetch_row, AlignedBuf, HeadRows, PREFETCH_ROWS};
 use super::super::{BQ, SUB, VHEAD_MAX};
 use super::softmax::{round_bf16, widen};
-use super::SK;
+use super::{p_pitch, SK, SP};
 use super::{kt_offset, KB};
 use half::{bf16, f16};
 
@@ -26,9 +26,9 @@ pub(crate) struct Bf16Scratch {
     /// Per unit: Q rows, `[BQ][dq]` bf16 bits (`[BQ][2 · dq]` for split
     /// inputs: the high halves, then the low halves).
     pub q: Vec<AlignedBuf<u16>>,
-    /// Scores, `[BQ][SK]` f32.
+    /// Scores, `[BQ][SP]` f32.
     pub s: AlignedBuf<f32>,
-    /// P, `[BQ][SK]` bf16 bits (`[BQ][2 · SK]` for split inputs).
+    /// P, `[BQ][p_pitch(split)]` bf16 bits.
     pub p: AlignedBuf<u16>,
     /// K^T and V packs of the high halves, and of the low halves (split
     /// inputs only).
@@ -47,8 +47,8 @@ impl Bf16Scratch {
         let w = if split { 2 } else { 1 };
         Bf16Scratch {
             q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq * w)).collect(),
-            s: AlignedBuf::new(BQ * SK),
-            p: AlignedBuf::new(BQ * SK * w),
+            s: AlignedBuf::new(BQ * SP),
+            p: AlignedBuf::new(BQ * p_pitch(split)),
             kt: Default::default(),
             vv: Default::default(),
             conv: (Vec::new(), Vec::new(), vec![0.0; d]),

@@ -7,7 +7,7 @@
 //! `ROCMFORGE_REQUIRE_AMX=1` turns every such skip into a failure (the GPU
 //! machine's bundle sets it: its Xeon has AMX and AVX512-BF16).
 
-use super::super::bf16::{kt_offset, Dot, MatMul, PvArgs, QkArgs, SK};
+use super::super::bf16::{kt_offset, Dot, MatMul, PvArgs, QkArgs, SK, SP};
 use super::super::simd::{Lanes, PairDot};
 use super::*;
 use crate::env_flag::env_flag;
@@ -60,7 +60,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
             let q_pitch = if split { 4 * pairs + 32 } else { 2 * pairs + 32 };
             let q = random_bits(&mut rng, BQ * q_pitch);
             let kt = [random_pairs(&mut rng, pairs * keys), random_pairs(&mut rng, pairs * keys)];
-            let mut s = vec![f32::NAN; BQ * SK];
+            let mut s = vec![f32::NAN; BQ * SP];
             let a = QkArgs {
                 q: q.as_ptr(),
                 q_pitch,
@@ -89,7 +89,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
                             want += wide(q[row]) * k0 + wide(q[row + 1]) * k1;
                         }
                     }
-                    let got = s[r * SK + j];
+                    let got = s[r * SP + j];
                     let scale = (2 * pairs * secs.len()) as f64;
                     assert!(
                         close(got, want, scale),
@@ -97,7 +97,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
                     );
                 }
             }
-            assert!(s[rows * SK..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
+            assert!(s[rows * SP..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
         }
     }
 }
