@@ -86,7 +86,7 @@ impl<T: Tiles> MatMul for Amx<T> {
 #[inline(always)]
 unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, j0: usize) {
     let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, SP * 4);
-    let il = knobs() & 1 != 0;
+    let (il, pf) = (knobs() & 1 != 0, knobs() & 16 != 0);
     {
         // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
         // pairs, keys j0..j0+32 <= keys and S rows/keys likewise are inside
@@ -104,6 +104,10 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
                 while p0 < a.pairs {
                     let qa = a.q.add(r0 * a.q_pitch + q_off + 2 * p0).cast::<u8>();
                     let kb = kt.add(kt_offset(p0, j0, a.pairs)).cast::<u8>();
+                    if pf {
+                        // The next 16 pairs' (or key block's) K^T: the 2 KiB after this one.
+                        prefetch_lines(kb.wrapping_add(16 * KB * 4), 64, 32);
+                    }
                     block_step::<T, MT, 2>(t, (qa, qs, 16 * qs), (kb, ks, 64), il);
                     p0 += 16;
                 }
@@ -126,7 +130,7 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
 #[inline(always)]
 unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
     let (os, ps, vs) = (a.dp * 4, a.p_pitch * 2, a.vv_pitch * 4);
-    let il = knobs() & 1 != 0;
+    let (il, pf) = (knobs() & 1 != 0, knobs() & 16 != 0);
     // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
     // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and
     // dims c0.. are inside the operands `PvArgs` describes.
@@ -148,6 +152,19 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
             while x < a.keys {
                 let pa = a.p.add(r0 * a.p_pitch + p_off + x).cast::<u8>();
                 let vb = vv.add(x / 2 * a.vv_pitch + c0).cast::<u8>();
+                if pf {
+                    // The next 32 keys' V rows, or the next dim block's first.
+                    let next = if x + 32 < a.keys {
+                        Some(vb.wrapping_add(16 * vs))
+                    } else {
+                        (c0 + 32 < a.dp).then(|| vv.wrapping_add(c0 + 32).cast::<u8>())
+                    };
+                    if let Some(nb) = next {
+                        for i in 0..16 {
+                            prefetch_lines(nb.wrapping_add(i * vs), 64, NT);
+                        }
+                    }
+                }
                 block_step::<T, MT, NT>(t, (pa, ps, 16 * ps), (vb, vs, 64), il);
                 x += 32;
             }
@@ -218,5 +235,18 @@ unsafe fn block_step<T: Tiles, const MT: usize, const NT: usize>(
                 t.dp::<3, 5, 7>();
             }
         }
+    }
+}
+
+/// Prefetches `n` lines `step` bytes apart from `p` into L1 (a hint: the
+/// addresses need not be valid).
+#[inline(always)]
+fn prefetch_lines(p: *const u8, step: usize, n: usize) {
+    for i in 0..n {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: prefetcht0 never faults, whatever the address.
+        unsafe {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(i * step).cast())
+        };
     }
 }

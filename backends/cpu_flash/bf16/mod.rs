@@ -80,10 +80,11 @@ pub(crate) fn kt_offset(p: usize, j: usize, pairs: usize) -> usize {
 
 /// TEMPORARY (amx2 experiments, removed before merging): variant bits
 /// from `ROCMFORGE_AMX_KNOBS` (1: interleaved tile loads, 2: P·V
-/// dim-block major, 4: row groups of 32, 8: speculative softmax).
+/// dim-block major, 4: row groups of 32, 8: speculative softmax, 16:
+/// software prefetch of the next K^T / V tiles, 32: rdtsc profile).
 pub(crate) fn knobs() -> u32 {
     static K: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *K.get_or_init(|| std::env::var("ROCMFORGE_AMX_KNOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(15))
+    *K.get_or_init(|| std::env::var("ROCMFORGE_AMX_KNOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(31))
 }
 
 /// Operands of `S = Q·K^T` for one unit and tile.

@@ -160,15 +160,18 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
                 rows: g16 - g0,
                 keys,
             };
+            let t0 = prof::now();
             // SAFETY: Q is [BQ][dq] (from row g0 on: g16 - g0 rows), S
             // [BQ][SP] (Bf16Scratch); keys <= SK; the packed K^T covers
             // keys j0..j0 + keys (PackedKv).
             unsafe { self.mm.qk(&qk) };
+            let t1 = prof::now();
             // SAFETY: X's features are present (forwarded contract).
             let mr = &mut self.mref[st.ui];
             unsafe { X::tile::<LOG2>(un, mr, s, p, st.n, (g0, g1), &live, &self.scaling, &mut alpha) };
             // Padding rows of the last query block multiply as zeros.
             p[(g1 - g0) * p_pitch..(g16 - g0) * p_pitch].fill(0);
+            let t2 = prof::now();
             if !M::RESCALES_O {
                 for (r, &a) in alpha.iter().enumerate().take(g1).skip(g0) {
                     if a != 1.0 {
@@ -176,6 +179,7 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
                     }
                 }
             }
+            let t3 = prof::now();
             let pv = PvArgs {
                 p: p.as_ptr(),
                 p_pitch,
@@ -193,7 +197,36 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
             // SAFETY: P is [BQ][p_pitch], O [BQ][dp] (from row g0 on),
             // alpha [BQ]; the packed V covers keys j0..j0 + keys (PackedKv).
             unsafe { self.mm.pv(&pv) };
+            prof::add([t1 - t0, t2 - t1, t3 - t2, prof::now() - t3]);
             g0 = g16;
+        }
+    }
+}
+
+/// TEMPORARY (amx2 experiments): TSC cycles per phase (knob bit 32),
+/// summed over threads, printed every 4096 steps.
+mod prof {
+    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+    static T: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
+    #[inline(always)]
+    pub(super) fn now() -> u64 {
+        #[cfg(target_arch = "x86_64")]
+        if super::knobs() & 32 != 0 {
+            // SAFETY: rdtsc has no preconditions on x86-64.
+            return unsafe { std::arch::x86_64::_rdtsc() };
+        }
+        0
+    }
+    pub(super) fn add(d: [u64; 4]) {
+        if super::knobs() & 32 == 0 {
+            return;
+        }
+        for (t, x) in T.iter().zip(d) {
+            t.fetch_add(x, Relaxed);
+        }
+        if T[4].fetch_add(1, Relaxed) % 4096 == 4095 {
+            let v: Vec<u64> = T.iter().map(|t| t.load(Relaxed)).collect();
+            eprintln!("PROF qk {} softmax {} rescale {} pv {} steps {}", v[0], v[1], v[2], v[3], v[4]);
         }
     }
 }
