@@ -5,7 +5,7 @@
 //! 16 columns take the 1-wide forms of the same block.
 
 use super::tiles::Tiles;
-use super::{knobs, kt_offset, MatMul, PvArgs, QkArgs, KB, SP};
+use super::{kt_offset, vv_offset, MatMul, PvArgs, QkArgs, KB, SP};
 
 /// The AMX kernels over tile registers `T` (the real ones or the emulator).
 pub(crate) struct Amx<T: Tiles>(pub T);
@@ -59,10 +59,10 @@ impl<T: Tiles> MatMul for Amx<T> {
     /// accumulators loaded from and stored back to O.
     #[inline(always)]
     unsafe fn pv_block(&mut self, a: &PvArgs, b: usize) {
-        let (cb, rb) = (a.dp.div_ceil(32), a.rows.div_ceil(32));
+        let rb = a.rows.div_ceil(32);
         // Dim-block major: a block of V (all keys × 32 dims) is read from
         // L2 once and from L1 for the second row block.
-        let (r0, c0) = if knobs() & 2 != 0 { (b % rb * 32, b / rb * 32) } else { (b / cb * 32, b % cb * 32) };
+        let (r0, c0) = (b % rb * 32, b / rb * 32);
         let t = &mut self.0;
         // SAFETY (all calls): rows and dp are multiples of 16, keys of 32
         // (`PvArgs`) and b is below the count, so the block is inside the
@@ -86,7 +86,6 @@ impl<T: Tiles> MatMul for Amx<T> {
 #[inline(always)]
 unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, j0: usize) {
     let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, SP * 4);
-    let (il, pf) = (knobs() & 1 != 0, knobs() & 16 != 0);
     {
         // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
         // pairs, keys j0..j0+32 <= keys and S rows/keys likewise are inside
@@ -104,11 +103,7 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
                 while p0 < a.pairs {
                     let qa = a.q.add(r0 * a.q_pitch + q_off + 2 * p0).cast::<u8>();
                     let kb = kt.add(kt_offset(p0, j0, a.pairs)).cast::<u8>();
-                    if pf {
-                        // The next 16 pairs' (or key block's) K^T: the 2 KiB after this one.
-                        prefetch_lines(kb.wrapping_add(16 * KB * 4), 64, 32);
-                    }
-                    block_step::<T, MT, 2>(t, (qa, qs, 16 * qs), (kb, ks, 64), il);
+                    block_step::<T, MT, 2>(t, (qa, qs, 16 * qs), (kb, ks, 64));
                     p0 += 16;
                 }
             }
@@ -129,11 +124,11 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
 /// As for `MatMul::pv_block`; the block is inside rows × dp.
 #[inline(always)]
 unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
-    let (os, ps, vs) = (a.dp * 4, a.p_pitch * 2, a.vv_pitch * 4);
-    let (il, pf) = (knobs() & 1 != 0, knobs() & 16 != 0);
+    // V rows of a group are 64 bytes apart; the next group vv_group u32 on.
+    let (os, ps, vs, vg) = (a.dp * 4, a.p_pitch * 2, 64, a.vv_group * 4);
     // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
-    // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and
-    // dims c0.. are inside the operands `PvArgs` describes.
+    // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 of
+    // the dim groups from c0 on are inside the operands `PvArgs` describes.
     unsafe {
         let op = a.o.add(r0 * a.dp + c0).cast::<u8>();
         t.load::<0>(op, os);
@@ -151,21 +146,8 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
             let mut x = 0;
             while x < a.keys {
                 let pa = a.p.add(r0 * a.p_pitch + p_off + x).cast::<u8>();
-                let vb = vv.add(x / 2 * a.vv_pitch + c0).cast::<u8>();
-                if pf {
-                    // The next 32 keys' V rows, or the next dim block's first.
-                    let next = if x + 32 < a.keys {
-                        Some(vb.wrapping_add(16 * vs))
-                    } else {
-                        (c0 + 32 < a.dp).then(|| vv.wrapping_add(c0 + 32).cast::<u8>())
-                    };
-                    if let Some(nb) = next {
-                        for i in 0..16 {
-                            prefetch_lines(nb.wrapping_add(i * vs), 64, NT);
-                        }
-                    }
-                }
-                block_step::<T, MT, NT>(t, (pa, ps, 16 * ps), (vb, vs, 64), il);
+                let vb = vv.add(vv_offset(x / 2, c0, a.vv_group)).cast::<u8>();
+                block_step::<T, MT, NT>(t, (pa, ps, 16 * ps), (vb, vs, vg));
                 x += 32;
             }
         }
@@ -185,9 +167,9 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
 /// One reduction step of a block: A operands (rows `0..16` at `a.0`, rows
 /// `16..32` at `a.0 + a.2`, `a.1` bytes apart) into tiles 4/5, B operands
 /// (`b.0` and `b.0 + b.2`) into 6/7, and the `MT × NT` products into
-/// accumulators 0..4. Interleaved (`il`), each product is issued as soon
-/// as its operands are loaded (A0, B0, C00, B1, C01, A1, C10, C11), so the
-/// tile unit starts before all four loads are done.
+/// accumulators 0..4, each product issued as soon as its operands are
+/// loaded (A0, B0, C00, B1, C01, A1, C10, C11), so that the tile unit
+/// starts before all four loads are done.
 ///
 /// # Safety
 /// Tiles configured; 16 rows of 64 readable bytes at each operand used.
@@ -196,57 +178,22 @@ unsafe fn block_step<T: Tiles, const MT: usize, const NT: usize>(
     t: &mut T,
     a: (*const u8, usize, usize),
     b: (*const u8, usize, usize),
-    il: bool,
 ) {
     // SAFETY: forwarded contract.
     unsafe {
-        if il {
-            t.load::<4>(a.0, a.1);
-            t.load::<6>(b.0, b.1);
-            t.dp::<0, 4, 6>();
-            if NT == 2 {
-                t.load::<7>(b.0.add(b.2), b.1);
-                t.dp::<1, 4, 7>();
-            }
-            if MT == 2 {
-                t.load::<5>(a.0.add(a.2), a.1);
-                t.dp::<2, 5, 6>();
-                if NT == 2 {
-                    t.dp::<3, 5, 7>();
-                }
-            }
-            return;
-        }
         t.load::<4>(a.0, a.1);
-        if MT == 2 {
-            t.load::<5>(a.0.add(a.2), a.1);
-        }
         t.load::<6>(b.0, b.1);
-        if NT == 2 {
-            t.load::<7>(b.0.add(b.2), b.1);
-        }
         t.dp::<0, 4, 6>();
         if NT == 2 {
+            t.load::<7>(b.0.add(b.2), b.1);
             t.dp::<1, 4, 7>();
         }
         if MT == 2 {
+            t.load::<5>(a.0.add(a.2), a.1);
             t.dp::<2, 5, 6>();
             if NT == 2 {
                 t.dp::<3, 5, 7>();
             }
         }
-    }
-}
-
-/// Prefetches `n` lines `step` bytes apart from `p` into L1 (a hint: the
-/// addresses need not be valid).
-#[inline(always)]
-fn prefetch_lines(p: *const u8, step: usize, n: usize) {
-    for i in 0..n {
-        #[cfg(target_arch = "x86_64")]
-        // SAFETY: prefetcht0 never faults, whatever the address.
-        unsafe {
-            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(i * step).cast())
-        };
     }
 }

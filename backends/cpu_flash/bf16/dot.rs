@@ -10,7 +10,7 @@
 
 use super::super::simd::PairDot;
 use super::SP;
-use super::{kt_offset, MatMul, PvArgs, QkArgs};
+use super::{kt_offset, vv_offset, MatMul, PvArgs, QkArgs};
 use std::marker::PhantomData;
 
 /// The pair-dot kernels over vector type `S` (16 lanes).
@@ -139,10 +139,9 @@ unsafe fn pv_block<S: PairDot, const MR: usize, const NV: usize>(a: &PvArgs, r0:
         let (secs, n_secs) = a.sections();
         for &(p_off, vsec) in &secs[..n_secs] {
             for jp in 0..a.keys / 2 {
-                let vp = vsec.add(jp * a.vv_pitch + c0).cast::<f32>();
                 let mut vv = [S::zero(); NV];
                 for (u, x) in vv.iter_mut().enumerate() {
-                    *x = S::load(vp.add(16 * u));
+                    *x = S::load(vsec.add(vv_offset(jp, c0 + 16 * u, a.vv_group)).cast::<f32>());
                 }
                 for (r, accr) in acc.iter_mut().enumerate() {
                     let p = S::splat_bits(pair_at(a.p.add((r0 + r) * a.p_pitch + p_off + 2 * jp)));

@@ -13,8 +13,10 @@
 //!   (16 pairs × 16 keys) is 16 rows 128 bytes apart inside one block and
 //!   `vdpbf16ps` reads 32 keys of a pair from one row. Tiles start at
 //!   multiples of 32 keys (leading keys before a row's range are masked).
-//! * V in pairs: row `jp` holds `(V[2jp][c], V[2jp+1][c])` for every dim
-//!   `c` (VNNI), from key 0 (tiles start at even keys).
+//! * V in pairs: `(V[2jp][c], V[2jp+1][c])` (VNNI) as one u32 per (pair
+//!   row jp, dim c), from key 0 (tiles start at even keys), blocked: dims
+//!   in groups of 16, each group a run of 64-byte rows, one per pair row
+//!   (`vv_offset`), so an AMX B operand is 1 KiB contiguous.
 //! * S = Q·K^T, query-major `[BQ][SK]` f32 (raw dot products); the online
 //!   softmax scales, masks and exponentiates each row, and writes P as bf16
 //!   `[BQ][SK]`, zero past the tile's keys (products run over whole blocks
@@ -78,13 +80,13 @@ pub(crate) fn kt_offset(p: usize, j: usize, pairs: usize) -> usize {
     ((j / KB) * (pairs / 16) + p / 16) * (16 * KB) + (p % 16) * KB + j % KB
 }
 
-/// TEMPORARY (amx2 experiments, removed before merging): variant bits
-/// from `ROCMFORGE_AMX_KNOBS` (1: interleaved tile loads, 2: P·V
-/// dim-block major, 4: row groups of 32, 8: speculative softmax, 16:
-/// software prefetch of the next K^T / V tiles, 32: rdtsc profile).
-pub(crate) fn knobs() -> u32 {
-    static K: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
-    *K.get_or_init(|| std::env::var("ROCMFORGE_AMX_KNOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(31))
+/// Where dim `c` of key-pair row `jp` sits in a V pack: dims in groups of
+/// 16, `group` u32 apart; inside a group one row of 16 u32 per pair row,
+/// so that an AMX B operand (16 pair rows × 16 dims) is 1 KiB contiguous
+/// and a group's successive key blocks follow each other.
+#[inline(always)]
+pub(crate) fn vv_offset(jp: usize, c: usize, group: usize) -> usize {
+    (c / 16) * group + jp * 16 + c % 16
 }
 
 /// Operands of `S = Q·K^T` for one unit and tile.
@@ -116,13 +118,14 @@ pub(super) struct PvArgs {
     /// halves, then the low halves `SK` further on).
     pub p: *const u16,
     pub p_pitch: usize,
-    /// V pairs at the tile's first key: pair row `jp` starts at
-    /// `vv + jp · vv_pitch`, one u32 per dim, `dp` of them; the high
-    /// halves, and for split inputs the low halves.
+    /// V pairs at the tile's first key: dim `c` of pair row `jp` at
+    /// `vv + vv_offset(jp, c, vv_group)`; the high halves, and for split
+    /// inputs the low halves.
     pub vv: [*const u32; 2],
     /// `O += Ph·Vh + Ph·Vl + Pl·Vh` (split inputs).
     pub split: bool,
-    pub vv_pitch: usize,
+    /// u32 from one group of 16 dims to the next (`vv_offset`).
+    pub vv_group: usize,
     /// Keys (a multiple of 32, <= SK).
     pub keys: usize,
     /// O, `[rows][dp]` f32.

@@ -14,7 +14,7 @@
 use super::super::exp::exp_any;
 use super::super::unit::{LiveKeys, Unit};
 use super::super::BQ;
-use super::{knobs, p_pitch, SK, SP};
+use super::{p_pitch, SK, SP};
 
 /// Lanes of the partial maxima and sums.
 #[cfg(test)]
@@ -79,12 +79,11 @@ pub(crate) trait RowSoftmax {
         unsafe { (Self::row_p::<LOG2>(srow, prow, live, scale, m, k), Self::row_max(srow, live, scale)) }
     }
 
-    /// Turns unit rows `g0..g1` (at most `un.pos.rows`) of the step into
-    /// P: `s` holds their raw scores from row 0 on (`[g1 - g0][SP]`, the
-    /// first `n` keys valid; soft-capped in place), `p` receives their P
-    /// (`[g1 - g0][p_pitch(split)]` bf16 bits, the first `n` rounded up
-    /// to 32 written, zero outside each row's live keys; with `split` the
-    /// low halves `bf16(p - high)` from `SK` on). Updates the unit's
+    /// Turns rows `0..un.pos.rows` of `s` (`[BQ][SP]` raw scores, the
+    /// first `n` keys of the step valid; soft-capped in place) into P in
+    /// `p` (`[BQ][p_pitch(split)]` bf16 bits, the first `n` rounded up to
+    /// 32 written, zero outside each row's live keys; with `split` the low
+    /// halves `bf16(p - high)` from `SK` on). Updates the unit's
     /// running max (`un.m`, the true maximum) and sum (`un.l`, relative to
     /// `mref`), each row's reference max `mref` (see `LAZY`), and writes
     /// the factor O is rescaled by into `alpha` (1 where `mref` stayed).
@@ -101,7 +100,6 @@ pub(crate) trait RowSoftmax {
         s: &mut [f32],
         p: &mut [u16],
         n: usize,
-        (g0, g1): (usize, usize),
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
@@ -109,20 +107,19 @@ pub(crate) trait RowSoftmax {
         let pp = p_pitch(k.split);
         // Whole pairs of 16-key chunks: the keys the products read.
         let keys = n.next_multiple_of(32);
-        assert!(g0 <= g1 && g1 <= BQ && s.len() >= (g1 - g0) * SP && p.len() >= (g1 - g0) * pp && keys <= SK);
+        assert!(s.len() >= BQ * SP && p.len() >= BQ * pp && keys <= SK);
+        let rows = un.pos.rows;
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
-            softcap_rows(s, g1 - g0, n, scale, cap);
+            softcap_rows(s, rows, n, scale, cap);
             scale = 1.0;
         }
         let slack = if LOG2 { LAZY } else { LAZY * std::f32::consts::LN_2 };
-        let spec = knobs() & 8 != 0;
-        for r in g0..g1 {
-            let i = r - g0;
-            let (srow, prow) = (&s[i * SP..i * SP + keys], &mut p[i * pp..(i + 1) * pp]);
+        for r in 0..rows {
+            let (srow, prow) = (&s[r * SP..r * SP + keys], &mut p[r * pp..(r + 1) * pp]);
             let lv = (live.begin[r], live.end[r]);
             let m_ref = mref[r];
-            let tile_max = if spec && m_ref > f32::NEG_INFINITY {
+            let tile_max = if m_ref > f32::NEG_INFINITY {
                 // SAFETY: features forwarded (trait contract); the row's
                 // length is a multiple of 32, at most SK (asserted); prow
                 // holds pp values.

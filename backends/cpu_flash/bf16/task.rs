@@ -14,7 +14,7 @@ use super::super::unit::Unit;
 use super::super::{BQ, SUB};
 use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv, Src};
 use super::softmax::{RowSoftmax, Scaling};
-use super::{knobs, p_pitch, MatMul, PvArgs, QkArgs, KB, SK};
+use super::{p_pitch, MatMul, PvArgs, QkArgs, KB, SK};
 /// One unit (`ui`) over keys `j0..j0 + n` of the walk's tile `t0..t1`
 /// (`j0` a multiple of `KB`, `n <= SK`).
 #[derive(Clone, Copy)]
@@ -128,9 +128,7 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
         }
     }
 
-    /// S = Q·K^T, the softmax, O's rescale and O += P·V for one step, in
-    /// groups of rows (`RG`) so that a group's S stays in L1 from its
-    /// product to its softmax.
+    /// S = Q·K^T, the softmax, O's rescale and O += P·V for one step.
     ///
     /// # Safety
     /// As for `steps`.
@@ -142,91 +140,47 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
         let q_pitch = self.bs.q_pitch();
         let p_pitch = p_pitch(S::SPLIT);
         let (s, p, o) = (&mut self.bs.s, &mut self.bs.p, &mut self.o[st.ui]);
+        let qk = QkArgs {
+            q: self.bs.q[st.ui].as_ptr(),
+            q_pitch,
+            kt: kv.kt_at(st.j0),
+            split: S::SPLIT,
+            pairs: self.dq / 2,
+            s: s.as_mut_ptr(),
+            rows: rows16,
+            keys,
+        };
+        // SAFETY: Q is [BQ][dq], S [BQ][SP] (Bf16Scratch); rows16 <= BQ and
+        // keys <= SK; the packed K^T covers keys j0..j0 + keys (PackedKv).
+        unsafe { self.mm.qk(&qk) };
         let live = un.live_keys(st.j0, st.n);
         let mut alpha = [1.0f32; BQ];
-        let rg = if knobs() & 4 != 0 { 32 } else { BQ };
-        let mut g0 = 0;
-        while g0 < rows16 {
-            let g16 = (g0 + rg).min(rows16);
-            let g1 = g16.min(rows);
-            let qk = QkArgs {
-                // SAFETY: g0 < rows16 <= BQ rows of q_pitch elements.
-                q: unsafe { self.bs.q[st.ui].as_ptr().add(g0 * q_pitch) },
-                q_pitch,
-                kt: kv.kt_at(st.j0),
-                split: S::SPLIT,
-                pairs: self.dq / 2,
-                s: s.as_mut_ptr(),
-                rows: g16 - g0,
-                keys,
-            };
-            let t0 = prof::now();
-            // SAFETY: Q is [BQ][dq] (from row g0 on: g16 - g0 rows), S
-            // [BQ][SP] (Bf16Scratch); keys <= SK; the packed K^T covers
-            // keys j0..j0 + keys (PackedKv).
-            unsafe { self.mm.qk(&qk) };
-            let t1 = prof::now();
-            // SAFETY: X's features are present (forwarded contract).
-            let mr = &mut self.mref[st.ui];
-            unsafe { X::tile::<LOG2>(un, mr, s, p, st.n, (g0, g1), &live, &self.scaling, &mut alpha) };
-            // Padding rows of the last query block multiply as zeros.
-            p[(g1 - g0) * p_pitch..(g16 - g0) * p_pitch].fill(0);
-            let t2 = prof::now();
-            if !M::RESCALES_O {
-                for (r, &a) in alpha.iter().enumerate().take(g1).skip(g0) {
-                    if a != 1.0 {
-                        o[r * dp..(r + 1) * dp].iter_mut().for_each(|x| *x *= a);
-                    }
+        let mref = &mut self.mref[st.ui];
+        // SAFETY: X's features are present (forwarded contract).
+        unsafe { X::tile::<LOG2>(un, mref, s, p, st.n, &live, &self.scaling, &mut alpha) };
+        // Padding rows of the last query block multiply as zeros.
+        p[rows * p_pitch..rows16 * p_pitch].fill(0);
+        if !M::RESCALES_O {
+            for (r, &a) in alpha.iter().enumerate().take(rows) {
+                if a != 1.0 {
+                    o[r * dp..(r + 1) * dp].iter_mut().for_each(|x| *x *= a);
                 }
             }
-            let t3 = prof::now();
-            let pv = PvArgs {
-                p: p.as_ptr(),
-                p_pitch,
-                split: S::SPLIT,
-                vv: kv.vv_at(st.j0),
-                vv_pitch: kv.vv_pitch,
-                keys,
-                // SAFETY: g0 < rows16 rows of dp floats.
-                o: unsafe { o.as_mut_ptr().add(g0 * dp) },
-                dp,
-                // SAFETY: g0 < BQ.
-                alpha: unsafe { alpha.as_ptr().add(g0) },
-                rows: g16 - g0,
-            };
-            // SAFETY: P is [BQ][p_pitch], O [BQ][dp] (from row g0 on),
-            // alpha [BQ]; the packed V covers keys j0..j0 + keys (PackedKv).
-            unsafe { self.mm.pv(&pv) };
-            prof::add([t1 - t0, t2 - t1, t3 - t2, prof::now() - t3]);
-            g0 = g16;
         }
-    }
-}
-
-/// TEMPORARY (amx2 experiments): TSC cycles per phase (knob bit 32),
-/// summed over threads, printed every 4096 steps.
-mod prof {
-    use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-    static T: [AtomicU64; 5] = [const { AtomicU64::new(0) }; 5];
-    #[inline(always)]
-    pub(super) fn now() -> u64 {
-        #[cfg(target_arch = "x86_64")]
-        if super::knobs() & 32 != 0 {
-            // SAFETY: rdtsc has no preconditions on x86-64.
-            return unsafe { std::arch::x86_64::_rdtsc() };
-        }
-        0
-    }
-    pub(super) fn add(d: [u64; 4]) {
-        if super::knobs() & 32 == 0 {
-            return;
-        }
-        for (t, x) in T.iter().zip(d) {
-            t.fetch_add(x, Relaxed);
-        }
-        if T[4].fetch_add(1, Relaxed) % 4096 == 4095 {
-            let v: Vec<u64> = T.iter().map(|t| t.load(Relaxed)).collect();
-            eprintln!("PROF qk {} softmax {} rescale {} pv {} steps {}", v[0], v[1], v[2], v[3], v[4]);
-        }
+        let pv = PvArgs {
+            p: p.as_ptr(),
+            p_pitch,
+            split: S::SPLIT,
+            vv: kv.vv_at(st.j0),
+            vv_group: kv.vv_group,
+            keys,
+            o: o.as_mut_ptr(),
+            dp,
+            alpha: alpha.as_ptr(),
+            rows: rows16,
+        };
+        // SAFETY: P is [BQ][p_pitch], O [BQ][dp], alpha [BQ]; the packed V
+        // covers keys j0..j0 + keys (PackedKv).
+        unsafe { self.mm.pv(&pv) };
     }
 }
