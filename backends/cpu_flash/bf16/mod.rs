@@ -17,9 +17,9 @@
 //!   row jp, dim c), from key 0 (tiles start at even keys), blocked: dims
 //!   in groups of 16, each group a run of 64-byte rows, one per pair row
 //!   (`vv_offset`), so an AMX B operand is 1 KiB contiguous.
-//! * S = Q·K^T, query-major `[BQ][SK]` f32 (raw dot products); the online
+//! * S = Q·K^T, query-major `[BQ][SP]` f32 (raw dot products); the online
 //!   softmax scales, masks and exponentiates each row, and writes P as bf16
-//!   `[BQ][SK]`, zero past the tile's keys (products run over whole blocks
+//!   `[BQ][p_pitch]`, zero past the tile's keys (products run over whole blocks
 //!   of 32 keys). The row sums add the rounded P, so each output row is an
 //!   exact weighted mean of V under the weights P·V used.
 //! * O: `[BQ][dp]` f32, as in the f32 path (`task::finish_units` writes it).
@@ -104,7 +104,7 @@ pub(super) struct QkArgs {
     pub split: bool,
     /// Dimension pairs (a multiple of 16).
     pub pairs: usize,
-    /// Scores out, `[rows][SK]` f32.
+    /// Scores out, `[rows][SP]` f32.
     pub s: *mut f32,
     /// Query rows (a multiple of 16, <= BQ).
     pub rows: usize,

@@ -7,9 +7,11 @@
 //! path's (`unit.rs`); rows whose result is not finite go to the exact
 //! path afterwards (`task::finish_units`).
 //!
-//! Three passes, so that the per-row scalar work (the rescale factor's
-//! `exp`) is done 16 rows at a time: each row's tile maximum; then, over
-//! rows, the new running max and `alpha`; then each row's `exp`, P and sum.
+//! P is computed against a per-row reference max that moves only when the
+//! row's maximum passes it by more than `LAZY` (so O and the sum are
+//! rarely rescaled), and once a row has a reference, P and the tile's
+//! maximum come from one pass over S (`row_p_max`); a second pass runs only
+//! for a row's first live tile or when the reference moves.
 
 use super::super::exp::exp_any;
 use super::super::unit::{LiveKeys, Unit};
@@ -124,8 +126,9 @@ pub(crate) trait RowSoftmax {
                 // length is a multiple of 32, at most SK (asserted); prow
                 // holds pp values.
                 let (sum, mx) = unsafe { Self::row_p_max::<LOG2>(srow, prow, lv, scale, m_ref, k) };
-                // NaN maxima never count (`row_max`).
-                if !(mx > m_ref + slack) {
+                // Neither is NaN: `row_max` skips NaN scores, and m_ref is
+                // above -inf.
+                if mx <= m_ref + slack {
                     if mx > un.m[r] {
                         un.m[r] = mx;
                     }
