@@ -5,8 +5,7 @@
 //! 16 columns take the 1-wide forms of the same block.
 
 use super::tiles::Tiles;
-use super::SK;
-use super::{kt_offset, MatMul, PvArgs, QkArgs, KB};
+use super::{kt_offset, vv_offset, MatMul, PvArgs, QkArgs, KB, SP};
 
 /// The AMX kernels over tile registers `T` (the real ones or the emulator).
 pub(crate) struct Amx<T: Tiles>(pub T);
@@ -60,8 +59,11 @@ impl<T: Tiles> MatMul for Amx<T> {
     /// accumulators loaded from and stored back to O.
     #[inline(always)]
     unsafe fn pv_block(&mut self, a: &PvArgs, b: usize) {
-        let cb = a.dp.div_ceil(32);
-        let (r0, c0, t) = (b / cb * 32, b % cb * 32, &mut self.0);
+        let rb = a.rows.div_ceil(32);
+        // Dim-block major: a block of V (all keys × 32 dims) is read from
+        // L2 once and from L1 for the second row block.
+        let (r0, c0) = (b % rb * 32, b / rb * 32);
+        let t = &mut self.0;
         // SAFETY (all calls): rows and dp are multiples of 16, keys of 32
         // (`PvArgs`) and b is below the count, so the block is inside the
         // operands.
@@ -83,7 +85,7 @@ impl<T: Tiles> MatMul for Amx<T> {
 /// As for `MatMul::qk_block`; `r0 + 16·MT <= a.rows`, `j0 + 32 <= a.keys`.
 #[inline(always)]
 unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, j0: usize) {
-    let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, SK * 4);
+    let (qs, ks, ss) = (a.q_pitch * 2, KB * 4, SP * 4);
     {
         // SAFETY (whole block): Q rows r0..r0+16·MT, pairs p0..p0+16 <=
         // pairs, keys j0..j0+32 <= keys and S rows/keys likewise are inside
@@ -100,23 +102,12 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
                 let mut p0 = 0;
                 while p0 < a.pairs {
                     let qa = a.q.add(r0 * a.q_pitch + q_off + 2 * p0).cast::<u8>();
-                    t.load::<4>(qa, qs);
-                    if MT == 2 {
-                        t.load::<5>(qa.add(16 * qs), qs);
-                    }
                     let kb = kt.add(kt_offset(p0, j0, a.pairs)).cast::<u8>();
-                    t.load::<6>(kb, ks);
-                    t.load::<7>(kb.add(64), ks);
-                    t.dp::<0, 4, 6>();
-                    t.dp::<1, 4, 7>();
-                    if MT == 2 {
-                        t.dp::<2, 5, 6>();
-                        t.dp::<3, 5, 7>();
-                    }
+                    block_step::<T, MT, 2>(t, (qa, qs, 16 * qs), (kb, ks, 64));
                     p0 += 16;
                 }
             }
-            let sp = a.s.add(r0 * SK + j0).cast::<u8>();
+            let sp = a.s.add(r0 * SP + j0).cast::<u8>();
             t.store::<0>(sp, ss);
             t.store::<1>(sp.add(64), ss);
             if MT == 2 {
@@ -133,10 +124,11 @@ unsafe fn qk_tiles<T: Tiles, const MT: usize>(t: &mut T, a: &QkArgs, r0: usize, 
 /// As for `MatMul::pv_block`; the block is inside rows × dp.
 #[inline(always)]
 unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &PvArgs, r0: usize, c0: usize) {
-    let (os, ps, vs) = (a.dp * 4, a.p_pitch * 2, a.vv_pitch * 4);
+    // V rows of a group are 64 bytes apart; the next group vv_group u32 on.
+    let (os, ps, vs, vg) = (a.dp * 4, a.p_pitch * 2, 64, a.vv_group * 4);
     // SAFETY (whole block): O rows r0..r0+16·MT and dims c0..c0+16·NT, P
-    // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 and
-    // dims c0.. are inside the operands `PvArgs` describes.
+    // rows likewise and keys x..x+32 <= keys, V pair rows x/2..x/2+16 of
+    // the dim groups from c0 on are inside the operands `PvArgs` describes.
     unsafe {
         let op = a.o.add(r0 * a.dp + c0).cast::<u8>();
         t.load::<0>(op, os);
@@ -154,25 +146,8 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
             let mut x = 0;
             while x < a.keys {
                 let pa = a.p.add(r0 * a.p_pitch + p_off + x).cast::<u8>();
-                t.load::<4>(pa, ps);
-                if MT == 2 {
-                    t.load::<5>(pa.add(16 * ps), ps);
-                }
-                let vb = vv.add(x / 2 * a.vv_pitch + c0).cast::<u8>();
-                t.load::<6>(vb, vs);
-                if NT == 2 {
-                    t.load::<7>(vb.add(64), vs);
-                }
-                t.dp::<0, 4, 6>();
-                if NT == 2 {
-                    t.dp::<1, 4, 7>();
-                }
-                if MT == 2 {
-                    t.dp::<2, 5, 6>();
-                    if NT == 2 {
-                        t.dp::<3, 5, 7>();
-                    }
-                }
+                let vb = vv.add(vv_offset(x / 2, c0, a.vv_group)).cast::<u8>();
+                block_step::<T, MT, NT>(t, (pa, ps, 16 * ps), (vb, vs, vg));
                 x += 32;
             }
         }
@@ -184,6 +159,40 @@ unsafe fn pv_tiles<T: Tiles, const MT: usize, const NT: usize>(t: &mut T, a: &Pv
             t.store::<2>(op.add(16 * os), os);
             if NT == 2 {
                 t.store::<3>(op.add(16 * os + 64), os);
+            }
+        }
+    }
+}
+
+/// One reduction step of a block: A operands (rows `0..16` at `a.0`, rows
+/// `16..32` at `a.0 + a.2`, `a.1` bytes apart) into tiles 4/5, B operands
+/// (`b.0` and `b.0 + b.2`) into 6/7, and the `MT × NT` products into
+/// accumulators 0..4, each product issued as soon as its operands are
+/// loaded (A0, B0, C00, B1, C01, A1, C10, C11), so that the tile unit
+/// starts before all four loads are done.
+///
+/// # Safety
+/// Tiles configured; 16 rows of 64 readable bytes at each operand used.
+#[inline(always)]
+unsafe fn block_step<T: Tiles, const MT: usize, const NT: usize>(
+    t: &mut T,
+    a: (*const u8, usize, usize),
+    b: (*const u8, usize, usize),
+) {
+    // SAFETY: forwarded contract.
+    unsafe {
+        t.load::<4>(a.0, a.1);
+        t.load::<6>(b.0, b.1);
+        t.dp::<0, 4, 6>();
+        if NT == 2 {
+            t.load::<7>(b.0.add(b.2), b.1);
+            t.dp::<1, 4, 7>();
+        }
+        if MT == 2 {
+            t.load::<5>(a.0.add(a.2), a.1);
+            t.dp::<2, 5, 6>();
+            if NT == 2 {
+                t.dp::<3, 5, 7>();
             }
         }
     }

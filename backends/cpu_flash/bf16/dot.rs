@@ -9,8 +9,8 @@
 //!   products; dims past the last multiple of 64 in 16-wide blocks.
 
 use super::super::simd::PairDot;
-use super::SK;
-use super::{kt_offset, MatMul, PvArgs, QkArgs};
+use super::SP;
+use super::{kt_offset, vv_offset, MatMul, PvArgs, QkArgs};
 use std::marker::PhantomData;
 
 /// The pair-dot kernels over vector type `S` (16 lanes).
@@ -113,7 +113,7 @@ unsafe fn qk_block<S: PairDot, const MR: usize>(a: &QkArgs, r0: usize, j0: usize
             }
         }
         for (r, accr) in acc.iter().enumerate() {
-            let sp = a.s.add((r0 + r) * SK + j0);
+            let sp = a.s.add((r0 + r) * SP + j0);
             S::store(sp, accr[0]);
             S::store(sp.add(16), accr[1]);
         }
@@ -139,10 +139,9 @@ unsafe fn pv_block<S: PairDot, const MR: usize, const NV: usize>(a: &PvArgs, r0:
         let (secs, n_secs) = a.sections();
         for &(p_off, vsec) in &secs[..n_secs] {
             for jp in 0..a.keys / 2 {
-                let vp = vsec.add(jp * a.vv_pitch + c0).cast::<f32>();
                 let mut vv = [S::zero(); NV];
                 for (u, x) in vv.iter_mut().enumerate() {
-                    *x = S::load(vp.add(16 * u));
+                    *x = S::load(vsec.add(vv_offset(jp, c0 + 16 * u, a.vv_group)).cast::<f32>());
                 }
                 for (r, accr) in acc.iter_mut().enumerate() {
                     let p = S::splat_bits(pair_at(a.p.add((r0 + r) * a.p_pitch + p_off + 2 * jp)));

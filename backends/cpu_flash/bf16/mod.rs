@@ -13,11 +13,13 @@
 //!   (16 pairs × 16 keys) is 16 rows 128 bytes apart inside one block and
 //!   `vdpbf16ps` reads 32 keys of a pair from one row. Tiles start at
 //!   multiples of 32 keys (leading keys before a row's range are masked).
-//! * V in pairs: row `jp` holds `(V[2jp][c], V[2jp+1][c])` for every dim
-//!   `c` (VNNI), from key 0 (tiles start at even keys).
-//! * S = Q·K^T, query-major `[BQ][SK]` f32 (raw dot products); the online
+//! * V in pairs: `(V[2jp][c], V[2jp+1][c])` (VNNI) as one u32 per (pair
+//!   row jp, dim c), from key 0 (tiles start at even keys), blocked: dims
+//!   in groups of 16, each group a run of 64-byte rows, one per pair row
+//!   (`vv_offset`), so an AMX B operand is 1 KiB contiguous.
+//! * S = Q·K^T, query-major `[BQ][SP]` f32 (raw dot products); the online
 //!   softmax scales, masks and exponentiates each row, and writes P as bf16
-//!   `[BQ][SK]`, zero past the tile's keys (products run over whole blocks
+//!   `[BQ][p_pitch]`, zero past the tile's keys (products run over whole blocks
 //!   of 32 keys). The row sums add the rounded P, so each output row is an
 //!   exact weighted mean of V under the weights P·V used.
 //! * O: `[BQ][dp]` f32, as in the f32 path (`task::finish_units` writes it).
@@ -54,6 +56,21 @@ pub(crate) const SK: usize = 256;
 /// Keys per K^T block.
 pub(super) const KB: usize = 32;
 
+/// Row pitch of S (f32): `SK` plus a 64-byte line, so that the 16 rows of
+/// an AMX tile store do not fall into a few L1 sets (1 KiB apart, every
+/// row of a tile would share 4 of the 64 sets).
+pub(crate) const SP: usize = SK + 16;
+
+/// Row pitch of P (bf16 bits): `SK` values (split inputs: `2 · SK`, the
+/// low halves from `SK` on) plus a 64-byte line, for the same reason.
+pub(crate) const fn p_pitch(split: bool) -> usize {
+    if split {
+        2 * SK + 32
+    } else {
+        SK + 32
+    }
+}
+
 /// Where pair `p` of key `j` sits in a K^T pack whose first key is a block
 /// start: blocks of `KB` keys × 16 pairs (`pairs / 16` of them per key
 /// block, consecutive), each `16 · KB` u32 with one row of `KB` keys per
@@ -61,6 +78,15 @@ pub(super) const KB: usize = 32;
 #[inline(always)]
 pub(crate) fn kt_offset(p: usize, j: usize, pairs: usize) -> usize {
     ((j / KB) * (pairs / 16) + p / 16) * (16 * KB) + (p % 16) * KB + j % KB
+}
+
+/// Where dim `c` of key-pair row `jp` sits in a V pack: dims in groups of
+/// 16, `group` u32 apart; inside a group one row of 16 u32 per pair row,
+/// so that an AMX B operand (16 pair rows × 16 dims) is 1 KiB contiguous
+/// and a group's successive key blocks follow each other.
+#[inline(always)]
+pub(crate) fn vv_offset(jp: usize, c: usize, group: usize) -> usize {
+    (c / 16) * group + jp * 16 + c % 16
 }
 
 /// Operands of `S = Q·K^T` for one unit and tile.
@@ -78,7 +104,7 @@ pub(super) struct QkArgs {
     pub split: bool,
     /// Dimension pairs (a multiple of 16).
     pub pairs: usize,
-    /// Scores out, `[rows][SK]` f32.
+    /// Scores out, `[rows][SP]` f32.
     pub s: *mut f32,
     /// Query rows (a multiple of 16, <= BQ).
     pub rows: usize,
@@ -92,13 +118,14 @@ pub(super) struct PvArgs {
     /// halves, then the low halves `SK` further on).
     pub p: *const u16,
     pub p_pitch: usize,
-    /// V pairs at the tile's first key: pair row `jp` starts at
-    /// `vv + jp · vv_pitch`, one u32 per dim, `dp` of them; the high
-    /// halves, and for split inputs the low halves.
+    /// V pairs at the tile's first key: dim `c` of pair row `jp` at
+    /// `vv + vv_offset(jp, c, vv_group)`; the high halves, and for split
+    /// inputs the low halves.
     pub vv: [*const u32; 2],
     /// `O += Ph·Vh + Ph·Vl + Pl·Vh` (split inputs).
     pub split: bool,
-    pub vv_pitch: usize,
+    /// u32 from one group of 16 dims to the next (`vv_offset`).
+    pub vv_group: usize,
     /// Keys (a multiple of 32, <= SK).
     pub keys: usize,
     /// O, `[rows][dp]` f32.

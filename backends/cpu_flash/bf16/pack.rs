@@ -7,8 +7,8 @@ use super::super::schedule::{Call, Rows, Task};
 use super::super::scratch::{prefetch_row, AlignedBuf, HeadRows, PREFETCH_ROWS};
 use super::super::{BQ, SUB, VHEAD_MAX};
 use super::softmax::{round_bf16, widen};
-use super::SK;
-use super::{kt_offset, KB};
+use super::{kt_offset, vv_offset, KB};
+use super::{p_pitch, SK, SP};
 use half::{bf16, f16};
 
 /// Head-dim padding of Q and K^T: one AMX A operand row (32 bf16).
@@ -17,18 +17,15 @@ pub(super) const DQ_ALIGN: usize = 32;
 /// a block start inside the tile and reads whole blocks of 32 keys, so at
 /// most `SK` (plus a block of margin).
 const TILE_REACH: usize = SK + 32;
-/// Extra u32 per packed row, so pitches are not a power of two (rows of a
-/// tile would share a few L1 sets otherwise).
-const PITCH_PAD: usize = 16;
 
 /// A worker's bf16 buffers, built on its first task of a call.
 pub(crate) struct Bf16Scratch {
     /// Per unit: Q rows, `[BQ][dq]` bf16 bits (`[BQ][2 · dq]` for split
     /// inputs: the high halves, then the low halves).
     pub q: Vec<AlignedBuf<u16>>,
-    /// Scores, `[BQ][SK]` f32.
+    /// Scores, `[BQ][SP]` f32.
     pub s: AlignedBuf<f32>,
-    /// P, `[BQ][SK]` bf16 bits (`[BQ][2 · SK]` for split inputs).
+    /// P, `[BQ][p_pitch(split)]` bf16 bits.
     pub p: AlignedBuf<u16>,
     /// K^T and V packs of the high halves, and of the low halves (split
     /// inputs only).
@@ -47,8 +44,8 @@ impl Bf16Scratch {
         let w = if split { 2 } else { 1 };
         Bf16Scratch {
             q: (0..SUB).map(|_| AlignedBuf::new(BQ * dq * w)).collect(),
-            s: AlignedBuf::new(BQ * SK),
-            p: AlignedBuf::new(BQ * SK * w),
+            s: AlignedBuf::new(BQ * SP),
+            p: AlignedBuf::new(BQ * p_pitch(split)),
             kt: Default::default(),
             vv: Default::default(),
             conv: (Vec::new(), Vec::new(), vec![0.0; d]),
@@ -183,20 +180,20 @@ fn pack_kt(src: &[u16], rows: HeadRows, dst: &mut [u32], layout_pairs: usize) {
     }
 }
 
-/// Packs V rows `rows` (an even first key) into pairs: `dst[jp · pitch +
-/// c]` holds `(V[2jp][c], V[2jp + 1][c])` of the rows (an odd count pairs
-/// the last row with zeros).
-fn pack_vv(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+/// Packs V rows `rows` (an even first key) into pairs: `dst[vv_offset(jp,
+/// c, group)]` holds `(V[2jp][c], V[2jp + 1][c])` of the rows (an odd count
+/// pairs the last row with zeros).
+fn pack_vv(src: &[u16], rows: HeadRows, dst: &mut [u32], group: usize) {
     #[cfg(target_arch = "x86_64")]
     if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
         // SAFETY: the features were just detected.
-        return unsafe { x86::pack_vv_avx512(src, rows, dst, pitch) };
+        return unsafe { x86::pack_vv_avx512(src, rows, dst, group) };
     }
-    pack_vv_rows(src, rows, dst, pitch);
+    pack_vv_rows(src, rows, dst, group);
 }
 
 #[inline(always)]
-fn pack_vv_rows(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
+fn pack_vv_rows(src: &[u16], rows: HeadRows, dst: &mut [u32], group: usize) {
     let HeadRows { base, stride, count, d } = rows;
     for jp in 0..count.div_ceil(2) {
         let off = base + 2 * jp * stride;
@@ -204,16 +201,21 @@ fn pack_vv_rows(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
             let pf = off + PREFETCH_ROWS * stride;
             prefetch_row(&src[pf..pf + d]);
         }
-        let out = &mut dst[jp * pitch..jp * pitch + d];
         let a = &src[off..off + d];
-        if 2 * jp + 1 < count {
-            let b = &src[off + stride..off + stride + d];
-            for ((o, &x), &y) in out.iter_mut().zip(a).zip(b) {
-                *o = x as u32 | (y as u32) << 16;
-            }
-        } else {
-            for (o, &x) in out.iter_mut().zip(a) {
-                *o = x as u32;
+        let b = if 2 * jp + 1 < count { &src[off + stride..off + stride + d] } else { &[][..] };
+        for (g, a16) in a.chunks(16).enumerate() {
+            let out = &mut dst[vv_offset(jp, 16 * g, group)..][..a16.len()];
+            match b.get(16 * g..16 * g + a16.len()) {
+                Some(b16) => {
+                    for ((o, &x), &y) in out.iter_mut().zip(a16).zip(b16) {
+                        *o = x as u32 | (y as u32) << 16;
+                    }
+                }
+                None => {
+                    for (o, &x) in out.iter_mut().zip(a16) {
+                        *o = x as u32;
+                    }
+                }
             }
         }
     }
@@ -229,8 +231,8 @@ mod x86 {
     /// # Safety
     /// AVX-512F/BW.
     #[target_feature(enable = "avx512f,avx512bw")]
-    pub(super) unsafe fn pack_vv_avx512(src: &[u16], rows: HeadRows, dst: &mut [u32], pitch: usize) {
-        pack_vv_rows(src, rows, dst, pitch);
+    pub(super) unsafe fn pack_vv_avx512(src: &[u16], rows: HeadRows, dst: &mut [u32], group: usize) {
+        pack_vv_rows(src, rows, dst, group);
     }
 
     /// Keys `0..keys` × pairs `0..pairs` (multiples of 16) of `pack_kt`, as
@@ -318,7 +320,8 @@ pub(super) struct PackedKv {
     /// u32 per block of `KB` keys (all pairs).
     kt_block: usize,
     vv: [*const u32; 2],
-    pub vv_pitch: usize,
+    /// u32 from one group of 16 dims to the next (`vv_offset`).
+    pub vv_group: usize,
     origin: usize,
 }
 
@@ -332,7 +335,7 @@ impl PackedKv {
     /// V pairs from key `j` (even) on.
     pub(super) fn vv_at(&self, j: usize) -> [*const u32; 2] {
         debug_assert!((j - self.origin).is_multiple_of(2));
-        self.vv.map(|vv| vv.wrapping_add((j - self.origin) / 2 * self.vv_pitch))
+        self.vv.map(|vv| vv.wrapping_add(vv_offset((j - self.origin) / 2, 0, self.vv_group)))
     }
 }
 
@@ -345,7 +348,8 @@ pub(super) struct KvPlan {
     /// Pairs per key of the K^T layout (`dq / 2`).
     kt_pairs: usize,
     kt_len: usize,
-    vv_pitch: usize,
+    /// V pack: u32 per group of 16 dims (`vv_offset`), and in all.
+    vv_group: usize,
     vv_len: usize,
 }
 
@@ -354,17 +358,21 @@ impl KvPlan {
         let rows = |r: Rows| HeadRows { base: r.at(task.b, 0, task.kvh), stride: r.seq, count: c.skv, d: c.d };
         let kt_pairs = dq / 2;
         let head_kt = (c.skv + TILE_REACH).div_ceil(KB) * kt_pairs * KB;
-        let vv_pitch = c.dp + PITCH_PAD;
-        let head_vv = (c.skv + TILE_REACH).div_ceil(2) * vv_pitch;
+        // Pair rows a group holds, plus one row of padding between groups
+        // (NT = 2 blocks read two groups at once: not a multiple of 4 KiB
+        // apart).
+        let group = |pair_rows: usize| (pair_rows + 1) * 16;
+        let head_vv = group((c.skv + TILE_REACH).div_ceil(2)) * (c.dp / 16);
         let heads = head_kt <= VHEAD_MAX && head_vv <= VHEAD_MAX;
+        let vv_group = group(if heads { (c.skv + TILE_REACH).div_ceil(2) } else { TILE_REACH / 2 });
         KvPlan {
             k_rows: rows(c.k_rows),
             v_rows: rows(c.v_rows),
             heads,
             kt_pairs,
             kt_len: if heads { head_kt } else { TILE_REACH / KB * kt_pairs * KB },
-            vv_pitch,
-            vv_len: if heads { head_vv } else { TILE_REACH / 2 * vv_pitch },
+            vv_group,
+            vv_len: vv_group * (c.dp / 16),
         }
     }
 
@@ -401,7 +409,7 @@ impl KvPlan {
         if halves == 1 {
             (kt[1], vv[1]) = (kt[0], vv[0]);
         }
-        PackedKv { kt, kt_block: self.kt_pairs * KB, vv, vv_pitch: self.vv_pitch, origin }
+        PackedKv { kt, kt_block: self.kt_pairs * KB, vv, vv_group: self.vv_group, origin }
     }
 
     /// Packs K rows `k` and V rows `v` (a head, or a tile with `clear`:
@@ -434,9 +442,12 @@ impl KvPlan {
                     pack_kt(bits, rows, kt, self.kt_pairs);
                 } else {
                     let vv = s.vv[half].buf(self.vv_len);
-                    pack_vv(bits, rows, vv, self.vv_pitch);
+                    pack_vv(bits, rows, vv, self.vv_group);
                     if clear {
-                        vv[rows.count.div_ceil(2) * self.vv_pitch..].fill(0);
+                        // Every group's pair rows past the tile's.
+                        for g in vv.chunks_mut(self.vv_group) {
+                            g[vv_offset(rows.count.div_ceil(2), 0, self.vv_group)..].fill(0);
+                        }
                     }
                 }
             }

@@ -7,14 +7,16 @@
 //! path's (`unit.rs`); rows whose result is not finite go to the exact
 //! path afterwards (`task::finish_units`).
 //!
-//! Three passes, so that the per-row scalar work (the rescale factor's
-//! `exp`) is done 16 rows at a time: each row's tile maximum; then, over
-//! rows, the new running max and `alpha`; then each row's `exp`, P and sum.
+//! P is computed against a per-row reference max that moves only when the
+//! row's maximum passes it by more than `LAZY` (so O and the sum are
+//! rarely rescaled), and once a row has a reference, P and the tile's
+//! maximum come from one pass over S (`row_p_max`); a second pass runs only
+//! for a row's first live tile or when the reference moves.
 
 use super::super::exp::exp_any;
 use super::super::unit::{LiveKeys, Unit};
 use super::super::BQ;
-use super::SK;
+use super::{p_pitch, SK, SP};
 
 /// Lanes of the partial maxima and sums.
 #[cfg(test)]
@@ -32,8 +34,15 @@ pub(crate) struct Scaling {
     pub split: bool,
 }
 
-/// One tile's softmax: a row kernel (`row_max`, `row_p`) plugged into the
-/// one generic tile loop (`tile`).
+/// How far (in the softmax's base-2 units) a row's maximum may pass the
+/// reference max its P is computed against before the reference moves
+/// (and O and the sum are rescaled): P stays below `2^LAZY` (exact in
+/// f32, and bf16's rounding is relative, so no accuracy is lost), and
+/// most steps after a row's first rescale nothing.
+const LAZY: f32 = 8.0;
+
+/// One tile's softmax: a row kernel (`row_max`, `row_p`, `row_p_max`)
+/// plugged into the one generic tile loop (`tile`).
 ///
 /// # Safety
 /// Implementations may need CPU features: only call them inside a task
@@ -47,8 +56,8 @@ pub(crate) trait RowSoftmax {
     /// Writes one row's P into `prow` as bf16 bits: `exp(x · scale - m)`
     /// (base 2 when `LOG2`) on the live keys of `srow`, zero elsewhere, for
     /// all `srow.len()` keys; with `k.split` also the low halves
-    /// `bf16(p - high)` at `prow[SK..]` (`prow` holds `SK`, or `2 · SK`
-    /// with `split`, values). Returns the sum of the rounded values written.
+    /// `bf16(p - high)` at `prow[SK..]` (`prow` holds `p_pitch(k.split)`
+    /// values). Returns the sum of the rounded values written.
     unsafe fn row_p<const LOG2: bool>(
         srow: &[f32],
         prow: &mut [u16],
@@ -58,16 +67,38 @@ pub(crate) trait RowSoftmax {
         k: &Scaling,
     ) -> f32;
 
-    /// Turns rows `0..un.pos.rows` of `s` (`[BQ][SK]` raw scores, the
+    /// `row_p` and `row_max` of one row: (the sum, the maximum).
+    #[inline(always)]
+    unsafe fn row_p_max<const LOG2: bool>(
+        srow: &[f32],
+        prow: &mut [u16],
+        live: (i32, i32),
+        scale: f32,
+        m: f32,
+        k: &Scaling,
+    ) -> (f32, f32) {
+        // SAFETY: forwarded contract.
+        unsafe { (Self::row_p::<LOG2>(srow, prow, live, scale, m, k), Self::row_max(srow, live, scale)) }
+    }
+
+    /// Turns rows `0..un.pos.rows` of `s` (`[BQ][SP]` raw scores, the
     /// first `n` keys of the step valid; soft-capped in place) into P in
-    /// `p` (`[BQ][SK]` bf16 bits, the first `n` rounded up to 32 written,
-    /// zero outside each row's live keys; with `split`, rows of `2 · SK`:
-    /// the high halves, then `SK` on the low halves `bf16(p - high)`),
-    /// updates the unit's running max and sum, and writes each row's
-    /// rescale factor for O into `alpha`.
+    /// `p` (`[BQ][p_pitch(split)]` bf16 bits, the first `n` rounded up to
+    /// 32 written, zero outside each row's live keys; with `split` the low
+    /// halves `bf16(p - high)` from `SK` on). Updates the unit's
+    /// running max (`un.m`, the true maximum) and sum (`un.l`, relative to
+    /// `mref`), each row's reference max `mref` (see `LAZY`), and writes
+    /// the factor O is rescaled by into `alpha` (1 where `mref` stayed).
+    ///
+    /// A row whose reference is set first runs P and its maximum in one
+    /// pass against that reference (`row_p_max`), and only when the
+    /// maximum passes it by more than `LAZY` a second time; a row's first
+    /// tile takes the maximum first.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
     unsafe fn tile<const LOG2: bool>(
         un: &mut Unit,
+        mref: &mut [f32; BQ],
         s: &mut [f32],
         p: &mut [u16],
         n: usize,
@@ -75,27 +106,57 @@ pub(crate) trait RowSoftmax {
         k: &Scaling,
         alpha: &mut [f32; BQ],
     ) {
-        let pp = if k.split { 2 * SK } else { SK };
+        let pp = p_pitch(k.split);
         // Whole pairs of 16-key chunks: the keys the products read.
         let keys = n.next_multiple_of(32);
-        assert!(s.len() >= BQ * SK && p.len() >= BQ * pp && keys <= SK);
+        assert!(s.len() >= BQ * SP && p.len() >= BQ * pp && keys <= SK);
         let rows = un.pos.rows;
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
             softcap_rows(s, rows, n, scale, cap);
             scale = 1.0;
         }
-        let mut tile_max = [f32::NEG_INFINITY; BQ];
-        for (r, tm) in tile_max.iter_mut().enumerate().take(rows) {
-            // SAFETY: features forwarded (trait contract); the row's
-            // length is a multiple of 32, at most SK (asserted).
-            *tm = unsafe { Self::row_max(&s[r * SK..r * SK + keys], (live.begin[r], live.end[r]), scale) };
-        }
-        let m_use = update_max::<LOG2>(un, &tile_max, alpha, k.fma);
+        let slack = if LOG2 { LAZY } else { LAZY * std::f32::consts::LN_2 };
         for r in 0..rows {
-            let (srow, prow) = (&s[r * SK..r * SK + keys], &mut p[r * pp..(r + 1) * pp]);
-            // SAFETY: as above; prow holds pp values.
-            let sum = unsafe { Self::row_p::<LOG2>(srow, prow, (live.begin[r], live.end[r]), scale, m_use[r], k) };
+            let (srow, prow) = (&s[r * SP..r * SP + keys], &mut p[r * pp..(r + 1) * pp]);
+            let lv = (live.begin[r], live.end[r]);
+            let m_ref = mref[r];
+            let tile_max = if m_ref > f32::NEG_INFINITY {
+                // SAFETY: features forwarded (trait contract); the row's
+                // length is a multiple of 32, at most SK (asserted); prow
+                // holds pp values.
+                let (sum, mx) = unsafe { Self::row_p_max::<LOG2>(srow, prow, lv, scale, m_ref, k) };
+                // Neither is NaN: `row_max` skips NaN scores, and m_ref is
+                // above -inf.
+                if mx <= m_ref + slack {
+                    if mx > un.m[r] {
+                        un.m[r] = mx;
+                    }
+                    un.l[r] += sum;
+                    alpha[r] = 1.0;
+                    continue;
+                }
+                mx
+            } else {
+                // SAFETY: as above.
+                unsafe { Self::row_max(srow, lv, scale) }
+            };
+            if tile_max > un.m[r] {
+                un.m[r] = tile_max;
+            }
+            // -inf + slack is -inf: a row's first live tile sets it.
+            let new_ref = if tile_max > m_ref + slack { tile_max } else { m_ref };
+            // A row with no live key so far uses 0, so its -inf scores give
+            // exact zeros.
+            let m_use = if new_ref == f32::NEG_INFINITY { 0.0 } else { new_ref };
+            alpha[r] = if new_ref == m_ref && m_ref != f32::NEG_INFINITY {
+                1.0
+            } else {
+                exp_any::<LOG2>(m_ref - m_use, k.fma)
+            };
+            mref[r] = new_ref;
+            // SAFETY: as above.
+            let sum = unsafe { Self::row_p::<LOG2>(srow, prow, lv, scale, m_use, k) };
             un.l[r] = un.l[r] * alpha[r] + sum;
         }
     }
@@ -122,27 +183,10 @@ pub(super) fn widen(x: u16) -> f32 {
 /// uses a scale of 1.
 fn softcap_rows(s: &mut [f32], rows: usize, n: usize, scale: f32, cap: f32) {
     for r in 0..rows {
-        for x in s[r * SK..r * SK + n].iter_mut() {
+        for x in s[r * SP..r * SP + n].iter_mut() {
             *x = cap * (*x * scale / cap).tanh();
         }
     }
-}
-
-/// The running max update for rows `0..rows` given their tile maxima (in
-/// the softmax's units): returns each row's `m_use` (the new max, or 0 for
-/// a row with no live key so far, so its -inf scores give exact zeros),
-/// writes `alpha`.
-#[inline(always)]
-fn update_max<const LOG2: bool>(un: &mut Unit, tile_max: &[f32; BQ], alpha: &mut [f32; BQ], fma: bool) -> [f32; BQ] {
-    let mut m_use = [0.0f32; BQ];
-    for r in 0..BQ {
-        let m_old = un.m[r];
-        let m_new = if tile_max[r] > m_old { tile_max[r] } else { m_old };
-        m_use[r] = if m_new == f32::NEG_INFINITY { 0.0 } else { m_new };
-        alpha[r] = exp_any::<LOG2>(m_old - m_use[r], fma);
-        un.m[r] = m_new;
-    }
-    m_use
 }
 
 /// The reference implementation, in plain Rust (the emulated paths).
@@ -216,14 +260,15 @@ mod x86 {
         (bits(end) & !bits(begin)) as u16
     }
 
-    /// `2^x` for x <= 0: `vscalefps` of a degree-5 Taylor polynomial on
-    /// the rounded-off fraction (relative error < 3e-6, far below bf16's
-    /// 2^-9); x < -126 and -inf give 0, NaN gives NaN.
+    /// `2^x` for x <= 0 on the lanes of `keep` (others 0): `vscalefps`
+    /// of a degree-5 Taylor polynomial on the rounded-off fraction
+    /// (relative error < 3e-6, far below bf16's 2^-9); x < -126 and -inf
+    /// give 0, NaN gives NaN.
     ///
     /// # Safety
     /// AVX-512F.
     #[inline(always)]
-    unsafe fn exp2(x: __m512) -> __m512 {
+    unsafe fn exp2(x: __m512, keep: __mmask16) -> __m512 {
         let lo = _mm512_set1_ps(-126.0);
         // max(lo, x) returns x when x is NaN (the second operand).
         let xc = _mm512_max_ps(lo, x);
@@ -235,9 +280,10 @@ mod x86 {
         y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.402_265e-1));
         y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931_472e-1));
         y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(1.0));
-        let r = _mm512_scalef_ps(y, n);
-        // Keep lanes that are not below lo (NaN compares unordered: kept).
-        _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_NLT_UQ>(x, lo), r)
+        // Keep lanes that are not below lo (NaN compares unordered: kept),
+        // zero the rest in the scaling itself.
+        let k = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(keep, x, lo);
+        _mm512_maskz_scalef_ps(k, y, n)
     }
 
     /// bf16 bits (16 of them) widened to f32.
@@ -285,15 +331,89 @@ mod x86 {
         (packed, ra, rb)
     }
 
-    /// P for 16 keys: `2^(x · ce + me)` where `mask` is set, else 0.
+    /// One row's P (see `RowSoftmax::row_p`) and, with `MAX`, the raw
+    /// maximum of its live keys (NaN does not count), -inf when none is
+    /// live. `FULL`: every key of the row is live (no lane masks).
     ///
     /// # Safety
-    /// AVX-512F; 16 readable floats at `sp`.
+    /// AVX-512F/BW, and AVX512-BF16 when CVT; `32 · halves` readable floats
+    /// at `sp`, as many writable values at `pw` (and from `pw + SK` with
+    /// `split`).
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn p16(sp: *const f32, mask: u16, ce: __m512, me: __m512) -> __m512 {
+    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool>(
+        sp: *const f32,
+        pw: *mut u16,
+        halves: usize,
+        (lo, hi): (i32, i32),
+        ce: __m512,
+        me: __m512,
+        split: bool,
+    ) -> (f32, f32) {
         // SAFETY: forwarded contract.
-        let t = _mm512_fmadd_ps(unsafe { _mm512_loadu_ps(sp) }, ce, me);
-        _mm512_maskz_mov_ps(mask, exp2(t))
+        unsafe {
+            let mut sum = _mm512_setzero_ps();
+            let (mut mx0, mut mx1) = (_mm512_set1_ps(f32::NEG_INFINITY), _mm512_set1_ps(f32::NEG_INFINITY));
+            for half in 0..halves {
+                let (c0, c1) = (2 * half, 2 * half + 1);
+                let (xa, xb) = (_mm512_loadu_ps(sp.add(16 * c0)), _mm512_loadu_ps(sp.add(16 * c1)));
+                let (ma, mb) = if FULL { (0xFFFF, 0xFFFF) } else { (chunk_mask(lo, hi, c0), chunk_mask(lo, hi, c1)) };
+                if MAX {
+                    // max(x, m) returns m when x is NaN.
+                    if FULL {
+                        (mx0, mx1) = (_mm512_max_ps(xa, mx0), _mm512_max_ps(xb, mx1));
+                    } else {
+                        mx0 = _mm512_mask_max_ps(mx0, ma, xa, mx0);
+                        mx1 = _mm512_mask_max_ps(mx1, mb, xb, mx1);
+                    }
+                }
+                let a = exp2(_mm512_fmadd_ps(xa, ce, me), ma);
+                let b = exp2(_mm512_fmadd_ps(xb, ce, me), mb);
+                let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
+                _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
+                if split {
+                    let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
+                    _mm512_storeu_si512(pw.add(SK + 32 * half).cast(), low);
+                }
+            }
+            let mx = if MAX { _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)) } else { f32::NEG_INFINITY };
+            (_mm512_reduce_add_ps(sum), mx)
+        }
+    }
+
+    /// `row_body` for one row of `RowSoftmax`, returning the scaled max.
+    ///
+    /// # Safety
+    /// As for `RowSoftmax::row_p` (AVX-512F/BW, AVX512-BF16 when CVT).
+    #[inline(always)]
+    unsafe fn row<const CVT: bool, const LOG2: bool, const MAX: bool>(
+        srow: &[f32],
+        prow: &mut [u16],
+        (lo, hi): (i32, i32),
+        scale: f32,
+        m: f32,
+        k: &Scaling,
+    ) -> (f32, f32) {
+        let halves = srow.len() / 32;
+        // The stores below stay inside prow.
+        assert!(prow.len() >= if k.split { SK + 32 * halves } else { 32 * halves });
+        // Scores in exp2's units: x · scale · (log2 e unless LOG2).
+        let e = if LOG2 { 1.0 } else { std::f32::consts::LOG2_E };
+        let (sp, pw) = (srow.as_ptr(), prow.as_mut_ptr());
+        let (ce, me) = (_mm512_set1_ps(scale * e), _mm512_set1_ps(-m * e));
+        let full = lo <= 0 && hi >= srow.len() as i32;
+        // SAFETY: forwarded contract; reads srow.len() floats, writes
+        // 32 · halves values of prow (and as many from SK on with split),
+        // asserted above.
+        let (sum, raw) = unsafe {
+            if full {
+                row_body::<CVT, true, MAX>(sp, pw, halves, (lo, hi), ce, me, k.split)
+            } else {
+                row_body::<CVT, false, MAX>(sp, pw, halves, (lo, hi), ce, me, k.split)
+            }
+        };
+        // The raw max times a positive scale is the scaled max.
+        (sum, if raw == f32::NEG_INFINITY { raw } else { raw * scale })
     }
 
     impl<const CVT: bool> RowSoftmax for Avx512Softmax<CVT> {
@@ -303,12 +423,18 @@ mod x86 {
             // srow.len() floats.
             unsafe {
                 let sp = srow.as_ptr();
-                let mut mx = _mm512_set1_ps(f32::NEG_INFINITY);
+                let mut mx = [_mm512_set1_ps(f32::NEG_INFINITY); 4];
+                let full = lo <= 0 && hi >= srow.len() as i32;
+                // Four chains: one max's latency per chunk would bound it.
                 for c in 0..srow.len() / 16 {
-                    mx = _mm512_mask_max_ps(mx, chunk_mask(lo, hi, c), _mm512_loadu_ps(sp.add(16 * c)), mx);
+                    let x = _mm512_loadu_ps(sp.add(16 * c));
+                    mx[c % 4] = if full {
+                        _mm512_max_ps(x, mx[c % 4])
+                    } else {
+                        _mm512_mask_max_ps(mx[c % 4], chunk_mask(lo, hi, c), x, mx[c % 4])
+                    };
                 }
-                // The raw max times a positive scale is the scaled max.
-                let raw = _mm512_reduce_max_ps(mx);
+                let raw = _mm512_reduce_max_ps(_mm512_max_ps(_mm512_max_ps(mx[0], mx[1]), _mm512_max_ps(mx[2], mx[3])));
                 if raw == f32::NEG_INFINITY {
                     raw
                 } else {
@@ -321,37 +447,26 @@ mod x86 {
         unsafe fn row_p<const LOG2: bool>(
             srow: &[f32],
             prow: &mut [u16],
-            (lo, hi): (i32, i32),
+            live: (i32, i32),
             scale: f32,
             m: f32,
             k: &Scaling,
         ) -> f32 {
-            let halves = srow.len() / 32;
-            // The stores below stay inside prow.
-            assert!(prow.len() >= if k.split { SK + 32 * halves } else { 32 * halves });
-            // Scores in exp2's units: x · scale · (log2 e unless LOG2).
-            let e = if LOG2 { 1.0 } else { std::f32::consts::LOG2_E };
-            // SAFETY: AVX-512F/BW, and AVX512-BF16 when CVT (trait
-            // contract); reads at most srow.len() floats, writes the
-            // 32 · halves values of prow (and as many from SK on with
-            // split) asserted above.
-            unsafe {
-                let (sp, pw) = (srow.as_ptr(), prow.as_mut_ptr());
-                let (ce, me) = (_mm512_set1_ps(scale * e), _mm512_set1_ps(-m * e));
-                let mut sum = _mm512_setzero_ps();
-                for half in 0..halves {
-                    let (c0, c1) = (2 * half, 2 * half + 1);
-                    let a = p16(sp.add(16 * c0), chunk_mask(lo, hi, c0), ce, me);
-                    let b = p16(sp.add(16 * c1), chunk_mask(lo, hi, c1), ce, me);
-                    let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
-                    _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
-                    if k.split {
-                        let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
-                        _mm512_storeu_si512(pw.add(SK + 32 * half).cast(), low);
-                    }
-                }
-                _mm512_reduce_add_ps(sum)
-            }
+            // SAFETY: forwarded contract.
+            unsafe { row::<CVT, LOG2, false>(srow, prow, live, scale, m, k).0 }
+        }
+
+        #[inline(always)]
+        unsafe fn row_p_max<const LOG2: bool>(
+            srow: &[f32],
+            prow: &mut [u16],
+            live: (i32, i32),
+            scale: f32,
+            m: f32,
+            k: &Scaling,
+        ) -> (f32, f32) {
+            // SAFETY: forwarded contract.
+            unsafe { row::<CVT, LOG2, true>(srow, prow, live, scale, m, k) }
         }
     }
 }

@@ -14,8 +14,7 @@ use super::super::unit::Unit;
 use super::super::{BQ, SUB};
 use super::pack::{load_q, Bf16Scratch, KvPlan, PackedKv, Src};
 use super::softmax::{RowSoftmax, Scaling};
-use super::SK;
-use super::{MatMul, PvArgs, QkArgs, KB};
+use super::{p_pitch, MatMul, PvArgs, QkArgs, KB, SK};
 /// One unit (`ui`) over keys `j0..j0 + n` of the walk's tile `t0..t1`
 /// (`j0` a multiple of `KB`, `n <= SK`).
 #[derive(Clone, Copy)]
@@ -54,7 +53,8 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax, S: Src>(
     if !steps.is_empty() {
         let plan = KvPlan::new(c, &task, dq);
         let scaling = Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA, split: S::SPLIT };
-        let mut run = Run { mm, c, bs: &mut bs, o: &mut sc.o, units: &mut units, scaling, dq };
+        let mref = [[f32::NEG_INFINITY; BQ]; SUB];
+        let mut run = Run { mm, c, bs: &mut bs, o: &mut sc.o, units: &mut units, mref, scaling, dq };
         // SAFETY: forwarded contract; `end` follows `begin` on this thread.
         unsafe {
             run.mm.begin();
@@ -102,6 +102,9 @@ struct Run<'a, M, S> {
     bs: &'a mut Bf16Scratch,
     o: &'a mut [AlignedBuf],
     units: &'a mut [Option<Unit>; SUB],
+    /// Per unit and row: the reference max P is computed against (the
+    /// softmax's `LAZY`), -inf before the row's first live key.
+    mref: [[f32; BQ]; SUB],
     scaling: Scaling,
     dq: usize,
 }
@@ -135,6 +138,7 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
         let un = self.units[st.ui].as_mut().expect("a step's unit is live");
         let (rows, rows16, keys) = (un.pos.rows, un.pos.rows.next_multiple_of(16), st.n.next_multiple_of(32));
         let q_pitch = self.bs.q_pitch();
+        let p_pitch = p_pitch(S::SPLIT);
         let (s, p, o) = (&mut self.bs.s, &mut self.bs.p, &mut self.o[st.ui]);
         let qk = QkArgs {
             q: self.bs.q[st.ui].as_ptr(),
@@ -146,15 +150,15 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
             rows: rows16,
             keys,
         };
-        // SAFETY: Q is [BQ][dq], S [BQ][SK] (Bf16Scratch); rows16 <= BQ and
+        // SAFETY: Q is [BQ][dq], S [BQ][SP] (Bf16Scratch); rows16 <= BQ and
         // keys <= SK; the packed K^T covers keys j0..j0 + keys (PackedKv).
         unsafe { self.mm.qk(&qk) };
         let live = un.live_keys(st.j0, st.n);
         let mut alpha = [1.0f32; BQ];
+        let mref = &mut self.mref[st.ui];
         // SAFETY: X's features are present (forwarded contract).
-        unsafe { X::tile::<LOG2>(un, s, p, st.n, &live, &self.scaling, &mut alpha) };
+        unsafe { X::tile::<LOG2>(un, mref, s, p, st.n, &live, &self.scaling, &mut alpha) };
         // Padding rows of the last query block multiply as zeros.
-        let p_pitch = if S::SPLIT { 2 * SK } else { SK };
         p[rows * p_pitch..rows16 * p_pitch].fill(0);
         if !M::RESCALES_O {
             for (r, &a) in alpha.iter().enumerate().take(rows) {
@@ -168,14 +172,14 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
             p_pitch,
             split: S::SPLIT,
             vv: kv.vv_at(st.j0),
-            vv_pitch: kv.vv_pitch,
+            vv_group: kv.vv_group,
             keys,
             o: o.as_mut_ptr(),
             dp,
             alpha: alpha.as_ptr(),
             rows: rows16,
         };
-        // SAFETY: P is [BQ][SK], O [BQ][dp], alpha [BQ]; the packed V
+        // SAFETY: P is [BQ][p_pitch], O [BQ][dp], alpha [BQ]; the packed V
         // covers keys j0..j0 + keys (PackedKv).
         unsafe { self.mm.pv(&pv) };
     }

@@ -7,7 +7,7 @@
 //! `ROCMFORGE_REQUIRE_AMX=1` turns every such skip into a failure (the GPU
 //! machine's bundle sets it: its Xeon has AMX and AVX512-BF16).
 
-use super::super::bf16::{kt_offset, Dot, MatMul, PvArgs, QkArgs, SK};
+use super::super::bf16::{kt_offset, vv_offset, Dot, MatMul, PvArgs, QkArgs, SK, SP};
 use super::super::simd::{Lanes, PairDot};
 use super::*;
 use crate::env_flag::env_flag;
@@ -60,7 +60,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
             let q_pitch = if split { 4 * pairs + 32 } else { 2 * pairs + 32 };
             let q = random_bits(&mut rng, BQ * q_pitch);
             let kt = [random_pairs(&mut rng, pairs * keys), random_pairs(&mut rng, pairs * keys)];
-            let mut s = vec![f32::NAN; BQ * SK];
+            let mut s = vec![f32::NAN; BQ * SP];
             let a = QkArgs {
                 q: q.as_ptr(),
                 q_pitch,
@@ -89,7 +89,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
                             want += wide(q[row]) * k0 + wide(q[row + 1]) * k1;
                         }
                     }
-                    let got = s[r * SK + j];
+                    let got = s[r * SP + j];
                     let scale = (2 * pairs * secs.len()) as f64;
                     assert!(
                         close(got, want, scale),
@@ -97,7 +97,7 @@ fn check_qk<M: MatMul>(mm: &mut M, name: &str) {
                     );
                 }
             }
-            assert!(s[rows * SK..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
+            assert!(s[rows * SP..].iter().all(|x| x.is_nan()), "{name} qk wrote past its rows");
         }
     }
 }
@@ -109,9 +109,10 @@ fn check_pv<M: MatMul>(mm: &mut M, name: &str) {
     let mut rng = SplitMix64(22);
     for split in [false, true] {
         for (dp, rows, keys) in [(128, 64, 256), (16, 16, 32), (80, 48, 96), (208, 32, 32)] {
-            let (vv_pitch, p_pitch) = (dp + 16, if split { 2 * SK } else { SK });
+            let (vv_group, p_pitch) = ((keys / 2 + 1) * 16, if split { 2 * SK } else { SK });
             let p = random_bits(&mut rng, BQ * p_pitch);
-            let vv = [random_pairs(&mut rng, keys / 2 * vv_pitch), random_pairs(&mut rng, keys / 2 * vv_pitch)];
+            let vv_len = dp / 16 * vv_group;
+            let vv = [random_pairs(&mut rng, vv_len), random_pairs(&mut rng, vv_len)];
             let o0: Vec<f32> = (0..BQ * dp).map(|_| rng.next_unit()).collect();
             let alpha: Vec<f32> = (0..BQ).map(|_| rng.next_unit()).collect();
             let mut o = o0.clone();
@@ -125,7 +126,7 @@ fn check_pv<M: MatMul>(mm: &mut M, name: &str) {
                 p_pitch,
                 vv: [vv[0].as_ptr(), vv[1].as_ptr()],
                 split,
-                vv_pitch,
+                vv_group,
                 keys,
                 o: o.as_mut_ptr(),
                 dp,
@@ -149,7 +150,7 @@ fn check_pv<M: MatMul>(mm: &mut M, name: &str) {
                     let mut want = alpha[r] as f64 * o0[r * dp + c] as f64;
                     for &(p_off, h) in secs {
                         for j in 0..keys {
-                            let (v0, v1) = pair(vv[h][j / 2 * vv_pitch + c]);
+                            let (v0, v1) = pair(vv[h][vv_offset(j / 2, c, vv_group)]);
                             want += wide(p[r * p_pitch + p_off + j]) * if j % 2 == 0 { v0 } else { v1 };
                         }
                     }
