@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds everything a GPU machine needs into gpu-bundle/ (git-ignored):
 # the CLI, the integration-test binary (every GPU test), the criterion
-# bench, the decode bench, the torch comparison scripts and run.sh. Binaries are
+# bench, the decode bench, the cpu-flash timer, the torch comparison scripts and run.sh. Binaries are
 # self-contained: kernels are embedded, CUDA/HIP libraries load at run time.
 #
 #   scripts/gpu-bundle.sh [DIR]      # DIR defaults to gpu-bundle; ship it and run:
@@ -41,10 +41,12 @@ bench=$(cargo bench --bench attention --no-run --message-format=json | executabl
 cp "$bench" "$out/attention-bench"
 decode=$(cargo build --release --example bench_decode --message-format=json | executable_of bench_decode)
 cp "$decode" "$out/bench_decode"
+cpuflash=$(cargo build --release --example time_cpu_flash --message-format=json | executable_of time_cpu_flash)
+cp "$cpuflash" "$out/time_cpu_flash"
 cp scripts/gpu-run.sh "$out/run.sh"
-cp scripts/compare_torch.py scripts/compare_decode.py "$out/"
+cp scripts/compare_torch.py scripts/compare_decode.py scripts/compare_torch_cpu.py "$out/"
 chmod +x "$out/run.sh"
-strip "$out/rocmforge" "$out/suite" "$out/lib-tests" "$out/attention-bench" "$out/bench_decode" 2>/dev/null || true
+strip "$out/rocmforge" "$out/suite" "$out/lib-tests" "$out/attention-bench" "$out/bench_decode" "$out/time_cpu_flash" 2>/dev/null || true
 
 size=$(du -sm "$out" | cut -f1)
 echo "gpu-bundle: ${size} MiB"

@@ -4,7 +4,9 @@
 # Steps (default: all, in this order): devices tests check memcheck
 # racecheck synccheck cpu-avx512 bench compare compare-decode; on request only:
 # racecheck-concurrency, peak-memory, model-tests, model-memcheck (the model
-# layer's tests alone, CPU and GPU; its GPU tests under memcheck). Each step's log goes to OUTDIR/<step>.log; the
+# layer's tests alone, CPU and GPU; its GPU tests under memcheck),
+# compare-cpu (issue 10's table: cpu-flash vs torch CPU on 2 pinned cores;
+# CPU_ROUNDS rounds, default 8). Each step's log goes to OUTDIR/<step>.log; the
 # script exits non-zero if any step failed. GPU tests are marked
 # #[ignore = "needs a GPU"] in the suite (so `cargo test` without a GPU lists
 # them as ignored); here they run with --include-ignored and
@@ -129,6 +131,13 @@ for step in "${steps[@]}"; do
             --backends flash-causal,flash-noncausal,gpu-unfused --shape 4,32,32,2048,2048,128 \
             --shape 4,32,8,2048,2048,128 --shape 1,32,32,8192,8192,128 --shape 8,16,16,1024,1024,64 \
             --dtypes bf16,f16,f32 --masks causal,none --repeats 15
+        ;;
+    compare-cpu)
+        # Both sides on cores 0-1, alternating in every round; the example
+        # build also reports CPU time per call (less sensitive to a busy host).
+        taskset -c 0,1 true 2>/dev/null && pin=(taskset -c 0,1) || pin=()
+        RAYON_NUM_THREADS=2 run_step compare-cpu "${pin[@]}" python3 compare_torch_cpu.py --threads 2 \
+            --rounds "${CPU_ROUNDS:-8}" --dtypes bf16,f16,f32 --build cli=./rocmforge --build example=./time_cpu_flash
         ;;
     compare-decode)
         run_step compare-decode python3 compare_decode.py --bench ./bench_decode --json "$out/compare-decode.json"
