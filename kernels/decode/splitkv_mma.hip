@@ -71,6 +71,12 @@ constexpr int THREADS = WARPS * RF_WARP_SIZE;
 #define RF_DECODE_MERGE_BATCH 16
 #endif
 constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
+// Splits whose partials the merging thread loads before the weights
+// (rf/decode/merge.h; ROCMFORGE_DECODE_TUNE=prefetch=N).
+#ifndef RF_DECODE_MERGE_PREFETCH
+#define RF_DECODE_MERGE_PREFETCH 0
+#endif
+constexpr int MERGE_PREFETCH = RF_DECODE_MERGE_PREFETCH;
 constexpr int VEC = 16 / (int)sizeof(elem);
 constexpr int KW = BN / WARPS;    // keys per warp
 constexpr int NU = KW / 16;       // 16-key blocks per warp
@@ -351,6 +357,8 @@ extern "C" __device__ const int rf_decode_launch[5] = {THREADS, SMEM_BYTES, BN, 
 
 extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_params p) {
     extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
+    wait_prior_grid();
+    if (PROBE == 1) return;
     const Smem sm = smem_layout(rf_smem_raw);
     const Work w = make_work(p);
     const int warp = (int)threadIdx.x / RF_WARP_SIZE, key0 = warp * KW;
@@ -431,5 +439,6 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, bad_block);
-    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
+    if (PROBE == 2) return;
+    merge_splits<D, THREADS, MERGE_BATCH, MERGE_PREFETCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

@@ -80,6 +80,29 @@ RF_DEVICE void store2(elem* d, float a, float b) {
 }
 
 
+// Programmatic dependent launch (NVIDIA sm_90+): the host may queue a
+// decode kernel so that its blocks start while the stream's previous
+// kernel finishes (backends/flash_decode/launch.rs). Whatever that kernel
+// wrote (K/V, Q, lengths, block tables, the merge counters and partials a
+// previous decode call uses) is visible only after griddepcontrol.wait, so
+// every block waits here before its first memory access; launched
+// normally, the wait returns at once. The block then lets the stream's
+// next kernel be scheduled (it waits in turn for this grid to complete).
+RF_DEVICE void wait_prior_grid() {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Measurement probes (ROCMFORGE_DECODE_TUNE=probe=N; never a default): 1
+// returns right after the wait (the launch floor), 2 skips the merge of
+// the splits (rows with several splits stay unwritten).
+#ifndef RF_DECODE_PROBE
+#define RF_DECODE_PROBE 0
+#endif
+constexpr int PROBE = RF_DECODE_PROBE;
+
 // Query rows of one block: one 16-row matrix tile.
 constexpr int RMAX = 16;
 
