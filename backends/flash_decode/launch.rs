@@ -31,7 +31,7 @@ pub const MAX_SEQ_Q: usize = 8;
 /// stream's previous kernel finishes and wait (`griddepcontrol.wait`, first
 /// thing in the kernel) before touching memory. `ROCMFORGE_DECODE_TUNE=pdl=N`
 /// overrides it.
-pub const OVERLAP_LAUNCH: bool = false;
+pub const OVERLAP_LAUNCH: bool = true;
 /// Largest workspace of partial outputs; more splits are cut back to fit.
 pub const WORKSPACE_CAP: usize = 256 << 20;
 

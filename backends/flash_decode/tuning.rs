@@ -15,6 +15,8 @@
 //!   (`RF_DECODE_MERGE_PREFETCH`, at most 32);
 //! - `merge_batch=N`: partial loads issued together (`RF_DECODE_MERGE_BATCH`);
 //! - `pdl=0|1`: programmatic dependent launch on NVIDIA sm_90+ (launch.rs);
+//! - `row_walk=0`: K/V copies through the general loader
+//!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`);
 //! - `probe=N`: a measurement probe that leaves outputs unwritten
 //!   (`RF_DECODE_PROBE`: 1 = empty kernel, 2 = no merge).
 //!
@@ -39,6 +41,7 @@ pub struct Tuning {
     pub merge_batch: Option<usize>,
     pub pdl: Option<bool>,
     pub probe: Option<usize>,
+    pub row_walk: Option<usize>,
 }
 
 impl Tuning {
@@ -58,6 +61,7 @@ impl Tuning {
                 "merge_batch" if (1..=32).contains(&value) => t.merge_batch = Some(value),
                 "pdl" if value <= 1 => t.pdl = Some(value == 1),
                 "probe" if value <= 2 => t.probe = Some(value),
+                "row_walk" if value <= 1 => t.row_walk = Some(value),
                 _ => {}
             }
         }
@@ -74,6 +78,7 @@ impl Tuning {
             ("RF_DECODE_MERGE_PREFETCH", self.prefetch),
             ("RF_DECODE_MERGE_BATCH", self.merge_batch),
             ("RF_DECODE_PROBE", self.probe),
+            ("RF_DECODE_ROW_WALK", self.row_walk),
         ] {
             if let Some(v) = value {
                 spec = spec.define(name, v);
@@ -105,9 +110,12 @@ mod tests {
             ..Tuning::default()
         };
         assert_eq!(t, want);
-        let t = Tuning::parse("ticket=1,prefetch=16,merge_batch=8,pdl=0,probe=2");
-        assert_eq!((t.ticket, t.prefetch, t.merge_batch, t.pdl, t.probe), (Some(1), Some(16), Some(8), Some(false), Some(2)));
-        assert_eq!(Tuning::parse("ticket=2,prefetch=33,merge_batch=0,pdl=2,probe=3"), Tuning::default());
+        let t = Tuning::parse("ticket=1,prefetch=16,merge_batch=8,pdl=0,probe=2,row_walk=0");
+        assert_eq!(
+            (t.ticket, t.prefetch, t.merge_batch, t.pdl, t.probe, t.row_walk),
+            (Some(1), Some(16), Some(8), Some(false), Some(2), Some(0))
+        );
+        assert_eq!(Tuning::parse("ticket=2,prefetch=33,merge_batch=0,pdl=2,probe=3,row_walk=2"), Tuning::default());
         assert_eq!(Tuning::parse(""), Tuning::default());
         assert_eq!(Tuning::parse("bn=40,l2=100,stages=0"), Tuning::default());
         assert_eq!(Tuning::parse("l2=0").l2_prefetch, Some(0));

@@ -260,7 +260,9 @@ RF_DEVICE void softmax_tile(const rf_decode_params& p, const Work& w, const Smem
     const int warp = (int)threadIdx.x / RF_WARP_SIZE, lane = (int)threadIdx.x % RF_WARP_SIZE;
     const bool capped = p.softcap > 0.0f;
     const float scale_log2 = p.scale * LOG2E;
-    const float cap_in = capped ? p.scale / p.softcap : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
+    // fast_div: p.scale / 0 (no cap) would take the IEEE slow path, a call
+    // into cold code in every warp, even though its result goes unused.
+    const float cap_in = capped ? rf_flash::fast_div(p.scale, p.softcap) : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
     const int padded = padded_rows(w);
 #pragma unroll
     for (int i = 0; i < RPW; ++i) {

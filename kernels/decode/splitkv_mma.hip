@@ -74,7 +74,7 @@ constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
 // Splits whose partials the merging thread loads before the weights
 // (rf/decode/merge.h; ROCMFORGE_DECODE_TUNE=prefetch=N).
 #ifndef RF_DECODE_MERGE_PREFETCH
-#define RF_DECODE_MERGE_PREFETCH 0
+#define RF_DECODE_MERGE_PREFETCH 16
 #endif
 constexpr int MERGE_PREFETCH = RF_DECODE_MERGE_PREFETCH;
 constexpr int VEC = 16 / (int)sizeof(elem);
@@ -202,7 +202,9 @@ RF_DEVICE void softmax(const rf_decode_params& p, const Work& w, WarpState& st, 
                        bool full, bool (&masked)[NU][RF_MMA_C_REGS]) {
     const bool capped = p.softcap > 0.0f;
     const float scale_log2 = p.scale * LOG2E;
-    const float cap_in = capped ? p.scale / p.softcap : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
+    // fast_div: p.scale / 0 (no cap) would take the IEEE slow path, a call
+    // into cold code in every warp, even though its result goes unused.
+    const float cap_in = capped ? rf_flash::fast_div(p.scale, p.softcap) : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
     long long lo[RF_MMA_ROWS], hi[RF_MMA_ROWS];
     if (!full) slot_ranges(p, w, lo, hi);
     const int key0 = ((int)threadIdx.x / RF_WARP_SIZE) * KW;

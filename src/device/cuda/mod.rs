@@ -282,7 +282,9 @@ impl Driver for CudaDriver {
         // SAFETY: `config` and `attr` outlive the call; the handle came from
         // `compile_and_load`; the caller guarantees the parameters match the
         // kernel and that it waits for the previous grid before touching memory.
-        let r = unsafe { sys::cuLaunchKernelEx(&config, f.0 as sys::CUfunction, params.as_mut_ptr(), std::ptr::null_mut()) };
+        let r = unsafe {
+            sys::cuLaunchKernelEx(&config, f.0 as sys::CUfunction, params.as_mut_ptr(), std::ptr::null_mut())
+        };
         drv("cuLaunchKernelEx", r.result())
     }
 
