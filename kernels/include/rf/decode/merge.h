@@ -4,11 +4,10 @@
 // counter; the block that takes the last one merges every split's partial
 // into O and resets the counter to 0 for the next launch.
 //
-// Memory order: every thread fences (device scope) after its partial
-// stores, the block synchronizes, and one thread adds to the counter with
-// acquire-release semantics; the last block's adder thus sees every other
-// block's fenced stores, and after a barrier and another fence its threads
-// read the partials from L2 (never a stale L1 line).
+// Memory order (RF_DECODE_TICKET below): the block synchronizes after its
+// partial stores, thread 0 fences (device scope) and takes the ticket, and
+// in the last block fences again before the barrier after which its
+// threads read the partials from L2 (never a stale L1 line).
 //
 // Counters: u32 per (sequence, KV head x row chunk), p.counters[z * gridDim.y
 // + y], zero when the launch starts (the host keeps them in buffers that
