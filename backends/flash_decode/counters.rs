@@ -10,8 +10,10 @@
 //! (two threads never share counters) and gives it back once its kernel is
 //! queued. As with the workspace pool, that is safe because all work of a
 //! device runs on its one stream in submission order: the next user's
-//! kernel starts after this one has reset every counter. A new buffer is
-//! zeroed on that stream before the kernel that uses it.
+//! kernel touches the counters only after this one has reset every counter
+//! (a decode kernel queued with programmatic dependent launch may start
+//! early, but waits for the previous grid before its first memory access).
+//! A new buffer is zeroed on that stream before the kernel that uses it.
 
 use crate::device::{DeviceBuffer, DeviceError, GpuDevice, Vendor};
 use std::collections::HashMap;

@@ -26,6 +26,12 @@ pub const HEAD_DIMS: &[usize] = &[32, 64, 96, 128, 256];
 pub const BLOCK_SIZES: &[usize] = &[16, 32];
 /// Longest query sequence (rows per KV head are group × seq_q).
 pub const MAX_SEQ_Q: usize = 8;
+/// Whether calls are queued with programmatic dependent launch where the
+/// device has it (NVIDIA sm_90+): the kernel's blocks start while the
+/// stream's previous kernel finishes and wait (`griddepcontrol.wait`, first
+/// thing in the kernel) before touching memory. `ROCMFORGE_DECODE_TUNE=pdl=N`
+/// overrides it.
+pub const OVERLAP_LAUNCH: bool = true;
 /// Largest workspace of partial outputs; more splits are cut back to fit.
 pub const WORKSPACE_CAP: usize = 256 << 20;
 
@@ -238,7 +244,15 @@ pub fn launch(
     // num_splits × rows × (head_dim + 1) floats and `counters` batch ×
     // grid.y zeroed u32 (more than one split), alive until the kernel is
     // queued (work on the device's one stream runs in order).
-    unsafe { gpu.launch_params(&kernel, &cfg, &params)? };
+    // The kernel's first act is griddepcontrol.wait (rf/decode_common.h), so
+    // an overlapping launch touches nothing before the previous kernel is done.
+    unsafe {
+        if tuning().pdl.unwrap_or(OVERLAP_LAUNCH) {
+            gpu.launch_params_overlapping(&kernel, &cfg, &params)?
+        } else {
+            gpu.launch_params(&kernel, &cfg, &params)?
+        }
+    };
     drop(counters);
     drop(workspace);
     Ok(())

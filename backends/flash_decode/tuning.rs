@@ -8,7 +8,17 @@
 //! - `l2=N`: ask L2 to fetch N bytes (64, 128, 256; 0 = no hint) around
 //!   each K/V copy (`RF_DECODE_L2_PREFETCH`, NVIDIA sm_80+; the f16/bf16
 //!   kernel's default is 256, the f32 one's none);
-//! - `split_tiles=N`: every split covers N tiles (the split count follows).
+//! - `split_tiles=N`: every split covers N tiles (the split count follows);
+//! - `ticket=N`: how the merge's ticket is taken (`RF_DECODE_TICKET`,
+//!   `rf/decode/merge.h`);
+//! - `prefetch=N`: partials the merging thread loads before the weights
+//!   (`RF_DECODE_MERGE_PREFETCH`, at most 32);
+//! - `merge_batch=N`: partial loads issued together (`RF_DECODE_MERGE_BATCH`);
+//! - `pdl=0|1`: programmatic dependent launch on NVIDIA sm_90+ (launch.rs);
+//! - `row_walk=0`: K/V copies through the general loader
+//!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`);
+//! - `probe=N`: a measurement probe that leaves outputs unwritten
+//!   (`RF_DECODE_PROBE`: 1 = empty kernel, 2 = no merge).
 //!
 //! An unknown key or a value that does not parse is ignored; a variant the
 //! kernel cannot take fails to compile, which the call reports as an error.
@@ -26,6 +36,12 @@ pub struct Tuning {
     pub block_n: Option<usize>,
     pub l2_prefetch: Option<usize>,
     pub split_tiles: Option<usize>,
+    pub ticket: Option<usize>,
+    pub prefetch: Option<usize>,
+    pub merge_batch: Option<usize>,
+    pub pdl: Option<bool>,
+    pub probe: Option<usize>,
+    pub row_walk: Option<usize>,
 }
 
 impl Tuning {
@@ -40,6 +56,12 @@ impl Tuning {
                 "bn" if value >= 16 && value % 16 == 0 => t.block_n = Some(value),
                 "l2" if [0, 64, 128, 256].contains(&value) => t.l2_prefetch = Some(value),
                 "split_tiles" if value >= 1 => t.split_tiles = Some(value),
+                "ticket" if value <= 1 => t.ticket = Some(value),
+                "prefetch" if value <= 32 => t.prefetch = Some(value),
+                "merge_batch" if (1..=32).contains(&value) => t.merge_batch = Some(value),
+                "pdl" if value <= 1 => t.pdl = Some(value == 1),
+                "probe" if value <= 2 => t.probe = Some(value),
+                "row_walk" if value <= 1 => t.row_walk = Some(value),
                 _ => {}
             }
         }
@@ -52,6 +74,11 @@ impl Tuning {
             ("RF_DECODE_STAGES", self.stages),
             ("RF_DECODE_BN", self.block_n),
             ("RF_DECODE_L2_PREFETCH", self.l2_prefetch),
+            ("RF_DECODE_TICKET", self.ticket),
+            ("RF_DECODE_MERGE_PREFETCH", self.prefetch),
+            ("RF_DECODE_MERGE_BATCH", self.merge_batch),
+            ("RF_DECODE_PROBE", self.probe),
+            ("RF_DECODE_ROW_WALK", self.row_walk),
         ] {
             if let Some(v) = value {
                 spec = spec.define(name, v);
@@ -75,7 +102,20 @@ mod tests {
     #[test]
     fn parses_known_keys_and_ignores_the_rest() {
         let t = Tuning::parse("stages=4, bn=128,l2=256,split_tiles=8,bogus=1,bn=x");
-        assert_eq!(t, Tuning { stages: Some(4), block_n: Some(128), l2_prefetch: Some(256), split_tiles: Some(8) });
+        let want = Tuning {
+            stages: Some(4),
+            block_n: Some(128),
+            l2_prefetch: Some(256),
+            split_tiles: Some(8),
+            ..Tuning::default()
+        };
+        assert_eq!(t, want);
+        let t = Tuning::parse("ticket=1,prefetch=16,merge_batch=8,pdl=0,probe=2,row_walk=0");
+        assert_eq!(
+            (t.ticket, t.prefetch, t.merge_batch, t.pdl, t.probe, t.row_walk),
+            (Some(1), Some(16), Some(8), Some(false), Some(2), Some(0))
+        );
+        assert_eq!(Tuning::parse("ticket=2,prefetch=33,merge_batch=0,pdl=2,probe=3,row_walk=2"), Tuning::default());
         assert_eq!(Tuning::parse(""), Tuning::default());
         assert_eq!(Tuning::parse("bn=40,l2=100,stages=0"), Tuning::default());
         assert_eq!(Tuning::parse("l2=0").l2_prefetch, Some(0));

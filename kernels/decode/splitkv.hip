@@ -65,6 +65,12 @@ constexpr int THREADS = 128;
 #define RF_DECODE_MERGE_BATCH 1
 #endif
 constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
+// Splits whose partials the merging thread loads before the weights
+// (rf/decode/merge.h; ROCMFORGE_DECODE_TUNE=prefetch=N).
+#ifndef RF_DECODE_MERGE_PREFETCH
+#define RF_DECODE_MERGE_PREFETCH 0
+#endif
+constexpr int MERGE_PREFETCH = RF_DECODE_MERGE_PREFETCH;
 constexpr int WARPS = THREADS / RF_WARP_SIZE;
 constexpr int VEC = 16 / (int)sizeof(elem);  // elements per 16-byte chunk
 
@@ -254,7 +260,9 @@ RF_DEVICE void softmax_tile(const rf_decode_params& p, const Work& w, const Smem
     const int warp = (int)threadIdx.x / RF_WARP_SIZE, lane = (int)threadIdx.x % RF_WARP_SIZE;
     const bool capped = p.softcap > 0.0f;
     const float scale_log2 = p.scale * LOG2E;
-    const float cap_in = capped ? p.scale / p.softcap : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
+    // fast_div: p.scale / 0 (no cap) would take the IEEE slow path, a call
+    // into cold code in every warp, even though its result goes unused.
+    const float cap_in = capped ? rf_flash::fast_div(p.scale, p.softcap) : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
     const int padded = padded_rows(w);
 #pragma unroll
     for (int i = 0; i < RPW; ++i) {
@@ -402,6 +410,8 @@ extern "C" __device__ const int rf_decode_launch[5] = {THREADS, SMEM_BYTES, BN, 
 
 extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_params p) {
     extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
+    wait_prior_grid();
+    if (PROBE == 1) return;
     Smem sm = smem_layout(rf_smem_raw);
     const Work w = make_work(p);
     const int tid = (int)threadIdx.x;
@@ -448,5 +458,6 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, o, bad_block, tid);
-    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
+    if (PROBE == 2) return;
+    merge_splits<D, THREADS, MERGE_BATCH, MERGE_PREFETCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

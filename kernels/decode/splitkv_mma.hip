@@ -71,6 +71,12 @@ constexpr int THREADS = WARPS * RF_WARP_SIZE;
 #define RF_DECODE_MERGE_BATCH 16
 #endif
 constexpr int MERGE_BATCH = RF_DECODE_MERGE_BATCH;
+// Splits whose partials the merging thread loads before the weights
+// (rf/decode/merge.h; ROCMFORGE_DECODE_TUNE=prefetch=N).
+#ifndef RF_DECODE_MERGE_PREFETCH
+#define RF_DECODE_MERGE_PREFETCH 16
+#endif
+constexpr int MERGE_PREFETCH = RF_DECODE_MERGE_PREFETCH;
 constexpr int VEC = 16 / (int)sizeof(elem);
 constexpr int KW = BN / WARPS;    // keys per warp
 constexpr int NU = KW / 16;       // 16-key blocks per warp
@@ -196,7 +202,9 @@ RF_DEVICE void softmax(const rf_decode_params& p, const Work& w, WarpState& st, 
                        bool full, bool (&masked)[NU][RF_MMA_C_REGS]) {
     const bool capped = p.softcap > 0.0f;
     const float scale_log2 = p.scale * LOG2E;
-    const float cap_in = capped ? p.scale / p.softcap : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
+    // fast_div: p.scale / 0 (no cap) would take the IEEE slow path, a call
+    // into cold code in every warp, even though its result goes unused.
+    const float cap_in = capped ? rf_flash::fast_div(p.scale, p.softcap) : 0.0f, cap_out = capped ? p.softcap * LOG2E : 0.0f;
     long long lo[RF_MMA_ROWS], hi[RF_MMA_ROWS];
     if (!full) slot_ranges(p, w, lo, hi);
     const int key0 = ((int)threadIdx.x / RF_WARP_SIZE) * KW;
@@ -351,6 +359,8 @@ extern "C" __device__ const int rf_decode_launch[5] = {THREADS, SMEM_BYTES, BN, 
 
 extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_params p) {
     extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
+    wait_prior_grid();
+    if (PROBE == 1) return;
     const Smem sm = smem_layout(rf_smem_raw);
     const Work w = make_work(p);
     const int warp = (int)threadIdx.x / RF_WARP_SIZE, key0 = warp * KW;
@@ -431,5 +441,6 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, bad_block);
-    merge_splits<D, THREADS, MERGE_BATCH>(p, w, reinterpret_cast<float*>(sm.kv));
+    if (PROBE == 2) return;
+    merge_splits<D, THREADS, MERGE_BATCH, MERGE_PREFETCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

@@ -133,6 +133,23 @@ pub(crate) trait Driver: Send + Sync {
         cfg: &LaunchConfig,
         params: &mut [*mut c_void],
     ) -> DeviceResult<()>;
+    /// Queues like `launch`, but lets the kernel's blocks start while the
+    /// stream's previous kernel is still finishing (NVIDIA programmatic
+    /// dependent launch, sm_90+); drivers without it queue a plain launch.
+    ///
+    /// # Safety
+    /// As `launch`; in addition, the kernel waits for the previous grid
+    /// (`griddepcontrol.wait`) before it touches any memory.
+    unsafe fn launch_overlapping(
+        &self,
+        stream: StreamHandle,
+        f: FunctionHandle,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> DeviceResult<()> {
+        // SAFETY: forwarded from this function's contract.
+        unsafe { self.launch(stream, f, cfg, params) }
+    }
     /// # Safety
     /// Every matrix described by `g` lies inside live device allocations.
     unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()>;

@@ -221,6 +221,26 @@ impl GpuDevice {
         unsafe { self.driver.launch(self.stream, kernel.handle, cfg, &mut args) }.map_err(|e| launch_error(kernel, e))
     }
 
+    /// `launch_params`, letting the kernel's blocks start while the stream's
+    /// previous kernel finishes where the driver can (NVIDIA programmatic
+    /// dependent launch, sm_90+; elsewhere a plain launch).
+    ///
+    /// # Safety
+    /// As `launch_params`; in addition, the kernel waits for the previous
+    /// grid (`griddepcontrol.wait`) before it touches any memory.
+    pub unsafe fn launch_params_overlapping<P: KernelParams>(
+        &self,
+        kernel: &Kernel,
+        cfg: &LaunchConfig,
+        params: &P,
+    ) -> DeviceResult<()> {
+        let mut value = *params;
+        let mut args = [&mut value as *mut P as *mut c_void];
+        // SAFETY: forwarded from this function's contract; `value` outlives the call.
+        unsafe { self.driver.launch_overlapping(self.stream, kernel.handle, cfg, &mut args) }
+            .map_err(|e| launch_error(kernel, e))
+    }
+
     /// Queues one strided-batched GEMM.
     ///
     /// # Safety

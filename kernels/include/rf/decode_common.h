@@ -80,6 +80,29 @@ RF_DEVICE void store2(elem* d, float a, float b) {
 }
 
 
+// Programmatic dependent launch (NVIDIA sm_90+): the host may queue a
+// decode kernel so that its blocks start while the stream's previous
+// kernel finishes (backends/flash_decode/launch.rs). Whatever that kernel
+// wrote (K/V, Q, lengths, block tables, the merge counters and partials a
+// previous decode call uses) is visible only after griddepcontrol.wait, so
+// every block waits here before its first memory access; launched
+// normally, the wait returns at once. The block then lets the stream's
+// next kernel be scheduled (it waits in turn for this grid to complete).
+RF_DEVICE void wait_prior_grid() {
+#if defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;\n" ::: "memory");
+    asm volatile("griddepcontrol.launch_dependents;\n" ::: "memory");
+#endif
+}
+
+// Measurement probes (ROCMFORGE_DECODE_TUNE=probe=N; never a default): 1
+// returns right after the wait (the launch floor), 2 skips the merge of
+// the splits (rows with several splits stay unwritten).
+#ifndef RF_DECODE_PROBE
+#define RF_DECODE_PROBE 0
+#endif
+constexpr int PROBE = RF_DECODE_PROBE;
+
 // Query rows of one block: one 16-row matrix tile.
 constexpr int RMAX = 16;
 
@@ -146,6 +169,68 @@ RF_DEVICE void copy16_kv(elem* dst, const elem* src, bool ok) {
 #endif
 }
 
+// The K/V copies walk rows: with a thread layout that repeats every
+// THREADS chunks (RS whole rows per pass), each thread keeps one column and
+// steps through rows row0, row0 + RS, ...; dense K/V advance a pointer (a
+// compare and two adds per 16-byte copy), paged K/V look up each row's
+// pool block. The general path below recomputed 64-bit index products for
+// every copy: at batch 1 that was half the instructions of a block.
+// RF_DECODE_ROW_WALK=0 (ROCMFORGE_DECODE_TUNE=row_walk=0) keeps the general
+// path for every layout.
+#ifndef RF_DECODE_ROW_WALK
+#define RF_DECODE_ROW_WALK 1
+#endif
+
+template <int BN, int D, int KV_STRIDE, int THREADS>
+RF_DEVICE bool load_kv_rows(const rf_decode_params& p, const Work& w, long long n0, elem* stage) {
+    using rf_flash::opaque;
+    constexpr int VEC = 16 / (int)sizeof(elem), CPR = D / VEC, RS = THREADS / CPR;
+    const int row0 = (int)threadIdx.x / CPR, col = ((int)threadIdx.x % CPR) * VEC;
+    const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.strides.k.head;
+    const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.strides.v.head;
+    const long long j0 = n0 + row0;
+    // Rows of this thread still inside the split (keys at or past its end
+    // are zeros, never read).
+    const long long left = w.ke - j0;
+    elem* dst = stage + row0 * KV_STRIDE + col;
+    if (p.block_table == 0) {
+        const elem* kp = kbase + w.b * p.strides.k.batch + j0 * p.strides.k.seq + col;
+        const elem* vp = vbase + w.b * p.strides.v.batch + j0 * p.strides.v.seq + col;
+        const long long kstep = opaque(RS * p.strides.k.seq), vstep = opaque(RS * p.strides.v.seq);
+#pragma unroll
+        for (int i = 0; i < BN / RS; ++i) {
+            const bool ok = (long long)(i * RS) < left;
+            copy16_kv(dst + i * RS * KV_STRIDE, ok ? kp : kbase, ok);
+            copy16_kv(dst + (BN + i * RS) * KV_STRIDE, ok ? vp : vbase, ok);
+            kp += kstep;
+            vp += vstep;
+        }
+        return false;
+    }
+    const int* table = reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width;
+    const long long in_block = (1ll << p.block_shift) - 1;
+    bool bad = false;
+#pragma unroll
+    for (int i = 0; i < BN / RS; ++i) {
+        const long long j = j0 + i * RS;
+        bool ok = (long long)(i * RS) < left;
+        int blk = 0;
+        if (ok) {
+            blk = table[j >> p.block_shift];
+            if (blk < 0 || blk >= p.num_blocks) {
+                bad = true;
+                ok = false;
+            }
+        }
+        const long long in = j & in_block;
+        const elem* kp = kbase + blk * p.strides.k.batch + in * p.strides.k.seq + col;
+        const elem* vp = vbase + blk * p.strides.v.batch + in * p.strides.v.seq + col;
+        copy16_kv(dst + i * RS * KV_STRIDE, ok ? kp : kbase, ok);
+        copy16_kv(dst + (BN + i * RS) * KV_STRIDE, ok ? vp : vbase, ok);
+    }
+    return bad;
+}
+
 // Starts copying keys n0 .. n0 + BN of K and V into `stage` (K rows, then
 // BN V rows, KV_STRIDE elements apart). Keys at or past the split's end
 // are zeros, never read. Returns whether a block-table entry was out of
@@ -153,6 +238,9 @@ RF_DEVICE void copy16_kv(elem* dst, const elem* src, bool ok) {
 template <int BN, int D, int KV_STRIDE, int THREADS>
 RF_DEVICE bool load_kv(const rf_decode_params& p, const Work& w, long long n0, elem* stage) {
     constexpr int VEC = 16 / (int)sizeof(elem), CPR = D / VEC;
+    if constexpr (RF_DECODE_ROW_WALK != 0 && THREADS % CPR == 0 && BN % (THREADS / CPR) == 0) {
+        return load_kv_rows<BN, D, KV_STRIDE, THREADS>(p, w, n0, stage);
+    }
     const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.strides.k.head;
     const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.strides.v.head;
     const int* table = p.block_table != 0 ? reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width

@@ -53,6 +53,19 @@ pub(crate) fn open_all() -> DeviceResult<Vec<Box<dyn Driver>>> {
 }
 
 impl CudaDriver {
+    /// Above 48 KiB a kernel must opt in to dynamic shared memory.
+    fn opt_in_shared(&self, f: FunctionHandle, cfg: &LaunchConfig) -> DeviceResult<()> {
+        if cfg.shared_mem_bytes > STATIC_SHARED_LIMIT {
+            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            let bytes = i32::try_from(cfg.shared_mem_bytes).unwrap_or(i32::MAX);
+            // SAFETY: `f` is a live function of this driver's context.
+            drv("cuFuncSetAttribute", unsafe {
+                cu::function::set_function_attribute(f.0 as sys::CUfunction, attr, bytes)
+            })?;
+        }
+        Ok(())
+    }
+
     fn open(ordinal: usize) -> DeviceResult<CudaDriver> {
         let device = drv("cuDeviceGet", cu::device::get(ordinal as i32))?;
         // SAFETY: `device` is a valid device handle from cuDeviceGet.
@@ -227,21 +240,52 @@ impl Driver for CudaDriver {
         params: &mut [*mut c_void],
     ) -> DeviceResult<()> {
         self.bind()?;
-        if cfg.shared_mem_bytes > STATIC_SHARED_LIMIT {
-            // Above 48 KiB a kernel must opt in to dynamic shared memory.
-            let attr = sys::CUfunction_attribute::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-            let bytes = i32::try_from(cfg.shared_mem_bytes).unwrap_or(i32::MAX);
-            // SAFETY: `f` is a live function of this driver's context.
-            drv("cuFuncSetAttribute", unsafe {
-                cu::function::set_function_attribute(f.0 as sys::CUfunction, attr, bytes)
-            })?;
-        }
+        self.opt_in_shared(f, cfg)?;
         // SAFETY: the handle came from `compile_and_load`; caller guarantees
         // the parameters match the kernel signature.
         let r = unsafe {
             cu::launch_kernel(f.0 as sys::CUfunction, cfg.grid, cfg.block, cfg.shared_mem_bytes, raw(stream), params)
         };
         drv("cuLaunchKernel", r)
+    }
+
+    unsafe fn launch_overlapping(
+        &self,
+        stream: StreamHandle,
+        f: FunctionHandle,
+        cfg: &LaunchConfig,
+        params: &mut [*mut c_void],
+    ) -> DeviceResult<()> {
+        if self.info.arch.sm().is_none_or(|sm| sm < 90) {
+            // SAFETY: forwarded from this function's contract.
+            return unsafe { self.launch(stream, f, cfg, params) };
+        }
+        self.bind()?;
+        self.opt_in_shared(f, cfg)?;
+        // SAFETY: an all-zero launch attribute is a valid C value (the
+        // union is plain data); id and value are set below.
+        let mut attr: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+        attr.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION;
+        attr.value.programmaticStreamSerializationAllowed = 1;
+        let config = sys::CUlaunchConfig {
+            gridDimX: cfg.grid.0,
+            gridDimY: cfg.grid.1,
+            gridDimZ: cfg.grid.2,
+            blockDimX: cfg.block.0,
+            blockDimY: cfg.block.1,
+            blockDimZ: cfg.block.2,
+            sharedMemBytes: cfg.shared_mem_bytes,
+            hStream: raw(stream),
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        // SAFETY: `config` and `attr` outlive the call; the handle came from
+        // `compile_and_load`; the caller guarantees the parameters match the
+        // kernel and that it waits for the previous grid before touching memory.
+        let r = unsafe {
+            sys::cuLaunchKernelEx(&config, f.0 as sys::CUfunction, params.as_mut_ptr(), std::ptr::null_mut())
+        };
+        drv("cuLaunchKernelEx", r.result())
     }
 
     unsafe fn gemm(&self, stream: StreamHandle, g: &GemmDesc) -> DeviceResult<()> {

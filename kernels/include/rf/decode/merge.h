@@ -4,11 +4,10 @@
 // counter; the block that takes the last one merges every split's partial
 // into O and resets the counter to 0 for the next launch.
 //
-// Memory order: every thread fences (device scope) after its partial
-// stores, the block synchronizes, and one thread adds to the counter with
-// acquire-release semantics; the last block's adder thus sees every other
-// block's fenced stores, and after a barrier and another fence its threads
-// read the partials from L2 (never a stale L1 line).
+// Memory order (RF_DECODE_TICKET below): the block synchronizes after its
+// partial stores, thread 0 fences (device scope) and takes the ticket, and
+// in the last block fences again before the barrier after which its
+// threads read the partials from L2 (never a stale L1 line).
 //
 // Counters: u32 per (sequence, KV head x row chunk), p.counters[z * gridDim.y
 // + y], zero when the launch starts (the host keeps them in buffers that
@@ -83,18 +82,54 @@ RF_DEVICE F4 load_l2_4(const float* p) {
 #endif
 }
 
+// How the ticket is taken (RF_DECODE_TICKET, ROCMFORGE_DECODE_TUNE=ticket=N;
+// 1, the default, was 0.8 us faster a call at batch 1 on the H100):
+// 0: every thread fences after its partial stores, thread 0 takes the
+//    ticket (acquire-release), and every thread of the last block fences
+//    again before reading the partials;
+// 1: the barrier orders the block's stores before thread 0, which alone
+//    fences (device scope, cumulative over what the barrier ordered before
+//    it), takes the ticket (relaxed) and, in the last block, fences again
+//    before the barrier that releases the readers (the pattern of a grid
+//    barrier: one fence pair per block instead of one per thread).
+#ifndef RF_DECODE_TICKET
+#define RF_DECODE_TICKET 1
+#endif
+
+RF_DEVICE unsigned take_ticket_relaxed(unsigned* c) {
+#if defined(RF_CUDA)
+    unsigned old;
+    asm volatile("atom.relaxed.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(old) : "l"(c) : "memory");
+    return old;
+#else
+    return __hip_atomic_fetch_add(c, 1u, __ATOMIC_RELAXED, __HIP_MEMORY_SCOPE_AGENT);
+#endif
+}
+
 // Whether this block took the row's last ticket (called by every thread
-// after the block's partials are written; a barrier for the block).
+// after the block's partials are written; a barrier for the block). In the
+// last block, every thread may then read the other blocks' partials.
 RF_DEVICE bool last_of_row(const rf_decode_params& p, unsigned* flag) {
+#if RF_DECODE_TICKET == 0
     fence_device();
+#endif
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned* c = reinterpret_cast<unsigned*>(p.counters) + (blockIdx.z * gridDim.y + blockIdx.y);
+#if RF_DECODE_TICKET == 0
         const bool last = take_ticket(c) == (unsigned)p.num_splits - 1;
+#else
+        fence_device();
+        const bool last = take_ticket_relaxed(c) == (unsigned)p.num_splits - 1;
+        if (last) fence_device();
+#endif
         if (last) reset_counter(c);
         *flag = last ? 1u : 0u;
     }
     __syncthreads();
+#if RF_DECODE_TICKET == 0
+    if (*flag != 0u) fence_device();
+#endif
     return *flag != 0u;
 }
 
@@ -108,35 +143,40 @@ RF_DEVICE long long part_row0(const rf_decode_params& p, const Work& w, int r, i
 }
 
 // Per row: the splits' weights w_s into wt[r][s], their sum and whether
-// any lse was NaN. One warp per row, the splits over its lanes.
+// any lse was NaN. One warp per row: each lane loads its splits' lse
+// (all in flight at once) and the warp reduces them in registers.
 template <int THREADS>
 RF_DEVICE void merge_weights(const rf_decode_params& p, const Work& w, float* wt, float* den, float* nan_row) {
     constexpr int WARPS = THREADS / RF_WARP_SIZE;
+    constexpr int PER = (MERGE_SPLITS + RF_WARP_SIZE - 1) / RF_WARP_SIZE;  // splits per lane
     const int S = p.num_splits, tid = (int)threadIdx.x;
     const long long split_rows = (long long)p.batch * p.seq_q * p.heads_q;
     const float* lse = reinterpret_cast<const float*>(p.part_lse);
-    for (int i = tid; i < w.rows * S; i += THREADS) {
-        const int r = i / S, s = i % S;
-        int sq, hq;
-        wt[r * MERGE_SPLITS + s] = load_l2(lse + part_row0(p, w, r, sq, hq) + s * split_rows);
-    }
-    __syncthreads();
     const int warp = tid / RF_WARP_SIZE, lane = tid % RF_WARP_SIZE;
     for (int r = warp; r < w.rows; r += WARPS) {
-        float* row = wt + r * MERGE_SPLITS;
+        int sq, hq;
+        const float* src = lse + part_row0(p, w, r, sq, hq);
+        float x[PER];
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int s = lane + k * RF_WARP_SIZE;
+            x[k] = s < S ? load_l2(src + s * split_rows) : RF_NEG_INF;
+        }
         float top = RF_NEG_INF, nan = 0.0f;
-        for (int s = lane; s < S; s += RF_WARP_SIZE) {
-            const float x = row[s];
-            nan = x != x ? 1.0f : nan;
-            top = fmaxf(top, x);
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            nan = x[k] != x[k] ? 1.0f : nan;
+            top = fmaxf(top, x[k]);
         }
         top = rf_warp_max(top);
         nan = rf_warp_max(nan);
         float sum = 0.0f;
-        for (int s = lane; s < S; s += RF_WARP_SIZE) {
-            const float x = row[s];
-            const float e = x == RF_NEG_INF ? 0.0f : exp2_fast(x - top);
-            row[s] = e;
+        float* row = wt + r * MERGE_SPLITS;
+#pragma unroll
+        for (int k = 0; k < PER; ++k) {
+            const int s = lane + k * RF_WARP_SIZE;
+            const float e = x[k] == RF_NEG_INF ? 0.0f : exp2_fast(x[k] - top);
+            if (s < S) row[s] = e;
             sum += e;
         }
         sum = rf_warp_sum(sum);
@@ -153,29 +193,55 @@ RF_DEVICE void merge_weights(const rf_decode_params& p, const Work& w, float* wt
 // BATCH > 1: the loads of BATCH splits are issued before any is used;
 // BATCH = 1: loads and FMAs interleaved, the loop unrolled by 8 (the f32
 // kernel: see docs/perf.md, decode, for what each measured).
-template <int D, int THREADS, int BATCH>
+template <int D, int THREADS, int BATCH, int PREFETCH>
 RF_DEVICE void merge_splits(const rf_decode_params& p, const Work& w, float* smem) {
     static_assert(D % 4 == 0, "four columns per thread");
+    static_assert(PREFETCH >= 0 && PREFETCH <= 32, "prefetched splits are registers");
     if (p.num_splits <= 1) return;  // the block wrote O itself
     float* wt = smem;
     float* den = wt + RMAX * MERGE_SPLITS;
     float* nan_row = den + RMAX;
     if (!last_of_row(p, reinterpret_cast<unsigned*>(nan_row + RMAX))) return;
-    fence_device();
-    merge_weights<THREADS>(p, w, wt, den, nan_row);
     const int S = p.num_splits;
     const long long split_stride = (long long)p.batch * p.seq_q * p.heads_q * D;
     const float* po = reinterpret_cast<const float*>(p.part_o);
     constexpr int C4 = D / 4;
-    for (int i = (int)threadIdx.x; i < w.rows * C4; i += THREADS) {
+    // PREFETCH > 0: the thread's first item loads its first PREFETCH splits
+    // before the weights are known, so their latency overlaps the lse loads.
+    const int first = (int)threadIdx.x;
+    F4 pre[PREFETCH > 0 ? PREFETCH : 1];
+    if (PREFETCH > 0 && first < w.rows * C4) {
+        int sq, hq;
+        const float* src = po + part_row0(p, w, first / C4, sq, hq) * D + (first % C4) * 4;
+#pragma unroll
+        for (int j = 0; j < PREFETCH; ++j) {
+            if (j < S) pre[j] = load_l2_4(src + j * split_stride);
+        }
+    }
+    merge_weights<THREADS>(p, w, wt, den, nan_row);
+    for (int i = first; i < w.rows * C4; i += THREADS) {
         const int r = i / C4, c = (i % C4) * 4;
         int sq, hq;
         const float* src = po + part_row0(p, w, r, sq, hq) * D + c;
         const float* wr = wt + r * MERGE_SPLITS;
         float a0 = 0.0f, a1 = 0.0f, a2 = 0.0f, a3 = 0.0f;
+        int s_begin = 0;
+        if (PREFETCH > 0 && i == first) {
+#pragma unroll
+            for (int j = 0; j < PREFETCH; ++j) {
+                if (j < S) {
+                    const float x = wr[j];
+                    a0 += x * pre[j].x;
+                    a1 += x * pre[j].y;
+                    a2 += x * pre[j].z;
+                    a3 += x * pre[j].w;
+                }
+            }
+            s_begin = PREFETCH;
+        }
         if constexpr (BATCH == 1) {
 #pragma unroll 8
-            for (int s = 0; s < S; ++s) {
+            for (int s = s_begin; s < S; ++s) {
                 const F4 v = load_l2_4(src + s * split_stride);
                 const float x = wr[s];
                 a0 += x * v.x;
@@ -184,7 +250,7 @@ RF_DEVICE void merge_splits(const rf_decode_params& p, const Work& w, float* sme
                 a3 += x * v.w;
             }
         } else {
-            for (int s0 = 0; s0 < S; s0 += BATCH) {
+            for (int s0 = s_begin; s0 < S; s0 += BATCH) {
                 F4 v[BATCH];
 #pragma unroll
                 for (int j = 0; j < BATCH; ++j) {
