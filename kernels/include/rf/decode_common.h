@@ -207,35 +207,24 @@ RF_DEVICE bool load_kv_rows(const rf_decode_params& p, const Work& w, long long 
         }
         return false;
     }
-    // Paged: a thread's rows fall in runs inside one pool block (RS apart),
-    // so the table is read and the block's address computed once per run;
-    // within a run the pointers step like the dense ones. Once a row is past
-    // the split's end, every later row is too, so the table is never read
-    // beyond the sequence.
     const int* table = reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width;
     const long long in_block = (1ll << p.block_shift) - 1;
-    const long long kstep = opaque(RS * p.strides.k.seq), vstep = opaque(RS * p.strides.v.seq);
-    bool bad = false, run_ok = false;
-    long long run = -1;  // table index of the block the pointers are in
-    const elem* kp = kbase;
-    const elem* vp = vbase;
+    bool bad = false;
 #pragma unroll
     for (int i = 0; i < BN / RS; ++i) {
         const long long j = j0 + i * RS;
         bool ok = (long long)(i * RS) < left;
-        if (ok && (j >> p.block_shift) != run) {
-            run = j >> p.block_shift;
-            const int blk = table[run];
-            run_ok = blk >= 0 && blk < p.num_blocks;
-            bad |= !run_ok;
-            const long long in = j & in_block;
-            kp = kbase + (run_ok ? blk : 0) * p.strides.k.batch + in * p.strides.k.seq + col;
-            vp = vbase + (run_ok ? blk : 0) * p.strides.v.batch + in * p.strides.v.seq + col;
-        } else if (i > 0) {
-            kp += kstep;
-            vp += vstep;
+        int blk = 0;
+        if (ok) {
+            blk = table[j >> p.block_shift];
+            if (blk < 0 || blk >= p.num_blocks) {
+                bad = true;
+                ok = false;
+            }
         }
-        ok = ok && run_ok;
+        const long long in = j & in_block;
+        const elem* kp = kbase + blk * p.strides.k.batch + in * p.strides.k.seq + col;
+        const elem* vp = vbase + blk * p.strides.v.batch + in * p.strides.v.seq + col;
         copy16_kv(dst + i * RS * KV_STRIDE, ok ? kp : kbase, ok);
         copy16_kv(dst + (BN + i * RS) * KV_STRIDE, ok ? vp : vbase, ok);
     }
