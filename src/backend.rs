@@ -28,6 +28,9 @@ pub enum BackendError {
     /// A state validation rules out; reaching it is a bug in the backend.
     #[error("internal error in {backend}: {what} (this is a bug)")]
     Internal { backend: &'static str, what: &'static str },
+    /// An environment variable the backend reads has a value it cannot use.
+    #[error("{var}: {problem}")]
+    Environment { var: &'static str, problem: String },
 }
 
 /// A way to compute attention. Implementations register themselves with

@@ -9,7 +9,7 @@
 
 use super::counters::Counters;
 use super::split::{self, SplitInput, SplitPlan};
-use super::tuning::tuning;
+use super::tuning::{tuning, Tuning};
 use crate::backend::BackendError;
 use crate::capabilities::Unsupported;
 use crate::device::{DeviceError, GpuDevice, Kernel, LaunchConfig};
@@ -127,7 +127,7 @@ struct Prepared {
 
 type PreparedKey = (crate::device::Vendor, usize, DType, usize);
 
-fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, BackendError> {
+fn prepared(gpu: &GpuDevice, tuning: &Tuning, dtype: DType, head_dim: usize) -> Result<Prepared, BackendError> {
     static CACHE: OnceLock<Mutex<HashMap<PreparedKey, Prepared>>> = OnceLock::new();
     let key = (gpu.vendor(), gpu.ordinal(), dtype, head_dim);
     let cache = CACHE.get_or_init(Default::default);
@@ -135,7 +135,7 @@ fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, 
     if let Some(p) = lock()?.get(&key) {
         return Ok(*p);
     }
-    let split = gpu.kernel(&tuning().apply(split_spec(dtype, head_dim)))?;
+    let split = gpu.kernel(&tuning.apply(split_spec(dtype, head_dim)))?;
     let raw = gpu.kernel_global_i32s(&split, "rf_decode_launch")?;
     let shape = match raw[..] {
         [t, s, bn, r, sm] if t > 0 && s > 0 && bn > 0 && r > 0 && sm > 0 => {
@@ -150,7 +150,7 @@ fn prepared(gpu: &GpuDevice, dtype: DType, head_dim: usize) -> Result<Prepared, 
 
 /// The split plan for `p` on `gpu` with the kernel's `shape`, cut back
 /// until the partial outputs fit `WORKSPACE_CAP`.
-fn plan_for(gpu: &GpuDevice, p: &AttentionProblem, shape: &Shape) -> (SplitPlan, usize) {
+fn plan_for(gpu: &GpuDevice, tuning: &Tuning, p: &AttentionProblem, shape: &Shape) -> (SplitPlan, usize) {
     let input = SplitInput {
         seq_kv: p.seq_kv,
         batch: p.batch,
@@ -161,7 +161,7 @@ fn plan_for(gpu: &GpuDevice, p: &AttentionProblem, shape: &Shape) -> (SplitPlan,
         multiprocessors: gpu.info().multiprocessors as usize,
         blocks_per_sm: split::blocks_per_sm(shape.smem as usize, shape.sm_shared),
     };
-    let mut plan = match tuning().split_tiles {
+    let mut plan = match tuning.split_tiles {
         Some(tiles) => split::plan_with_tiles(&input, tiles),
         None => split::plan(&input),
     };
@@ -193,8 +193,9 @@ pub fn launch(
     strides: QkvoStrides,
 ) -> Result<(), BackendError> {
     crate::backend::require_16_byte_aligned(backend, [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)])?;
-    let Prepared { split: kernel, shape } = prepared(gpu, p.dtype, p.head_dim)?;
-    let (plan, workspace_bytes) = plan_for(gpu, p, &shape);
+    let tuning = tuning()?;
+    let Prepared { split: kernel, shape } = prepared(gpu, tuning, p.dtype, p.head_dim)?;
+    let (plan, workspace_bytes) = plan_for(gpu, tuning, p, &shape);
     let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };
     let rows_y = p.num_kv_heads * plan.row_chunks;
     let counters = if plan.num_splits > 1 { Some(Counters::lease(gpu, p.batch * rows_y)?) } else { None };
@@ -247,7 +248,7 @@ pub fn launch(
     // The kernel's first act is griddepcontrol.wait (rf/decode_common.h), so
     // an overlapping launch touches nothing before the previous kernel is done.
     unsafe {
-        if tuning().pdl.unwrap_or(OVERLAP_LAUNCH) {
+        if tuning.pdl.unwrap_or(OVERLAP_LAUNCH) {
             gpu.launch_params_overlapping(&kernel, &cfg, &params)?
         } else {
             gpu.launch_params(&kernel, &cfg, &params)?

@@ -9,20 +9,19 @@
 //!   each K/V copy (`RF_DECODE_L2_PREFETCH`, NVIDIA sm_80+; the f16/bf16
 //!   kernel's default is 256, the f32 one's none);
 //! - `split_tiles=N`: every split covers N tiles (the split count follows);
-//! - `ticket=N`: how the merge's ticket is taken (`RF_DECODE_TICKET`,
-//!   `rf/decode/merge.h`);
 //! - `prefetch=N`: partials the merging thread loads before the weights
 //!   (`RF_DECODE_MERGE_PREFETCH`, at most 32);
 //! - `merge_batch=N`: partial loads issued together (`RF_DECODE_MERGE_BATCH`);
 //! - `pdl=0|1`: programmatic dependent launch on NVIDIA sm_90+ (launch.rs);
 //! - `row_walk=0`: K/V copies through the general loader
-//!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`);
-//! - `probe=N`: a measurement probe that leaves outputs unwritten
-//!   (`RF_DECODE_PROBE`: 1 = empty kernel, 2 = no merge).
+//!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`).
 //!
-//! An unknown key or a value that does not parse is ignored; a variant the
-//! kernel cannot take fails to compile, which the call reports as an error.
+//! An unknown key or a value out of its range makes every flash-decode call
+//! fail with `BackendError::Environment` naming the item (a typo must not
+//! time the default by mistake); a variant the kernel cannot take fails to
+//! compile, which the call reports as an error too.
 
+use crate::backend::BackendError;
 use crate::kernels::KernelSpec;
 use std::sync::OnceLock;
 
@@ -36,36 +35,42 @@ pub struct Tuning {
     pub block_n: Option<usize>,
     pub l2_prefetch: Option<usize>,
     pub split_tiles: Option<usize>,
-    pub ticket: Option<usize>,
     pub prefetch: Option<usize>,
     pub merge_batch: Option<usize>,
     pub pdl: Option<bool>,
-    pub probe: Option<usize>,
     pub row_walk: Option<usize>,
 }
 
 impl Tuning {
-    /// Parses `key=value,...`.
-    pub fn parse(text: &str) -> Tuning {
+    /// Parses `key=value,...` (empty items are skipped); names the first
+    /// item that is not a known key with a value in its range.
+    pub fn parse(text: &str) -> Result<Tuning, String> {
         let mut t = Tuning::default();
-        for item in text.split(',') {
-            let Some((key, value)) = item.split_once('=') else { continue };
-            let Ok(value) = value.trim().parse::<usize>() else { continue };
-            match key.trim() {
+        for item in text.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+            let parsed = item.split_once('=').and_then(|(k, v)| Some((k.trim(), v.trim().parse::<usize>().ok()?)));
+            let Some((key, value)) = parsed else {
+                return Err(format!("`{item}` is not key=N (N a non-negative integer)"));
+            };
+            match key {
                 "stages" if value >= 1 => t.stages = Some(value),
                 "bn" if value >= 16 && value % 16 == 0 => t.block_n = Some(value),
                 "l2" if [0, 64, 128, 256].contains(&value) => t.l2_prefetch = Some(value),
                 "split_tiles" if value >= 1 => t.split_tiles = Some(value),
-                "ticket" if value <= 1 => t.ticket = Some(value),
                 "prefetch" if value <= 32 => t.prefetch = Some(value),
                 "merge_batch" if (1..=32).contains(&value) => t.merge_batch = Some(value),
                 "pdl" if value <= 1 => t.pdl = Some(value == 1),
-                "probe" if value <= 2 => t.probe = Some(value),
                 "row_walk" if value <= 1 => t.row_walk = Some(value),
-                _ => {}
+                "stages" | "bn" | "l2" | "split_tiles" | "prefetch" | "merge_batch" | "pdl" | "row_walk" => {
+                    return Err(format!("`{item}`: value out of range (see backends/flash_decode/tuning.rs)"));
+                }
+                _ => {
+                    return Err(format!(
+                        "unknown key in `{item}` (known: stages, bn, l2, split_tiles, prefetch, merge_batch, pdl, row_walk)"
+                    ));
+                }
             }
         }
-        t
+        Ok(t)
     }
 
     /// `spec` with the kernel defines of these overrides.
@@ -74,10 +79,8 @@ impl Tuning {
             ("RF_DECODE_STAGES", self.stages),
             ("RF_DECODE_BN", self.block_n),
             ("RF_DECODE_L2_PREFETCH", self.l2_prefetch),
-            ("RF_DECODE_TICKET", self.ticket),
             ("RF_DECODE_MERGE_PREFETCH", self.prefetch),
             ("RF_DECODE_MERGE_BATCH", self.merge_batch),
-            ("RF_DECODE_PROBE", self.probe),
             ("RF_DECODE_ROW_WALK", self.row_walk),
         ] {
             if let Some(v) = value {
@@ -88,10 +91,16 @@ impl Tuning {
     }
 }
 
-/// The process's overrides (`ROCMFORGE_DECODE_TUNE`, read once).
-pub fn tuning() -> &'static Tuning {
-    static TUNING: OnceLock<Tuning> = OnceLock::new();
-    TUNING.get_or_init(|| std::env::var(TUNE_ENV).map(|s| Tuning::parse(&s)).unwrap_or_default())
+/// The process's overrides (`ROCMFORGE_DECODE_TUNE`, read once), or the
+/// error that names its bad item.
+pub fn tuning() -> Result<&'static Tuning, BackendError> {
+    static TUNING: OnceLock<Result<Tuning, String>> = OnceLock::new();
+    let parsed = TUNING.get_or_init(|| match std::env::var(TUNE_ENV) {
+        Ok(text) => Tuning::parse(&text),
+        Err(std::env::VarError::NotPresent) => Ok(Tuning::default()),
+        Err(std::env::VarError::NotUnicode(_)) => Err("not valid unicode".to_string()),
+    });
+    parsed.as_ref().map_err(|problem| BackendError::Environment { var: TUNE_ENV, problem: problem.clone() })
 }
 
 #[cfg(test)]
@@ -100,8 +109,8 @@ mod tests {
     use crate::dtype::DType;
 
     #[test]
-    fn parses_known_keys_and_ignores_the_rest() {
-        let t = Tuning::parse("stages=4, bn=128,l2=256,split_tiles=8,bogus=1,bn=x");
+    fn parses_known_keys() {
+        let t = Tuning::parse("stages=4, bn=128,l2=256,split_tiles=8,,").unwrap();
         let want = Tuning {
             stages: Some(4),
             block_n: Some(128),
@@ -110,15 +119,31 @@ mod tests {
             ..Tuning::default()
         };
         assert_eq!(t, want);
-        let t = Tuning::parse("ticket=1,prefetch=16,merge_batch=8,pdl=0,probe=2,row_walk=0");
-        assert_eq!(
-            (t.ticket, t.prefetch, t.merge_batch, t.pdl, t.probe, t.row_walk),
-            (Some(1), Some(16), Some(8), Some(false), Some(2), Some(0))
-        );
-        assert_eq!(Tuning::parse("ticket=2,prefetch=33,merge_batch=0,pdl=2,probe=3,row_walk=2"), Tuning::default());
-        assert_eq!(Tuning::parse(""), Tuning::default());
-        assert_eq!(Tuning::parse("bn=40,l2=100,stages=0"), Tuning::default());
-        assert_eq!(Tuning::parse("l2=0").l2_prefetch, Some(0));
+        let t = Tuning::parse("prefetch=16,merge_batch=8,pdl=0,row_walk=0").unwrap();
+        assert_eq!((t.prefetch, t.merge_batch, t.pdl, t.row_walk), (Some(16), Some(8), Some(false), Some(0)));
+        assert_eq!(Tuning::parse("").unwrap(), Tuning::default());
+        assert_eq!(Tuning::parse("l2=0").unwrap().l2_prefetch, Some(0));
+    }
+
+    #[test]
+    fn bad_items_are_named_errors() {
+        for (text, named) in [
+            ("bogus=1", "bogus=1"),
+            ("bn=x", "bn=x"),
+            ("stages", "stages"),
+            ("bn=40", "bn=40"),
+            ("l2=100", "l2=100"),
+            ("stages=0", "stages=0"),
+            ("prefetch=33", "prefetch=33"),
+            ("merge_batch=0", "merge_batch=0"),
+            ("pdl=2", "pdl=2"),
+            ("row_walk=2", "row_walk=2"),
+            ("bn=64,probe=2", "probe=2"),
+            ("ticket=0", "ticket=0"),
+        ] {
+            let err = Tuning::parse(text).expect_err(text);
+            assert!(err.contains(named), "{text}: {err}");
+        }
     }
 
     #[test]

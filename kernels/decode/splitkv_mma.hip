@@ -360,7 +360,6 @@ extern "C" __device__ const int rf_decode_launch[5] = {THREADS, SMEM_BYTES, BN, 
 extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_params p) {
     extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
     wait_prior_grid();
-    if (PROBE == 1) return;
     const Smem sm = smem_layout(rf_smem_raw);
     const Work w = make_work(p);
     const int warp = (int)threadIdx.x / RF_WARP_SIZE, key0 = warp * KW;
@@ -441,6 +440,5 @@ extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_para
     }
     copy_wait<0>();
     finish(p, w, sm, st, bad_block);
-    if (PROBE == 2) return;
     merge_splits<D, THREADS, MERGE_BATCH, MERGE_PREFETCH>(p, w, reinterpret_cast<float*>(sm.kv));
 }

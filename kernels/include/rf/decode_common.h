@@ -95,14 +95,6 @@ RF_DEVICE void wait_prior_grid() {
 #endif
 }
 
-// Measurement probes (ROCMFORGE_DECODE_TUNE=probe=N; never a default): 1
-// returns right after the wait (the launch floor), 2 skips the merge of
-// the splits (rows with several splits stay unwritten).
-#ifndef RF_DECODE_PROBE
-#define RF_DECODE_PROBE 0
-#endif
-constexpr int PROBE = RF_DECODE_PROBE;
-
 // Query rows of one block: one 16-row matrix tile.
 constexpr int RMAX = 16;
 

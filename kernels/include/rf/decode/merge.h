@@ -4,7 +4,7 @@
 // counter; the block that takes the last one merges every split's partial
 // into O and resets the counter to 0 for the next launch.
 //
-// Memory order (RF_DECODE_TICKET below): the block synchronizes after its
+// Memory order (last_of_row below): the block synchronizes after its
 // partial stores, thread 0 fences (device scope) and takes the ticket, and
 // in the last block fences again before the barrier after which its
 // threads read the partials from L2 (never a stale L1 line).
@@ -41,17 +41,6 @@ RF_DEVICE void fence_device() {
 #endif
 }
 
-// *c += 1 at device scope (acquire-release); returns the old value.
-RF_DEVICE unsigned take_ticket(unsigned* c) {
-#if defined(RF_CUDA)
-    unsigned old;
-    asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(old) : "l"(c) : "memory");
-    return old;
-#else
-    return __hip_atomic_fetch_add(c, 1u, __ATOMIC_ACQ_REL, __HIP_MEMORY_SCOPE_AGENT);
-#endif
-}
-
 RF_DEVICE void reset_counter(unsigned* c) {
 #if defined(RF_CUDA)
     asm volatile("st.relaxed.gpu.global.u32 [%0], %1;\n" ::"l"(c), "r"(0u) : "memory");
@@ -82,20 +71,8 @@ RF_DEVICE F4 load_l2_4(const float* p) {
 #endif
 }
 
-// How the ticket is taken (RF_DECODE_TICKET, ROCMFORGE_DECODE_TUNE=ticket=N;
-// 1, the default, was 0.8 us faster a call at batch 1 on the H100):
-// 0: every thread fences after its partial stores, thread 0 takes the
-//    ticket (acquire-release), and every thread of the last block fences
-//    again before reading the partials;
-// 1: the barrier orders the block's stores before thread 0, which alone
-//    fences (device scope, cumulative over what the barrier ordered before
-//    it), takes the ticket (relaxed) and, in the last block, fences again
-//    before the barrier that releases the readers (the pattern of a grid
-//    barrier: one fence pair per block instead of one per thread).
-#ifndef RF_DECODE_TICKET
-#define RF_DECODE_TICKET 1
-#endif
-
+// *c += 1 at device scope, relaxed (last_of_row fences around it);
+// returns the old value.
 RF_DEVICE unsigned take_ticket_relaxed(unsigned* c) {
 #if defined(RF_CUDA)
     unsigned old;
@@ -109,27 +86,25 @@ RF_DEVICE unsigned take_ticket_relaxed(unsigned* c) {
 // Whether this block took the row's last ticket (called by every thread
 // after the block's partials are written; a barrier for the block). In the
 // last block, every thread may then read the other blocks' partials.
+// The barrier orders the block's stores before thread 0, which alone
+// fences (device scope, cumulative over what the barrier ordered before
+// it), takes the ticket and, in the last block, fences again before the
+// barrier that releases the readers: one fence pair per block, as in a
+// grid barrier (0.8 us a call faster at batch 1 on the H100 than a fence
+// in every thread, docs/perf.md).
 RF_DEVICE bool last_of_row(const rf_decode_params& p, unsigned* flag) {
-#if RF_DECODE_TICKET == 0
-    fence_device();
-#endif
     __syncthreads();
     if (threadIdx.x == 0) {
         unsigned* c = reinterpret_cast<unsigned*>(p.counters) + (blockIdx.z * gridDim.y + blockIdx.y);
-#if RF_DECODE_TICKET == 0
-        const bool last = take_ticket(c) == (unsigned)p.num_splits - 1;
-#else
         fence_device();
         const bool last = take_ticket_relaxed(c) == (unsigned)p.num_splits - 1;
-        if (last) fence_device();
-#endif
-        if (last) reset_counter(c);
+        if (last) {
+            fence_device();
+            reset_counter(c);
+        }
         *flag = last ? 1u : 0u;
     }
     __syncthreads();
-#if RF_DECODE_TICKET == 0
-    if (*flag != 0u) fence_device();
-#endif
     return *flag != 0u;
 }
 
