@@ -264,7 +264,12 @@ fn compile_amd(
     let obj = dir.0.join(format!("{stem}.{}.co", arch.target_id().replace(':', "_")));
     let args = amd_args(compiler, arch, options, &dir.0.join("include"), &src, &obj);
     let fail = |log: String| DeviceError::Compile { kernel: label.to_string(), options: args.clone(), log };
-    let output = Command::new(&cmd).args(&args).stdin(Stdio::null()).output().map_err(|e| {
+    // clang and hipcc leave per-compile temporaries (an empty directory, a
+    // device object) in $TMPDIR: point it into the scratch directory so they
+    // go with it instead of piling up in /tmp.
+    let tmp = dir.0.join("tmp");
+    create_dir(&tmp)?;
+    let output = Command::new(&cmd).args(&args).env("TMPDIR", &tmp).stdin(Stdio::null()).output().map_err(|e| {
         fail(format!("could not run {cmd}: {e} (install Debian's hipcc / clang-19, or set HIPCC / ROCMFORGE_CLANG)"))
     })?;
     if !output.status.success() {
