@@ -90,6 +90,8 @@ pub struct GemmDesc {
 /// only once they are complete, so borrowed host memory is safe to reuse.
 pub(crate) trait Driver: Send + Sync {
     fn info(&self) -> &DeviceInfo;
+    // Called only by `GpuDevice::new`, which only a driver feature reaches.
+    #[cfg_attr(not(any(feature = "cuda", feature = "rocm")), allow(dead_code))]
     fn stream_create(&self) -> DeviceResult<StreamHandle>;
     /// # Safety
     /// `stream` came from `stream_create` and is not used afterwards.

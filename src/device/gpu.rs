@@ -70,6 +70,7 @@ impl fmt::Debug for GpuDevice {
 }
 
 impl GpuDevice {
+    #[cfg_attr(not(any(feature = "cuda", feature = "rocm")), allow(dead_code))]
     pub(crate) fn new(driver: Box<dyn Driver>) -> DeviceResult<Arc<GpuDevice>> {
         let stream = driver.stream_create()?;
         Ok(Arc::new(GpuDevice {

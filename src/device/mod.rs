@@ -9,6 +9,8 @@ mod arch;
 mod driver;
 mod error;
 mod gpu;
+// The embedded kernel headers, handed to NVRTC / hiprtc by the drivers.
+#[cfg(any(feature = "cuda", feature = "rocm"))]
 mod headers;
 pub mod offline;
 mod workspace;
@@ -90,6 +92,8 @@ pub fn gpus() -> DeviceResult<&'static [Arc<GpuDevice>]> {
     GPUS.get_or_init(open_all).as_ref().map(|v| v.as_slice()).map_err(Clone::clone)
 }
 
+// Without a GPU feature nothing is ever found: `found` stays empty.
+#[cfg_attr(not(any(feature = "cuda", feature = "rocm")), allow(unused_mut))]
 fn open_all() -> DeviceResult<Vec<Arc<GpuDevice>>> {
     let mut found: Vec<Arc<GpuDevice>> = Vec::new();
     let mut why_not: Vec<String> = Vec::new();
