@@ -51,7 +51,40 @@ pub(super) use task::run_task;
 /// 64 keys (`BK`); here longer steps let P·V accumulate over 8 blocks of
 /// 32 keys per round trip of O through the accumulator tiles, and spread
 /// the softmax's per-row work over more keys.
-pub(crate) const SK: usize = 256;
+pub(crate) const SK: usize = sk_from_env();
+
+/// EXPERIMENT (amx3): `AMX3_SK` at build time (128 / 256 / 512).
+const fn sk_from_env() -> usize {
+    match option_env!("AMX3_SK") {
+        Some(v) => {
+            let b = v.as_bytes();
+            if b.len() == 3 && b[0] == b'5' {
+                512
+            } else if b.len() == 3 && b[0] == b'1' {
+                128
+            } else {
+                256
+            }
+        }
+        None => 256,
+    }
+}
+
+/// EXPERIMENT (amx3): runtime switches (bit 0: lower-degree exp2; bit 1:
+/// S = Q·K^T and the softmax in groups of 32 rows).
+pub(crate) static KNOBS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(u32::MAX);
+
+/// EXPERIMENT (amx3): the switches; unset: `AMX3_KNOBS` from the environment.
+pub(crate) fn knobs() -> u32 {
+    use std::sync::atomic::Ordering::Relaxed;
+    let k = KNOBS.load(Relaxed);
+    if k != u32::MAX {
+        return k;
+    }
+    let k = std::env::var("AMX3_KNOBS").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    KNOBS.store(k, Relaxed);
+    k
+}
 
 /// Keys per K^T block.
 pub(super) const KB: usize = 32;

@@ -32,6 +32,8 @@ pub(crate) struct Scaling {
     pub fma: bool,
     /// P rows hold high and low bf16 halves (split inputs, see `tile`).
     pub split: bool,
+    /// EXPERIMENT (amx3): lower-degree exp2 polynomials.
+    pub fast_exp: bool,
 }
 
 /// How far (in the softmax's base-2 units) a row's maximum may pass the
@@ -105,20 +107,24 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
+        (r_lo, r_hi): (usize, usize),
     ) {
         let pp = p_pitch(k.split);
         // Whole pairs of 16-key chunks: the keys the products read.
         let keys = n.next_multiple_of(32);
         assert!(s.len() >= BQ * SP && p.len() >= BQ * pp && keys <= SK);
-        let rows = un.pos.rows;
+        // S holds rows r_lo..r_hi from its row 0 on.
+        let rows = r_hi.min(un.pos.rows);
+        assert!((rows - r_lo.min(rows)) * SP <= s.len());
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
-            softcap_rows(s, rows, n, scale, cap);
+            softcap_rows(s, rows - r_lo.min(rows), n, scale, cap);
             scale = 1.0;
         }
         let slack = if LOG2 { LAZY } else { LAZY * std::f32::consts::LN_2 };
-        for r in 0..rows {
-            let (srow, prow) = (&s[r * SP..r * SP + keys], &mut p[r * pp..(r + 1) * pp]);
+        for r in r_lo..rows {
+            let sr = r - r_lo;
+            let (srow, prow) = (&s[sr * SP..sr * SP + keys], &mut p[r * pp..(r + 1) * pp]);
             let lv = (live.begin[r], live.end[r]);
             let m_ref = mref[r];
             let tile_max = if m_ref > f32::NEG_INFINITY {
@@ -286,6 +292,51 @@ mod x86 {
         _mm512_maskz_scalef_ps(k, y, n)
     }
 
+    /// EXPERIMENT (amx3): `2^x` as `exp2`, with the integer part by the
+    /// 1.5 · 2^23 rounding trick and a near-minimax polynomial of degree
+    /// `DEG` (3: relative error < 7.5e-5, for P rounded to bf16; 4: < 2.7e-6).
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline(always)]
+    unsafe fn exp2_deg<const DEG: usize>(x: __m512, keep: __mmask16) -> __m512 {
+        let lo = _mm512_set1_ps(-126.0);
+        let magic = _mm512_set1_ps(12_582_912.0);
+        let xc = _mm512_max_ps(lo, x);
+        let n = _mm512_sub_ps(_mm512_add_ps(xc, magic), magic);
+        let f = _mm512_sub_ps(xc, n);
+        let y = if DEG == 3 {
+            let mut y = _mm512_set1_ps(5.517_166_5e-2);
+            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.426_111_5e-1));
+            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.932_609_7e-1));
+            _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999_280_6e-1))
+        } else {
+            let mut y = _mm512_set1_ps(9.570_101e-3);
+            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.591_786_3e-2));
+            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.402_474_4e-1));
+            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931_218e-1));
+            _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999_993e-1))
+        };
+        let k = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(keep, x, lo);
+        _mm512_maskz_scalef_ps(k, y, n)
+    }
+
+    /// `exp2` (E = 0) or `exp2_deg::<E>`.
+    ///
+    /// # Safety
+    /// AVX-512F.
+    #[inline(always)]
+    unsafe fn exp2_e<const E: usize>(x: __m512, keep: __mmask16) -> __m512 {
+        // SAFETY: forwarded contract.
+        unsafe {
+            if E == 0 {
+                exp2(x, keep)
+            } else {
+                exp2_deg::<E>(x, keep)
+            }
+        }
+    }
+
     /// bf16 bits (16 of them) widened to f32.
     ///
     /// # Safety
@@ -341,7 +392,7 @@ mod x86 {
     /// `split`).
     #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool>(
+    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool, const E: usize>(
         sp: *const f32,
         pw: *mut u16,
         halves: usize,
@@ -367,8 +418,8 @@ mod x86 {
                         mx1 = _mm512_mask_max_ps(mx1, mb, xb, mx1);
                     }
                 }
-                let a = exp2(_mm512_fmadd_ps(xa, ce, me), ma);
-                let b = exp2(_mm512_fmadd_ps(xb, ce, me), mb);
+                let a = exp2_e::<E>(_mm512_fmadd_ps(xa, ce, me), ma);
+                let b = exp2_e::<E>(_mm512_fmadd_ps(xb, ce, me), mb);
                 let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
                 _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
                 if split {
@@ -379,6 +430,20 @@ mod x86 {
             let mx = if MAX { _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)) } else { f32::NEG_INFINITY };
             (_mm512_reduce_add_ps(sum), mx)
         }
+    }
+
+    type BodyArgs = (*const f32, *mut u16, usize, (i32, i32), __m512, __m512, bool);
+
+    /// `row_body` with its arguments as one tuple.
+    ///
+    /// # Safety
+    /// As for `row_body`.
+    #[inline(always)]
+    unsafe fn row_body_t<const CVT: bool, const FULL: bool, const MAX: bool, const E: usize>(
+        (sp, pw, halves, lv, ce, me, split): BodyArgs,
+    ) -> (f32, f32) {
+        // SAFETY: forwarded contract.
+        unsafe { row_body::<CVT, FULL, MAX, E>(sp, pw, halves, lv, ce, me, split) }
     }
 
     /// `row_body` for one row of `RowSoftmax`, returning the scaled max.
@@ -406,10 +471,14 @@ mod x86 {
         // 32 · halves values of prow (and as many from SK on with split),
         // asserted above.
         let (sum, raw) = unsafe {
-            if full {
-                row_body::<CVT, true, MAX>(sp, pw, halves, (lo, hi), ce, me, k.split)
-            } else {
-                row_body::<CVT, false, MAX>(sp, pw, halves, (lo, hi), ce, me, k.split)
+            let args = (sp, pw, halves, (lo, hi), ce, me, k.split);
+            match (full, k.fast_exp, k.split) {
+                (true, false, _) => row_body_t::<CVT, true, MAX, 0>(args),
+                (false, false, _) => row_body_t::<CVT, false, MAX, 0>(args),
+                (true, true, false) => row_body_t::<CVT, true, MAX, 3>(args),
+                (false, true, false) => row_body_t::<CVT, false, MAX, 3>(args),
+                (true, true, true) => row_body_t::<CVT, true, MAX, 4>(args),
+                (false, true, true) => row_body_t::<CVT, false, MAX, 4>(args),
             }
         };
         // The raw max times a positive scale is the scaled max.
