@@ -249,7 +249,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AMX-TILE/BF16 with the tile state granted, and
     /// the features enabled here; see `bf16::run_task`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16,avx2,fma")]
     pub(super) unsafe fn task_amx<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
         let mut tiles = bf16::Amx(bf16::tiles::AmxTiles);
         // SAFETY: forwarded contract.
@@ -268,7 +268,7 @@ mod x86 {
 
     /// # Safety
     /// The CPU must support the features enabled here; see `bf16::run_task`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16,avx2,fma")]
     pub(super) unsafe fn task_dpbf16<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
         let mut dot = bf16::Dot::<Avx512Bf16>::default();
         // SAFETY: the features `Avx512Bf16` needs are enabled on this function.

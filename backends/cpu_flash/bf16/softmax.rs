@@ -34,6 +34,8 @@ pub(crate) struct Scaling {
     pub split: bool,
     /// EXPERIMENT (amx3): lower-degree exp2 polynomials.
     pub fast_exp: bool,
+    /// EXPERIMENT (amx3): `exp2_v2` and the sum of the unrounded P (bf16).
+    pub v2: bool,
 }
 
 /// How far (in the softmax's base-2 units) a row's maximum may pass the
@@ -321,6 +323,25 @@ mod x86 {
         _mm512_maskz_scalef_ps(k, y, n)
     }
 
+    /// EXPERIMENT (amx3): `exp2_deg::<3>` with the fraction from
+    /// `vreduceps` and no clamp (lanes below -126, -inf among them, are
+    /// zeroed by the mask; NaN stays NaN).
+    ///
+    /// # Safety
+    /// AVX-512F/DQ.
+    #[inline(always)]
+    unsafe fn exp2_v2(x: __m512, keep: __mmask16) -> __m512 {
+        let lo = _mm512_set1_ps(-126.0);
+        let f = _mm512_reduce_ps::<0x08>(x);
+        let n = _mm512_sub_ps(x, f);
+        let mut y = _mm512_set1_ps(5.517_166_5e-2);
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.426_111_5e-1));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.932_609_7e-1));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999_280_6e-1));
+        let k = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(keep, x, lo);
+        _mm512_maskz_scalef_ps(k, y, n)
+    }
+
     /// `exp2` (E = 0) or `exp2_deg::<E>`.
     ///
     /// # Safety
@@ -331,6 +352,8 @@ mod x86 {
         unsafe {
             if E == 0 {
                 exp2(x, keep)
+            } else if E == 9 {
+                exp2_v2(x, keep)
             } else {
                 exp2_deg::<E>(x, keep)
             }
@@ -420,6 +443,18 @@ mod x86 {
                 }
                 let a = exp2_e::<E>(_mm512_fmadd_ps(xa, ce, me), ma);
                 let b = exp2_e::<E>(_mm512_fmadd_ps(xb, ce, me), mb);
+                if E == 9 {
+                    // EXPERIMENT (amx3): the sum of the unrounded P (bf16 only).
+                    let packed: __m512i = if CVT {
+                        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a))
+                    } else {
+                        let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
+                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
+                    };
+                    sum = _mm512_add_ps(sum, _mm512_add_ps(a, b));
+                    _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
+                    continue;
+                }
                 let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
                 _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
                 if split {
@@ -473,6 +508,8 @@ mod x86 {
         let (sum, raw) = unsafe {
             let args = (sp, pw, halves, (lo, hi), ce, me, k.split);
             match (full, k.fast_exp, k.split) {
+                (true, _, false) if k.v2 => row_body_t::<CVT, true, MAX, 9>(args),
+                (false, _, false) if k.v2 => row_body_t::<CVT, false, MAX, 9>(args),
                 (true, false, _) => row_body_t::<CVT, true, MAX, 0>(args),
                 (false, false, _) => row_body_t::<CVT, false, MAX, 0>(args),
                 (true, true, false) => row_body_t::<CVT, true, MAX, 3>(args),

@@ -54,7 +54,7 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax, S: Src>(
         let plan = KvPlan::new(c, &task, dq);
         let knobs = super::knobs();
         let scaling =
-            Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA, split: S::SPLIT, fast_exp: knobs & 1 != 0 };
+            Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA, split: S::SPLIT, fast_exp: knobs & 1 != 0, v2: knobs & 8 != 0 };
         let mref = [[f32::NEG_INFINITY; BQ]; SUB];
         let group = if knobs & 2 != 0 { 32 } else { BQ };
         let mut run = Run { mm, c, bs: &mut bs, o: &mut sc.o, units: &mut units, mref, scaling, dq, group };
