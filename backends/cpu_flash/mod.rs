@@ -70,12 +70,6 @@ mod tests;
 
 pub use isa::{CpuIsa, IsaUnavailable};
 
-/// EXPERIMENT (amx3, temporary): the bf16 path's runtime switches.
-#[doc(hidden)]
-pub fn set_experiment_knobs(k: u32) {
-    bf16::KNOBS.store(k, std::sync::atomic::Ordering::Relaxed);
-}
-
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::Capabilities;
 use crate::dtype::DType;

@@ -62,12 +62,7 @@ impl<T: Tiles> MatMul for Amx<T> {
         let rb = a.rows.div_ceil(32);
         // Dim-block major: a block of V (all keys × 32 dims) is read from
         // L2 once and from L1 for the second row block.
-        let (r0, c0) = if super::knobs() & 4 != 0 {
-            let cb = a.dp.div_ceil(32);
-            (b / cb * 32, b % cb * 32)
-        } else {
-            (b % rb * 32, b / rb * 32)
-        };
+        let (r0, c0) = (b % rb * 32, b / rb * 32);
         let t = &mut self.0;
         // SAFETY (all calls): rows and dp are multiples of 16, keys of 32
         // (`PvArgs`) and b is below the count, so the block is inside the

@@ -35,11 +35,8 @@ fn cpu_has_amx() -> Result<(), &'static str> {
     if !(amx_bf16 && amx_tile) {
         return Err("the CPU lacks AMX-TILE/AMX-BF16");
     }
-    if !is_x86_feature_detected!("avx512bf16")
-        || !is_x86_feature_detected!("avx512bw")
-        || !is_x86_feature_detected!("avx512dq")
-    {
-        return Err("the CPU has AMX but lacks AVX512-BF16/BW/DQ (cpu-flash's AMX path needs all three)");
+    if !is_x86_feature_detected!("avx512bf16") || !is_x86_feature_detected!("avx512bw") {
+        return Err("the CPU has AMX but lacks AVX512-BF16/BW (cpu-flash's AMX path needs both)");
     }
     let osxsave = __cpuid_count(1, 0).ecx >> 27 & 1 == 1;
     if !osxsave {

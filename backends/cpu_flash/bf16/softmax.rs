@@ -1,7 +1,9 @@
 //! The bf16 path's online softmax over one tile (S is query-major):
 //! scale, soft-cap and mask the raw scores, update the running max,
 //! exponentiate, round P to bf16 and add the rounded values to the running
-//! sum. Two implementations of one contract (`RowSoftmax`): AVX-512
+//! sum (of the unrounded P for bf16 inputs, as PyTorch's CPU flash kernel
+//! sums it; of the rounded halves for split inputs). Two implementations of
+//! one contract (`RowSoftmax`): AVX-512
 //! intrinsics for the real paths, plain Rust for the emulated ones; a test
 //! checks that they agree. NaN, -inf and empty-row semantics are the f32
 //! path's (`unit.rs`); rows whose result is not finite go to the exact
@@ -32,10 +34,6 @@ pub(crate) struct Scaling {
     pub fma: bool,
     /// P rows hold high and low bf16 halves (split inputs, see `tile`).
     pub split: bool,
-    /// EXPERIMENT (amx3): lower-degree exp2 polynomials.
-    pub fast_exp: bool,
-    /// EXPERIMENT (amx3): `exp2_v2` and the sum of the unrounded P (bf16).
-    pub v2: bool,
 }
 
 /// How far (in the softmax's base-2 units) a row's maximum may pass the
@@ -61,7 +59,8 @@ pub(crate) trait RowSoftmax {
     /// (base 2 when `LOG2`) on the live keys of `srow`, zero elsewhere, for
     /// all `srow.len()` keys; with `k.split` also the low halves
     /// `bf16(p - high)` at `prow[SK..]` (`prow` holds `p_pitch(k.split)`
-    /// values). Returns the sum of the rounded values written.
+    /// values). Returns the sum of the values before rounding to bf16, or
+    /// with `k.split` the sum of the rounded halves written.
     unsafe fn row_p<const LOG2: bool>(
         srow: &[f32],
         prow: &mut [u16],
@@ -109,24 +108,20 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-        (r_lo, r_hi): (usize, usize),
     ) {
         let pp = p_pitch(k.split);
         // Whole pairs of 16-key chunks: the keys the products read.
         let keys = n.next_multiple_of(32);
         assert!(s.len() >= BQ * SP && p.len() >= BQ * pp && keys <= SK);
-        // S holds rows r_lo..r_hi from its row 0 on.
-        let rows = r_hi.min(un.pos.rows);
-        assert!((rows - r_lo.min(rows)) * SP <= s.len());
+        let rows = un.pos.rows;
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
-            softcap_rows(s, rows - r_lo.min(rows), n, scale, cap);
+            softcap_rows(s, rows, n, scale, cap);
             scale = 1.0;
         }
         let slack = if LOG2 { LAZY } else { LAZY * std::f32::consts::LN_2 };
-        for r in r_lo..rows {
-            let sr = r - r_lo;
-            let (srow, prow) = (&s[sr * SP..sr * SP + keys], &mut p[r * pp..(r + 1) * pp]);
+        for r in 0..rows {
+            let (srow, prow) = (&s[r * SP..r * SP + keys], &mut p[r * pp..(r + 1) * pp]);
             let lv = (live.begin[r], live.end[r]);
             let m_ref = mref[r];
             let tile_max = if m_ref > f32::NEG_INFINITY {
@@ -228,11 +223,12 @@ impl RowSoftmax for PortableSoftmax {
             let e = exp_any::<LOG2>(y - m, k.fma);
             let h = round_bf16(e);
             prow[j] = h;
-            sum[j % W] += widen(h);
             if k.split {
                 let l = round_bf16(e - widen(h));
                 prow[SK + j] = l;
-                sum[j % W] += widen(l);
+                sum[j % W] += widen(h) + widen(l);
+            } else {
+                sum[j % W] += e;
             }
         }
         sum.iter().sum()
@@ -247,6 +243,8 @@ fn live(j: usize, begin: i32, end: i32) -> bool {
     (j >= begin) & (j < end)
 }
 
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use x86::exp2_bf16_lanes;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::Avx512Softmax;
 
@@ -255,7 +253,7 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// AVX-512F/BW intrinsics; `CVT` rounds P with `vcvtne2ps2bf16`
+    /// AVX-512F/BW/DQ intrinsics; `CVT` rounds P with `vcvtne2ps2bf16`
     /// (AVX512-BF16), else with integer ops (the same bits: P is either 0
     /// or a normal number, where the two agree).
     pub(crate) struct Avx512Softmax<const CVT: bool>;
@@ -294,44 +292,20 @@ mod x86 {
         _mm512_maskz_scalef_ps(k, y, n)
     }
 
-    /// EXPERIMENT (amx3): `2^x` as `exp2`, with the integer part by the
-    /// 1.5 · 2^23 rounding trick and a near-minimax polynomial of degree
-    /// `DEG` (3: relative error < 7.5e-5, for P rounded to bf16; 4: < 2.7e-6).
-    ///
-    /// # Safety
-    /// AVX-512F.
-    #[inline(always)]
-    unsafe fn exp2_deg<const DEG: usize>(x: __m512, keep: __mmask16) -> __m512 {
-        let lo = _mm512_set1_ps(-126.0);
-        let magic = _mm512_set1_ps(12_582_912.0);
-        let xc = _mm512_max_ps(lo, x);
-        let n = _mm512_sub_ps(_mm512_add_ps(xc, magic), magic);
-        let f = _mm512_sub_ps(xc, n);
-        let y = if DEG == 3 {
-            let mut y = _mm512_set1_ps(5.517_166_5e-2);
-            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.426_111_5e-1));
-            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.932_609_7e-1));
-            _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999_280_6e-1))
-        } else {
-            let mut y = _mm512_set1_ps(9.570_101e-3);
-            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(5.591_786_3e-2));
-            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.402_474_4e-1));
-            y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.931_218e-1));
-            _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999_993e-1))
-        };
-        let k = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(keep, x, lo);
-        _mm512_maskz_scalef_ps(k, y, n)
-    }
-
-    /// EXPERIMENT (amx3): `exp2_deg::<3>` with the fraction from
-    /// `vreduceps` and no clamp (lanes below -126, -inf among them, are
-    /// zeroed by the mask; NaN stays NaN).
+    /// `2^x` as `exp2` for P that is rounded to bf16 (half an ulp: 2^-9
+    /// relative): a near-minimax polynomial of degree 3 (relative error
+    /// about 7.5e-5, below 8e-5 in the tests), the fraction `x - round(x)`
+    /// from `vreduceps` and no clamp, so 7 operations where `exp2` needs
+    /// 11; lanes below -126 (-inf among them) are zeroed by the mask, NaN
+    /// stays NaN.
     ///
     /// # Safety
     /// AVX-512F/DQ.
     #[inline(always)]
-    unsafe fn exp2_v2(x: __m512, keep: __mmask16) -> __m512 {
+    unsafe fn exp2_bf16(x: __m512, keep: __mmask16) -> __m512 {
         let lo = _mm512_set1_ps(-126.0);
+        // imm 0x08: keep no fraction bits, round to nearest, no precision
+        // exception.
         let f = _mm512_reduce_ps::<0x08>(x);
         let n = _mm512_sub_ps(x, f);
         let mut y = _mm512_set1_ps(5.517_166_5e-2);
@@ -342,21 +316,32 @@ mod x86 {
         _mm512_maskz_scalef_ps(k, y, n)
     }
 
-    /// `exp2` (E = 0) or `exp2_deg::<E>`.
+    /// `exp2_bf16` on 16 lanes (tests).
     ///
     /// # Safety
-    /// AVX-512F.
+    /// AVX-512F/DQ.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(crate) unsafe fn exp2_bf16_lanes(x: [f32; 16], keep: u16) -> [f32; 16] {
+        let mut out = [0.0f32; 16];
+        // SAFETY: the features are enabled here; 16 floats in and out.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp2_bf16(_mm512_loadu_ps(x.as_ptr()), keep)) };
+        out
+    }
+
+    /// 32 P values (`a` first) rounded to bf16, packed.
+    ///
+    /// # Safety
+    /// AVX-512F/BW, and AVX512-BF16 when `CVT`.
     #[inline(always)]
-    unsafe fn exp2_e<const E: usize>(x: __m512, keep: __mmask16) -> __m512 {
-        // SAFETY: forwarded contract.
-        unsafe {
-            if E == 0 {
-                exp2(x, keep)
-            } else if E == 9 {
-                exp2_v2(x, keep)
-            } else {
-                exp2_deg::<E>(x, keep)
-            }
+    unsafe fn pack_pair<const CVT: bool>(a: __m512, b: __m512) -> __m512i {
+        if CVT {
+            // SAFETY: AVX512-BF16 present when CVT (caller); __m512bh and
+            // __m512i are both 64 bytes.
+            unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
+        } else {
+            let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
         }
     }
 
@@ -391,14 +376,8 @@ mod x86 {
     /// AVX-512F/BW, and AVX512-BF16 when `CVT`.
     #[inline(always)]
     unsafe fn round_pair<const CVT: bool>(a: __m512, b: __m512, sum: &mut __m512) -> (__m512i, __m512, __m512) {
-        let packed: __m512i = if CVT {
-            // SAFETY: AVX512-BF16 present when CVT (caller); __m512bh and
-            // __m512i are both 64 bytes.
-            unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
-        } else {
-            let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
-        };
+        // SAFETY: forwarded contract.
+        let packed = unsafe { pack_pair::<CVT>(a, b) };
         let ra = widen16(_mm512_castsi512_si256(packed));
         let rb = widen16(_mm512_extracti64x4_epi64::<1>(packed));
         *sum = _mm512_add_ps(*sum, _mm512_add_ps(ra, rb));
@@ -407,22 +386,22 @@ mod x86 {
 
     /// One row's P (see `RowSoftmax::row_p`) and, with `MAX`, the raw
     /// maximum of its live keys (NaN does not count), -inf when none is
-    /// live. `FULL`: every key of the row is live (no lane masks).
+    /// live. `FULL`: every key of the row is live (no lane masks). `SPLIT`:
+    /// P to ~16 bits as high and low halves, the sum of the rounded halves;
+    /// else P as bf16 through `exp2_bf16`, the sum of the unrounded P.
     ///
     /// # Safety
-    /// AVX-512F/BW, and AVX512-BF16 when CVT; `32 · halves` readable floats
-    /// at `sp`, as many writable values at `pw` (and from `pw + SK` with
-    /// `split`).
-    #[allow(clippy::too_many_arguments)]
+    /// AVX-512F/BW/DQ, and AVX512-BF16 when CVT; `32 · halves` readable
+    /// floats at `sp`, as many writable values at `pw` (and from `pw + SK`
+    /// with `SPLIT`).
     #[inline(always)]
-    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool, const E: usize>(
+    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool, const SPLIT: bool>(
         sp: *const f32,
         pw: *mut u16,
         halves: usize,
         (lo, hi): (i32, i32),
         ce: __m512,
         me: __m512,
-        split: bool,
     ) -> (f32, f32) {
         // SAFETY: forwarded contract.
         unsafe {
@@ -441,25 +420,17 @@ mod x86 {
                         mx1 = _mm512_mask_max_ps(mx1, mb, xb, mx1);
                     }
                 }
-                let a = exp2_e::<E>(_mm512_fmadd_ps(xa, ce, me), ma);
-                let b = exp2_e::<E>(_mm512_fmadd_ps(xb, ce, me), mb);
-                if E == 9 {
-                    // EXPERIMENT (amx3): the sum of the unrounded P (bf16 only).
-                    let packed: __m512i = if CVT {
-                        std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a))
-                    } else {
-                        let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
-                        _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
-                    };
-                    sum = _mm512_add_ps(sum, _mm512_add_ps(a, b));
+                let (ya, yb) = (_mm512_fmadd_ps(xa, ce, me), _mm512_fmadd_ps(xb, ce, me));
+                if SPLIT {
+                    let (a, b) = (exp2(ya, ma), exp2(yb, mb));
+                    let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
                     _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
-                    continue;
-                }
-                let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
-                _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
-                if split {
                     let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
                     _mm512_storeu_si512(pw.add(SK + 32 * half).cast(), low);
+                } else {
+                    let (a, b) = (exp2_bf16(ya, ma), exp2_bf16(yb, mb));
+                    _mm512_storeu_si512(pw.add(32 * half).cast(), pack_pair::<CVT>(a, b));
+                    sum = _mm512_add_ps(sum, _mm512_add_ps(a, b));
                 }
             }
             let mx = if MAX { _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)) } else { f32::NEG_INFINITY };
@@ -467,24 +438,10 @@ mod x86 {
         }
     }
 
-    type BodyArgs = (*const f32, *mut u16, usize, (i32, i32), __m512, __m512, bool);
-
-    /// `row_body` with its arguments as one tuple.
-    ///
-    /// # Safety
-    /// As for `row_body`.
-    #[inline(always)]
-    unsafe fn row_body_t<const CVT: bool, const FULL: bool, const MAX: bool, const E: usize>(
-        (sp, pw, halves, lv, ce, me, split): BodyArgs,
-    ) -> (f32, f32) {
-        // SAFETY: forwarded contract.
-        unsafe { row_body::<CVT, FULL, MAX, E>(sp, pw, halves, lv, ce, me, split) }
-    }
-
     /// `row_body` for one row of `RowSoftmax`, returning the scaled max.
     ///
     /// # Safety
-    /// As for `RowSoftmax::row_p` (AVX-512F/BW, AVX512-BF16 when CVT).
+    /// As for `RowSoftmax::row_p` (AVX-512F/BW/DQ, AVX512-BF16 when CVT).
     #[inline(always)]
     unsafe fn row<const CVT: bool, const LOG2: bool, const MAX: bool>(
         srow: &[f32],
@@ -506,16 +463,12 @@ mod x86 {
         // 32 · halves values of prow (and as many from SK on with split),
         // asserted above.
         let (sum, raw) = unsafe {
-            let args = (sp, pw, halves, (lo, hi), ce, me, k.split);
-            match (full, k.fast_exp, k.split) {
-                (true, _, false) if k.v2 => row_body_t::<CVT, true, MAX, 9>(args),
-                (false, _, false) if k.v2 => row_body_t::<CVT, false, MAX, 9>(args),
-                (true, false, _) => row_body_t::<CVT, true, MAX, 0>(args),
-                (false, false, _) => row_body_t::<CVT, false, MAX, 0>(args),
-                (true, true, false) => row_body_t::<CVT, true, MAX, 3>(args),
-                (false, true, false) => row_body_t::<CVT, false, MAX, 3>(args),
-                (true, true, true) => row_body_t::<CVT, true, MAX, 4>(args),
-                (false, true, true) => row_body_t::<CVT, false, MAX, 4>(args),
+            let lv = (lo, hi);
+            match (full, k.split) {
+                (true, false) => row_body::<CVT, true, MAX, false>(sp, pw, halves, lv, ce, me),
+                (false, false) => row_body::<CVT, false, MAX, false>(sp, pw, halves, lv, ce, me),
+                (true, true) => row_body::<CVT, true, MAX, true>(sp, pw, halves, lv, ce, me),
+                (false, true) => row_body::<CVT, false, MAX, true>(sp, pw, halves, lv, ce, me),
             }
         };
         // The raw max times a positive scale is the scaled max.

@@ -52,12 +52,9 @@ pub(in super::super) unsafe fn run_task<M: MatMul, X: RowSoftmax, S: Src>(
     let steps = steps(&units);
     if !steps.is_empty() {
         let plan = KvPlan::new(c, &task, dq);
-        let knobs = super::knobs();
-        let scaling =
-            Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA, split: S::SPLIT, fast_exp: knobs & 1 != 0, v2: knobs & 8 != 0 };
+        let scaling = Scaling { scale: c.scale, softcap: c.softcap, fma: M::FMA, split: S::SPLIT };
         let mref = [[f32::NEG_INFINITY; BQ]; SUB];
-        let group = if knobs & 2 != 0 { 32 } else { BQ };
-        let mut run = Run { mm, c, bs: &mut bs, o: &mut sc.o, units: &mut units, mref, scaling, dq, group };
+        let mut run = Run { mm, c, bs: &mut bs, o: &mut sc.o, units: &mut units, mref, scaling, dq };
         // SAFETY: forwarded contract; `end` follows `begin` on this thread.
         unsafe {
             run.mm.begin();
@@ -110,8 +107,6 @@ struct Run<'a, M, S> {
     mref: [[f32; BQ]; SUB],
     scaling: Scaling,
     dq: usize,
-    /// Rows per S = Q·K^T + softmax group (S holds one group at a time).
-    group: usize,
 }
 
 impl<M: MatMul, S: Src> Run<'_, M, S> {
@@ -145,30 +140,24 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
         let q_pitch = self.bs.q_pitch();
         let p_pitch = p_pitch(S::SPLIT);
         let (s, p, o) = (&mut self.bs.s, &mut self.bs.p, &mut self.o[st.ui]);
+        let qk = QkArgs {
+            q: self.bs.q[st.ui].as_ptr(),
+            q_pitch,
+            kt: kv.kt_at(st.j0),
+            split: S::SPLIT,
+            pairs: self.dq / 2,
+            s: s.as_mut_ptr(),
+            rows: rows16,
+            keys,
+        };
+        // SAFETY: Q is [BQ][dq], S [BQ][SP] (Bf16Scratch); rows16 <= BQ and
+        // keys <= SK; the packed K^T covers keys j0..j0 + keys (PackedKv).
+        unsafe { self.mm.qk(&qk) };
         let live = un.live_keys(st.j0, st.n);
         let mut alpha = [1.0f32; BQ];
         let mref = &mut self.mref[st.ui];
-        let mut g0 = 0;
-        while g0 < rows16 {
-            let gr = self.group.min(rows16 - g0);
-            let qk = QkArgs {
-                q: self.bs.q[st.ui].as_ptr().wrapping_add(g0 * q_pitch),
-                q_pitch,
-                kt: kv.kt_at(st.j0),
-                split: S::SPLIT,
-                pairs: self.dq / 2,
-                s: s.as_mut_ptr(),
-                rows: gr,
-                keys,
-            };
-            // SAFETY: Q is [BQ][dq], S [BQ][SP] (Bf16Scratch); g0 + gr <=
-            // rows16 <= BQ and keys <= SK; the packed K^T covers keys j0..j0 +
-            // keys (PackedKv).
-            unsafe { self.mm.qk(&qk) };
-            // SAFETY: X's features are present (forwarded contract).
-            unsafe { X::tile::<LOG2>(un, mref, s, p, st.n, &live, &self.scaling, &mut alpha, (g0, g0 + gr)) };
-            g0 += gr;
-        }
+        // SAFETY: X's features are present (forwarded contract).
+        unsafe { X::tile::<LOG2>(un, mref, s, p, st.n, &live, &self.scaling, &mut alpha) };
         // Padding rows of the last query block multiply as zeros.
         p[rows * p_pitch..rows16 * p_pitch].fill(0);
         if !M::RESCALES_O {
