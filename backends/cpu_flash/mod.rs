@@ -70,12 +70,6 @@ mod tests;
 
 pub use isa::{CpuIsa, IsaUnavailable};
 
-/// EXPERIMENT (amx3, temporary): bit 0 switches the bf16 chunked steps.
-#[doc(hidden)]
-pub fn set_experiment_knobs(k: u32) {
-    bf16::CHUNKING.store(k & 1 != 0, std::sync::atomic::Ordering::Relaxed);
-}
-
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::Capabilities;
 use crate::dtype::DType;

@@ -58,17 +58,6 @@ pub(super) use task::run_task;
 /// the softmax's per-row work over more keys.
 pub(crate) const SK: usize = 256;
 
-/// EXPERIMENT (amx3): keys per chunk of a bf16 step.
-pub(crate) const CK: usize = 64;
-
-/// EXPERIMENT (amx3): whether bf16 steps run in chunks (default on).
-pub(crate) static CHUNKING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// EXPERIMENT (amx3): `CHUNKING`.
-pub(crate) fn chunking() -> bool {
-    CHUNKING.load(std::sync::atomic::Ordering::Relaxed)
-}
-
 /// Keys per K^T block.
 pub(super) const KB: usize = 32;
 

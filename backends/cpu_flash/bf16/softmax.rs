@@ -108,14 +108,11 @@ pub(crate) trait RowSoftmax {
         live: &LiveKeys,
         k: &Scaling,
         alpha: &mut [f32; BQ],
-        koff: usize,
     ) {
         let pp = p_pitch(k.split);
-        // Split rows keep their low halves SK on: whole steps only.
-        assert!(koff == 0 || !k.split);
         // Whole pairs of 16-key chunks: the keys the products read.
         let keys = n.next_multiple_of(32);
-        assert!(s.len() >= BQ * SP && p.len() >= BQ * pp && koff + keys <= SK);
+        assert!(s.len() >= BQ * SP && p.len() >= BQ * pp && keys <= SK);
         let rows = un.pos.rows;
         let mut scale = k.scale;
         if let Some(cap) = k.softcap {
@@ -124,9 +121,7 @@ pub(crate) trait RowSoftmax {
         }
         let slack = if LOG2 { LAZY } else { LAZY * std::f32::consts::LN_2 };
         for r in 0..rows {
-            let srow = &s[r * SP..r * SP + keys];
-            // This step's earlier chunks, and this chunk on.
-            let (earlier, prow) = p[r * pp..(r + 1) * pp].split_at_mut(koff);
+            let (srow, prow) = (&s[r * SP..r * SP + keys], &mut p[r * pp..(r + 1) * pp]);
             let lv = (live.begin[r], live.end[r]);
             let m_ref = mref[r];
             let tile_max = if m_ref > f32::NEG_INFINITY {
@@ -141,6 +136,7 @@ pub(crate) trait RowSoftmax {
                         un.m[r] = mx;
                     }
                     un.l[r] += sum;
+                    alpha[r] = 1.0;
                     continue;
                 }
                 mx
@@ -156,23 +152,15 @@ pub(crate) trait RowSoftmax {
             // A row with no live key so far uses 0, so its -inf scores give
             // exact zeros.
             let m_use = if new_ref == f32::NEG_INFINITY { 0.0 } else { new_ref };
-            let a = if new_ref == m_ref && m_ref != f32::NEG_INFINITY {
+            alpha[r] = if new_ref == m_ref && m_ref != f32::NEG_INFINITY {
                 1.0
             } else {
                 exp_any::<LOG2>(m_ref - m_use, k.fma)
             };
-            // P of this step's earlier chunks was against the old reference
-            // (none before a row's first reference: those P are zeros).
-            if koff > 0 && a != 1.0 && m_ref != f32::NEG_INFINITY {
-                for x in earlier.iter_mut() {
-                    *x = round_bf16(widen(*x) * a);
-                }
-            }
-            alpha[r] *= a;
             mref[r] = new_ref;
             // SAFETY: as above.
             let sum = unsafe { Self::row_p::<LOG2>(srow, prow, lv, scale, m_use, k) };
-            un.l[r] = un.l[r] * a + sum;
+            un.l[r] = un.l[r] * alpha[r] + sum;
         }
     }
 }

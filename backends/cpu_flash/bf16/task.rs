@@ -140,35 +140,24 @@ impl<M: MatMul, S: Src> Run<'_, M, S> {
         let q_pitch = self.bs.q_pitch();
         let p_pitch = p_pitch(S::SPLIT);
         let (s, p, o) = (&mut self.bs.s, &mut self.bs.p, &mut self.o[st.ui]);
+        let qk = QkArgs {
+            q: self.bs.q[st.ui].as_ptr(),
+            q_pitch,
+            kt: kv.kt_at(st.j0),
+            split: S::SPLIT,
+            pairs: self.dq / 2,
+            s: s.as_mut_ptr(),
+            rows: rows16,
+            keys,
+        };
+        // SAFETY: Q is [BQ][dq], S [BQ][SP] (Bf16Scratch); rows16 <= BQ and
+        // keys <= SK; the packed K^T covers keys j0..j0 + keys (PackedKv).
+        unsafe { self.mm.qk(&qk) };
+        let live = un.live_keys(st.j0, st.n);
         let mut alpha = [1.0f32; BQ];
         let mref = &mut self.mref[st.ui];
-        // EXPERIMENT (amx3): bf16 steps in chunks of CK keys (S of a chunk
-        // stays in L1 from its product to its softmax).
-        let chunk = if !S::SPLIT && super::chunking() { super::CK } else { keys };
-        let mut c0 = 0;
-        while c0 < keys {
-            let ck = chunk.min(keys - c0);
-            let qk = QkArgs {
-                q: self.bs.q[st.ui].as_ptr(),
-                q_pitch,
-                kt: kv.kt_at(st.j0 + c0),
-                split: S::SPLIT,
-                pairs: self.dq / 2,
-                s: s.as_mut_ptr(),
-                rows: rows16,
-                keys: ck,
-            };
-            // SAFETY: Q is [BQ][dq], S [BQ][SP] (Bf16Scratch); rows16 <= BQ
-            // and ck <= SK; the packed K^T covers keys j0..j0 + keys
-            // (PackedKv), c0 + ck <= keys.
-            unsafe { self.mm.qk(&qk) };
-            // Keys c0..c0 + n_c of the step are valid (c0 < st.n).
-            let n_c = st.n.min(c0 + ck) - c0;
-            let live = un.live_keys(st.j0 + c0, n_c);
-            // SAFETY: X's features are present (forwarded contract).
-            unsafe { X::tile::<LOG2>(un, mref, s, p, n_c, &live, &self.scaling, &mut alpha, c0) };
-            c0 += ck;
-        }
+        // SAFETY: X's features are present (forwarded contract).
+        unsafe { X::tile::<LOG2>(un, mref, s, p, st.n, &live, &self.scaling, &mut alpha) };
         // Padding rows of the last query block multiply as zeros.
         p[rows * p_pitch..rows16 * p_pitch].fill(0);
         if !M::RESCALES_O {
