@@ -65,8 +65,12 @@ impl CpuIsa {
             CpuIsa::Amx => CpuIsa::Avx512Bf16.unavailable().or_else(|| bf16::amx_state::status().err()),
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx512Bf16 => CpuIsa::Avx512.unavailable().or_else(|| {
-                let f = [is_x86_feature_detected!("avx512bw"), is_x86_feature_detected!("avx512bf16")];
-                (!has(&f)).then_some("the CPU lacks AVX512-BF16 (vdpbf16ps) or AVX512-BW")
+                let f = [
+                    is_x86_feature_detected!("avx512bw"),
+                    is_x86_feature_detected!("avx512dq"),
+                    is_x86_feature_detected!("avx512bf16"),
+                ];
+                (!has(&f)).then_some("the CPU lacks AVX512-BF16 (vdpbf16ps), AVX512-BW or AVX512-DQ")
             }),
             #[cfg(target_arch = "x86_64")]
             CpuIsa::Avx512 => CpuIsa::Avx2Fma
@@ -201,8 +205,12 @@ impl VerifiedIsa {
                 },
                 #[cfg(target_arch = "x86_64")]
                 Emulated::TilesAvx512 => {
-                    assert!(CpuIsa::Avx512.available() && is_x86_feature_detected!("avx512bw"));
-                    // SAFETY: AVX-512F/BW, AVX2 and FMA checked just above.
+                    assert!(
+                        CpuIsa::Avx512.available()
+                            && is_x86_feature_detected!("avx512bw")
+                            && is_x86_feature_detected!("avx512dq")
+                    );
+                    // SAFETY: AVX-512F/BW/DQ, AVX2 and FMA checked just above.
                     unsafe { x86::task_emulated_tiles_avx512(c, sc, t) }
                 }
                 #[cfg(not(target_arch = "x86_64"))]
@@ -249,7 +257,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support AMX-TILE/BF16 with the tile state granted, and
     /// the features enabled here; see `bf16::run_task`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16,avx2,fma")]
     pub(super) unsafe fn task_amx<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
         let mut tiles = bf16::Amx(bf16::tiles::AmxTiles);
         // SAFETY: forwarded contract.
@@ -259,7 +267,7 @@ mod x86 {
     /// # Safety
     /// The CPU must support the features enabled here.
     #[cfg(test)]
-    #[target_feature(enable = "avx512f,avx512bw,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx2,fma")]
     pub(super) unsafe fn task_emulated_tiles_avx512<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
         let mut tiles = bf16::Amx(bf16::tiles::TileEmu::default());
         // SAFETY: the features the softmax needs are enabled here.
@@ -268,7 +276,7 @@ mod x86 {
 
     /// # Safety
     /// The CPU must support the features enabled here; see `bf16::run_task`.
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16,avx2,fma")]
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512bf16,avx2,fma")]
     pub(super) unsafe fn task_dpbf16<S: Src>(c: &Call<S>, sc: &mut Scratch, t: usize) {
         let mut dot = bf16::Dot::<Avx512Bf16>::default();
         // SAFETY: the features `Avx512Bf16` needs are enabled on this function.

@@ -1,7 +1,9 @@
 //! The bf16 path's online softmax over one tile (S is query-major):
 //! scale, soft-cap and mask the raw scores, update the running max,
 //! exponentiate, round P to bf16 and add the rounded values to the running
-//! sum. Two implementations of one contract (`RowSoftmax`): AVX-512
+//! sum (of the unrounded P for bf16 inputs, as PyTorch's CPU flash kernel
+//! sums it; of the rounded halves for split inputs). Two implementations of
+//! one contract (`RowSoftmax`): AVX-512
 //! intrinsics for the real paths, plain Rust for the emulated ones; a test
 //! checks that they agree. NaN, -inf and empty-row semantics are the f32
 //! path's (`unit.rs`); rows whose result is not finite go to the exact
@@ -57,7 +59,8 @@ pub(crate) trait RowSoftmax {
     /// (base 2 when `LOG2`) on the live keys of `srow`, zero elsewhere, for
     /// all `srow.len()` keys; with `k.split` also the low halves
     /// `bf16(p - high)` at `prow[SK..]` (`prow` holds `p_pitch(k.split)`
-    /// values). Returns the sum of the rounded values written.
+    /// values). Returns the sum of the values before rounding to bf16, or
+    /// with `k.split` the sum of the rounded halves written.
     unsafe fn row_p<const LOG2: bool>(
         srow: &[f32],
         prow: &mut [u16],
@@ -220,11 +223,12 @@ impl RowSoftmax for PortableSoftmax {
             let e = exp_any::<LOG2>(y - m, k.fma);
             let h = round_bf16(e);
             prow[j] = h;
-            sum[j % W] += widen(h);
             if k.split {
                 let l = round_bf16(e - widen(h));
                 prow[SK + j] = l;
-                sum[j % W] += widen(l);
+                sum[j % W] += widen(h) + widen(l);
+            } else {
+                sum[j % W] += e;
             }
         }
         sum.iter().sum()
@@ -239,6 +243,8 @@ fn live(j: usize, begin: i32, end: i32) -> bool {
     (j >= begin) & (j < end)
 }
 
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) use x86::exp2_bf16_lanes;
 #[cfg(target_arch = "x86_64")]
 pub(crate) use x86::Avx512Softmax;
 
@@ -247,7 +253,7 @@ mod x86 {
     use super::*;
     use std::arch::x86_64::*;
 
-    /// AVX-512F/BW intrinsics; `CVT` rounds P with `vcvtne2ps2bf16`
+    /// AVX-512F/BW/DQ intrinsics; `CVT` rounds P with `vcvtne2ps2bf16`
     /// (AVX512-BF16), else with integer ops (the same bits: P is either 0
     /// or a normal number, where the two agree).
     pub(crate) struct Avx512Softmax<const CVT: bool>;
@@ -286,6 +292,59 @@ mod x86 {
         _mm512_maskz_scalef_ps(k, y, n)
     }
 
+    /// `2^x` as `exp2` for P that is rounded to bf16 (half an ulp: 2^-9
+    /// relative): a near-minimax polynomial of degree 3 (relative error
+    /// about 7.5e-5, below 8e-5 in the tests), the fraction `x - round(x)`
+    /// from `vreduceps` and no clamp, so 7 operations where `exp2` needs
+    /// 11; lanes below -126 (-inf among them) are zeroed by the mask, NaN
+    /// stays NaN.
+    ///
+    /// # Safety
+    /// AVX-512F/DQ.
+    #[inline(always)]
+    unsafe fn exp2_bf16(x: __m512, keep: __mmask16) -> __m512 {
+        let lo = _mm512_set1_ps(-126.0);
+        // imm 0x08: keep no fraction bits, round to nearest, no precision
+        // exception.
+        let f = _mm512_reduce_ps::<0x08>(x);
+        let n = _mm512_sub_ps(x, f);
+        let mut y = _mm512_set1_ps(5.517_166_5e-2);
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(2.426_111_5e-1));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(6.932_609_7e-1));
+        y = _mm512_fmadd_ps(y, f, _mm512_set1_ps(9.999_280_6e-1));
+        let k = _mm512_mask_cmp_ps_mask::<_CMP_NLT_UQ>(keep, x, lo);
+        _mm512_maskz_scalef_ps(k, y, n)
+    }
+
+    /// `exp2_bf16` on 16 lanes (tests).
+    ///
+    /// # Safety
+    /// AVX-512F/DQ.
+    #[cfg(test)]
+    #[target_feature(enable = "avx512f,avx512dq")]
+    pub(crate) unsafe fn exp2_bf16_lanes(x: [f32; 16], keep: u16) -> [f32; 16] {
+        let mut out = [0.0f32; 16];
+        // SAFETY: the features are enabled here; 16 floats in and out.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), exp2_bf16(_mm512_loadu_ps(x.as_ptr()), keep)) };
+        out
+    }
+
+    /// 32 P values (`a` first) rounded to bf16, packed.
+    ///
+    /// # Safety
+    /// AVX-512F/BW, and AVX512-BF16 when `CVT`.
+    #[inline(always)]
+    unsafe fn pack_pair<const CVT: bool>(a: __m512, b: __m512) -> __m512i {
+        if CVT {
+            // SAFETY: AVX512-BF16 present when CVT (caller); __m512bh and
+            // __m512i are both 64 bytes.
+            unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
+        } else {
+            let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
+            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
+        }
+    }
+
     /// bf16 bits (16 of them) widened to f32.
     ///
     /// # Safety
@@ -317,14 +376,8 @@ mod x86 {
     /// AVX-512F/BW, and AVX512-BF16 when `CVT`.
     #[inline(always)]
     unsafe fn round_pair<const CVT: bool>(a: __m512, b: __m512, sum: &mut __m512) -> (__m512i, __m512, __m512) {
-        let packed: __m512i = if CVT {
-            // SAFETY: AVX512-BF16 present when CVT (caller); __m512bh and
-            // __m512i are both 64 bytes.
-            unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(b, a)) }
-        } else {
-            let (ra, rb) = (_mm512_cvtepi32_epi16(round16(a)), _mm512_cvtepi32_epi16(round16(b)));
-            _mm512_inserti64x4::<1>(_mm512_castsi256_si512(ra), rb)
-        };
+        // SAFETY: forwarded contract.
+        let packed = unsafe { pack_pair::<CVT>(a, b) };
         let ra = widen16(_mm512_castsi512_si256(packed));
         let rb = widen16(_mm512_extracti64x4_epi64::<1>(packed));
         *sum = _mm512_add_ps(*sum, _mm512_add_ps(ra, rb));
@@ -333,22 +386,22 @@ mod x86 {
 
     /// One row's P (see `RowSoftmax::row_p`) and, with `MAX`, the raw
     /// maximum of its live keys (NaN does not count), -inf when none is
-    /// live. `FULL`: every key of the row is live (no lane masks).
+    /// live. `FULL`: every key of the row is live (no lane masks). `SPLIT`:
+    /// P to ~16 bits as high and low halves, the sum of the rounded halves;
+    /// else P as bf16 through `exp2_bf16`, the sum of the unrounded P.
     ///
     /// # Safety
-    /// AVX-512F/BW, and AVX512-BF16 when CVT; `32 · halves` readable floats
-    /// at `sp`, as many writable values at `pw` (and from `pw + SK` with
-    /// `split`).
-    #[allow(clippy::too_many_arguments)]
+    /// AVX-512F/BW/DQ, and AVX512-BF16 when CVT; `32 · halves` readable
+    /// floats at `sp`, as many writable values at `pw` (and from `pw + SK`
+    /// with `SPLIT`).
     #[inline(always)]
-    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool>(
+    unsafe fn row_body<const CVT: bool, const FULL: bool, const MAX: bool, const SPLIT: bool>(
         sp: *const f32,
         pw: *mut u16,
         halves: usize,
         (lo, hi): (i32, i32),
         ce: __m512,
         me: __m512,
-        split: bool,
     ) -> (f32, f32) {
         // SAFETY: forwarded contract.
         unsafe {
@@ -367,13 +420,17 @@ mod x86 {
                         mx1 = _mm512_mask_max_ps(mx1, mb, xb, mx1);
                     }
                 }
-                let a = exp2(_mm512_fmadd_ps(xa, ce, me), ma);
-                let b = exp2(_mm512_fmadd_ps(xb, ce, me), mb);
-                let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
-                _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
-                if split {
+                let (ya, yb) = (_mm512_fmadd_ps(xa, ce, me), _mm512_fmadd_ps(xb, ce, me));
+                if SPLIT {
+                    let (a, b) = (exp2(ya, ma), exp2(yb, mb));
+                    let (packed, ra, rb) = round_pair::<CVT>(a, b, &mut sum);
+                    _mm512_storeu_si512(pw.add(32 * half).cast(), packed);
                     let (low, _, _) = round_pair::<CVT>(_mm512_sub_ps(a, ra), _mm512_sub_ps(b, rb), &mut sum);
                     _mm512_storeu_si512(pw.add(SK + 32 * half).cast(), low);
+                } else {
+                    let (a, b) = (exp2_bf16(ya, ma), exp2_bf16(yb, mb));
+                    _mm512_storeu_si512(pw.add(32 * half).cast(), pack_pair::<CVT>(a, b));
+                    sum = _mm512_add_ps(sum, _mm512_add_ps(a, b));
                 }
             }
             let mx = if MAX { _mm512_reduce_max_ps(_mm512_max_ps(mx0, mx1)) } else { f32::NEG_INFINITY };
@@ -384,7 +441,7 @@ mod x86 {
     /// `row_body` for one row of `RowSoftmax`, returning the scaled max.
     ///
     /// # Safety
-    /// As for `RowSoftmax::row_p` (AVX-512F/BW, AVX512-BF16 when CVT).
+    /// As for `RowSoftmax::row_p` (AVX-512F/BW/DQ, AVX512-BF16 when CVT).
     #[inline(always)]
     unsafe fn row<const CVT: bool, const LOG2: bool, const MAX: bool>(
         srow: &[f32],
@@ -406,10 +463,12 @@ mod x86 {
         // 32 · halves values of prow (and as many from SK on with split),
         // asserted above.
         let (sum, raw) = unsafe {
-            if full {
-                row_body::<CVT, true, MAX>(sp, pw, halves, (lo, hi), ce, me, k.split)
-            } else {
-                row_body::<CVT, false, MAX>(sp, pw, halves, (lo, hi), ce, me, k.split)
+            let lv = (lo, hi);
+            match (full, k.split) {
+                (true, false) => row_body::<CVT, true, MAX, false>(sp, pw, halves, lv, ce, me),
+                (false, false) => row_body::<CVT, false, MAX, false>(sp, pw, halves, lv, ce, me),
+                (true, true) => row_body::<CVT, true, MAX, true>(sp, pw, halves, lv, ce, me),
+                (false, true) => row_body::<CVT, false, MAX, true>(sp, pw, halves, lv, ce, me),
             }
         };
         // The raw max times a positive scale is the scaled max.

@@ -351,6 +351,51 @@ fn rounding_to_bf16_matches_half() {
     }
 }
 
+/// The bf16 softmax's `exp2` (degree 3, for P that is rounded to bf16):
+/// relative error below 8e-5 on [-126, 0], zero below -126 and for
+/// -inf, NaN kept, masked lanes zero. Needs AVX-512F/DQ (SKIP elsewhere).
+#[test]
+fn bf16_exp2_is_accurate_enough_and_keeps_the_special_values() {
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512dq") {
+        use super::super::bf16::exp2_bf16_lanes;
+        let mut worst = 0.0f64;
+        let mut rng = SplitMix64(31);
+        for i in 0..20_000 {
+            // A dense sweep of [-8, 0] (every fraction), then random points
+            // of the whole range.
+            let x: [f32; 16] = std::array::from_fn(|l| {
+                if i < 4000 {
+                    -((i * 16 + l) as f32) / 8000.0
+                } else {
+                    -((rng.next_u64() % 1_260_000) as f32) / 10_000.0
+                }
+            });
+            // SAFETY: AVX-512F/DQ detected above.
+            let y = unsafe { exp2_bf16_lanes(x, 0xFFFF) };
+            for (&xi, &yi) in x.iter().zip(&y) {
+                let want = (xi as f64).exp2();
+                worst = worst.max((yi as f64 - want).abs() / want);
+            }
+        }
+        let _ = writeln!(std::io::stderr(), "bf16 exp2: worst relative error {worst:.3e}");
+        assert!(worst < 8e-5, "relative error {worst:e}");
+        let specials = [-126.5f32, -1e30, f32::NEG_INFINITY, f32::NAN, 0.0, -126.0, -0.5, 0.5];
+        let x: [f32; 16] = std::array::from_fn(|l| specials[l % 8]);
+        // SAFETY: as above. Lanes 8..16 masked off.
+        let y = unsafe { exp2_bf16_lanes(x, 0x00FF) };
+        assert_eq!(&y[..3], &[0.0, 0.0, 0.0], "below -126 and -inf give 0");
+        assert!(y[3].is_nan(), "NaN stays NaN");
+        assert!((y[4] - 1.0).abs() < 8e-5 && (y[6] as f64 - 0.5f64.sqrt()).abs() < 8e-5);
+        assert!(y[5] > 0.0, "2^-126 is kept");
+        assert!(y[8..].iter().all(|&v| v == 0.0), "masked lanes are 0");
+        return;
+    }
+    let require = env_flag("ROCMFORGE_REQUIRE_AMX").expect("ROCMFORGE_REQUIRE_AMX");
+    assert!(!require, "ROCMFORGE_REQUIRE_AMX is set but the CPU lacks AVX-512F/DQ");
+    let _ = writeln!(std::io::stderr(), "SKIP bf16 exp2: the CPU lacks AVX-512F/DQ");
+}
+
 #[test]
 fn each_dtype_names_its_kernels() {
     for isa in CpuIsa::ALL {

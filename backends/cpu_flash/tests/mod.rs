@@ -23,10 +23,10 @@ fn instances() -> Vec<CpuFlash> {
     all
 }
 
-/// The tile emulator with the AVX-512 softmax, where the CPU has AVX-512F/BW.
+/// The tile emulator with the AVX-512 softmax, where the CPU has AVX-512F/BW/DQ.
 fn avx512_softmax_emulated() -> Option<CpuFlash> {
     #[cfg(target_arch = "x86_64")]
-    if CpuIsa::Avx512.available() && is_x86_feature_detected!("avx512bw") {
+    if CpuIsa::Avx512.available() && is_x86_feature_detected!("avx512bw") && is_x86_feature_detected!("avx512dq") {
         return Some(CpuFlash::emulated(isa::Emulated::TilesAvx512));
     }
     None
