@@ -15,9 +15,9 @@
 //! - `pdl=0|1`: programmatic dependent launch on NVIDIA sm_90+ (launch.rs);
 //! - `row_walk=0`: K/V copies through the general loader
 //!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`);
-//! - `early=N`: K/V rows of each block's first N tiles (at most 8; default
-//!   1) prefetched into L2 before the wait for the previous kernel
-//!   (`RF_DECODE_EARLY_L2`, NVIDIA sm_90+; 0 = none);
+//! - `early=N`: K/V rows of each block's first N tiles (at most 8, by
+//!   default one) prefetched into L2 before the wait for the previous
+//!   kernel (`RF_DECODE_EARLY_L2`, NVIDIA sm_90+, the f32 kernel; 0 = none);
 //! - `paged_runs=0`: paged copies look a pool block up per row instead of
 //!   once per run of rows (`RF_DECODE_PAGED_RUNS`).
 //!

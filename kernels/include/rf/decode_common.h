@@ -157,8 +157,10 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
 // asks L2 for the K and V rows of its first RF_DECODE_EARLY_L2 tiles
 // (cp.async.bulk.prefetch, one row of one head per instruction), so that
 // under an overlapping launch their DRAM latency passes while the stream's
-// previous kernel finishes (H100, back-to-back calls, batch 1 x 8192: bf16
-// 22.5 -> 20.0 us, f32 34.1 -> 33.2 us; docs/perf.md, decode3). A prefetch changes no memory, and L2 is where
+// previous kernel finishes. The f32 kernel calls it (H100, back-to-back
+// calls, batch 1 x 8192: 34.1 -> 33.1 us); the f16/bf16 kernel does not in
+// this build: with it, bf16 took 20.0 instead of 22.5 us there in one run,
+// not yet repeated with the final kernels (docs/perf.md, decode3). A prefetch changes no memory, and L2 is where
 // every SM's stores land, so K/V that a previous kernel is still writing
 // are never read stale: the copies that read them come after the wait.
 // Paged K/V: the lengths and block-table entries read here may be stale
@@ -183,7 +185,8 @@ RF_DEVICE int load_cg_i32(const int* a) {
 template <int BN, int D, int THREADS>
 RF_DEVICE void prefetch_early(const rf_decode_params& p) {
 #if RF_DECODE_EARLY_L2 > 0 && defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    const Work w = make_work_with(p, [&](int b) { return load_cg_i32(reinterpret_cast<const int*>(p.seq_lens) + b); });
+    const Work w =
+        make_work_with(p, [&](int b) { return load_cg_i32(reinterpret_cast<const int*>(p.seq_lens) + b); });
     if (w.bad || w.hi_any <= w.lo_any) return;
     const long long n0 = w.lo_any / BN * BN;
     const long long end = min_ll(n0 + (long long)RF_DECODE_EARLY_L2 * BN, w.hi_any);
@@ -309,10 +312,12 @@ RF_DEVICE bool load_kv_rows(const rf_decode_params& p, const Work& w, long long 
     const int* table = reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width;
 #if RF_DECODE_PAGED_RUNS
     if constexpr (BN % 16 == 0 && 16 % RS == 0) {
-        if (p.block_shift == 4) return load_kv_paged_runs<4, BN, KV_STRIDE, RS>(p, kbase, vbase, table, n0, row0, col, left, dst);
+        if (p.block_shift == 4)
+            return load_kv_paged_runs<4, BN, KV_STRIDE, RS>(p, kbase, vbase, table, n0, row0, col, left, dst);
     }
     if constexpr (BN % 32 == 0 && 32 % RS == 0) {
-        if (p.block_shift == 5) return load_kv_paged_runs<5, BN, KV_STRIDE, RS>(p, kbase, vbase, table, n0, row0, col, left, dst);
+        if (p.block_shift == 5)
+            return load_kv_paged_runs<5, BN, KV_STRIDE, RS>(p, kbase, vbase, table, n0, row0, col, left, dst);
     }
 #endif
     const long long in_block = (1ll << p.block_shift) - 1;
