@@ -17,7 +17,7 @@
 //!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`);
 //! - `early=N`: K/V rows of each block's first N tiles (at most 8, by
 //!   default one) prefetched into L2 before the wait for the previous
-//!   kernel (`RF_DECODE_EARLY_L2`, NVIDIA sm_90+, the f32 kernel; 0 = none);
+//!   kernel (`RF_DECODE_EARLY_L2`, NVIDIA sm_90+; 0 = none);
 //! - `paged_runs=0`: paged copies look a pool block up per row instead of
 //!   once per run of rows (`RF_DECODE_PAGED_RUNS`).
 //!

