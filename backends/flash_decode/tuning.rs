@@ -14,7 +14,12 @@
 //! - `merge_batch=N`: partial loads issued together (`RF_DECODE_MERGE_BATCH`);
 //! - `pdl=0|1`: programmatic dependent launch on NVIDIA sm_90+ (launch.rs);
 //! - `row_walk=0`: K/V copies through the general loader
-//!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`).
+//!   (`RF_DECODE_ROW_WALK`, `rf/decode_common.h`);
+//! - `early=N`: K/V rows of each block's first N tiles (at most 8, by
+//!   default one) prefetched into L2 before the wait for the previous
+//!   kernel (`RF_DECODE_EARLY_L2`, NVIDIA sm_90+; 0 = none);
+//! - `paged_runs=0`: paged copies look a pool block up per row instead of
+//!   once per run of rows (`RF_DECODE_PAGED_RUNS`).
 //!
 //! An unknown key or a value out of its range makes every flash-decode call
 //! fail with `BackendError::Environment` naming the item (a typo must not
@@ -39,6 +44,8 @@ pub struct Tuning {
     pub merge_batch: Option<usize>,
     pub pdl: Option<bool>,
     pub row_walk: Option<usize>,
+    pub early: Option<usize>,
+    pub paged_runs: Option<usize>,
 }
 
 impl Tuning {
@@ -60,12 +67,16 @@ impl Tuning {
                 "merge_batch" if (1..=32).contains(&value) => t.merge_batch = Some(value),
                 "pdl" if value <= 1 => t.pdl = Some(value == 1),
                 "row_walk" if value <= 1 => t.row_walk = Some(value),
-                "stages" | "bn" | "l2" | "split_tiles" | "prefetch" | "merge_batch" | "pdl" | "row_walk" => {
+                "early" if value <= 8 => t.early = Some(value),
+                "paged_runs" if value <= 1 => t.paged_runs = Some(value),
+                "stages" | "bn" | "l2" | "split_tiles" | "prefetch" | "merge_batch" | "pdl" | "row_walk" | "early"
+                | "paged_runs" => {
                     return Err(format!("`{item}`: value out of range (see backends/flash_decode/tuning.rs)"));
                 }
                 _ => {
                     return Err(format!(
-                        "unknown key in `{item}` (known: stages, bn, l2, split_tiles, prefetch, merge_batch, pdl, row_walk)"
+                        "unknown key in `{item}` (known: stages, bn, l2, split_tiles, prefetch, merge_batch, pdl, \
+                         row_walk, early, paged_runs)"
                     ));
                 }
             }
@@ -82,6 +93,8 @@ impl Tuning {
             ("RF_DECODE_MERGE_PREFETCH", self.prefetch),
             ("RF_DECODE_MERGE_BATCH", self.merge_batch),
             ("RF_DECODE_ROW_WALK", self.row_walk),
+            ("RF_DECODE_EARLY_L2", self.early),
+            ("RF_DECODE_PAGED_RUNS", self.paged_runs),
         ] {
             if let Some(v) = value {
                 spec = spec.define(name, v);
@@ -121,6 +134,9 @@ mod tests {
         assert_eq!(t, want);
         let t = Tuning::parse("prefetch=16,merge_batch=8,pdl=0,row_walk=0").unwrap();
         assert_eq!((t.prefetch, t.merge_batch, t.pdl, t.row_walk), (Some(16), Some(8), Some(false), Some(0)));
+        let t = Tuning::parse("early=2,paged_runs=0").unwrap();
+        assert_eq!((t.early, t.paged_runs), (Some(2), Some(0)));
+        assert_eq!(Tuning::parse("early=0").unwrap().early, Some(0));
         assert_eq!(Tuning::parse("").unwrap(), Tuning::default());
         assert_eq!(Tuning::parse("l2=0").unwrap().l2_prefetch, Some(0));
     }
@@ -138,6 +154,10 @@ mod tests {
             ("merge_batch=0", "merge_batch=0"),
             ("pdl=2", "pdl=2"),
             ("row_walk=2", "row_walk=2"),
+            ("early=9", "early=9"),
+            ("early=-1", "early=-1"),
+            ("paged_runs=2", "paged_runs=2"),
+            ("blocks=3", "blocks=3"),
             ("bn=64,probe=2", "probe=2"),
             ("ticket=0", "ticket=0"),
         ] {
@@ -150,9 +170,18 @@ mod tests {
     fn overrides_become_defines() {
         let spec = super::super::launch::split_spec(DType::BF16, 128);
         assert_eq!(Tuning::default().apply(spec.clone()), spec);
-        let tuned = Tuning { stages: Some(2), l2_prefetch: Some(128), ..Tuning::default() }.apply(spec);
+        let tuned = Tuning {
+            stages: Some(2),
+            l2_prefetch: Some(128),
+            early: Some(0),
+            paged_runs: Some(0),
+            ..Tuning::default()
+        }
+        .apply(spec);
         assert!(tuned.defines.contains(&("RF_DECODE_STAGES".to_string(), "2".to_string())));
         assert!(tuned.defines.contains(&("RF_DECODE_L2_PREFETCH".to_string(), "128".to_string())));
+        assert!(tuned.defines.contains(&("RF_DECODE_EARLY_L2".to_string(), "0".to_string())));
+        assert!(tuned.defines.contains(&("RF_DECODE_PAGED_RUNS".to_string(), "0".to_string())));
         assert!(!tuned.defines.iter().any(|(k, _)| k == "RF_DECODE_BN"));
     }
 }

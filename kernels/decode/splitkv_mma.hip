@@ -359,6 +359,7 @@ extern "C" __device__ const int rf_decode_launch[5] = {THREADS, SMEM_BYTES, BN, 
 
 extern "C" __global__ void RF_DECODE_BOUNDS rf_decode_split(const rf_decode_params p) {
     extern __shared__ __attribute__((aligned(16))) unsigned char rf_smem_raw[];
+    prefetch_early<BN, D, THREADS>(p);
     wait_prior_grid();
     const Smem sm = smem_layout(rf_smem_raw);
     const Work w = make_work(p);

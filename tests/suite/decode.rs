@@ -312,16 +312,26 @@ fn decode_paged_batches_of_different_lengths() {
 #[ignore = "needs a GPU"]
 fn decode_paged_invalid_entries_give_nan_rows() {
     let device = gpu();
-    let base = AttentionProblem::new(1, 1, 1, 8, 2, 64, DType::BF16).with_mask(Mask::Causal);
-    let c = paged_case(&base, &[40, 70, 50], 16, 900);
-    let per_seq = c.p.seq_q * c.p.num_q_heads * c.p.head_dim;
-    let mut table = c.table.clone();
-    table[c.p.paged.unwrap().table_width + 1] = c.p.paged.unwrap().num_blocks as i32 + 5; // sequence 1
-    let mut lens = lens_i32(&c);
-    lens[2] = c.p.seq_kv as i32 + 1; // sequence 2
-    let got = run_paged(&c, &table, &lens, &device);
-    assert!(got[..per_seq].iter().all(|x| x.is_finite()), "sequence 0 is untouched");
-    assert!(got[per_seq..].iter().all(|x| x.is_nan()), "sequences 1 and 2 must be NaN");
+    // Both kernels (f32 SIMT, bf16 matrix units), both block sizes (the
+    // copies are unrolled per block size), an entry past the pool and a
+    // negative one.
+    let cases =
+        [(DType::BF16, 64, 16, 5), (DType::F32, 128, 32, -7), (DType::F32, 64, 16, 0), (DType::BF16, 128, 32, -1)];
+    for (i, (dtype, d, block_size, past)) in cases.into_iter().enumerate() {
+        let base = AttentionProblem::new(1, 1, 1, 8, 2, d, dtype).with_mask(Mask::Causal);
+        let c = paged_case(&base, &[40, 70, 50], block_size, 900 + i as u64);
+        let per_seq = c.p.seq_q * c.p.num_q_heads * c.p.head_dim;
+        let mut table = c.table.clone();
+        let geometry = c.p.paged.unwrap();
+        // Sequence 1's second pool block (keys block_size.., inside its 70).
+        table[geometry.table_width + 1] = if past >= 0 { geometry.num_blocks as i32 + past } else { past };
+        let mut lens = lens_i32(&c);
+        lens[2] = c.p.seq_kv as i32 + 1; // sequence 2
+        let got = run_paged(&c, &table, &lens, &device);
+        let what = format!("{dtype} d {d} block {block_size} entry {}", table[geometry.table_width + 1]);
+        assert!(got[..per_seq].iter().all(|x| x.is_finite()), "{what}: sequence 0 is untouched");
+        assert!(got[per_seq..].iter().all(|x| x.is_nan()), "{what}: sequences 1 and 2 must be NaN");
+    }
 }
 
 fn poison(t: &Tensor, value: f32, count: usize, seed: u64) -> Tensor {

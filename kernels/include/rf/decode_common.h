@@ -80,6 +80,9 @@ RF_DEVICE void store2(elem* d, float a, float b) {
 }
 
 
+// Query rows of one block: one 16-row matrix tile.
+constexpr int RMAX = 16;
+
 // Programmatic dependent launch (NVIDIA sm_90+): the host may queue a
 // decode kernel so that its blocks start while the stream's previous
 // kernel finishes (backends/flash_decode/launch.rs). Whatever that kernel
@@ -95,8 +98,6 @@ RF_DEVICE void wait_prior_grid() {
 #endif
 }
 
-// Query rows of one block: one 16-row matrix tile.
-constexpr int RMAX = 16;
 
 // What one block works on, fixed for its lifetime.
 struct Work {
@@ -115,7 +116,9 @@ RF_DEVICE void row_range(const rf_decode_params& p, long long pos, long long len
     hi = p.window_right >= 0 ? min_ll(len, pos + p.window_right + 1) : len;
 }
 
-RF_DEVICE Work make_work(const rf_decode_params& p) {
+// The block's work; `len_of` loads sequence b's length from p.seq_lens.
+template <class LenOf>
+RF_DEVICE Work make_work_with(const rf_decode_params& p, LenOf len_of) {
     // grid: x = split, y = KV head x row chunk, z = sequence
     Work w;
     const int group = p.heads_q / p.heads_kv;
@@ -126,7 +129,7 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
     w.r0 = ((int)blockIdx.y % chunks) * RMAX;
     w.rows = group * p.seq_q - w.r0 < RMAX ? group * p.seq_q - w.r0 : RMAX;
     long long len = p.seq_kv;
-    if (p.seq_lens != 0) len = reinterpret_cast<const int*>(p.seq_lens)[w.b];
+    if (p.seq_lens != 0) len = len_of(w.b);
     const long long cap = p.block_table != 0 ? ((long long)p.table_width << p.block_shift) : p.seq_kv;
     w.bad = len < 0 || len > p.seq_kv || len > cap;
     w.len = w.bad ? 0 : len;
@@ -145,6 +148,68 @@ RF_DEVICE Work make_work(const rf_decode_params& p) {
     return w;
 }
 
+RF_DEVICE Work make_work(const rf_decode_params& p) {
+    return make_work_with(p, [&](int b) { return reinterpret_cast<const int*>(p.seq_lens)[b]; });
+}
+
+
+// Early L2 prefetch (NVIDIA sm_90+): before griddepcontrol.wait a block
+// asks L2 for the K and V rows of its first RF_DECODE_EARLY_L2 tiles
+// (cp.async.bulk.prefetch, one row of one head per instruction), so that
+// under an overlapping launch their DRAM latency passes while the stream's
+// previous kernel finishes (H100, back-to-back calls, batch 1 x 8192: f32
+// 34.1 -> 33.1 us; bf16 22.5 -> 20.0 us in decode3's call 1, whose f16/bf16
+// kernel had this branch's sm_90 code; docs/perf.md, decode3). A prefetch changes no memory, and L2 is where
+// every SM's stores land, so K/V that a previous kernel is still writing
+// are never read stale: the copies that read them come after the wait.
+// Paged K/V: the lengths and block-table entries read here may be stale
+// for the same reason; they are read past L1 (ld.global.cg, so no stale
+// line stays for the real reads after the wait) and only pick which rows
+// to prefetch: an entry outside the pool prefetches nothing. 0 = none
+// (ROCMFORGE_DECODE_TUNE=early=N); 2 and 4 tiles measured no better than 1.
+#ifndef RF_DECODE_EARLY_L2
+#define RF_DECODE_EARLY_L2 1
+#endif
+
+RF_DEVICE int load_cg_i32(const int* a) {
+#if defined(RF_CUDA)
+    int x;
+    asm volatile("ld.global.cg.s32 %0, [%1];\n" : "=r"(x) : "l"(a));
+    return x;
+#else
+    return *a;
+#endif
+}
+
+template <int BN, int D, int THREADS>
+RF_DEVICE void prefetch_early(const rf_decode_params& p) {
+#if RF_DECODE_EARLY_L2 > 0 && defined(RF_CUDA) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    const Work w =
+        make_work_with(p, [&](int b) { return load_cg_i32(reinterpret_cast<const int*>(p.seq_lens) + b); });
+    if (w.bad || w.hi_any <= w.lo_any) return;
+    const long long n0 = w.lo_any / BN * BN;
+    const long long end = min_ll(n0 + (long long)RF_DECODE_EARLY_L2 * BN, w.hi_any);
+    const elem* kbase = reinterpret_cast<const elem*>(p.k) + w.hk * p.strides.k.head;
+    const elem* vbase = reinterpret_cast<const elem*>(p.v) + w.hk * p.strides.v.head;
+    const int* table = reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width;
+    constexpr unsigned ROW_BYTES = D * (unsigned)sizeof(elem);
+    for (long long j = n0 + (long long)threadIdx.x; j < end; j += THREADS) {
+        long long koff = w.b * p.strides.k.batch + j * p.strides.k.seq;
+        long long voff = w.b * p.strides.v.batch + j * p.strides.v.seq;
+        if (p.block_table != 0) {
+            const int blk = load_cg_i32(table + (j >> p.block_shift));
+            if (blk < 0 || blk >= p.num_blocks) continue;
+            const long long in = j & ((1ll << p.block_shift) - 1);
+            koff = blk * p.strides.k.batch + in * p.strides.k.seq;
+            voff = blk * p.strides.v.batch + in * p.strides.v.seq;
+        }
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(kbase + koff), "r"(ROW_BYTES) : "memory");
+        asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(vbase + voff), "r"(ROW_BYTES) : "memory");
+    }
+#else
+    (void)p;
+#endif
+}
 
 // 16 bytes of K or V into shared memory (rf_flash::copy16); with
 // RF_DECODE_L2_PREFETCH = 64, 128 or 256 (NVIDIA sm_80+) the copy also asks
@@ -173,6 +238,50 @@ RF_DEVICE void copy16_kv(elem* dst, const elem* src, bool ok) {
 #define RF_DECODE_ROW_WALK 1
 #endif
 
+// Paged copies in runs: with the pool's block size BS = 1 << SHIFT known
+// at compile time (one unrolled copy per block size the backend takes), a
+// thread's rows of one tile fall in BN / BS pool blocks, BS / RS rows each;
+// it looks each block up once and steps a pointer through the block's
+// rows, straight-line like the dense copies (the per-row lookup below, the
+// fallback, costs a table load and two 64-bit products per row). Paged f32
+// went from 0.88-0.90 to 0.95-0.96 of contiguous on the H100 (docs/perf.md,
+// decode3). Needs n0 a multiple of BN, BN of BS, BS of RS.
+// RF_DECODE_PAGED_RUNS=0 (ROCMFORGE_DECODE_TUNE=paged_runs=0): per row.
+#ifndef RF_DECODE_PAGED_RUNS
+#define RF_DECODE_PAGED_RUNS 1
+#endif
+
+template <int SHIFT, int BN, int KV_STRIDE, int RS>
+RF_DEVICE bool load_kv_paged_runs(const rf_decode_params& p, const elem* kbase, const elem* vbase, const int* table,
+                                  long long n0, int row0, int col, long long left, elem* dst) {
+    constexpr int BS = 1 << SHIFT, RUNS = BN / BS, PER = BS / RS;
+    static_assert(BN % BS == 0 && BS % RS == 0, "whole pool blocks per tile, whole passes per block");
+    const long long kstep = rf_flash::opaque(RS * p.strides.k.seq), vstep = rf_flash::opaque(RS * p.strides.v.seq);
+    const int first = (int)(n0 >> SHIFT);
+    bool bad = false;
+#pragma unroll
+    for (int r = 0; r < RUNS; ++r) {
+        // The run's first row of this thread is inside the split.
+        const bool any = (long long)(r * BS) < left;
+        int blk = any ? table[first + r] : 0;
+        const bool valid = blk >= 0 && blk < p.num_blocks;
+        bad |= any && !valid;
+        blk = valid ? blk : 0;
+        const elem* kp = kbase + blk * p.strides.k.batch + row0 * p.strides.k.seq + col;
+        const elem* vp = vbase + blk * p.strides.v.batch + row0 * p.strides.v.seq + col;
+#pragma unroll
+        for (int i = 0; i < PER; ++i) {
+            const int ri = r * BS + i * RS;
+            const bool ok = valid && (long long)ri < left;
+            copy16_kv(dst + ri * KV_STRIDE, ok ? kp : kbase, ok);
+            copy16_kv(dst + (BN + ri) * KV_STRIDE, ok ? vp : vbase, ok);
+            kp += kstep;
+            vp += vstep;
+        }
+    }
+    return bad;
+}
+
 template <int BN, int D, int KV_STRIDE, int THREADS>
 RF_DEVICE bool load_kv_rows(const rf_decode_params& p, const Work& w, long long n0, elem* stage) {
     using rf_flash::opaque;
@@ -200,6 +309,16 @@ RF_DEVICE bool load_kv_rows(const rf_decode_params& p, const Work& w, long long 
         return false;
     }
     const int* table = reinterpret_cast<const int*>(p.block_table) + (long long)w.b * p.table_width;
+#if RF_DECODE_PAGED_RUNS
+    if constexpr (BN % 16 == 0 && 16 % RS == 0) {
+        if (p.block_shift == 4)
+            return load_kv_paged_runs<4, BN, KV_STRIDE, RS>(p, kbase, vbase, table, n0, row0, col, left, dst);
+    }
+    if constexpr (BN % 32 == 0 && 32 % RS == 0) {
+        if (p.block_shift == 5)
+            return load_kv_paged_runs<5, BN, KV_STRIDE, RS>(p, kbase, vbase, table, n0, row0, col, left, dst);
+    }
+#endif
     const long long in_block = (1ll << p.block_shift) - 1;
     bool bad = false;
 #pragma unroll
