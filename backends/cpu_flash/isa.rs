@@ -3,7 +3,7 @@
 //!
 //! Families are levels, each wider one needing the features of the ones
 //! below it: `Amx` (AMX-TILE/BF16 with the OS's tile state, plus
-//! everything `Avx512Bf16` needs), `Avx512Bf16` (AVX-512F/BW + BF16),
+//! everything `Avx512Bf16` needs), `Avx512Bf16` (AVX-512F/BW/DQ + BF16),
 //! `Avx512`, `Avx2Fma`, `Portable`. Only bf16 has kernels of its own on
 //! the two bf16 levels (`bf16/`); f32 and f16 run the AVX-512F kernels
 //! there (`CpuIsa::kernels` says which kernels a dtype gets).
