@@ -48,6 +48,10 @@ pub struct Tuning {
     pub paged_runs: Option<usize>,
 }
 
+/// The keys `Tuning::parse` takes (each has a guarded arm there).
+const KEYS: [&str; 10] =
+    ["stages", "bn", "l2", "split_tiles", "prefetch", "merge_batch", "pdl", "row_walk", "early", "paged_runs"];
+
 impl Tuning {
     /// Parses `key=value,...` (empty items are skipped); names the first
     /// item that is not a known key with a value in its range.
@@ -69,16 +73,10 @@ impl Tuning {
                 "row_walk" if value <= 1 => t.row_walk = Some(value),
                 "early" if value <= 8 => t.early = Some(value),
                 "paged_runs" if value <= 1 => t.paged_runs = Some(value),
-                "stages" | "bn" | "l2" | "split_tiles" | "prefetch" | "merge_batch" | "pdl" | "row_walk" | "early"
-                | "paged_runs" => {
+                known if KEYS.contains(&known) => {
                     return Err(format!("`{item}`: value out of range (see backends/flash_decode/tuning.rs)"));
                 }
-                _ => {
-                    return Err(format!(
-                        "unknown key in `{item}` (known: stages, bn, l2, split_tiles, prefetch, merge_batch, pdl, \
-                         row_walk, early, paged_runs)"
-                    ));
-                }
+                _ => return Err(format!("unknown key in `{item}` (known: {})", KEYS.join(", "))),
             }
         }
         Ok(t)
@@ -139,6 +137,23 @@ mod tests {
         assert_eq!(Tuning::parse("early=0").unwrap().early, Some(0));
         assert_eq!(Tuning::parse("").unwrap(), Tuning::default());
         assert_eq!(Tuning::parse("l2=0").unwrap().l2_prefetch, Some(0));
+        // Every listed key has an arm: a valid value of each parses.
+        let valid = "stages=2,bn=64,l2=0,split_tiles=1,prefetch=0,merge_batch=1,pdl=1,row_walk=1,early=1,paged_runs=1";
+        let keys: Vec<&str> = valid.split(',').map(|i| i.split('=').next().unwrap()).collect();
+        assert_eq!(keys, super::KEYS);
+        let all = Tuning {
+            stages: Some(2),
+            block_n: Some(64),
+            l2_prefetch: Some(0),
+            split_tiles: Some(1),
+            prefetch: Some(0),
+            merge_batch: Some(1),
+            pdl: Some(true),
+            row_walk: Some(1),
+            early: Some(1),
+            paged_runs: Some(1),
+        };
+        assert_eq!(Tuning::parse(valid).unwrap(), all);
     }
 
     #[test]
