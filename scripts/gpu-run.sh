@@ -6,7 +6,9 @@
 # racecheck-concurrency, peak-memory, model-tests, model-memcheck (the model
 # layer's tests alone, CPU and GPU; its GPU tests under memcheck),
 # compare-cpu (issue 10's table: cpu-flash vs torch CPU on 2 pinned cores;
-# CPU_ROUNDS rounds, default 8). Each step's log goes to OUTDIR/<step>.log; the
+# CPU_ROUNDS rounds, default 8), decode-variants (the decode tests under
+# each DECODE_VARIANTS tuning; default: each f16/bf16 decode kernel for
+# every call). Each step's log goes to OUTDIR/<step>.log; the
 # script exits non-zero if any step failed. GPU tests are marked
 # #[ignore = "needs a GPU"] in the suite (so `cargo test` without a GPU lists
 # them as ignored); here they run with --include-ignored and
@@ -138,6 +140,16 @@ for step in "${steps[@]}"; do
         taskset -c 0,1 true 2>/dev/null && pin=(taskset -c 0,1) || pin=()
         RAYON_NUM_THREADS=2 run_step compare-cpu "${pin[@]}" python3 compare_torch_cpu.py --threads 2 \
             --rounds "${CPU_ROUNDS:-8}" --dtypes bf16,f16,f32 --build cli=./rocmforge --build example=./time_cpu_flash
+        ;;
+    decode-variants)
+        # The decode tests under other ROCMFORGE_DECODE_TUNE settings than
+        # the defaults (DECODE_VARIANTS, space-separated; default: each
+        # f16/bf16 kernel for every call), so that no kernel variant goes
+        # untested because the plan does not pick it for the tests' shapes.
+        for variant in ${DECODE_VARIANTS:-wide=0 wide=1}; do
+            ROCMFORGE_DECODE_TUNE=$variant run_step "decode-tests-${variant//[=,]/_}" ./suite --test-threads=1 \
+                --include-ignored decode:: nonfinite:: decoder_decodes
+        done
         ;;
     compare-decode)
         run_step compare-decode python3 compare_decode.py --bench ./bench_decode --json "$out/compare-decode.json"

@@ -35,17 +35,39 @@ pub const OVERLAP_LAUNCH: bool = true;
 /// Largest workspace of partial outputs; more splits are cut back to fit.
 pub const WORKSPACE_CAP: usize = 256 << 20;
 
+/// Head dimensions with a wide variant of the f16/bf16 kernel (128-key
+/// tiles, one block per multiprocessor), for calls whose grid comes from
+/// splitting the keys (`split::wide`). Measured at 128 only (docs/perf.md,
+/// decode4); at 256 its stages would not fit a block.
+pub const WIDE_HEAD_DIMS: &[usize] = &[128];
+
 /// The split kernel for `dtype` and `head_dim`: f16 and bf16 on the
-/// matrix units (`decode/splitkv_mma.hip`), f32 on plain FMAs at f32
-/// accuracy (`decode/splitkv.hip`). Same parameters and launch contract.
-pub fn split_spec(dtype: DType, head_dim: usize) -> KernelSpec {
+/// matrix units (`decode/splitkv_mma.hip`, `wide`: its wide variant), f32
+/// on plain FMAs at f32 accuracy (`decode/splitkv.hip`). Same parameters
+/// and launch contract.
+pub fn split_spec(dtype: DType, head_dim: usize, wide: bool) -> KernelSpec {
     let file = if dtype == DType::F32 { DECODE_SPLITKV } else { DECODE_SPLITKV_MMA };
-    KernelSpec::new(file, "rf_decode_split").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim)
+    let spec = KernelSpec::new(file, "rf_decode_split").define_dtype("RF_DTYPE", dtype).define("RF_HEAD_DIM", head_dim);
+    if wide {
+        spec.define("RF_DECODE_WIDE", 1)
+    } else {
+        spec
+    }
 }
 
-/// Every specialization the backend may compile: one per dtype and head dim.
+/// Whether `dtype` and `head_dim` have a wide variant.
+pub fn has_wide(dtype: DType, head_dim: usize) -> bool {
+    dtype != DType::F32 && WIDE_HEAD_DIMS.contains(&head_dim)
+}
+
+/// Every specialization the backend may compile: one per dtype and head
+/// dim, and the wide variants.
 pub fn all_specs() -> Vec<KernelSpec> {
-    DType::ALL.into_iter().flat_map(|dtype| HEAD_DIMS.iter().map(move |&d| split_spec(dtype, d))).collect()
+    let plain = DType::ALL.into_iter().flat_map(|dtype| HEAD_DIMS.iter().map(move |&d| split_spec(dtype, d, false)));
+    let wide = DType::ALL.into_iter().flat_map(|dtype| {
+        WIDE_HEAD_DIMS.iter().filter(move |&&d| has_wide(dtype, d)).map(move |&d| split_spec(dtype, d, true))
+    });
+    plain.chain(wide).collect()
 }
 
 /// Elements per 16-byte vector: every stride must be a multiple of it.
@@ -125,17 +147,23 @@ struct Prepared {
     shape: Shape,
 }
 
-type PreparedKey = (crate::device::Vendor, usize, DType, usize);
+type PreparedKey = (crate::device::Vendor, usize, DType, usize, bool);
 
-fn prepared(gpu: &GpuDevice, tuning: &Tuning, dtype: DType, head_dim: usize) -> Result<Prepared, BackendError> {
+fn prepared(
+    gpu: &GpuDevice,
+    tuning: &Tuning,
+    dtype: DType,
+    head_dim: usize,
+    wide: bool,
+) -> Result<Prepared, BackendError> {
     static CACHE: OnceLock<Mutex<HashMap<PreparedKey, Prepared>>> = OnceLock::new();
-    let key = (gpu.vendor(), gpu.ordinal(), dtype, head_dim);
+    let key = (gpu.vendor(), gpu.ordinal(), dtype, head_dim, wide);
     let cache = CACHE.get_or_init(Default::default);
     let lock = || cache.lock().map_err(|_| DeviceError::LockPoisoned { what: "decode kernels" });
     if let Some(p) = lock()?.get(&key) {
         return Ok(*p);
     }
-    let split = gpu.kernel(&tuning.apply(split_spec(dtype, head_dim)))?;
+    let split = gpu.kernel(&tuning.apply(split_spec(dtype, head_dim, wide)))?;
     let raw = gpu.kernel_global_i32s(&split, "rf_decode_launch")?;
     let shape = match raw[..] {
         [t, s, bn, r, sm] if t > 0 && s > 0 && bn > 0 && r > 0 && sm > 0 => {
@@ -194,7 +222,11 @@ pub fn launch(
 ) -> Result<(), BackendError> {
     crate::backend::require_16_byte_aligned(backend, [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)])?;
     let tuning = tuning()?;
-    let Prepared { split: kernel, shape } = prepared(gpu, tuning, p.dtype, p.head_dim)?;
+    let row_chunks = (p.group_size() * p.seq_q).div_ceil(ROWS_PER_BLOCK);
+    let sms = gpu.info().multiprocessors as usize;
+    let wide = has_wide(p.dtype, p.head_dim)
+        && tuning.wide.unwrap_or_else(|| split::wide(p.batch, p.num_kv_heads, row_chunks, sms));
+    let Prepared { split: kernel, shape } = prepared(gpu, tuning, p.dtype, p.head_dim, wide)?;
     let (plan, workspace_bytes) = plan_for(gpu, tuning, p, &shape);
     let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };
     let rows_y = p.num_kv_heads * plan.row_chunks;

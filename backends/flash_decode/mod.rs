@@ -115,13 +115,19 @@ mod tests {
     }
 
     #[test]
-    fn one_specialization_per_dtype_and_head_dim() {
+    fn one_specialization_per_dtype_and_head_dim_plus_the_wide_ones() {
         let specs = launch::all_specs();
-        assert_eq!(specs.len(), 3 * launch::HEAD_DIMS.len());
+        assert_eq!(specs.len(), 3 * launch::HEAD_DIMS.len() + 2 * launch::WIDE_HEAD_DIMS.len());
         for dtype in DType::ALL {
             for &d in launch::HEAD_DIMS {
-                assert!(specs.contains(&launch::split_spec(dtype, d)), "{dtype} d={d}");
+                assert!(specs.contains(&launch::split_spec(dtype, d, false)), "{dtype} d={d}");
+                assert_eq!(
+                    specs.contains(&launch::split_spec(dtype, d, true)),
+                    launch::has_wide(dtype, d),
+                    "{dtype} d={d}"
+                );
             }
         }
+        assert!(!launch::has_wide(DType::F32, 128) && launch::has_wide(DType::BF16, 128));
     }
 }

@@ -73,6 +73,15 @@ pub fn plan(input: &SplitInput) -> SplitPlan {
     SplitPlan { num_splits: best.1, split_keys: best.2 * block_n, row_chunks }
 }
 
+/// Whether a call takes the wide kernel (128-key tiles, one block per
+/// multiprocessor; launch.rs): when its (sequence, KV head, row chunk)
+/// blocks are fewer than the multiprocessors, so that the grid comes from
+/// splitting the keys. H100, bf16, 8 KV heads: faster at batch 1 to 16,
+/// slower at 32 and 64 (docs/perf.md, decode4).
+pub fn wide(batch: usize, heads_kv: usize, row_chunks: usize, multiprocessors: usize) -> bool {
+    batch.saturating_mul(heads_kv).saturating_mul(row_chunks) < multiprocessors
+}
+
 /// The plan with `per` tiles per split (at least enough for MAX_SPLITS),
 /// for measurements (`ROCMFORGE_DECODE_TUNE=split_tiles=N`).
 pub fn plan_with_tiles(input: &SplitInput, per: usize) -> SplitPlan {
@@ -138,6 +147,16 @@ mod tests {
         assert!(p.num_splits <= MAX_SPLITS && p.num_splits * p.split_keys >= 100_000, "{p:?}");
         let p = plan_with_tiles(&input(2, 100), 50);
         assert_eq!((p.num_splits, p.split_keys), (1, 128));
+    }
+
+    #[test]
+    fn the_wide_kernel_serves_grids_made_by_splitting() {
+        assert!(wide(1, 8, 1, 132));
+        assert!(wide(16, 8, 1, 132));
+        assert!(!wide(32, 8, 1, 132));
+        assert!(!wide(64, 8, 1, 132));
+        assert!(!wide(9, 8, 2, 132));
+        assert!(!wide(usize::MAX, 8, 1, 132));
     }
 
     #[test]

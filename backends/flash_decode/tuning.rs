@@ -19,7 +19,11 @@
 //!   default one) prefetched into L2 before the wait for the previous
 //!   kernel (`RF_DECODE_EARLY_L2`, NVIDIA sm_90+; 0 = none);
 //! - `paged_runs=0`: paged copies look a pool block up per row instead of
-//!   once per run of rows (`RF_DECODE_PAGED_RUNS`).
+//!   once per run of rows (`RF_DECODE_PAGED_RUNS`);
+//! - `wide=0|1`: the f16/bf16 kernel's wide variant off or on for every
+//!   call instead of by the plan (`RF_DECODE_WIDE`, launch.rs);
+//! - `warps=N`: warps per block of the f16/bf16 kernel (`RF_DECODE_WARPS`,
+//!   1 to 8; the tile's keys must split into 16 per warp).
 //!
 //! An unknown key or a value out of its range makes every flash-decode call
 //! fail with `BackendError::Environment` naming the item (a typo must not
@@ -46,11 +50,25 @@ pub struct Tuning {
     pub row_walk: Option<usize>,
     pub early: Option<usize>,
     pub paged_runs: Option<usize>,
+    pub wide: Option<bool>,
+    pub warps: Option<usize>,
 }
 
 /// The keys `Tuning::parse` takes (each has a guarded arm there).
-const KEYS: [&str; 10] =
-    ["stages", "bn", "l2", "split_tiles", "prefetch", "merge_batch", "pdl", "row_walk", "early", "paged_runs"];
+const KEYS: [&str; 12] = [
+    "stages",
+    "bn",
+    "l2",
+    "split_tiles",
+    "prefetch",
+    "merge_batch",
+    "pdl",
+    "row_walk",
+    "early",
+    "paged_runs",
+    "wide",
+    "warps",
+];
 
 impl Tuning {
     /// Parses `key=value,...` (empty items are skipped); names the first
@@ -73,6 +91,8 @@ impl Tuning {
                 "row_walk" if value <= 1 => t.row_walk = Some(value),
                 "early" if value <= 8 => t.early = Some(value),
                 "paged_runs" if value <= 1 => t.paged_runs = Some(value),
+                "wide" if value <= 1 => t.wide = Some(value == 1),
+                "warps" if (1..=8).contains(&value) => t.warps = Some(value),
                 known if KEYS.contains(&known) => {
                     return Err(format!("`{item}`: value out of range (see backends/flash_decode/tuning.rs)"));
                 }
@@ -93,6 +113,7 @@ impl Tuning {
             ("RF_DECODE_ROW_WALK", self.row_walk),
             ("RF_DECODE_EARLY_L2", self.early),
             ("RF_DECODE_PAGED_RUNS", self.paged_runs),
+            ("RF_DECODE_WARPS", self.warps),
         ] {
             if let Some(v) = value {
                 spec = spec.define(name, v);
@@ -138,7 +159,8 @@ mod tests {
         assert_eq!(Tuning::parse("").unwrap(), Tuning::default());
         assert_eq!(Tuning::parse("l2=0").unwrap().l2_prefetch, Some(0));
         // Every listed key has an arm: a valid value of each parses.
-        let valid = "stages=2,bn=64,l2=0,split_tiles=1,prefetch=0,merge_batch=1,pdl=1,row_walk=1,early=1,paged_runs=1";
+        let valid = "stages=2,bn=64,l2=0,split_tiles=1,prefetch=0,merge_batch=1,pdl=1,row_walk=1,early=1,paged_runs=1,\
+                     wide=1,warps=8";
         let keys: Vec<&str> = valid.split(',').map(|i| i.split('=').next().unwrap()).collect();
         assert_eq!(keys, super::KEYS);
         let all = Tuning {
@@ -152,6 +174,8 @@ mod tests {
             row_walk: Some(1),
             early: Some(1),
             paged_runs: Some(1),
+            wide: Some(true),
+            warps: Some(8),
         };
         assert_eq!(Tuning::parse(valid).unwrap(), all);
     }
@@ -172,6 +196,10 @@ mod tests {
             ("early=9", "early=9"),
             ("early=-1", "early=-1"),
             ("paged_runs=2", "paged_runs=2"),
+            ("wide=2", "wide=2"),
+            ("cluster=8", "cluster=8"),
+            ("warps=0", "warps=0"),
+            ("warps=9", "warps=9"),
             ("blocks=3", "blocks=3"),
             ("bn=64,probe=2", "probe=2"),
             ("ticket=0", "ticket=0"),
@@ -183,7 +211,7 @@ mod tests {
 
     #[test]
     fn overrides_become_defines() {
-        let spec = super::super::launch::split_spec(DType::BF16, 128);
+        let spec = super::super::launch::split_spec(DType::BF16, 128, false);
         assert_eq!(Tuning::default().apply(spec.clone()), spec);
         let tuned = Tuning {
             stages: Some(2),

@@ -41,11 +41,26 @@
 #error "f32 decode runs the SIMT kernel (decode/splitkv.hip)"
 #endif
 
+// The wide variant (RF_DECODE_WIDE=1, NVIDIA; the host picks it when the
+// call has fewer (sequence, KV head, row chunk) blocks than the GPU has
+// multiprocessors, so that splitting the keys makes the grid): 128-key
+// tiles two deep, one block per multiprocessor; at batch 1 and 16 on the
+// H100 it is 3-7 % faster than two 64-key blocks (docs/perf.md, decode4).
+// On AMD a 128-key stage does not fit a workgroup's 64 KB: the define
+// changes nothing there.
+#if !defined(RF_DECODE_WIDE) || defined(RF_HIP)
+#undef RF_DECODE_WIDE
+#define RF_DECODE_WIDE 0
+#endif
+
 // Each 16-byte K/V copy asks L2 for the 256 bytes around it (a whole K or V
 // row at head_dim 128): +1-2 % at batch 16 and 64 on the H100, no change
-// at batch 1 or for f32 (docs/perf.md, decode). ROCMFORGE_DECODE_TUNE=l2=N
-// overrides it (0 = no hint).
-#ifndef RF_DECODE_L2_PREFETCH
+// at batch 1 or for f32; the wide variant asks for 128 (-2 % of its time
+// at batch 1; docs/perf.md, decode). ROCMFORGE_DECODE_TUNE=l2=N overrides
+// it (0 = no hint).
+#if !defined(RF_DECODE_L2_PREFETCH) && RF_DECODE_WIDE
+#define RF_DECODE_L2_PREFETCH 128
+#elif !defined(RF_DECODE_L2_PREFETCH)
 #define RF_DECODE_L2_PREFETCH 256
 #endif
 #include "rf/decode_common.h"
@@ -54,16 +69,23 @@
 namespace rf_decode {
 
 constexpr int D = RF_HEAD_DIM;
-// Keys per tile: 64 (a K/V stage of 17 KB per 64 head-dim columns); 32 at
-// head_dim 256 on AMD, where a workgroup has 64 KB of LDS.
+// Keys per tile: 64 (a K/V stage of 17 KB per 64 head-dim columns), 128 in
+// the wide variant; 32 at head_dim 256 on AMD, where a workgroup has 64 KB
+// of LDS.
 #if defined(RF_DECODE_BN)
 constexpr int BN = RF_DECODE_BN;  // measurement override (ROCMFORGE_DECODE_TUNE)
 #elif defined(RF_HIP) && RF_HEAD_DIM > 128
 constexpr int BN = 32;
+#elif RF_DECODE_WIDE
+constexpr int BN = 128;
 #else
 constexpr int BN = 64;
 #endif
+#if defined(RF_DECODE_WARPS)
+constexpr int WARPS = RF_DECODE_WARPS;  // measurement override (ROCMFORGE_DECODE_TUNE)
+#else
 constexpr int WARPS = BN / 16 < 4 ? BN / 16 : 4;  // each warp takes 16 keys or more
+#endif
 constexpr int THREADS = WARPS * RF_WARP_SIZE;
 // The merge's partial loads: 16 splits issued before their FMAs (timing
 // equal to the interleaved loop on the H100, docs/perf.md).
@@ -81,7 +103,7 @@ constexpr int VEC = 16 / (int)sizeof(elem);
 constexpr int KW = BN / WARPS;    // keys per warp
 constexpr int NU = KW / 16;       // 16-key blocks per warp
 constexpr int DU = D / 16;        // 16-column blocks of the head dim
-static_assert(KW % 16 == 0 && RMAX == 16, "one 16-row tile, 16-key blocks per warp");
+static_assert(BN % WARPS == 0 && KW % 16 == 0 && RMAX == 16, "one 16-row tile, 16-key blocks per warp");
 
 // Rows padded by one 16-byte chunk (rf_flash::Tile): the 8 rows one
 // ldmatrix phase reads fall in 8 bank groups.
@@ -120,6 +142,8 @@ constexpr int SM_SHARED = 100 * 1024;
 // to STAGES_PREF) as leave room for two blocks per SM (1 KB each reserved).
 #if defined(RF_DECODE_STAGES)
 constexpr int STAGES = RF_DECODE_STAGES;
+#elif RF_DECODE_WIDE
+constexpr int STAGES = STAGES_PREF >= 2 ? 2 : 1;  // one block per SM; 3 measured slower (docs/perf.md, decode4)
 #else
 constexpr int STAGES = STAGES_PREF >= 3 && RF_TWO_FIT(3) ? 3 : STAGES_PREF >= 2 && RF_TWO_FIT(2) ? 2 : 1;
 #endif

@@ -64,6 +64,28 @@ fn decode_every_dtype_head_dim_and_mask() {
     assert_eq!(seed, 46);
 }
 
+/// At head_dim 128, f16/bf16 calls take the wide kernel when their
+/// (sequence, KV head) blocks are fewer than the multiprocessors and the
+/// plain one otherwise (backends/flash_decode/split.rs): both run here.
+#[test]
+#[ignore = "needs a GPU"]
+fn decode_both_16_bit_kernels_at_head_dim_128() {
+    use rocmforge::backends::flash_decode::split::wide;
+    let device = gpu();
+    let Device::Gpu(g) = &device else { unreachable!() };
+    let sms = g.info().multiprocessors as usize;
+    let kv_heads = 8;
+    let mut seed = 900;
+    for dtype in [DType::BF16, DType::F16] {
+        for batch in [1, sms.div_ceil(kv_heads)] {
+            assert_eq!(wide(batch, kv_heads, 1, sms), batch == 1, "batch {batch}, {sms} multiprocessors");
+            let p = AttentionProblem::new(batch, 1, 777, 32, kv_heads, 128, dtype).with_mask(Mask::Causal);
+            check(&p, &Inputs::random(&p, seed), &device);
+            seed += 1;
+        }
+    }
+}
+
 #[test]
 #[ignore = "needs a GPU"]
 fn decode_gqa_ratios_seq_q_and_lengths() {
