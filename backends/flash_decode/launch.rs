@@ -63,11 +63,11 @@ pub fn has_wide(dtype: DType, head_dim: usize) -> bool {
 /// Every specialization the backend may compile: one per dtype and head
 /// dim, and the wide variants.
 pub fn all_specs() -> Vec<KernelSpec> {
-    let plain = DType::ALL.into_iter().flat_map(|dtype| HEAD_DIMS.iter().map(move |&d| split_spec(dtype, d, false)));
-    let wide = DType::ALL.into_iter().flat_map(|dtype| {
-        WIDE_HEAD_DIMS.iter().filter(move |&&d| has_wide(dtype, d)).map(move |&d| split_spec(dtype, d, true))
-    });
-    plain.chain(wide).collect()
+    let variants = |dtype, d| [false, true].into_iter().filter(move |&wide| !wide || has_wide(dtype, d));
+    DType::ALL
+        .into_iter()
+        .flat_map(|dtype| HEAD_DIMS.iter().flat_map(move |&d| variants(dtype, d).map(move |w| split_spec(dtype, d, w))))
+        .collect()
 }
 
 /// Elements per 16-byte vector: every stride must be a multiple of it.
@@ -79,6 +79,11 @@ pub fn stride_multiple(dtype: DType) -> usize {
 /// times row chunks.
 const ROWS_PER_BLOCK: usize = 16;
 
+/// Blocks along the query rows of one KV head (group size × seq_q rows).
+fn row_chunks(p: &AttentionProblem) -> usize {
+    (p.group_size() * p.seq_q).div_ceil(ROWS_PER_BLOCK)
+}
+
 /// What the kernel cannot take: strides off the vector width, sizes past
 /// its grid or 32-bit indices, block sizes it has no shift for.
 pub fn layout_reasons(p: &AttentionProblem) -> Vec<Unsupported> {
@@ -89,7 +94,7 @@ pub fn layout_reasons(p: &AttentionProblem) -> Vec<Unsupported> {
             out.push(Unsupported::StrideMultiple { tensor: role, multiple });
         }
     }
-    let chunks = (p.group_size() * p.seq_q).div_ceil(ROWS_PER_BLOCK);
+    let chunks = row_chunks(p);
     let mut limits = vec![
         ("batch", p.batch, 65535),
         ("num_kv_heads x row chunks", p.num_kv_heads * chunks, 65535),
@@ -222,10 +227,9 @@ pub fn launch(
 ) -> Result<(), BackendError> {
     crate::backend::require_16_byte_aligned(backend, [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)])?;
     let tuning = tuning()?;
-    let row_chunks = (p.group_size() * p.seq_q).div_ceil(ROWS_PER_BLOCK);
     let sms = gpu.info().multiprocessors as usize;
     let wide = has_wide(p.dtype, p.head_dim)
-        && tuning.wide.unwrap_or_else(|| split::wide(p.batch, p.num_kv_heads, row_chunks, sms));
+        && tuning.wide.unwrap_or_else(|| split::wide(p.batch, p.num_kv_heads, row_chunks(p), sms));
     let Prepared { split: kernel, shape } = prepared(gpu, tuning, p.dtype, p.head_dim, wide)?;
     let (plan, workspace_bytes) = plan_for(gpu, tuning, p, &shape);
     let workspace = if workspace_bytes > 0 { Some(gpu.workspace(workspace_bytes)?) } else { None };

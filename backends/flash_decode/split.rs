@@ -76,8 +76,9 @@ pub fn plan(input: &SplitInput) -> SplitPlan {
 /// Whether a call takes the wide kernel (128-key tiles, one block per
 /// multiprocessor; launch.rs): when its (sequence, KV head, row chunk)
 /// blocks are fewer than the multiprocessors, so that the grid comes from
-/// splitting the keys. H100, bf16, 8 KV heads: faster at batch 1 to 16,
-/// slower at 32 and 64 (docs/perf.md, decode4).
+/// splitting the keys. H100, bf16, 8 KV heads: faster at batch 1, 8 and
+/// 16 (not at 1 × 1024 keys), equal at 4, slower at 32 and 64
+/// (docs/perf.md, decode4).
 pub fn wide(batch: usize, heads_kv: usize, row_chunks: usize, multiprocessors: usize) -> bool {
     batch.saturating_mul(heads_kv).saturating_mul(row_chunks) < multiprocessors
 }

@@ -21,7 +21,8 @@
 //! - `paged_runs=0`: paged copies look a pool block up per row instead of
 //!   once per run of rows (`RF_DECODE_PAGED_RUNS`);
 //! - `wide=0|1`: the f16/bf16 kernel's wide variant off or on for every
-//!   call instead of by the plan (`RF_DECODE_WIDE`, launch.rs);
+//!   call where it exists (head_dim 128), instead of by `split::wide`
+//!   (`RF_DECODE_WIDE`, launch.rs);
 //! - `warps=N`: warps per block of the f16/bf16 kernel (`RF_DECODE_WARPS`,
 //!   1 to 8; the tile's keys must split into 16 per warp).
 //!
