@@ -6,11 +6,14 @@ for f32, the only f32 kernel torch has for these shapes), plus the
 device-to-device copy bandwidth, all in one run on one GPU.
 
 GB/s = bytes of K and V read / time per call. Copy bandwidth = (bytes read
-+ bytes written) / time of a large tensor copy. Both sides cycle through
++ bytes written) / time of a large tensor copy. With --read-ceiling (the
+binary of scripts/read_ceiling.cu), also the fastest a plain read-only
+kernel reads each shape's K/V bytes, timed the same way: what any decode
+kernel at that shape can approach. Both sides cycle through
 enough K/V copies (>= 256 MiB) that no call finds its K/V in L2, and time
 back-to-back calls between two CUDA events (median of several runs).
 
-    python3 compare_decode.py --bench ./bench_decode [--json out.json]
+    python3 compare_decode.py --bench ./bench_decode [--read-ceiling ./read_ceiling] [--json out.json]
 """
 import argparse
 import json
@@ -54,6 +57,19 @@ def copy_bandwidth(repeats):
     return 2 * n / (ms * 1e-3) / 1e9
 
 
+def read_ceilings(binary, sizes):
+    """Bytes -> the best GB/s of the read-only kernel over its launch shapes."""
+    proc = subprocess.run([binary] + [str(n) for n in sorted(sizes)], capture_output=True, text=True)
+    if proc.returncode != 0:
+        sys.exit(f"{binary} failed:\n{proc.stderr}")
+    best = {}
+    for line in proc.stdout.splitlines():
+        if line.startswith("{"):
+            r = json.loads(line)
+            best[r["bytes"]] = max(best.get(r["bytes"], 0.0), r["gbps"])
+    return best
+
+
 def torch_decode(b, L, dtype, backend_name, calls, repeats):
     import torch
     import torch.nn.functional as F
@@ -86,6 +102,7 @@ def main():
     ap.add_argument("--bench", default="./bench_decode", help="the bench_decode example binary")
     ap.add_argument("--calls", type=int, default=50)
     ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--read-ceiling", help="the read_ceiling binary (scripts/read_ceiling.cu)")
     ap.add_argument("--json", help="write all measurements here")
     args = ap.parse_args()
     import torch
@@ -102,16 +119,23 @@ def main():
         sys.exit(f"{' '.join(cmd)} failed:\n{proc.stderr}")
     ours = [json.loads(line) for line in proc.stdout.splitlines() if line.startswith("{")]
 
+    kv_bytes = {(r["dtype"], r["batch"], r["seq_kv"]): r["kv_bytes"] for r in ours}
+    ceiling = read_ceilings(args.read_ceiling, set(kv_bytes.values())) if args.read_ceiling else {}
+    if ceiling:
+        print("read-only kernel, best GB/s: " + ", ".join(f"{n >> 20} MiB {g:.0f}" for n, g in sorted(ceiling.items())))
+
     rows = []
     for dtype, peer in [("bf16", "FLASH_ATTENTION"), ("f32", "MATH")]:
         for b, L in SHAPES:
             t = torch_decode(b, L, dtype, peer, args.calls, args.repeats)
             mine = {r["layout"]: r for r in ours if r["dtype"] == dtype and r["batch"] == b and r["seq_kv"] == L}
-            rows.append({"dtype": dtype, "batch": b, "seq_kv": L, "peer": peer, "torch": t, "ours": mine})
+            read = ceiling.get(kv_bytes.get((dtype, b, L)))
+            rows.append({"dtype": dtype, "batch": b, "seq_kv": L, "peer": peer, "torch": t, "ours": mine,
+                         "read_ceiling_gbps": read})
 
     print()
-    print("| dtype | b, L | torch | torch GB/s | ours contiguous GB/s | % of copy | x torch | strided GB/s | paged16 GB/s | paged / contiguous |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("| dtype | b, L | torch | torch GB/s | ours contiguous GB/s | % of copy | x torch | read ceiling GB/s | % of ceiling | strided GB/s | paged16 GB/s | paged / contiguous |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     def num(x, fmt="{:.0f}"):
         return fmt.format(x) if isinstance(x, (int, float)) else "n/a"
 
@@ -123,7 +147,9 @@ def main():
         pg = o.get("paged16", {}).get("gbps")
         cells = [r["dtype"], f"{r['batch']}, {r['seq_kv']}", r["peer"], num(tg) if tg else t.get("error", "n/a"),
                  num(cg), num(100 * cg / copy if cg else None, "{:.0f} %"),
-                 num(cg / tg if cg and tg else None, "{:.2f}"), num(sg), num(pg),
+                 num(cg / tg if cg and tg else None, "{:.2f}"), num(r["read_ceiling_gbps"]),
+                 num(100 * cg / r["read_ceiling_gbps"] if cg and r["read_ceiling_gbps"] else None, "{:.0f} %"),
+                 num(sg), num(pg),
                  num(pg / cg if pg and cg else None, "{:.2f}")]
         print("| " + " | ".join(cells) + " |")
     bad = [r for r in ours if r.get("nonfinite_out")]

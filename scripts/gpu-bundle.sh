@@ -44,7 +44,7 @@ cp "$decode" "$out/bench_decode"
 cpuflash=$(cargo build --release --example time_cpu_flash --message-format=json | executable_of time_cpu_flash)
 cp "$cpuflash" "$out/time_cpu_flash"
 cp scripts/gpu-run.sh "$out/run.sh"
-cp scripts/compare_torch.py scripts/compare_decode.py scripts/compare_torch_cpu.py "$out/"
+cp scripts/compare_torch.py scripts/compare_decode.py scripts/compare_torch_cpu.py scripts/read_ceiling.cu "$out/"
 chmod +x "$out/run.sh"
 strip "$out/rocmforge" "$out/suite" "$out/lib-tests" "$out/attention-bench" "$out/bench_decode" "$out/time_cpu_flash" 2>/dev/null || true
 

@@ -152,7 +152,13 @@ for step in "${steps[@]}"; do
         done
         ;;
     compare-decode)
-        run_step compare-decode python3 compare_decode.py --bench ./bench_decode --json "$out/compare-decode.json"
+        # The read-only ceiling (read_ceiling.cu) where nvcc is installed.
+        ceiling=()
+        if command -v nvcc >/dev/null && nvcc -O3 -arch=native -o "$out/read_ceiling" read_ceiling.cu; then
+            ceiling=(--read-ceiling "$out/read_ceiling")
+        fi
+        run_step compare-decode python3 compare_decode.py --bench ./bench_decode "${ceiling[@]}" \
+            --json "$out/compare-decode.json"
         ;;
     *) echo "unknown step $step" >&2; failed=1 ;;
     esac
