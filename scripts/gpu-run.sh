@@ -154,8 +154,9 @@ for step in "${steps[@]}"; do
     compare-decode)
         # The read-only ceiling (read_ceiling.cu) where nvcc is installed.
         ceiling=()
-        if command -v nvcc >/dev/null && nvcc -O3 -arch=native -o "$out/read_ceiling" read_ceiling.cu; then
-            ceiling=(--read-ceiling "$out/read_ceiling")
+        ceiling_bin="${TMPDIR:-/tmp}/rocmforge-read-ceiling"
+        if command -v nvcc >/dev/null && nvcc -O3 -arch=native -o "$ceiling_bin" read_ceiling.cu; then
+            ceiling=(--read-ceiling "$ceiling_bin")
         fi
         run_step compare-decode python3 compare_decode.py --bench ./bench_decode "${ceiling[@]}" \
             --json "$out/compare-decode.json"

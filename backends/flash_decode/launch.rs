@@ -228,7 +228,11 @@ pub fn launch(
     crate::backend::require_16_byte_aligned(backend, [("q", ptrs.q), ("k", ptrs.k), ("v", ptrs.v), ("out", ptrs.o)])?;
     let tuning = tuning()?;
     let sms = gpu.info().multiprocessors as usize;
-    let wide = has_wide(p.dtype, p.head_dim)
+    // On AMD the wide define changes nothing (rf_decode_split's 128-key
+    // stage would not fit 64 KB of LDS): taking it there would only compile
+    // the same kernel a second time.
+    let wide = gpu.vendor() == crate::device::Vendor::Nvidia
+        && has_wide(p.dtype, p.head_dim)
         && tuning.wide.unwrap_or_else(|| split::wide(p.batch, p.num_kv_heads, row_chunks(p), sms));
     let Prepared { split: kernel, shape } = prepared(gpu, tuning, p.dtype, p.head_dim, wide)?;
     let (plan, workspace_bytes) = plan_for(gpu, tuning, p, &shape);
