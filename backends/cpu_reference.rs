@@ -5,7 +5,8 @@
 use crate::backend::{AttentionBackend, BackendError, BackendRegistration, CheckedCall};
 use crate::capabilities::Capabilities;
 use crate::problem::{AttentionProblem, TensorRole};
-use crate::tensor::{HostData, Layout};
+use crate::tensor::{HostData, Layout, TensorError};
+use half::{bf16, f16};
 
 pub struct CpuReference;
 
@@ -28,32 +29,112 @@ impl AttentionBackend for CpuReference {
         Capabilities::cpu_unlimited("one row of seq_kv f64 scores")
     }
 
+    /// Row by row, straight into `out`: the working memory is one row of
+    /// `seq_kv` scores and one of `head_dim` values, allocated fallibly.
     fn run(&self, mut call: CheckedCall<'_>) -> Result<(), BackendError> {
+        const ON_GPU: &str = "a checked CPU call holds a GPU tensor";
         let p = call.problem();
         let (q, k, v) = (call.q(), call.k(), call.v());
-        let inputs = (q.host(), k.host(), v.host());
-        let (Some(qd), Some(kd), Some(vd)) = inputs else {
-            return Err(BackendError::Internal { backend: self.name(), what: "a checked CPU call holds a GPU tensor" });
+        let (Some(qd), Some(kd), Some(vd)) = (q.host(), k.host(), v.host()) else {
+            return Err(BackendError::Internal { backend: self.name(), what: ON_GPU });
         };
+        let widened = |t| Widened::new(t).ok_or(TensorError::HostAlloc { bytes: F16_TABLE_BYTES });
+        let (qd, kd, vd) = (widened(qd)?, widened(kd)?, widened(vd)?);
         let views = Views { q: *q.layout(), k: *k.layout(), v: *v.layout() };
-        let result = reference_attention_strided(p, (qd, kd, vd), &views);
+        let mut scores = zeros(p.seq_kv)?;
+        let mut values = zeros(p.head_dim)?;
         let out = call.out();
         let layout = *out.layout();
         let Some(host) = out.host_mut() else {
-            return Err(BackendError::Internal { backend: self.name(), what: "a checked CPU call holds a GPU tensor" });
+            return Err(BackendError::Internal { backend: self.name(), what: ON_GPU });
         };
-        let d = p.head_dim;
-        for (row, values) in result.chunks_exact(d).enumerate() {
-            let h = row % p.num_q_heads;
-            let s = (row / p.num_q_heads) % p.seq_q;
-            let b = row / (p.num_q_heads * p.seq_q);
-            let at = layout.row(b, s, h);
-            for (x, &value) in values.iter().enumerate() {
-                host.set_f32(at + x, value as f32);
+        for b in 0..p.batch {
+            for s in 0..p.seq_q {
+                for h in 0..p.num_q_heads {
+                    attend_row(p, (&qd, &kd, &vd), &views, (b, s, h), &mut scores, &mut values);
+                    let at = layout.row(b, s, h);
+                    for (x, &value) in values.iter().enumerate() {
+                        host.set_f32(at + x, value as f32);
+                    }
+                }
             }
         }
         Ok(())
     }
+}
+
+/// `len` zeros, or `TensorError::HostAlloc` where the host cannot hold them.
+fn zeros(len: usize) -> Result<Vec<f64>, TensorError> {
+    filled(len, 0.0).ok_or(TensorError::HostAlloc { bytes: len.saturating_mul(8) })
+}
+
+/// `len` copies of `value`, or `None` where the host cannot hold them.
+fn filled<T: Clone>(len: usize, value: T) -> Option<Vec<T>> {
+    let mut v = Vec::new();
+    v.try_reserve_exact(len).ok()?;
+    v.resize(len, value);
+    Some(v)
+}
+
+/// Read access to an input of the row kernel: element `i` widened to f32
+/// exactly, as `HostData::get_f32` does (a faster reader must give the same
+/// bits).
+pub trait Elements: Sync {
+    fn at(&self, i: usize) -> f32;
+}
+
+impl Elements for HostData {
+    #[inline]
+    fn at(&self, i: usize) -> f32 {
+        self.get_f32(i)
+    }
+}
+
+/// Bytes of the f16 table of `Widened`.
+pub const F16_TABLE_BYTES: usize = (1 << 16) * 4;
+
+/// An input as the row kernel reads it fastest. f16 goes through a table of
+/// all 65536 values (`f16::to_f32` of each: the same bits as converting each
+/// read, several times faster); f32 and bf16 are read directly.
+pub enum Widened<'a> {
+    F32(&'a [f32]),
+    F16(&'a [f16], &'static [f32]),
+    BF16(&'a [bf16]),
+}
+
+impl<'a> Widened<'a> {
+    /// `None` only where the f16 table (`F16_TABLE_BYTES`) cannot be allocated.
+    pub fn new(t: &'a HostData) -> Option<Widened<'a>> {
+        Some(match t {
+            HostData::F32(v) => Widened::F32(v),
+            HostData::F16(v) => Widened::F16(v, f16_table()?),
+            HostData::BF16(v) => Widened::BF16(v),
+        })
+    }
+}
+
+impl Elements for Widened<'_> {
+    #[inline]
+    fn at(&self, i: usize) -> f32 {
+        match *self {
+            Widened::F32(v) => v[i],
+            Widened::F16(v, table) => table[v[i].to_bits() as usize],
+            Widened::BF16(v) => v[i].to_f32(),
+        }
+    }
+}
+
+/// `f16::to_f32` of every f16, built once (fallibly).
+fn f16_table() -> Option<&'static [f32]> {
+    static TABLE: std::sync::OnceLock<Vec<f32>> = std::sync::OnceLock::new();
+    if let Some(table) = TABLE.get() {
+        return Some(table);
+    }
+    let mut table = filled(1 << 16, 0.0f32)?;
+    for (bits, x) in table.iter_mut().enumerate() {
+        *x = f16::from_bits(bits as u16).to_f32();
+    }
+    Some(TABLE.get_or_init(|| table))
 }
 
 /// Layouts of q, k and v for the strided reference.
@@ -73,52 +154,88 @@ pub fn reference_attention(p: &AttentionProblem, q: &HostData, k: &HostData, v: 
 
 fn reference_attention_strided(
     p: &AttentionProblem,
-    (q, k, v): (&HostData, &HostData, &HostData),
+    inputs: (&HostData, &HostData, &HostData),
     views: &Views,
 ) -> Vec<f64> {
     let (d, hq) = (p.head_dim, p.num_q_heads);
-    let group = p.group_size();
-    let scale = p.effective_scale() as f64;
-    let softcap = p.softcap.map(|c| c as f64);
     let mut out = vec![0.0f64; p.batch * p.seq_q * hq * d];
     let mut scores = vec![0.0f64; p.seq_kv];
     for b in 0..p.batch {
         for h in 0..hq {
-            let kvh = h / group;
             for i in 0..p.seq_q {
-                let (lo, hi) = p.mask.key_range(i, p.seq_q, p.seq_kv);
-                let q_off = views.q.row(b, i, h);
                 let o_off = ((b * p.seq_q + i) * hq + h) * d;
-                if lo >= hi {
-                    continue; // fully masked row: zeros
-                }
-                let mut max = f64::NEG_INFINITY;
-                for (j, score) in scores.iter_mut().enumerate().take(hi).skip(lo) {
-                    let k_off = views.k.row(b, j, kvh);
-                    let dot: f64 = (0..d).map(|x| q.get_f32(q_off + x) as f64 * k.get_f32(k_off + x) as f64).sum();
-                    let mut s = dot * scale;
-                    if let Some(c) = softcap {
-                        s = c * (s / c).tanh();
-                    }
-                    *score = s;
-                    max = max.max(s);
-                }
-                let mut sum = 0.0;
-                for s in &mut scores[lo..hi] {
-                    *s = (*s - max).exp();
-                    sum += *s;
-                }
-                for (j, score) in scores.iter().enumerate().take(hi).skip(lo) {
-                    let w = score / sum;
-                    let v_off = views.v.row(b, j, kvh);
-                    for x in 0..d {
-                        out[o_off + x] += w * v.get_f32(v_off + x) as f64;
-                    }
-                }
+                attend_row(p, inputs, views, (b, i, h), &mut scores, &mut out[o_off..o_off + d]);
             }
         }
     }
     out
+}
+
+/// Output row `[b, i, h, ..]` of the f64 reference, for contiguous
+/// `[batch, seq, heads, head_dim]` inputs in their own dtype (widened
+/// exactly, through `Elements`), with no buffer of its own: `scores` needs `p.seq_kv` elements
+/// (its contents are overwritten) and `out` holds `p.head_dim`. The same
+/// arithmetic in the same order as `reference_attention`, so the values are
+/// bit-identical to that row of its result.
+///
+/// # Panics
+/// If `scores` or `out` is too short, or an input is shorter than its
+/// contiguous shape.
+pub fn reference_row<E: Elements + ?Sized>(
+    p: &AttentionProblem,
+    inputs: (&E, &E, &E),
+    (b, i, h): (usize, usize, usize),
+    scores: &mut [f64],
+    out: &mut [f64],
+) {
+    let kv = [p.batch, p.seq_kv, p.num_kv_heads, p.head_dim];
+    let views = Views { q: Layout::contiguous(p.q_shape()), k: Layout::contiguous(kv), v: Layout::contiguous(kv) };
+    attend_row(p, inputs, &views, (b, i, h), scores, &mut out[..p.head_dim]);
+}
+
+/// One output row: softmax(q·kᵀ · scale, soft-capped) · v in f64, keys in
+/// order; a fully masked row is zeros. `out` is overwritten.
+fn attend_row<E: Elements + ?Sized>(
+    p: &AttentionProblem,
+    (q, k, v): (&E, &E, &E),
+    views: &Views,
+    (b, i, h): (usize, usize, usize),
+    scores: &mut [f64],
+    out: &mut [f64],
+) {
+    let d = p.head_dim;
+    let kvh = h / p.group_size();
+    let scale = p.effective_scale() as f64;
+    let softcap = p.softcap.map(|c| c as f64);
+    out.fill(0.0);
+    let (lo, hi) = p.mask.key_range(i, p.seq_q, p.seq_kv);
+    if lo >= hi {
+        return; // fully masked row: zeros
+    }
+    let q_off = views.q.row(b, i, h);
+    let mut max = f64::NEG_INFINITY;
+    for (j, score) in scores.iter_mut().enumerate().take(hi).skip(lo) {
+        let k_off = views.k.row(b, j, kvh);
+        let dot: f64 = (0..d).map(|x| q.at(q_off + x) as f64 * k.at(k_off + x) as f64).sum();
+        let mut s = dot * scale;
+        if let Some(c) = softcap {
+            s = c * (s / c).tanh();
+        }
+        *score = s;
+        max = max.max(s);
+    }
+    let mut sum = 0.0;
+    for s in &mut scores[lo..hi] {
+        *s = (*s - max).exp();
+        sum += *s;
+    }
+    for (j, score) in scores.iter().enumerate().take(hi).skip(lo) {
+        let w = score / sum;
+        let v_off = views.v.row(b, j, kvh);
+        for (x, o) in out.iter_mut().enumerate() {
+            *o += w * v.at(v_off + x) as f64;
+        }
+    }
 }
 
 #[cfg(test)]
@@ -126,6 +243,12 @@ mod tests {
     use super::*;
     use crate::dtype::DType;
     use crate::problem::Mask;
+
+    #[test]
+    fn f16_table_gives_the_bits_of_each_conversion() {
+        let table = f16_table().unwrap();
+        assert!((0..=u16::MAX).all(|b| table[b as usize].to_bits() == f16::from_bits(b).to_f32().to_bits()));
+    }
 
     #[test]
     fn single_key_returns_its_value() {

@@ -70,6 +70,10 @@ crate::kernel_params! {
 
 pub struct GpuUnfused {
     workspace_cap: usize,
+    /// Why `ROCMFORGE_UNFUSED_WORKSPACE_MIB` could not be used, if so:
+    /// every problem is then refused with it (a typo must not run with
+    /// the default cap unnoticed).
+    env_problem: Option<String>,
 }
 
 inventory::submit! { BackendRegistration { create: || Box::new(GpuUnfused::from_env()) } }
@@ -77,19 +81,32 @@ inventory::submit! { BackendRegistration { create: || Box::new(GpuUnfused::from_
 impl GpuUnfused {
     /// A backend whose score workspace never exceeds `cap_bytes`.
     pub fn with_workspace_cap(cap_bytes: usize) -> GpuUnfused {
-        GpuUnfused { workspace_cap: cap_bytes }
+        GpuUnfused { workspace_cap: cap_bytes, env_problem: None }
     }
 
     /// The cap from `ROCMFORGE_UNFUSED_WORKSPACE_MIB`, else 1 GiB. A value
-    /// that is not a positive integer is ignored (the default applies).
+    /// that is not a positive integer of MiB (that fits usize in bytes)
+    /// makes the backend refuse every problem, naming the variable.
     pub fn from_env() -> GpuUnfused {
-        let cap = std::env::var(WORKSPACE_ENV)
-            .ok()
-            .and_then(|v| v.trim().parse::<usize>().ok())
-            .filter(|&mib| mib > 0)
-            .and_then(|mib| mib.checked_mul(1 << 20))
-            .unwrap_or(DEFAULT_WORKSPACE_BYTES);
-        GpuUnfused::with_workspace_cap(cap)
+        GpuUnfused::from_env_value(std::env::var_os(WORKSPACE_ENV).as_deref())
+    }
+
+    /// `from_env` with the variable's value given (`None`: unset).
+    pub fn from_env_value(value: Option<&std::ffi::OsStr>) -> GpuUnfused {
+        let Some(value) = value else {
+            return GpuUnfused::with_workspace_cap(DEFAULT_WORKSPACE_BYTES);
+        };
+        let text = value.to_string_lossy();
+        match text.trim().parse::<usize>().ok().filter(|&mib| mib > 0).and_then(|mib| mib.checked_mul(1 << 20)) {
+            Some(cap) => GpuUnfused::with_workspace_cap(cap),
+            None => GpuUnfused {
+                workspace_cap: DEFAULT_WORKSPACE_BYTES,
+                env_problem: Some(format!(
+                    "`{}` is not a positive whole number of MiB (unset it for the default 1024)",
+                    crate::text::truncated(&text, 64)
+                )),
+            },
+        }
     }
 
     pub fn workspace_cap(&self) -> usize {
@@ -217,6 +234,9 @@ impl AttentionBackend for GpuUnfused {
 
     fn check(&self, p: &AttentionProblem, device: &Device) -> Vec<Unsupported> {
         let mut reasons = self.capabilities().reasons(p, device);
+        if let Some(problem) = &self.env_problem {
+            reasons.push(Unsupported::Environment { var: WORKSPACE_ENV, problem: problem.clone() });
+        }
         if heads_per_chunk(p, self.workspace_cap).is_none() {
             reasons.push(Unsupported::Workspace {
                 what: "one head's scores",
@@ -436,6 +456,23 @@ impl MaskGuard {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_bad_workspace_variable_refuses_every_problem_by_name() {
+        use std::ffi::OsStr;
+        assert_eq!(GpuUnfused::from_env_value(None).workspace_cap(), DEFAULT_WORKSPACE_BYTES);
+        let ok = GpuUnfused::from_env_value(Some(OsStr::new(" 64 ")));
+        assert_eq!((ok.workspace_cap(), ok.env_problem.is_none()), (64 << 20, true));
+        let p = AttentionProblem::new(1, 4, 4, 1, 1, 8, DType::F32);
+        for bad in ["abc", "0", "-1", "", "1e3", "99999999999999999999"] {
+            let b = GpuUnfused::from_env_value(Some(OsStr::new(bad)));
+            let reasons: Vec<String> = b.check(&p, &Device::Cpu).iter().map(|r| r.to_string()).collect();
+            assert!(
+                reasons.iter().any(|r| r.starts_with(WORKSPACE_ENV) && r.contains(&format!("`{bad}`"))),
+                "{bad:?}: {reasons:?}"
+            );
+        }
+    }
 
     fn covered(h0: usize, h1: usize, g: usize) -> Vec<(usize, usize, usize)> {
         // (query head, kv head, slot) triples the batches address.

@@ -210,6 +210,12 @@ pub enum Unsupported {
     NoGpu {
         why: String,
     },
+    /// An environment variable that configures the backend has a value it
+    /// cannot use (the backend refuses rather than guess).
+    Environment {
+        var: &'static str,
+        problem: String,
+    },
     /// The problem is invalid, so no backend can take it.
     InvalidProblem(ProblemError),
 }
@@ -247,6 +253,7 @@ impl fmt::Display for Unsupported {
                 write!(f, "paged block size {got} not in {{{}}}", join(supported.iter()))
             }
             Unsupported::NoGpu { why } => write!(f, "needs a GPU: {why}"),
+            Unsupported::Environment { var, problem } => write!(f, "{var}: {problem}"),
             Unsupported::InvalidProblem(why) => write!(f, "invalid problem: {why}"),
         }
     }

@@ -101,6 +101,14 @@ impl Registry {
         let chosen = self.choose(p, config);
         let device = match &chosen {
             Ok(c) => c.device.clone(),
+            // No device to consider (auto, every requested backend needs a
+            // GPU and there is none): the verdicts on the CPU, where each of
+            // them says why it cannot run; `chosen` keeps the whole error.
+            Err(_) if config.device == DeviceChoice::Auto => self
+                .candidates(p, config.device, &choice, source)
+                .ok()
+                .and_then(|c| c.into_iter().next())
+                .unwrap_or(Device::Cpu),
             Err(_) => self.candidates(p, config.device, &choice, source)?.into_iter().next().unwrap_or(Device::Cpu),
         };
         let chosen_name = chosen.as_ref().ok().map(|c| c.backend.name());
@@ -165,9 +173,18 @@ impl Registry {
             }
         }
         if out.is_empty() {
-            // Every listed backend needs a GPU and there is none.
-            let why = Device::gpu(0).err().unwrap_or(DeviceError::NoDevice("no GPU".into()));
-            return Err(SelectError::Device(why));
+            // Every listed backend needs a GPU and there is none: name them
+            // all, as a single forced name would be.
+            let why = Device::gpu(0).err().unwrap_or(DeviceError::NoDevice("no GPU".into())).to_string();
+            let rejected = match choice {
+                BackendChoice::Prefer(names) => names
+                    .iter()
+                    .filter_map(|n| self.get(n))
+                    .map(|b| (b.name(), vec![Unsupported::NoGpu { why: why.clone() }]))
+                    .collect(),
+                BackendChoice::Auto => vec![],
+            };
+            return Err(SelectError::ForcedUnsupported { problem: p.to_string(), source_: source, rejected });
         }
         Ok(out)
     }

@@ -3,12 +3,15 @@
 //! reporting the attention backends used for prefill and decode, why each
 //! sequence stopped, time to first token and decode tokens/s.
 
+use super::host_memory::{self, Item};
+use super::json::SCHEMA;
 use super::CliError;
 use rocmforge::device::Device;
 use rocmforge::dtype::DType;
+use rocmforge::model::kv_cache::BLOCK_SIZES;
 use rocmforge::model::{
-    generate_with, CacheKind, Decoder, DecoderOptions, GenerateOptions, GenerateRequest, Generation, Sampling,
-    ShapeClass, StopTokens,
+    generate_footprint, generate_with, CacheKind, Decoder, DecoderOptions, FootprintRequest, GenerateOptions,
+    GenerateRequest, Generation, ModelConfig, ModelError, Sampling, ShapeClass, StopTokens,
 };
 use rocmforge::registry::{AttentionConfig, BackendChoice};
 use rocmforge::selection::DeviceChoice;
@@ -44,8 +47,12 @@ pub enum CacheArg {
     the KV cache in place when the backend accepts strided tensors. Decoding is greedy unless \
     --temperature > 0: then each sequence draws from softmax(logits / T), cut by --top-k and \
     --top-p, with its own generator seeded by --seed and its index (same seed and model, same \
-    tokens). A sequence stops after --max-new tokens or at an EOS id (eos_token_id of \
+    tokens). A row of logits with nothing to pick (all NaN, as from broken weights) is an error, \
+    greedy or sampled. A sequence stops after --max-new tokens or at an EOS id (eos_token_id of \
     generation_config.json, else config.json; the EOS token is printed), unless --ignore-eos. \
+    The prompt + --max-new must fit in the model's max_position_embeddings (config.json). On the \
+    CPU, the KV cache (--batch × (prompt + --max-new) positions) and the activations (--batch × \
+    prompt tokens) are compared with the available memory before they are allocated. \
     Time to first token covers the prefill of every prompt and the first pick; tokens/s counts \
     the tokens after the first, over the whole batch.")]
 pub struct Args {
@@ -55,7 +62,8 @@ pub struct Args {
     /// Prompt token ids, comma-separated.
     #[arg(long, value_name = "ID,ID,..", value_delimiter = ',', required = true, num_args = 1..)]
     pub tokens: Vec<u32>,
-    /// Most tokens to generate per sequence (fewer when it stops at EOS).
+    /// Most tokens to generate per sequence (fewer when it stops at EOS); the
+    /// prompt + N must not exceed the model's max_position_embeddings.
     #[arg(long, visible_alias = "max-new-tokens", default_value_t = 32, value_name = "N",
         value_parser = clap::value_parser!(u32).range(1..))]
     pub max_new: u32,
@@ -87,9 +95,9 @@ pub struct Args {
     /// KV cache layout.
     #[arg(long, value_enum, default_value_t = CacheArg::Contiguous)]
     pub cache: CacheArg,
-    /// Tokens per block of the paged cache (16 or 32).
-    #[arg(long, default_value_t = 16, value_name = "N")]
-    pub block_size: usize,
+    /// Tokens per block of the paged cache: 16 or 32 [default: 16]; only with --cache paged.
+    #[arg(long, value_name = "N", value_parser = parse_block_size)]
+    pub block_size: Option<usize>,
     /// The model's dtype (weights and activations): f32, f16, bf16, or auto
     /// (the checkpoint's dtype on a GPU, f32 on the CPU). A 16-bit model
     /// rounds where transformers does; on the CPU that is emulated in f32.
@@ -102,9 +110,32 @@ pub struct Args {
     /// Sequences generated together (each with the same prompt).
     #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=4096))]
     pub batch: u32,
-    /// Print one JSON object instead of text.
+    /// Print one JSON document instead of text.
     #[arg(long)]
     pub json: bool,
+}
+
+/// `--block-size`: one of the paged cache's block sizes.
+fn parse_block_size(s: &str) -> Result<usize, String> {
+    let supported = BLOCK_SIZES.map(|b| b.to_string()).join(" or ");
+    match s.parse::<usize>() {
+        Ok(n) if BLOCK_SIZES.contains(&n) => Ok(n),
+        Ok(n) => Err(format!("block size {n} is not supported by the paged cache (supported: {supported})")),
+        Err(_) => Err(format!("'{s}' is not a block size (supported: {supported})")),
+    }
+}
+
+impl Args {
+    fn block_size(&self) -> usize {
+        self.block_size.unwrap_or(BLOCK_SIZES[0])
+    }
+
+    fn cache_kind(&self) -> CacheKind {
+        match self.cache {
+            CacheArg::Contiguous => CacheKind::Contiguous,
+            CacheArg::Paged => CacheKind::Paged { block_size: self.block_size() },
+        }
+    }
 }
 
 pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
@@ -116,29 +147,86 @@ pub fn execute(args: &Args, out: &mut dyn Write) -> Result<(), CliError> {
     let sampling = Sampling { temperature: args.temperature, top_k: args.top_k, top_p: args.top_p, seed: args.seed };
     // Checked before the model loads: a typo costs no load.
     sampling.validate().map_err(|e| CliError::Usage(sampling_usage(&e)))?;
+    if let (Some(n), CacheArg::Contiguous) = (args.block_size, args.cache) {
+        return Err(CliError::Usage(format!(
+            "--block-size {n} applies only to the paged cache: add --cache paged (the contiguous cache has no blocks)"
+        )));
+    }
+    check_positions(args, &ModelConfig::from_dir(&args.model).map_err(ModelError::from)?)?;
     let options = DecoderOptions { attention, kv_dtype: args.kv_dtype.0, dtype: args.dtype.0 };
     let mut decoder = Decoder::load(&args.model, options)?;
-    let eos = StopTokens::from_dir(&args.model).map_err(rocmforge::model::ModelError::from)?;
+    check_memory(args, &decoder)?;
+    let eos = StopTokens::from_dir(&args.model).map_err(ModelError::from)?;
     let generate_options =
         GenerateOptions { sampling, stop_tokens: if args.ignore_eos { Vec::new() } else { eos.ids.clone() } };
     let device = decoder.device().clone();
-    let cache = match args.cache {
-        CacheArg::Contiguous => CacheKind::Contiguous,
-        CacheArg::Paged => CacheKind::Paged { block_size: args.block_size },
-    };
     let request = GenerateRequest {
         prompts: vec![args.tokens.clone(); args.batch as usize],
         max_new: args.max_new as usize,
-        cache,
+        cache: args.cache_kind(),
     };
     let g = generate_with(&mut decoder, &request, &generate_options)?;
     let run = Run { args, decoder: &decoder, device: &device, g: &g, eos: &eos };
     if args.json {
-        writeln!(out, "{}", json_report(&run))?;
+        let doc = serde_json::to_string_pretty(&json_report(&run)).map_err(std::io::Error::other)?;
+        writeln!(out, "{doc}")?;
     } else {
         text_report(&run, out)?;
     }
     Ok(())
+}
+
+/// The prompt and --max-new must fit in the positions the model was trained
+/// for (checked from config.json, before the weights load).
+fn check_positions(args: &Args, config: &ModelConfig) -> Result<(), CliError> {
+    let (prompt, max_new, limit) = (args.tokens.len() as u64, args.max_new as u64, config.max_position_embeddings);
+    let total = prompt + max_new;
+    if total <= limit as u64 {
+        return Ok(());
+    }
+    let fix = match (limit as u64).checked_sub(prompt).filter(|&room| room > 0) {
+        Some(room) => format!("use --max-new {room} or less with this prompt"),
+        None => format!("the prompt alone needs {prompt} of them: shorten it to {} tokens or less", limit - 1),
+    };
+    Err(CliError::Usage(format!(
+        "prompt ({}) + --max-new ({max_new}) = {total} positions exceeds max_position_embeddings = {limit} in {}: {fix}",
+        tokens(prompt as usize),
+        args.model.join("config.json").display()
+    )))
+}
+
+/// On the CPU, what the generation will allocate (the KV cache, gathered
+/// keys and values, the prefill's activations, the logits) against the
+/// memory available now: the weights are loaded already, so they count
+/// there. On a GPU the cache and activations live in device memory, whose
+/// allocations fail with an error rather than abort.
+fn check_memory(args: &Args, decoder: &Decoder) -> Result<(), CliError> {
+    if !matches!(decoder.device(), Device::Cpu) {
+        return Ok(());
+    }
+    let request = FootprintRequest {
+        batch: args.batch as usize,
+        prompt: args.tokens.len(),
+        max_new: args.max_new as usize,
+        cache: args.cache_kind(),
+        kv_dtype: decoder.kv_dtype(),
+    };
+    let items = generate_footprint(decoder.config(), &request)
+        .into_iter()
+        .map(|i| Item { what: i.what.to_string(), bytes: i.bytes, formula: i.formula })
+        .collect();
+    let purpose =
+        format!("generate --batch {} --max-new {} with a {}-token prompt", args.batch, args.max_new, args.tokens.len());
+    Ok(host_memory::check(&purpose, items)?)
+}
+
+/// "1 token", "5 tokens".
+fn tokens(n: usize) -> String {
+    if n == 1 {
+        "1 token".into()
+    } else {
+        format!("{n} tokens")
+    }
 }
 
 /// The flag a sampling error is about, named as the user typed it.
@@ -148,7 +236,7 @@ fn sampling_usage(e: &rocmforge::model::SamplingError) -> String {
         E::Temperature(_) => "--temperature",
         E::TopK => "--top-k",
         E::TopP(_) => "--top-p",
-        E::NeedsTemperature | E::AllNaN => "--top-k/--top-p",
+        E::NeedsTemperature | E::AllNaN | E::NoFinite { .. } => "--top-k/--top-p",
     };
     format!("{flag}: {e}")
 }
@@ -212,7 +300,10 @@ fn describe_model(d: &Decoder) -> String {
 
 fn describe_device(device: &Device) -> String {
     match device {
-        Device::Cpu => format!("cpu ({} threads)", rayon::current_num_threads()),
+        Device::Cpu => match rayon::current_num_threads() {
+            1 => "cpu (1 thread)".into(),
+            n => format!("cpu ({n} threads)"),
+        },
         Device::Gpu(g) => format!("{} {} ({})", g.label(), g.info().name, g.info().arch),
     }
 }
@@ -220,7 +311,7 @@ fn describe_device(device: &Device) -> String {
 fn cache_label(args: &Args, d: &Decoder, g: &Generation) -> String {
     match args.cache {
         CacheArg::Contiguous => format!("{} ({})", g.cache, d.kv_dtype()),
-        CacheArg::Paged => format!("{} (blocks of {}, {})", g.cache, args.block_size, d.kv_dtype()),
+        CacheArg::Paged => format!("{} (blocks of {}, {})", g.cache, args.block_size(), d.kv_dtype()),
     }
 }
 
@@ -230,7 +321,7 @@ fn text_report(run: &Run<'_>, out: &mut dyn Write) -> Result<(), CliError> {
     writeln!(out, "device:   {}", describe_device(run.device))?;
     writeln!(out, "dtype:    {}", d.dtype())?;
     writeln!(out, "cache:    {}", cache_label(args, d, g))?;
-    writeln!(out, "prompt:   {} tokens × batch {}", args.tokens.len(), args.batch)?;
+    writeln!(out, "prompt:   {} × batch {}", tokens(args.tokens.len()), args.batch)?;
     writeln!(out, "sampling: {}", run.sampling_label())?;
     writeln!(out, "eos:      {}", run.eos_label())?;
     for (i, t) in g.tokens.iter().enumerate() {
@@ -240,7 +331,7 @@ fn text_report(run: &Run<'_>, out: &mut dyn Write) -> Result<(), CliError> {
     }
     for (i, (t, f)) in g.tokens.iter().zip(&g.finish).enumerate() {
         let who = if g.tokens.len() > 1 { format!("seq {i} ") } else { String::new() };
-        writeln!(out, "{:9} {who}stopped: {} after {} tokens", "", f.name(), t.len())?;
+        writeln!(out, "{:9} {who}stopped: {} after {}", "", f.name(), tokens(t.len()))?;
     }
     for (class, label) in [(ShapeClass::Prefill, "prefill:"), (ShapeClass::Decode, "decode:")] {
         for line in backend_lines(g, class) {
@@ -256,8 +347,8 @@ fn text_report(run: &Run<'_>, out: &mut dyn Write) -> Result<(), CliError> {
     match g.decode_tokens_per_second() {
         Some(tps) => writeln!(
             out,
-            "decode:   {} tokens in {:.3} ms = {tps:.1} tokens/s (batch {})",
-            g.decode_tokens,
+            "decode:   {} in {:.3} ms = {tps:.1} tokens/s (batch {})",
+            tokens(g.decode_tokens),
             g.decode_seconds * 1e3,
             args.batch
         )?,
@@ -288,11 +379,13 @@ fn json_report(run: &Run<'_>) -> serde_json::Value {
         })
     };
     serde_json::json!({
+        "schema": SCHEMA,
+        "command": "generate",
         "model": args.model.display().to_string(),
         "family": d.config().family.model_type(),
         "device": device.label(),
         "cache": g.cache,
-        "block_size": matches!(args.cache, CacheArg::Paged).then_some(args.block_size),
+        "block_size": matches!(args.cache, CacheArg::Paged).then_some(args.block_size()),
         "dtype": d.dtype().name(),
         "kv_dtype": d.kv_dtype().name(),
         "batch": args.batch,
@@ -303,7 +396,10 @@ fn json_report(run: &Run<'_>) -> serde_json::Value {
             "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.seed,
             "greedy": args.temperature == 0.0,
         },
-        "eos_token_ids": if args.ignore_eos { Vec::new() } else { run.eos.ids.clone() },
+        // The model's EOS ids, even with --ignore-eos; stop_token_ids are those that ended sequences.
+        "eos_token_ids": run.eos.ids,
+        "ignore_eos": args.ignore_eos,
+        "stop_token_ids": if args.ignore_eos { &[][..] } else { &run.eos.ids[..] },
         "prefill": class(ShapeClass::Prefill),
         "decode": class(ShapeClass::Decode),
         "time_to_first_token_ms": g.time_to_first_token * 1e3,

@@ -40,20 +40,10 @@ fn list(items: &[Item]) -> String {
     items.iter().map(|i| format!("{} {} = {}", i.what, human(i.bytes), i.formula)).collect::<Vec<_>>().join("; ")
 }
 
-/// Bytes in binary units, e.g. "1.5 GiB".
+/// Bytes in binary units, e.g. "1.5 GiB" (the library's wording, so the
+/// CLI's checks and the model's allocation errors read alike).
 pub fn human(bytes: u128) -> String {
-    const UNITS: [&str; 7] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
-    let mut value = bytes as f64;
-    let mut unit = 0;
-    while value >= 1024.0 && unit + 1 < UNITS.len() {
-        value /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 {
-        format!("{bytes} bytes")
-    } else {
-        format!("{value:.1} {}", UNITS[unit])
-    }
+    rocmforge::model::alloc::human_bytes(bytes)
 }
 
 /// Memory the kernel says it can give us now (MemAvailable + SwapFree), or

@@ -37,6 +37,12 @@ pub fn device(d: &Device) -> Value {
     }
 }
 
+/// The document a `--json` command prints when it fails before writing
+/// its own: `{"schema", "command", "error"}`.
+pub fn error(command: &str, message: &str) -> Value {
+    json!({"schema": SCHEMA, "command": command, "error": message})
+}
+
 /// Writes `doc` pretty-printed, with a trailing newline.
 pub fn write(out: &mut dyn std::io::Write, doc: &Value) -> Result<(), super::CliError> {
     writeln!(out, "{}", serde_json::to_string_pretty(doc).map_err(std::io::Error::other)?)?;

@@ -6,18 +6,17 @@
 //! once, as invalid), check `--out`, select the device and backend, check
 //! that the host memory exists, and only then allocate and compute.
 
-use super::host_memory::{self, Item};
+use super::host_memory::{self, HostMemoryError, Item};
 use super::problem_args::ShapeArgs;
 use super::select::{reason_label, source_label, SelectArgs};
 use super::timed::{time_forward, MAX_REPEATS, MAX_WARMUP};
 use super::{inputs, json, CliError, ThreadArgs};
-use rocmforge::compare::{against_reference, Report, REL_FLOOR};
+use rocmforge::compare::{try_against_reference, CompareError, Plan, Report, REL_FLOOR};
 use rocmforge::device::Device;
 use rocmforge::io::{check_writable, read_tensor, write_tensor, HostTensor};
 use rocmforge::problem::AttentionProblem;
 use rocmforge::stats::Stats;
 use rocmforge::tensor::Tensor;
-use rocmforge::DType;
 use serde_json::json;
 use std::io::Write;
 use std::path::PathBuf;
@@ -244,7 +243,8 @@ fn timing_json(stats: &Stats, warmup: u32, device_events: bool) -> serde_json::V
 }
 
 /// Compares with the oracle, printing progress on stderr when the
-/// reference will take a while (it is naive f64 loops).
+/// reference will take a while (it is naive f64 loops). The output is
+/// already on the host (`measure` downloads it), and is read in place.
 fn check(
     p: &AttentionProblem,
     (q, k, v): (&Tensor, &Tensor, &Tensor),
@@ -253,12 +253,14 @@ fn check(
     out: &mut dyn Write,
 ) -> Result<Report, CliError> {
     fn host(t: &Tensor) -> Result<&rocmforge::HostData, CliError> {
-        t.host().ok_or_else(|| CliError::Usage("inputs are expected on the host".into()))
+        t.host().ok_or_else(|| CliError::Usage("--check: q, k, v and the output are expected on the host".into()))
     }
-    let got = output.download()?;
     let t = Instant::now();
     let progress = Progress::new(p);
-    let report = against_reference(p, (host(q)?, host(k)?, host(v)?), &got, &|done, total| progress.tick(done, total));
+    let report = try_against_reference(p, (host(q)?, host(k)?, host(v)?), host(output)?, &|done, total| {
+        progress.tick(done, total)
+    })
+    .map_err(check_error)?;
     if !json {
         writeln!(
             out,
@@ -271,6 +273,17 @@ fn check(
         }
     }
     Ok(report)
+}
+
+/// A reference buffer the host could not give becomes the same error as
+/// an input the host could not give.
+fn check_error(e: CompareError) -> CliError {
+    match e {
+        CompareError::AllocFailed { what, bytes } => {
+            HostMemoryError::AllocFailed { what: format!("{what} (--check)"), bytes }.into()
+        }
+        other => CliError::Usage(format!("--check: {other}")),
+    }
 }
 
 fn check_json(r: &Report) -> serde_json::Value {
@@ -293,10 +306,13 @@ fn check_json(r: &Report) -> serde_json::Value {
 /// about 20 s, and must not look like a hang).
 const PROGRESS_FLOPS: f64 = 5e7;
 
-/// Progress lines on stderr, at most one a second.
+/// Progress lines on stderr, at most one a second, in output rows (the
+/// reference's units are a few rows each, so lines come about once a second
+/// whatever the number of (batch, kv-head) groups).
 struct Progress {
     start: Instant,
-    last: std::sync::Mutex<Instant>,
+    /// When the last line was printed, and the rows it reported.
+    last: std::sync::Mutex<(Instant, usize)>,
     enabled: bool,
 }
 
@@ -304,24 +320,27 @@ impl Progress {
     fn new(p: &AttentionProblem) -> Progress {
         let enabled = p.flops() > PROGRESS_FLOPS;
         if enabled {
+            let threads = Plan::new(p, rayon::current_num_threads()).threads;
             eprintln!(
-                "check: computing the f64 reference ({:.1} GFLOP on {} threads); progress every second",
+                "check: computing the f64 reference ({:.1} GFLOP on {threads} thread{}); progress every second",
                 p.flops() / 1e9,
-                rayon::current_num_threads()
+                if threads == 1 { "" } else { "s" }
             );
         }
-        Progress { start: Instant::now(), last: std::sync::Mutex::new(Instant::now()), enabled }
+        Progress { start: Instant::now(), last: std::sync::Mutex::new((Instant::now(), 0)), enabled }
     }
 
+    /// Units finish out of order: a count below the one already printed
+    /// is not printed.
     fn tick(&self, done: usize, total: usize) {
         if !self.enabled {
             return;
         }
         let Ok(mut last) = self.last.lock() else { return };
-        if last.elapsed().as_secs_f64() >= 1.0 || done == total {
-            *last = Instant::now();
+        if done > last.1 && (last.0.elapsed().as_secs_f64() >= 1.0 || done == total) {
+            *last = (Instant::now(), done);
             eprintln!(
-                "check: reference {done} of {total} (batch, kv-head) groups, {:.0} %, {:.1} s",
+                "check: reference {done} of {total} rows, {:.0} %, {:.1} s",
                 100.0 * done as f64 / total.max(1) as f64,
                 self.start.elapsed().as_secs_f64()
             );
@@ -338,14 +357,17 @@ fn device_description(device: &Device) -> String {
 
 /// Host memory this run allocates: inputs (unless already read from files),
 /// the output, the backend's own (where known), and for `--check` the
-/// reference's per-group buffers.
+/// reference's buffers.
 fn memory_items(p: &AttentionProblem, backend: &str, inputs_read: bool, check: bool) -> Vec<Item> {
     let mut items = Vec::new();
     // Backends do not declare their host working memory yet; cpu-reference's
-    // is large (its f64 result), so it is counted here by name.
+    // (one row of f64 scores and one of values) is counted here by name.
     if backend == "cpu-reference" {
-        let f32_out = Item::tensor("cpu-reference's f64 result", p.out_shape(), DType::F32);
-        items.push(Item { bytes: f32_out.bytes * 2, formula: format!("{} × 2 (f64)", f32_out.formula), ..f32_out });
+        items.push(Item {
+            what: "cpu-reference's f64 row".into(),
+            bytes: Plan::bytes_per_thread(p),
+            formula: format!("({} + {}) × 8 bytes", p.seq_kv, p.head_dim),
+        });
     }
     if !inputs_read {
         items.push(Item::tensor("q", p.q_shape(), p.dtype));
@@ -354,16 +376,23 @@ fn memory_items(p: &AttentionProblem, backend: &str, inputs_read: bool, check: b
     }
     items.push(Item::tensor("output", p.out_shape(), p.dtype));
     if check {
-        // Per thread: one (batch, kv-head) group's q gathered as f32, its f64
-        // reference, and k, v gathered as f32 (compare::against_reference).
-        let threads = rayon::current_num_threads() as u128;
-        let (rows, kv) = ((p.seq_q * p.group_size()) as u128, p.seq_kv as u128);
-        let d = p.head_dim as u128;
-        let bytes = threads.saturating_mul(rows * d * 12 + kv * d * 8);
-        let formula = format!("{threads} threads × ({rows} × {d} × 12 + {kv} × {d} × 8) bytes");
-        items.push(Item { what: "--check reference".into(), bytes, formula });
+        items.push(check_item(p, rayon::current_num_threads()));
     }
     items
+}
+
+/// The `--check` reference's buffers: each busy thread holds a row of
+/// seq_kv f64 scores and one output row (compare::try_against_reference);
+/// busy threads are min(threads, work units).
+fn check_item(p: &AttentionProblem, threads: usize) -> Item {
+    let plan = Plan::new(p, threads);
+    let busy = plan.threads as u128;
+    let (kv, d) = (p.seq_kv, p.head_dim);
+    Item {
+        what: "--check reference".into(),
+        bytes: busy.saturating_mul(Plan::bytes_per_thread(p)),
+        formula: format!("min({threads} threads, {} work units) × ({kv} + {d}) × 8 bytes", plan.units),
+    }
 }
 
 /// The problem, and its inputs when they come from files.
@@ -388,4 +417,30 @@ fn random_inputs(p: &AttentionProblem, seed: u64) -> Result<Inputs, CliError> {
         inputs::random(p.kv_shape(), p.dtype, seed.wrapping_add(1), "k")?,
         inputs::random(p.kv_shape(), p.dtype, seed.wrapping_add(2), "v")?,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rocmforge::DType;
+
+    #[test]
+    fn check_item_counts_only_threads_that_have_work() {
+        // One (batch, kv-head) group of 4 rows: 4 busy threads of 8, not 8.
+        let p = AttentionProblem::new(1, 1, 1000, 4, 1, 24, DType::F32);
+        let item = check_item(&p, 8);
+        assert_eq!(item.bytes, 4 * (1000 + 24) * 8);
+        assert_eq!(item.formula, "min(8 threads, 4 work units) × (1000 + 24) × 8 bytes");
+        // Many rows: every thread is busy.
+        let p = AttentionProblem::new(2, 512, 512, 8, 2, 64, DType::F16);
+        assert_eq!(check_item(&p, 3).bytes, 3 * (512 + 64) * 8);
+    }
+
+    #[test]
+    fn reference_allocation_failure_reads_like_an_input_one() {
+        let e = check_error(CompareError::AllocFailed { what: "the f64 reference's scores", bytes: 3 << 29 });
+        assert_eq!(e.to_string(), "cannot allocate 1.5 GiB of host memory for the f64 reference's scores (--check)");
+        let e = check_error(CompareError::Length { tensor: "out", got: 1, expected: 2, shape: [1, 1, 1, 2] });
+        assert!(e.to_string().starts_with("--check: tensor out has 1 elements"), "{e}");
+    }
 }

@@ -26,6 +26,15 @@ pub struct SelectArgs {
 
 impl SelectArgs {
     pub fn config(&self) -> Result<AttentionConfig, CliError> {
+        // `--backend "$B"` with B unset must not mean auto (and override
+        // the environment variable) without a word.
+        if self.backend.as_deref().is_some_and(|b| b.trim().is_empty()) {
+            return Err(CliError::Usage(
+                "--backend is empty; expected auto, a backend name, or a comma-separated list \
+                 (leave the flag out to use ROCMFORGE_ATTENTION_BACKEND or auto)"
+                    .to_string(),
+            ));
+        }
         Ok(AttentionConfig {
             backend: self.backend.as_deref().map(BackendChoice::parse).transpose()?,
             device: self.device,

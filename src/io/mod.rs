@@ -9,6 +9,7 @@
 //! Errors name the file and what is wrong; no input makes this module panic.
 
 mod npy;
+mod safetensors_header;
 mod safetensors_io;
 
 use crate::dtype::DType;
@@ -16,6 +17,9 @@ use crate::tensor::{HostData, Tensor, TensorError};
 use std::path::{Path, PathBuf};
 
 pub use npy::{decode_npy, encode_npy, npy_descr};
+pub use safetensors_header::{
+    check_safetensors, crate_error_text, HeaderEntry, SafetensorsError, SafetensorsHeader, MAX_HEADER_LEN,
+};
 pub use safetensors_io::{decode_safetensors, encode_safetensors};
 
 /// File formats this module reads and writes.
@@ -53,8 +57,6 @@ pub enum IoErrorKind {
     Malformed { offset: usize, expected: String, found: String },
     #[error("bad header: {0}")]
     BadHeader(String),
-    #[error("tensor name '{0}' appears more than once in the header")]
-    DuplicateName(String),
     #[error("unsupported dtype {got}: expected {expected}")]
     UnsupportedDType { got: String, expected: &'static str },
     #[error("bf16 cannot be stored in .npy (NumPy has no bfloat16 dtype); use a .safetensors file")]
@@ -73,8 +75,18 @@ pub enum IoErrorKind {
     Empty,
     #[error("cannot allocate {bytes} bytes of host memory for {what}")]
     OutOfMemory { what: &'static str, bytes: usize },
+    /// A `.safetensors` file whose header or layout is wrong (boxed: it
+    /// carries names and shapes, and errors stay small).
+    #[error(transparent)]
+    Safetensors(Box<SafetensorsError>),
     #[error(transparent)]
     Tensor(#[from] TensorError),
+}
+
+impl From<SafetensorsError> for IoErrorKind {
+    fn from(e: SafetensorsError) -> IoErrorKind {
+        IoErrorKind::Safetensors(Box::new(e))
+    }
 }
 
 /// A file error: the file and what is wrong with it.

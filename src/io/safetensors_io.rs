@@ -2,21 +2,22 @@
 //! A file holding one tensor is read whatever its name; a file holding
 //! several must contain the requested name.
 //!
-//! Validation is the crate's (offsets, sizes, dtypes, header limits), plus
-//! what the crate lets through: a header that does not start with `{` (the
-//! format requires it) and a tensor name given twice (the crate keeps the
-//! last one silently).
+//! The header is first read and checked by [`check_safetensors`] (length,
+//! JSON, each entry, offsets against shapes and the file length, duplicate
+//! names), so failures are sentences naming the tensor and the numbers;
+//! the crate then parses the file, and its errors, should any remain, are
+//! put in words too.
 
+use super::safetensors_header::{check_safetensors, crate_error_text};
 use super::{check_len, four_d, host_from_le, host_to_le, HostTensor, IoErrorKind};
 use crate::dtype::DType;
 use crate::tensor::HostData;
-use safetensors::{Dtype, SafeTensorError, SafeTensors};
+use safetensors::{Dtype, SafeTensors};
 
 /// Parses a whole `.safetensors` file and picks one tensor (see module docs).
 pub fn decode_safetensors(bytes: &[u8], name: Option<&str>) -> Result<HostTensor, IoErrorKind> {
-    precheck(bytes)?;
-    let file = SafeTensors::deserialize(bytes).map_err(|e| map_error(e, bytes))?;
-    reject_duplicate_names(bytes)?;
+    let header = check_safetensors(bytes)?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| crate_error_text(&e))?;
     let mut names: Vec<String> = file.names().into_iter().cloned().collect();
     names.sort();
     let chosen = match (names.as_slice(), name) {
@@ -32,7 +33,7 @@ pub fn decode_safetensors(bytes: &[u8], name: Option<&str>) -> Result<HostTensor
             return Err(IoErrorKind::Ambiguous { count: names.len(), names: listed, wanted });
         }
     };
-    let view = file.tensor(&chosen).map_err(|e| map_error(e, bytes))?;
+    let view = file.tensor(&chosen).map_err(|e| crate_error_text(&e))?;
     let dtype = match view.dtype() {
         Dtype::F32 => DType::F32,
         Dtype::F16 => DType::F16,
@@ -45,110 +46,10 @@ pub fn decode_safetensors(bytes: &[u8], name: Option<&str>) -> Result<HostTensor
         }
     };
     let shape = four_d(view.shape())?;
-    let offset = data_start(bytes).unwrap_or(0);
+    let start = header.tensors.iter().find(|t| t.name == chosen).map_or(0, |t| t.data_offsets[0]);
+    let offset = usize::try_from(header.data_start + start).unwrap_or(usize::MAX);
     check_len(view.shape(), dtype, view.data(), offset)?;
     Ok(HostTensor { shape, data: host_from_le(dtype, view.data())? })
-}
-
-/// Catches the cases the crate reports vaguely: a file too short for its
-/// header, and a file that is not safetensors at all.
-fn precheck(bytes: &[u8]) -> Result<(), IoErrorKind> {
-    let Some(len_field) = bytes.get(..8) else {
-        return Err(IoErrorKind::Truncated(format!("{} bytes, shorter than the 8-byte header length", bytes.len())));
-    };
-    let mut n = [0u8; 8];
-    n.copy_from_slice(len_field);
-    let header_len = u64::from_le_bytes(n);
-    match bytes.get(8) {
-        Some(b'{') => {}
-        Some(_) => {
-            return Err(IoErrorKind::BadMagic {
-                format: ".safetensors",
-                why: "the header does not start with '{'".into(),
-            })
-        }
-        None => return Err(IoErrorKind::Truncated("file ends before the JSON header".into())),
-    }
-    if header_len > (bytes.len() - 8) as u64 {
-        return Err(IoErrorKind::Truncated(format!(
-            "header says {header_len} bytes, file has {} after the length field",
-            bytes.len() - 8
-        )));
-    }
-    Ok(())
-}
-
-fn map_error(e: SafeTensorError, bytes: &[u8]) -> IoErrorKind {
-    match e {
-        SafeTensorError::HeaderTooSmall | SafeTensorError::InvalidHeaderLength => IoErrorKind::Truncated(e.to_string()),
-        SafeTensorError::MetadataIncompleteBuffer => {
-            let end = data_end(bytes);
-            match end {
-                Some(end) if end > bytes.len() => {
-                    IoErrorKind::Truncated(format!("tensor data ends at byte {end}, file has {} bytes", bytes.len()))
-                }
-                _ => IoErrorKind::BadHeader("tensor data does not match the header's offsets".into()),
-            }
-        }
-        other => IoErrorKind::BadHeader(super::shorten(&other.to_string())),
-    }
-}
-
-/// The top-level keys of the JSON header, in file order, duplicates kept.
-struct HeaderKeys(Vec<String>);
-
-impl<'de> serde::Deserialize<'de> for HeaderKeys {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct Keys;
-        impl<'de> serde::de::Visitor<'de> for Keys {
-            type Value = Vec<String>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Vec<String>, A::Error> {
-                let mut keys = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    map.next_value::<serde::de::IgnoredAny>()?;
-                    keys.push(key);
-                }
-                Ok(keys)
-            }
-        }
-        d.deserialize_map(Keys).map(HeaderKeys)
-    }
-}
-
-/// Called after the crate accepted the file, so the header is valid JSON.
-fn reject_duplicate_names(bytes: &[u8]) -> Result<(), IoErrorKind> {
-    let end = data_start(bytes).ok_or_else(|| IoErrorKind::BadHeader("header length out of range".into()))?;
-    let HeaderKeys(mut keys) = serde_json::from_slice(&bytes[8..end])
-        .map_err(|e| IoErrorKind::BadHeader(format!("header JSON: {}", super::shorten(&e.to_string()))))?;
-    keys.sort_unstable();
-    match keys.windows(2).find(|w| w[0] == w[1]) {
-        Some(pair) => Err(IoErrorKind::DuplicateName(super::shorten(&pair[0]))),
-        None => Ok(()),
-    }
-}
-
-/// File offset of the first data byte (8 + header length), if in range.
-fn data_start(bytes: &[u8]) -> Option<usize> {
-    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let end = n.checked_add(8)?;
-    (end <= bytes.len()).then_some(end)
-}
-
-/// File offset where the header says the tensor data ends.
-fn data_end(bytes: &[u8]) -> Option<usize> {
-    let n = usize::try_from(u64::from_le_bytes(bytes.get(..8)?.try_into().ok()?)).ok()?;
-    let header: serde_json::Value = serde_json::from_slice(bytes.get(8..8 + n)?).ok()?;
-    let max = header
-        .as_object()?
-        .iter()
-        .filter(|(k, _)| k.as_str() != "__metadata__")
-        .filter_map(|(_, v)| v.get("data_offsets")?.get(1)?.as_u64())
-        .max()
-        .unwrap_or(0);
-    (8 + n).checked_add(usize::try_from(max).ok()?)
 }
 
 /// Serializes one tensor named `name`.
@@ -173,6 +74,14 @@ mod tests {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(data);
         out
+    }
+
+    /// The header error `decode_safetensors` gives for `bytes`.
+    fn st_err(bytes: &[u8]) -> super::super::SafetensorsError {
+        match decode_safetensors(bytes, None) {
+            Err(IoErrorKind::Safetensors(e)) => *e,
+            other => panic!("not a header error: {other:?}"),
+        }
     }
 
     #[test]
@@ -203,15 +112,15 @@ mod tests {
 
     #[test]
     fn truncated_and_bad_magic() {
+        use super::super::SafetensorsError as E;
         let good = encode_safetensors("x", [1, 1, 2, 2], &HostData::F32(vec![1.0; 4])).unwrap();
-        for cut in [0, 5, 8, 12, good.len() - 1] {
-            let err = decode_safetensors(&good[..cut], None).unwrap_err();
-            assert!(matches!(err, IoErrorKind::Truncated(_)), "cut {cut}: {err}");
+        assert_eq!(st_err(&good[..5]), E::NoLengthField { file_len: 5 });
+        for cut in [8, 12] {
+            assert!(matches!(st_err(&good[..cut]), E::HeaderPastEnd { .. }), "cut {cut}");
         }
-        let err = decode_safetensors(b"\x93NUMPY\x01\x00garbage-garbage", None).unwrap_err();
-        assert!(matches!(err, IoErrorKind::BadMagic { .. }), "{err}");
-        let err = decode_safetensors(&raw("{not json}", &[]), None).unwrap_err();
-        assert!(matches!(err, IoErrorKind::BadHeader(_)), "{err}");
+        assert!(matches!(st_err(&good[..good.len() - 1]), E::Truncated { tensor, .. } if tensor == "x"));
+        assert!(matches!(st_err(b"\x93NUMPY\x01\x00garbage-garbage"), E::NotAnObject { .. }));
+        assert!(matches!(st_err(&raw("{not json}", &[])), E::Json { at: 9, .. }));
     }
 
     #[test]
@@ -227,21 +136,22 @@ mod tests {
 
     #[test]
     fn duplicate_names_and_header_start_are_rejected() {
+        use super::super::SafetensorsError as E;
+        let st = |h: &str, data: &[u8]| st_err(&raw(h, data));
         // Same name twice with the same offsets: the crate alone accepts it.
         let h = r#"{"x":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[0,4]},"x":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[0,4]}}"#;
-        let err = decode_safetensors(&raw(h, &[0; 4]), None).unwrap_err();
-        assert!(matches!(&err, IoErrorKind::DuplicateName(n) if n == "x"), "{err}");
+        assert_eq!(st(h, &[0; 4]), E::DuplicateName("x".into()));
         // The format requires the header to start with '{'.
         let h = r#" {"x":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[0,4]}}"#;
-        assert!(matches!(decode_safetensors(&raw(h, &[0; 4]), None), Err(IoErrorKind::BadMagic { .. })));
+        assert!(matches!(st(h, &[0; 4]), E::NotAnObject { .. }));
         // Offsets that leave a gap, and bytes past the last tensor.
         let h = r#"{"x":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[4,8]}}"#;
-        assert!(decode_safetensors(&raw(h, &[0; 8]), None).is_err());
+        assert!(matches!(st(h, &[0; 8]), E::Gap { gap_start: 0, previous: None, .. }));
         let h = r#"{"x":{"dtype":"F32","shape":[1,1,1,1],"data_offsets":[0,4]}}"#;
-        assert!(decode_safetensors(&raw(h, &[0; 8]), None).is_err());
+        assert!(matches!(st(h, &[0; 8]), E::Trailing { extra: 4, .. }));
         // A shape whose byte count overflows.
         let h = r#"{"x":{"dtype":"F32","shape":[4294967296,4294967296,4,1],"data_offsets":[0,4]}}"#;
-        assert!(decode_safetensors(&raw(h, &[0; 4]), None).is_err());
+        assert!(matches!(st(h, &[0; 4]), E::SizeOverflow { .. }));
     }
 
     #[test]

@@ -8,7 +8,10 @@
 //! JSON type or outside what the decoder implements is an error naming the
 //! field, so a model never loads with a silently different meaning.
 
-use serde_json::{Map, Value};
+mod fields;
+
+use fields::Fields;
+use serde_json::Value;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -160,6 +163,9 @@ pub enum ConfigError {
     NotAnObject,
     #[error("missing field `{field}`")]
     Missing { field: String },
+    /// A required field written as `null`.
+    #[error("field `{field}` is null, expected {expected}")]
+    Null { field: String, expected: &'static str },
     #[error("field `{field}` must be {expected}, got {got}")]
     WrongType { field: String, expected: &'static str, got: String },
     #[error("field `{field}` = {value} is not supported (supported: {supported})")]
@@ -176,116 +182,12 @@ impl ConfigError {
     pub fn field(&self) -> Option<&str> {
         match self {
             ConfigError::Missing { field }
+            | ConfigError::Null { field, .. }
             | ConfigError::WrongType { field, .. }
             | ConfigError::Unsupported { field, .. }
             | ConfigError::Invalid { field, .. } => Some(field),
             ConfigError::InFile { source, .. } => source.field(),
             _ => None,
-        }
-    }
-}
-
-/// Typed access to one JSON object, with errors naming `prefix.key`.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    prefix: &'a str,
-}
-
-impl<'a> Fields<'a> {
-    fn path(&self, key: &str) -> String {
-        if self.prefix.is_empty() {
-            key.to_string()
-        } else {
-            format!("{}.{key}", self.prefix)
-        }
-    }
-
-    /// The value, with JSON `null` treated as absent (transformers writes
-    /// `null` for unset optional fields).
-    fn get(&self, key: &str) -> Option<&'a Value> {
-        self.obj.get(key).filter(|v| !v.is_null())
-    }
-
-    fn wrong(&self, key: &str, expected: &'static str, got: &Value) -> ConfigError {
-        ConfigError::WrongType { field: self.path(key), expected, got: got.to_string() }
-    }
-
-    fn opt_usize(&self, key: &str) -> Result<Option<usize>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .and_then(|n| usize::try_from(n).ok())
-                .map(Some)
-                .ok_or_else(|| self.wrong(key, "a non-negative integer", v)),
-        }
-    }
-
-    fn usize(&self, key: &str) -> Result<usize, ConfigError> {
-        self.opt_usize(key)?.ok_or_else(|| ConfigError::Missing { field: self.path(key) })
-    }
-
-    /// A positive integer (sizes, counts).
-    fn positive(&self, key: &str) -> Result<usize, ConfigError> {
-        let n = self.usize(key)?;
-        self.check_positive(key, n)
-    }
-
-    fn check_positive(&self, key: &str, n: usize) -> Result<usize, ConfigError> {
-        if n == 0 {
-            return Err(ConfigError::Invalid {
-                field: self.path(key),
-                value: "0".into(),
-                why: "must be at least 1".into(),
-            });
-        }
-        Ok(n)
-    }
-
-    fn opt_f64(&self, key: &str) -> Result<Option<f64>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => {
-                v.as_f64().filter(|x| x.is_finite()).map(Some).ok_or_else(|| self.wrong(key, "a finite number", v))
-            }
-        }
-    }
-
-    fn f64(&self, key: &str) -> Result<f64, ConfigError> {
-        self.opt_f64(key)?.ok_or_else(|| ConfigError::Missing { field: self.path(key) })
-    }
-
-    /// A finite number greater than zero.
-    fn positive_f64(&self, key: &str) -> Result<f64, ConfigError> {
-        let x = self.f64(key)?;
-        if x <= 0.0 {
-            return Err(ConfigError::Invalid {
-                field: self.path(key),
-                value: x.to_string(),
-                why: "must be > 0".into(),
-            });
-        }
-        Ok(x)
-    }
-
-    fn opt_bool(&self, key: &str) -> Result<Option<bool>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_bool().map(Some).ok_or_else(|| self.wrong(key, "true or false", v)),
-        }
-    }
-
-    fn opt_str(&self, key: &str) -> Result<Option<&'a str>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_str().map(Some).ok_or_else(|| self.wrong(key, "a string", v)),
-        }
-    }
-
-    fn opt_object(&self, key: &str) -> Result<Option<&'a Map<String, Value>>, ConfigError> {
-        match self.get(key) {
-            None => Ok(None),
-            Some(v) => v.as_object().map(Some).ok_or_else(|| self.wrong(key, "an object", v)),
         }
     }
 }
@@ -322,7 +224,7 @@ impl ModelConfig {
         let num_kv_heads = match (f.opt_usize("num_key_value_heads")?, family) {
             (Some(n), _) => f.check_positive("num_key_value_heads", n)?,
             (None, Family::Llama) => num_heads,
-            (None, _) => return Err(ConfigError::Missing { field: "num_key_value_heads".into() }),
+            (None, _) => return Err(f.missing("num_key_value_heads", "a positive integer")),
         };
         if num_heads % num_kv_heads != 0 {
             return Err(ConfigError::Invalid {
@@ -333,7 +235,7 @@ impl ModelConfig {
         }
         let head_dim = match f.opt_usize("head_dim")? {
             Some(d) => f.check_positive("head_dim", d)?,
-            None if family.fused_gate_up() => return Err(ConfigError::Missing { field: "head_dim".into() }),
+            None if family.fused_gate_up() => return Err(f.missing("head_dim", "a positive integer")),
             None if hidden_size % num_heads == 0 => hidden_size / num_heads,
             None => {
                 return Err(ConfigError::Invalid {
@@ -344,7 +246,7 @@ impl ModelConfig {
             }
         };
         let rms_norm_eps = f.positive_f64("rms_norm_eps")?;
-        let rope = rope(&f, family, head_dim)?;
+        let rope = rope(&f, family, (head_dim, f.get("head_dim").is_some()))?;
         let layer_windows = layer_windows(&f, family, num_layers)?;
         // Qwen2 hard-codes q/k/v biases; the GLM families default them on.
         let qkv_bias = match family {
@@ -403,7 +305,7 @@ fn family(f: &Fields<'_>) -> Result<Family, ConfigError> {
     }
     // Some hand-written configs name only the architecture.
     let archs = match f.get("architectures") {
-        None => return Err(ConfigError::Missing { field: "model_type".into() }),
+        None => return Err(f.missing("model_type", "a string")),
         Some(Value::Array(a)) => a,
         Some(v) => return Err(f.wrong("architectures", "a list of strings", v)),
     };
@@ -419,7 +321,9 @@ fn family(f: &Fields<'_>) -> Result<Family, ConfigError> {
 /// Reads theta, scaling and the rotary fraction from either the 4.x fields
 /// (`rope_theta`, `rope_scaling`, `partial_rotary_factor`) or the 5.x
 /// `rope_parameters` object, which takes precedence when present.
-fn rope(f: &Fields<'_>, family: Family, head_dim: usize) -> Result<RopeConfig, ConfigError> {
+/// `head_dim_given`: whether `head_dim` is in the file (else it is
+/// `hidden_size / num_attention_heads`).
+fn rope(f: &Fields<'_>, family: Family, (head_dim, head_dim_given): (usize, bool)) -> Result<RopeConfig, ConfigError> {
     let params = match f.opt_object("rope_parameters")? {
         Some(obj) => {
             // Models with per-layer-type RoPE nest one object per layer type.
@@ -446,16 +350,17 @@ fn rope(f: &Fields<'_>, family: Family, head_dim: usize) -> Result<RopeConfig, C
         Some(p) => scaling(p)?,
     };
     let partial_key = "partial_rotary_factor";
+    // `None`: not in the file; GLM configs default to half the head rotating, as transformers does.
     let (factor, factor_field) = match params.as_ref().map(|p| p.opt_f64(partial_key)).transpose()?.flatten() {
-        Some(x) => (x, format!("rope_parameters.{partial_key}")),
-        // GLM configs default to half the head rotating, as transformers does.
-        None => {
-            (f.opt_f64(partial_key)?.unwrap_or(if family.fused_gate_up() { 0.5 } else { 1.0 }), partial_key.to_string())
-        }
+        Some(x) => (x, Some(format!("rope_parameters.{partial_key}"))),
+        None => match f.opt_f64(partial_key)? {
+            Some(x) => (x, Some(partial_key.to_string())),
+            None => (if family.fused_gate_up() { 0.5 } else { 1.0 }, None),
+        },
     };
     if !(factor > 0.0 && factor <= 1.0) {
         return Err(ConfigError::Invalid {
-            field: factor_field,
+            field: factor_field.unwrap_or_else(|| partial_key.into()),
             value: factor.to_string(),
             why: "must be in (0, 1]".into(),
         });
@@ -463,13 +368,43 @@ fn rope(f: &Fields<'_>, family: Family, head_dim: usize) -> Result<RopeConfig, C
     // transformers truncates: int(head_dim * partial_rotary_factor).
     let rotary_dim = (head_dim as f64 * factor) as usize;
     if rotary_dim == 0 || !rotary_dim.is_multiple_of(2) {
-        return Err(ConfigError::Invalid {
-            field: factor_field,
-            value: factor.to_string(),
-            why: format!("gives {rotary_dim} rotary dimensions of head_dim {head_dim}; must be even and at least 2"),
-        });
+        return Err(odd_rotary(factor_field, factor, (head_dim, head_dim_given), rotary_dim, family));
     }
     Ok(RopeConfig { theta, scaling, style: family.rope_style(), rotary_dim })
+}
+
+/// The error for `head_dim × partial_rotary_factor` = `rotary_dim` rotary
+/// dimensions (odd or 0): it names the factor when the file sets it (the
+/// combination), else `head_dim` (the factor is a default the user never wrote).
+fn odd_rotary(
+    factor_field: Option<String>,
+    factor: f64,
+    (head_dim, head_dim_given): (usize, bool),
+    rotary_dim: usize,
+    family: Family,
+) -> ConfigError {
+    let rule = "rotary embeddings need an even number of dimensions, at least 2";
+    match factor_field {
+        Some(field) => ConfigError::Invalid {
+            field,
+            value: factor.to_string(),
+            why: format!("with head_dim {head_dim} gives {rotary_dim} rotary dimensions; {rule}"),
+        },
+        None => {
+            let origin =
+                if head_dim_given { "" } else { " (hidden_size / num_attention_heads: no head_dim in the file)" };
+            let default = if factor == 1.0 {
+                "with no partial_rotary_factor in the file, every dimension rotates".to_string()
+            } else {
+                format!("with no partial_rotary_factor in the file, {family} rotates {factor} of them: {rotary_dim}")
+            };
+            ConfigError::Invalid {
+                field: "head_dim".into(),
+                value: head_dim.to_string(),
+                why: format!("{rule}{origin}; {default}"),
+            }
+        }
+    }
 }
 
 fn scaling(p: &Fields<'_>) -> Result<RopeScaling, ConfigError> {
@@ -480,7 +415,7 @@ fn scaling(p: &Fields<'_>) -> Result<RopeScaling, ConfigError> {
             Some(k) => ("type", k),
             // transformers 5.x fills in "default" when rope_parameters has no type.
             None if p.prefix == "rope_parameters" => ("rope_type", "default"),
-            None => return Err(ConfigError::Missing { field: p.path("rope_type") }),
+            None => return Err(p.missing("rope_type", "a string")),
         },
     };
     match kind {

@@ -5,6 +5,7 @@
 //! device, the KV cache lives there too, and attention runs through the
 //! backend selected for that device.
 
+use super::alloc::try_with_capacity;
 use super::config::ModelConfig;
 use super::dispatch::{AttentionChoice, ShapeClass};
 use super::engine::Engine;
@@ -288,12 +289,18 @@ impl Decoder {
     /// Like [`Decoder::forward`] with [`LogitsFor::Last`], but returns each
     /// step's greedy next token (argmax of its last logits row, the first on
     /// ties). On a GPU the argmax runs there and only the ids come back: the
-    /// one host synchronization of a decode step.
+    /// one host synchronization of a decode step. A step whose logits have
+    /// nothing above -inf (all NaN, say) is [`ModelError::Greedy`] naming
+    /// the step's index.
     pub fn next_tokens(&mut self, cache: &mut dyn KvCache, steps: &[Step<'_>]) -> Result<Vec<u32>, ModelError> {
         let start = Instant::now();
         let (logits, _, order) = self.logits(cache, steps, LogitsFor::Last)?;
         let issued = Instant::now();
-        let ids = self.engine.argmax(&logits)?;
+        let ids = self.engine.argmax(&logits).map_err(|e| match e {
+            // Rows are in span order; the caller knows steps.
+            ModelError::Greedy { seq, source } => ModelError::Greedy { seq: order[seq], source },
+            e => e,
+        })?;
         self.timing.issue += issued - start;
         self.timing.wait += issued.elapsed();
         self.timing.calls += 1;
@@ -338,8 +345,12 @@ impl Decoder {
             )));
         }
         let (spans, order) = self.prepare(cache, steps)?;
-        let ids: Vec<u32> = order.iter().flat_map(|&i| steps[i].tokens.iter().copied()).collect();
-        let positions: Vec<usize> = spans.iter().flat_map(|s| s.start..s.start + s.len).collect();
+        // Fallible: a prefill's token count is the request's.
+        let tokens: usize = spans.iter().map(|s| s.len).sum();
+        let mut ids = try_with_capacity(tokens, || format!("the token ids of {tokens} tokens"))?;
+        ids.extend(order.iter().flat_map(|&i| steps[i].tokens.iter().copied()));
+        let mut positions = try_with_capacity(tokens, || format!("the positions of {tokens} tokens"))?;
+        positions.extend(spans.iter().flat_map(|s| s.start..s.start + s.len));
         let h = self.blocks_forward(&ids, positions, &spans, cache)?;
         for s in &spans {
             cache.commit(s.seq, s.len)?;

@@ -1,6 +1,7 @@
 //! The model layer's error type: each layer of the stack keeps its own
 //! typed error as the source.
 
+use super::alloc::AllocError;
 use super::config::ConfigError;
 use super::kv_cache::KvCacheError;
 use super::rope::RopeError;
@@ -35,6 +36,22 @@ pub enum ModelError {
     Token { token: u32, position: usize, vocab_size: usize },
     #[error("sampling{}: {source}", seq.map(|i| format!(" (sequence {i})")).unwrap_or_default())]
     Sampling { seq: Option<usize>, source: SamplingError },
+    /// Greedy decoding found no token to pick in a row of logits
+    /// ([`super::greedy_token`]). `seq` is the row of the logits matrix in
+    /// `Engine::argmax`, the step's index in `Decoder::next_tokens`, and the
+    /// sequence's index in the batch in `generate`.
+    #[error("greedy decoding (sequence {seq}): {source}")]
+    Greedy { seq: usize, source: SamplingError },
+    /// The prompt and the tokens to generate need more positions than the
+    /// model was trained for.
+    #[error(
+        "prompt ({prompt} tokens) + max_new ({max_new}) = {} positions exceeds the model's \
+         max_position_embeddings ({max_positions})",
+        *prompt as u128 + *max_new as u128
+    )]
+    Context { prompt: usize, max_new: usize, max_positions: usize },
     #[error("{0}")]
     Request(String),
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
 }

@@ -107,7 +107,10 @@ fn pick(
     (sampling, rngs, indices): (&Sampling, &mut [Pcg32], &[usize]),
 ) -> Result<Vec<u32>, ModelError> {
     if sampling.is_greedy() {
-        return decoder.next_tokens(cache, steps);
+        return decoder.next_tokens(cache, steps).map_err(|e| match e {
+            ModelError::Greedy { seq, source } => ModelError::Greedy { seq: indices[seq], source },
+            e => e,
+        });
     }
     let rows = decoder.last_logits(cache, steps)?;
     rows.iter()
@@ -119,7 +122,11 @@ fn pick(
 }
 
 /// Generation of up to `request.max_new` tokens for every prompt, picked
-/// and stopped as `options` say.
+/// and stopped as `options` say. The longest prompt + `max_new` must not
+/// exceed the model's `max_position_embeddings` ([`ModelError::Context`]);
+/// greedy decoding stops with [`ModelError::Greedy`] when a sequence's
+/// logits have nothing above -inf (a model whose activations became NaN),
+/// as sampling does with [`ModelError::Sampling`].
 pub fn generate_with(
     decoder: &mut Decoder,
     request: &GenerateRequest,
@@ -134,9 +141,9 @@ pub fn generate_with(
     let sampling = &options.sampling;
     sampling.validate().map_err(|source| ModelError::Sampling { seq: None, source })?;
     let longest = request.prompts.iter().map(Vec::len).max().unwrap_or(0);
-    let capacity = longest
-        .checked_add(request.max_new)
-        .ok_or_else(|| ModelError::Request("prompt length + max_new overflows".into()))?;
+    let max_positions = decoder.config().max_position_embeddings;
+    let capacity = longest.checked_add(request.max_new).filter(|&n| n <= max_positions);
+    let capacity = capacity.ok_or(ModelError::Context { prompt: longest, max_new: request.max_new, max_positions })?;
     let mut cache = decoder.new_cache(request.cache, request.prompts.len(), capacity)?;
     let seqs: Vec<SeqId> = request.prompts.iter().map(|_| cache.add_sequence()).collect::<Result<_, _>>()?;
     let mut rngs: Vec<Pcg32> = (0..seqs.len()).map(|i| sampling.rng_for(i)).collect();

@@ -11,13 +11,16 @@
 //!   with [`dispatch`] choosing and caching its backend per shape class.
 //! - [`decoder`]: embeddings, norms, MLP, LM head; [`generate`]: greedy or
 //!   sampled generation ([`sampling`]) with timing, stopping at the model's
-//!   EOS ids ([`stop_tokens`]).
+//!   EOS ids ([`stop_tokens`]); [`footprint`]: what a generation will
+//!   allocate, counted before it does; [`alloc`]: fallible host allocations.
 
+pub mod alloc;
 pub mod config;
 pub mod decoder;
 pub mod dispatch;
 pub mod engine;
 pub mod error;
+pub mod footprint;
 pub mod generate;
 pub mod kv_cache;
 pub mod layer;
@@ -28,13 +31,15 @@ pub mod sampling;
 pub mod stop_tokens;
 pub mod weights;
 
+pub use alloc::AllocError;
 pub use config::{ConfigError, Family, ModelConfig, RopeScaling, RopeStyle};
 pub use decoder::{model_dtype, CacheKind, Decoder, DecoderOptions, LogitsFor, Step, StepTiming};
 pub use dispatch::{AttentionChoice, ShapeClass};
 pub use error::ModelError;
+pub use footprint::{generate_footprint, FootprintItem, FootprintRequest};
 pub use generate::{generate, generate_with, FinishReason, GenerateOptions, GenerateRequest, Generation};
 pub use kv_cache::{CacheShape, ContiguousCache, KvCache, KvCacheError, PagedCache, SeqId};
 pub use rope::{Positions, Rope, RopeError};
-pub use sampling::{Sampling, SamplingError};
+pub use sampling::{greedy_token, Sampling, SamplingError};
 pub use stop_tokens::StopTokens;
 pub use weights::{ModelWeights, WeightsError};

@@ -4,6 +4,7 @@
 //! `[out, in]` as stored by `nn.Linear`, so every output element is a dot
 //! product of two contiguous rows.
 
+use super::alloc::{try_filled, AllocError};
 use rayon::prelude::*;
 
 /// Output features handled per parallel task.
@@ -13,17 +14,26 @@ const FEATURES_PER_TASK: usize = 16;
 const PARALLEL_MIN_WORK: usize = 1 << 18;
 
 /// `y = x Wᵀ + b`: `x` is `[tokens, in_features]`, `weight` is
-/// `[out_features, in_features]`; returns `[tokens, out_features]`.
-pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out_features: usize, in_features: usize) -> Vec<f32> {
+/// `[out_features, in_features]`; returns `[tokens, out_features]`. Its two
+/// `tokens × out_features` buffers are allocated fallibly.
+pub fn linear(
+    x: &[f32],
+    weight: &[f32],
+    bias: Option<&[f32]>,
+    out_features: usize,
+    in_features: usize,
+) -> Result<Vec<f32>, AllocError> {
     debug_assert_eq!(weight.len(), out_features * in_features);
-    let tokens = x.len() / in_features;
-    if tokens == 0 {
-        return Vec::new();
+    let tokens = x.len() / in_features.max(1);
+    if tokens == 0 || out_features == 0 {
+        return Ok(Vec::new());
     }
+    let what = || format!("the output of a linear layer ({tokens} tokens × {out_features} features × 4 bytes)");
+    let len = tokens.checked_mul(out_features).ok_or_else(|| AllocError { what: what(), bytes: u64::MAX })?;
     // Computed feature-major (each task owns a block of output features for
     // every token, so a weight row is read once per call), then transposed
     // to token-major.
-    let mut by_feature = vec![0.0f32; out_features * tokens];
+    let mut by_feature = try_filled(len, 0.0f32, what)?;
     let block = |(chunk, out): (usize, &mut [f32])| {
         let first = chunk * FEATURES_PER_TASK;
         for (j, out_row) in out.chunks_exact_mut(tokens).enumerate() {
@@ -36,18 +46,18 @@ pub fn linear(x: &[f32], weight: &[f32], bias: Option<&[f32]>, out_features: usi
         }
     };
     let chunks = FEATURES_PER_TASK * tokens;
-    if out_features * in_features * tokens >= PARALLEL_MIN_WORK {
+    if out_features.saturating_mul(in_features).saturating_mul(tokens) >= PARALLEL_MIN_WORK {
         by_feature.par_chunks_mut(chunks).enumerate().for_each(block);
     } else {
         by_feature.chunks_mut(chunks).enumerate().for_each(block);
     }
-    let mut y = vec![0.0f32; tokens * out_features];
+    let mut y = try_filled(len, 0.0f32, what)?;
     for (o, col) in by_feature.chunks_exact(tokens).enumerate() {
         for (t, &val) in col.iter().enumerate() {
             y[t * out_features + o] = val;
         }
     }
-    y
+    Ok(y)
 }
 
 /// Dot product with eight independent f32 accumulators (vectorises, and
@@ -72,15 +82,15 @@ pub fn dot(a: &[f32], b: &[f32]) -> f32 {
 
 /// RMSNorm of each row of `x` (width `weight.len()`), scaled by `weight`:
 /// `x / sqrt(mean(x²) + eps) * weight`. The mean square is accumulated in f64.
-pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Vec<f32> {
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f64) -> Result<Vec<f32>, AllocError> {
     rms_norm_rounded(x, weight, eps, |v| v)
 }
 
 /// [`rms_norm`] with `round` applied where a 16-bit transformers model
 /// rounds: to the normalized row, and to its product with the weight.
-pub fn rms_norm_rounded(x: &[f32], weight: &[f32], eps: f64, round: fn(f32) -> f32) -> Vec<f32> {
+pub fn rms_norm_rounded(x: &[f32], weight: &[f32], eps: f64, round: fn(f32) -> f32) -> Result<Vec<f32>, AllocError> {
     let width = weight.len();
-    let mut out = vec![0.0f32; x.len()];
+    let mut out = try_filled(x.len(), 0.0f32, || format!("an RMSNorm output ({} values × 4 bytes)", x.len()))?;
     for (row, o) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
         let mean_sq = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / width as f64;
         let inv = 1.0 / (mean_sq + eps).sqrt();
@@ -88,17 +98,20 @@ pub fn rms_norm_rounded(x: &[f32], weight: &[f32], eps: f64, round: fn(f32) -> f
             *o = round(round((v as f64 * inv) as f32) * w);
         }
     }
-    out
+    Ok(out)
 }
 
 /// `silu(gate) * up`, elementwise.
-pub fn swiglu(gate: &[f32], up: &[f32]) -> Vec<f32> {
+pub fn swiglu(gate: &[f32], up: &[f32]) -> Result<Vec<f32>, AllocError> {
     swiglu_rounded(gate, up, |v| v)
 }
 
 /// [`swiglu`] with `round` applied to the activation and to the product.
-pub fn swiglu_rounded(gate: &[f32], up: &[f32], round: fn(f32) -> f32) -> Vec<f32> {
-    gate.iter().zip(up).map(|(&g, &u)| round(round(g / (1.0 + (-g).exp())) * u)).collect()
+pub fn swiglu_rounded(gate: &[f32], up: &[f32], round: fn(f32) -> f32) -> Result<Vec<f32>, AllocError> {
+    let n = gate.len().min(up.len());
+    let mut out = super::alloc::try_with_capacity(n, || format!("a SwiGLU output ({n} values × 4 bytes)"))?;
+    out.extend(gate.iter().zip(up).map(|(&g, &u)| round(round(g / (1.0 + (-g).exp())) * u)));
+    Ok(out)
 }
 
 /// Adds `delta` to `x` elementwise.
@@ -107,7 +120,8 @@ pub fn add_in_place(x: &mut [f32], delta: &[f32]) {
 }
 
 /// Index of the largest value; the first one on ties, as `torch.argmax`.
-/// NaN never wins.
+/// NaN never wins, but a row of NaN gives its last index: greedy decoding
+/// goes through [`super::sampling::greedy_token`], which refuses such rows.
 pub fn argmax(row: &[f32]) -> usize {
     let mut best = 0;
     for (i, &v) in row.iter().enumerate() {
@@ -133,7 +147,7 @@ mod tests {
         for (tokens, inp, out) in [(1, 7, 3), (5, 64, 40), (3, 33, 17)] {
             let (x, w, b) = (random(tokens * inp, 1), random(out * inp, 2), random(out, 3));
             for bias in [None, Some(b.clone())] {
-                let y = linear(&x, &w, bias.as_deref(), out, inp);
+                let y = linear(&x, &w, bias.as_deref(), out, inp).unwrap();
                 assert_eq!(y.len(), tokens * out);
                 for t in 0..tokens {
                     for o in 0..out {
@@ -148,13 +162,13 @@ mod tests {
 
     #[test]
     fn rms_norm_and_swiglu_by_hand() {
-        let y = rms_norm(&[3.0, 4.0, 0.0, 0.0], &[1.0, 2.0], 0.0);
+        let y = rms_norm(&[3.0, 4.0, 0.0, 0.0], &[1.0, 2.0], 0.0).unwrap();
         let r = (12.5f64).sqrt() as f32;
         assert_eq!(y[..2], [3.0 / r, 8.0 / r]);
         // An all-zero row stays zero thanks to eps.
-        let y = rms_norm(&[0.0, 0.0], &[1.0, 1.0], 1e-6);
+        let y = rms_norm(&[0.0, 0.0], &[1.0, 1.0], 1e-6).unwrap();
         assert_eq!(y, vec![0.0, 0.0]);
-        let s = swiglu(&[0.0, 2.0], &[5.0, 3.0]);
+        let s = swiglu(&[0.0, 2.0], &[5.0, 3.0]).unwrap();
         assert_eq!(s[0], 0.0);
         assert!((s[1] - 2.0 / (1.0 + (-2.0f32).exp()) * 3.0).abs() < 1e-6);
     }

@@ -23,6 +23,8 @@ pub enum RopeError {
     Positions { stream: &'static str, got: usize, tokens: usize },
     #[error("this rope uses {expected} position stream(s), the call passed {got}")]
     Streams { expected: usize, got: usize },
+    #[error(transparent)]
+    Alloc(#[from] super::alloc::AllocError),
 }
 
 /// Position ids of the tokens being rotated, one per token (per stream).
@@ -189,7 +191,8 @@ impl Rope {
             (Positions::TwoD { .. }, false) => return Err(RopeError::Streams { expected: 1, got: 2 }),
         };
         let tokens = streams[0].len();
-        let mut table = Vec::with_capacity(tokens * streams.len() * self.inv_freq.len() * 2);
+        let n = tokens.saturating_mul(streams.len() * self.inv_freq.len() * 2);
+        let mut table = super::alloc::try_with_capacity(n, || format!("a cos/sin table ({n} values × 4 bytes)"))?;
         for t in 0..tokens {
             for stream in &streams {
                 for f in &self.inv_freq {

@@ -53,6 +53,28 @@ pub enum SamplingError {
     NeedsTemperature,
     #[error("every logit is NaN: no token to pick")]
     AllNaN,
+    /// Greedy decoding only: no logit is above -inf.
+    #[error("every logit is -inf or NaN ({neg_inf} -inf, {nan} NaN): no token to pick")]
+    NoFinite { neg_inf: usize, nan: usize },
+}
+
+/// The greedy token of one row of logits: the largest, the first on ties,
+/// `+inf` included (as `torch.argmax`). NaN never wins. A row with nothing
+/// above -inf has no token to pick (a model whose activations overflowed or
+/// became NaN): every logit NaN is [`SamplingError::AllNaN`], as when
+/// sampling; -inf and NaN only is [`SamplingError::NoFinite`].
+pub fn greedy_token(logits: &[f32]) -> Result<u32, SamplingError> {
+    let best = ops::argmax(logits);
+    match logits.get(best) {
+        Some(&x) if x > f32::NEG_INFINITY => Ok(best as u32),
+        _ => {
+            let nan = logits.iter().filter(|x| x.is_nan()).count();
+            match logits.len() - nan {
+                0 => Err(SamplingError::AllNaN),
+                neg_inf => Err(SamplingError::NoFinite { neg_inf, nan }),
+            }
+        }
+    }
 }
 
 impl Sampling {
@@ -91,11 +113,11 @@ impl Sampling {
 
     /// The next token from `logits` (one row over the vocabulary).
     pub fn pick(&self, logits: &[f32], rng: &mut Pcg32) -> Result<u32, SamplingError> {
+        if self.is_greedy() {
+            return greedy_token(logits);
+        }
         if logits.iter().all(|x| x.is_nan()) {
             return Err(SamplingError::AllNaN);
-        }
-        if self.is_greedy() {
-            return Ok(ops::argmax(logits) as u32);
         }
         let candidates = self.candidates(logits);
         let u = rng.next_f64();

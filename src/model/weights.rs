@@ -3,11 +3,17 @@
 //! the decoder needs must be present with the shape the config implies, in
 //! f32, f16 or bf16, and no unexpected tensor may be left over (a leftover
 //! usually means the config does not describe these weights). Errors name
-//! the file and the tensor.
+//! the file and the tensor; a damaged file is described in words (offsets,
+//! shapes, lengths) by [`crate::io::check_safetensors`] before the
+//! `safetensors` crate parses it.
+
+mod layout;
 
 use super::config::ModelConfig;
 use crate::dtype::DType;
+use crate::io::{check_safetensors, crate_error_text};
 use crate::tensor::HostData;
+use layout::{weight_files, Layout};
 use safetensors::{Dtype, SafeTensors};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -139,6 +145,9 @@ pub struct ModelWeights {
 pub enum WeightsError {
     #[error("{}: no {SINGLE_FILE} or {INDEX_FILE} in the model directory", .dir.display())]
     NoWeights { dir: PathBuf },
+    /// The weights path exists but is a directory, a dangling symbolic link, ...
+    #[error("{}: {why}", .file.display())]
+    NotAFile { file: PathBuf, why: String },
     #[error("{}: cannot read: {source}", .file.display())]
     Read { file: PathBuf, source: std::io::Error },
     #[error("{}: not a valid safetensors file: {why}", .file.display())]
@@ -177,7 +186,7 @@ impl<'b> Sources<'b> {
         let mut location = HashMap::new();
         for (i, (path, bytes)) in paths.iter().zip(buffers).enumerate() {
             let parsed = SafeTensors::deserialize(bytes)
-                .map_err(|e| WeightsError::Format { file: path.clone(), why: e.to_string() })?;
+                .map_err(|e| WeightsError::Format { file: path.clone(), why: crate_error_text(&e).to_string() })?;
             for name in parsed.names() {
                 location.insert(name.clone(), i);
             }
@@ -203,7 +212,9 @@ impl<'b> Sources<'b> {
             return Err(WeightsError::Missing { file: self.default_file.clone(), tensor: name.to_string() });
         };
         let (file, parsed) = &self.files[i];
-        let view = parsed.tensor(name).map_err(|e| WeightsError::Format { file: file.clone(), why: e.to_string() })?;
+        let view = parsed
+            .tensor(name)
+            .map_err(|e| WeightsError::Format { file: file.clone(), why: crate_error_text(&e).to_string() })?;
         if view.shape() != expected {
             return Err(WeightsError::Shape {
                 file: file.clone(),
@@ -244,58 +255,11 @@ impl<'b> Sources<'b> {
     }
 }
 
-/// Where the weights are: the files, and for a sharded model the index
-/// file with its tensor -> shard map.
-struct Layout {
-    files: Vec<PathBuf>,
-    index: Option<(PathBuf, Vec<(String, PathBuf)>)>,
-}
-
-/// The files holding the weights: the single file, or every shard the index names.
-fn weight_files(dir: &Path) -> Result<Layout, WeightsError> {
-    let single = dir.join(SINGLE_FILE);
-    if single.is_file() {
-        return Ok(Layout { files: vec![single], index: None });
-    }
-    let index = dir.join(INDEX_FILE);
-    if !index.is_file() {
-        return Err(WeightsError::NoWeights { dir: dir.to_path_buf() });
-    }
-    let text = std::fs::read_to_string(&index).map_err(|source| WeightsError::Read { file: index.clone(), source })?;
-    let bad = |why: String| WeightsError::Index { file: index.clone(), why };
-    let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("not valid JSON: {e}")))?;
-    let map = json
-        .get("weight_map")
-        .and_then(|m| m.as_object())
-        .ok_or_else(|| bad("missing object field `weight_map`".into()))?;
-    let mut shards: Vec<String> = Vec::new();
-    let mut entries = Vec::new();
-    for (tensor, file) in map {
-        let file = file.as_str().ok_or_else(|| bad(format!("`weight_map.{tensor}` must be a file name")))?;
-        if file.contains('/') || file.contains('\\') || file == ".." {
-            return Err(bad(format!("`weight_map.{tensor}` = \"{file}\" must be a file in the model directory")));
-        }
-        if !shards.iter().any(|s| s == file) {
-            shards.push(file.to_string());
-        }
-        entries.push((tensor.clone(), dir.join(file)));
-    }
-    if shards.is_empty() {
-        return Err(bad("`weight_map` is empty".into()));
-    }
-    shards.sort();
-    Ok(Layout { files: shards.into_iter().map(|s| dir.join(s)).collect(), index: Some((index, entries)) })
-}
-
 impl ModelWeights {
     /// Loads and checks every weight of the model in `dir`.
     pub fn load(dir: &Path, config: &ModelConfig) -> Result<ModelWeights, WeightsError> {
         let layout = weight_files(dir)?;
-        let buffers = layout
-            .files
-            .iter()
-            .map(|p| std::fs::read(p).map_err(|source| WeightsError::Read { file: p.clone(), source }))
-            .collect::<Result<Vec<_>, _>>()?;
+        let buffers = layout.files.iter().map(|p| read_checked(p)).collect::<Result<Vec<_>, _>>()?;
         let mut src = Sources::parse(&layout, &buffers)?;
         let weights = ModelWeights::take_all(&mut src, config)?;
         src.finish()?;
@@ -331,6 +295,14 @@ impl ModelWeights {
         }
         out
     }
+}
+
+/// A weights file, read whole and its header checked (before the next
+/// shard is read, so a damaged shard fails early).
+fn read_checked(path: &Path) -> Result<Vec<u8>, WeightsError> {
+    let bytes = std::fs::read(path).map_err(|source| WeightsError::Read { file: path.to_path_buf(), source })?;
+    check_safetensors(&bytes).map_err(|e| WeightsError::Format { file: path.to_path_buf(), why: e.to_string() })?;
+    Ok(bytes)
 }
 
 fn take_layer(src: &mut Sources<'_>, c: &ModelConfig, i: usize) -> Result<LayerWeights, WeightsError> {

@@ -314,7 +314,7 @@ fn check_reports_progress_on_large_problems() {
     let (_, err) = text(&o);
     assert!(out.contains("check: PASS"), "{out}");
     assert!(err.contains("check: computing the f64 reference (0.1 GFLOP"), "{err}");
-    assert!(err.contains("check: reference 8 of 8 (batch, kv-head) groups, 100 %"), "{err}");
+    assert!(err.contains("check: reference 1024 of 1024 rows, 100 %"), "{err}");
     // Small problems stay quiet.
     let (_, err) = text(&run_owned(&tiny(&["run", "--check"])));
     assert!(!err.contains("check:"), "{err}");

@@ -6,7 +6,13 @@
 #[cfg(feature = "cli")]
 mod cli;
 #[cfg(feature = "cli")]
+mod cli_check_bench;
+#[cfg(feature = "cli")]
 mod cli_files;
+#[cfg(feature = "cli")]
+mod cli_generate_limits;
+#[cfg(feature = "cli")]
+mod cli_json_errors;
 #[cfg(feature = "cli")]
 mod cli_limits;
 mod common;
@@ -26,4 +32,5 @@ mod model_kernels_offline;
 mod model_sampling;
 mod nonfinite;
 mod oracle;
+mod safetensors_errors;
 mod selection;

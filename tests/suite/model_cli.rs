@@ -172,7 +172,9 @@ fn eos_from_generation_config_ends_each_sequence() {
     let v = json_of(&run(&["--ignore-eos", "--json", "--batch", "2"]));
     assert_eq!(v["tokens"], serde_json::json!([r.greedy, r.greedy]));
     assert_eq!(v["finish"], serde_json::json!(["length", "length"]));
-    assert_eq!(v["eos_token_ids"], serde_json::json!([]));
+    // The model's EOS ids stay reported; none of them stopped a sequence.
+    assert_eq!(v["eos_token_ids"], serde_json::json!([1000, eos]));
+    assert_eq!(v["stop_token_ids"], serde_json::json!([]));
     let v = json_of(&run(&["--json", "--batch", "2", "--cache", "paged"]));
     assert_eq!(v["tokens"], serde_json::json!([r.greedy[..=stop], r.greedy[..=stop]]));
     assert_eq!(v["finish"], serde_json::json!(["eos", "eos"]));

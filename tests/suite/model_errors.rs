@@ -8,7 +8,7 @@ use safetensors::{Dtype, SafeTensors};
 use std::path::Path;
 
 /// A writable copy of a fixture.
-fn copy_fixture(name: &str) -> tempfile::TempDir {
+pub fn copy_fixture(name: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     for entry in std::fs::read_dir(fixture_dir(name)).unwrap() {
         let path = entry.unwrap().path();

@@ -306,3 +306,58 @@ fn from_dir_names_the_file() {
     std::fs::write(dir.path().join("config.json"), llama4x().to_string()).unwrap();
     assert_eq!(ModelConfig::from_dir(dir.path()).unwrap().family, Family::Llama);
 }
+
+#[test]
+fn odd_rotary_width_blames_what_the_file_says() {
+    // No partial_rotary_factor in the file: every dimension rotates, so an
+    // odd head_dim is at fault, not a factor the user never wrote.
+    let mut v = llama4x();
+    v["head_dim"] = json!(23);
+    let err = parse(&v).unwrap_err();
+    assert_eq!(err.field(), Some("head_dim"), "{err}");
+    let text = err.to_string();
+    assert!(text.starts_with("field `head_dim` = 23: rotary embeddings need an even number"), "{text}");
+    assert!(text.ends_with("with no partial_rotary_factor in the file, every dimension rotates"), "{text}");
+    // head_dim derived from hidden_size / heads: said so.
+    let o = v.as_object_mut().unwrap();
+    o.remove("head_dim");
+    o.insert("hidden_size".into(), json!(92));
+    let text = parse(&v).unwrap_err().to_string();
+    assert!(text.contains("`head_dim` = 23") && text.contains("no head_dim in the file"), "{text}");
+    // GLM's default factor 0.5: 22 × 0.5 = 11, named as that default.
+    let mut glm = llama4x();
+    glm["model_type"] = json!("glm");
+    glm["head_dim"] = json!(22);
+    let text = parse(&glm).unwrap_err().to_string();
+    assert!(text.contains("`head_dim` = 22") && text.contains("glm rotates 0.5 of them: 11"), "{text}");
+    // A factor in the file: the combination, under the factor's name.
+    v["head_dim"] = json!(23);
+    v["partial_rotary_factor"] = json!(0.5);
+    let err = parse(&v).unwrap_err();
+    assert_eq!(err.field(), Some("partial_rotary_factor"), "{err}");
+    assert!(err.to_string().contains("with head_dim 23 gives 11 rotary dimensions"), "{err}");
+}
+
+#[test]
+fn required_fields_set_to_null_say_null() {
+    for (key, expected) in [
+        ("hidden_size", "a non-negative integer"),
+        ("vocab_size", "a non-negative integer"),
+        ("max_position_embeddings", "a non-negative integer"),
+        ("rms_norm_eps", "a finite number"),
+        ("rope_theta", "a finite number"),
+    ] {
+        let mut v = llama4x();
+        v[key] = Value::Null;
+        let err = parse(&v).unwrap_err();
+        assert!(matches!(err, ConfigError::Null { .. }), "{key}: {err}");
+        assert_eq!(err.field(), Some(key));
+        assert_eq!(err.to_string(), format!("field `{key}` is null, expected {expected}"));
+    }
+    // Optional fields stay optional when null (transformers writes null for unset ones).
+    let mut v = llama4x();
+    v["num_key_value_heads"] = Value::Null;
+    assert_eq!(parse(&v).unwrap().num_kv_heads, 4);
+    v["model_type"] = json!("mistral");
+    assert!(matches!(parse(&v), Err(ConfigError::Null { .. })), "mistral needs num_key_value_heads");
+}

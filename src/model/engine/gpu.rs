@@ -292,7 +292,8 @@ impl GpuEngine {
     /// wins), computed on the device; only the indices come back. Each row
     /// is split over up to [`ARGMAX_CHUNKS`] blocks (a 128k vocabulary in
     /// one block reads at a small fraction of the memory bandwidth), whose
-    /// partial results a second kernel reduces.
+    /// partial results a second kernel reduces. A row with nothing above
+    /// -inf (all NaN) is [`ModelError::Greedy`], as on the host.
     pub fn argmax(&self, x: &Matrix) -> Result<Vec<u32>, ModelError> {
         if x.cols() >= 1 << 24 || x.cols() == 0 {
             return Err(ModelError::Request(format!("argmax over rows of {} (1 ..= 2^24)", x.cols())));
@@ -323,7 +324,33 @@ impl GpuEngine {
             self.launch(KernelId::ArgmaxPartial(x.dtype()), stage1, &params)?;
             self.launch(KernelId::ArgmaxFinish, stage2, &params)?;
         }
-        Ok(out.to_vec()?.into_iter().map(|i| i as u32).collect())
+        let ids: Vec<u32> = out.to_vec()?.into_iter().map(|i| i as u32).collect();
+        // The device answers 0 for a row with no candidate (all NaN), and
+        // the first -inf for a row with nothing above -inf: rows answered 0
+        // are checked against the chunks' results (one more small download,
+        // no device allocation, only then).
+        if ids.contains(&0) {
+            self.check_greedy_rows(x, &ids, &partial.to_vec()?, chunks)?;
+        }
+        Ok(ids)
+    }
+
+    /// [`ModelError::Greedy`] for the first row answered 0 whose chunks hold
+    /// no candidate above -inf; the row itself is downloaded then, so the
+    /// error counts its -inf and NaN values as the host's would.
+    fn check_greedy_rows(&self, x: &Matrix, ids: &[u32], partial: &[f32], chunks: usize) -> Result<(), ModelError> {
+        let rows = ids.len();
+        for (r, _) in ids.iter().enumerate().filter(|(_, &id)| id == 0) {
+            let slots = r * chunks..(r + 1) * chunks;
+            let candidates = slots.clone().filter(|&s| partial[rows * chunks + s].to_bits() != 0x7fff_ffff);
+            let best = candidates.map(|s| partial[s]).fold(f32::NEG_INFINITY, f32::max);
+            if best > f32::NEG_INFINITY {
+                continue;
+            }
+            let row = self.select_rows(x, &[r])?.to_vec()?;
+            crate::model::sampling::greedy_token(&row).map_err(|source| ModelError::Greedy { seq: r, source })?;
+        }
+        Ok(())
     }
 
     /// Rows `first ..` of `x` as a new `[b, s, h, d]` tensor of `dtype`.

@@ -7,10 +7,12 @@
 //! product), so the host is a reference for the GPU's 16-bit path.
 
 use crate::dtype::DType;
+use crate::model::alloc::try_with_capacity;
 use crate::model::error::ModelError;
 use crate::model::matrix::{Columns, Matrix};
 use crate::model::ops;
 use crate::model::rope::{Positions, Rope};
+use crate::model::sampling::greedy_token;
 use crate::tensor::{HostData, Tensor};
 
 pub struct HostEngine {
@@ -58,7 +60,10 @@ impl HostEngine {
 
     pub fn select_rows(&self, x: &Matrix, rows: &[usize]) -> Result<Matrix, ModelError> {
         let (data, cols) = (host(x)?, x.cols());
-        let mut out = Vec::with_capacity(rows.len() * cols);
+        let n = rows.len().saturating_mul(cols);
+        let what =
+            || format!("{} rows copied from a {}-row matrix ({cols} values × 4 bytes each)", rows.len(), x.rows());
+        let mut out = try_with_capacity(n, what)?;
         for &r in rows {
             if r >= x.rows() {
                 return Err(ModelError::Request(format!("row {r} of a {}-row matrix", x.rows())));
@@ -73,7 +78,7 @@ impl HostEngine {
             return Err(ModelError::Request(format!("linear: x has {} columns, W {}", x.cols(), w.cols())));
         }
         let b = bias.map(host).transpose()?;
-        let y = ops::linear(host(x)?, host(w)?, b, w.rows(), w.cols());
+        let y = ops::linear(host(x)?, host(w)?, b, w.rows(), w.cols())?;
         self.matrix(x.rows(), w.rows(), y)
     }
 
@@ -81,7 +86,7 @@ impl HostEngine {
         if weight.cols() != x.cols() {
             return Err(ModelError::Request(format!("rms_norm: weight of {} for rows of {}", weight.cols(), x.cols())));
         }
-        let y = ops::rms_norm_rounded(host(x)?, host(weight)?, eps, round_to(self.dtype));
+        let y = ops::rms_norm_rounded(host(x)?, host(weight)?, eps, round_to(self.dtype))?;
         Ok(Matrix::from_host(x.rows(), x.cols(), y)?)
     }
 
@@ -89,18 +94,22 @@ impl HostEngine {
         let r = round_to(self.dtype);
         match up {
             Some(up) => {
-                let y = ops::swiglu_rounded(host(gate)?, host(up)?, r);
+                let y = ops::swiglu_rounded(host(gate)?, host(up)?, r)?;
                 Ok(Matrix::from_host(gate.rows(), gate.cols(), y)?)
             }
             None => {
                 // Each row is [gate | up] (a fused projection).
                 let inter = gate.cols() / 2;
-                let (mut g, mut u) = (Vec::with_capacity(gate.rows() * inter), Vec::with_capacity(gate.rows() * inter));
+                let n = gate.rows() * inter;
+                let what = || {
+                    format!("the gate and up halves of a fused MLP ({} rows × {inter} values × 4 bytes)", gate.rows())
+                };
+                let (mut g, mut u) = (try_with_capacity(n, what)?, try_with_capacity(n, what)?);
                 for row in host(gate)?.chunks_exact(2 * inter) {
                     g.extend_from_slice(&row[..inter]);
                     u.extend_from_slice(&row[inter..]);
                 }
-                Ok(Matrix::from_host(gate.rows(), inter, ops::swiglu_rounded(&g, &u, r))?)
+                Ok(Matrix::from_host(gate.rows(), inter, ops::swiglu_rounded(&g, &u, r)?)?)
             }
         }
     }
@@ -170,31 +179,49 @@ impl HostEngine {
         if width != x.width() {
             return Err(ModelError::Request("rows_as: the shape does not match the columns".into()));
         }
-        let mut data = Vec::with_capacity(rows * width);
+        // Allocated fallibly: an attention input is batch × seq × heads × head_dim.
+        let what = || format!("an attention input ({rows} tokens × {width} values × 4 bytes)");
+        let mut data = try_with_capacity(rows.saturating_mul(width), what)?;
         for r in first..first + rows {
             data.extend_from_slice(x.host_row(r).ok_or_else(|| ModelError::Request("rows out of range".into()))?);
         }
-        Ok(Tensor::from_host(shape, HostData::from_f32(dtype, &data))?)
+        let data = match dtype {
+            DType::F32 => HostData::F32(data),
+            _ => HostData::from_fn(dtype, data.len(), |i| data[i])?,
+        };
+        Ok(Tensor::from_host(shape, data)?)
     }
 
     /// Writes `src` into rows `first ..` of `dst`, widened to f32 and rounded
     /// to the model's dtype.
     pub fn write_rows(&self, dst: &mut Matrix, first: usize, src: &Tensor) -> Result<(), ModelError> {
-        let mut values = src.to_f32_vec()?;
-        round_slice(self.dtype, &mut values);
+        // Converted in place (no intermediate copy: an attention output is
+        // batch × seq × heads × head_dim).
+        let data = src.host().ok_or_else(|| ModelError::Request("write_rows: the source is not on the host".into()))?;
         let start = first * dst.cols();
         let out = host_mut(dst)?
-            .get_mut(start..start + values.len())
+            .get_mut(start..start + data.len())
             .ok_or_else(|| ModelError::Request("rows out of range".into()))?;
-        out.copy_from_slice(&values);
+        match data {
+            HostData::F32(v) => out.copy_from_slice(v),
+            HostData::F16(v) => out.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32()),
+            HostData::BF16(v) => out.iter_mut().zip(v).for_each(|(o, x)| *o = x.to_f32()),
+        }
+        round_slice(self.dtype, out);
         Ok(())
     }
 
+    /// Each row's greedy token ([`greedy_token`]); a row with nothing
+    /// above -inf is [`ModelError::Greedy`] naming the row.
     pub fn argmax(&self, x: &Matrix) -> Result<Vec<u32>, ModelError> {
         if x.cols() == 0 {
             return Err(ModelError::Request("argmax over empty rows".into()));
         }
-        Ok(host(x)?.chunks_exact(x.cols()).map(|row| ops::argmax(row) as u32).collect())
+        host(x)?
+            .chunks_exact(x.cols())
+            .enumerate()
+            .map(|(seq, row)| greedy_token(row).map_err(|source| ModelError::Greedy { seq, source }))
+            .collect()
     }
 }
 

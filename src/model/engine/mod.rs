@@ -19,13 +19,14 @@ pub use gpu_rows::RowsAt;
 pub use host::{round_slice, HostEngine};
 pub use pool::{poison_new_activations, PoolStats};
 
+use super::alloc::AllocError;
 use super::error::ModelError;
 use super::matrix::{Columns, Matrix};
 use super::rope::{Positions, Rope};
 use super::weights::Weight;
 use crate::device::Device;
 use crate::dtype::DType;
-use crate::tensor::{HostData, Tensor, TensorView, TensorViewMut};
+use crate::tensor::{HostData, Tensor, TensorError, TensorView, TensorViewMut};
 
 /// A device's implementation of the decoder's dense operations.
 pub enum Engine {
@@ -299,12 +300,24 @@ impl Engine {
         dtype: DType,
     ) -> Result<AttentionOutput<'a>, ModelError> {
         let direct = matches!(self, Engine::Gpu(_)) && dst.dtype() == dtype;
-        let staged = if direct { None } else { Some(Tensor::nan(shape, dtype, &self.device())?) };
+        let staged = match direct {
+            true => None,
+            false => Some(Tensor::nan(shape, dtype, &self.device()).map_err(|e| match e {
+                TensorError::HostAlloc { bytes } => {
+                    let [b, s, h, d] = shape;
+                    let what = format!("an attention output ({b} × {s} tokens × {h} heads × {d} head_dim)");
+                    ModelError::Alloc(AllocError { what, bytes: bytes as u64 })
+                }
+                e => e.into(),
+            })?),
+        };
         Ok(AttentionOutput { dst, first, shape, staged })
     }
 
     /// The index of each row's largest element (the first on ties): greedy
-    /// tokens from logits. On a GPU only the indices are downloaded.
+    /// tokens from logits. On a GPU only the indices are downloaded. A row
+    /// with nothing above -inf (e.g. all NaN) is [`ModelError::Greedy`]
+    /// naming the row.
     pub fn argmax(&self, x: &Matrix) -> Result<Vec<u32>, ModelError> {
         match self {
             Engine::Host(h) => h.argmax(x),

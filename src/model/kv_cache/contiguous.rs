@@ -35,8 +35,11 @@ impl ContiguousCache {
                 return Err(KvCacheError::Zero { what });
             }
         }
-        let describe = || format!("{slots} slots × {capacity} tokens × {} elements", shape.row());
-        let rows = slots.checked_mul(capacity).ok_or_else(|| KvCacheError::TooLarge { what: describe() })?;
+        let describe = || format!("{} × {}", super::count(slots, "slot"), super::count(capacity, "token"));
+        let rows = slots.checked_mul(capacity).ok_or_else(|| KvCacheError::TooLarge {
+            what: format!("a KV cache of {}", describe()),
+            limit: "more rows than a usize can count".into(),
+        })?;
         let storage = KvStorage::new(shape, rows, device, describe)?;
         Ok(ContiguousCache { shape, capacity, storage, slots: vec![None; slots] })
     }

@@ -22,6 +22,7 @@ pub use paged_index::IndexUploads;
 pub(crate) use storage::same_device;
 pub use storage::KvStorage;
 
+use super::alloc::{try_with_capacity, AllocError};
 use super::matrix::{Columns, Matrix};
 use crate::backend::PagedKvRefs;
 use crate::device::Device;
@@ -66,6 +67,15 @@ impl CacheShape {
     }
 }
 
+/// "1 slot", "2 slots".
+pub(crate) fn count(n: usize, one: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
 /// Block sizes the paged cache accepts (the decode kernels' tile sizes).
 pub const BLOCK_SIZES: [usize; 2] = [16, 32];
 
@@ -93,8 +103,13 @@ pub enum KvCacheError {
     BlockSize(usize),
     #[error("{what} = 0: must be at least 1")]
     Zero { what: &'static str },
-    #[error("a cache of {what} needs more than usize::MAX elements or fails to allocate")]
-    TooLarge { what: String },
+    /// A size that does not fit the integer type that must hold it (no
+    /// allocation was tried).
+    #[error("{what} is too large: {limit}")]
+    TooLarge { what: String, limit: String },
+    /// The host refused the cache's memory (or a gather's).
+    #[error(transparent)]
+    Alloc(#[from] AllocError),
     #[error("cache on {cache}, keys/values on {data}")]
     WrongDevice { cache: String, data: String },
     #[error("cannot view the cache as a tensor: {0}")]
@@ -179,7 +194,9 @@ pub trait KvCache: Send {
         k: Columns<'_>,
         v: Columns<'_>,
     ) -> Result<(), KvCacheError> {
-        let (mut src, mut dst) = (Vec::new(), Vec::new());
+        let n: usize = entries.iter().map(|e| e.len).sum();
+        let what = || format!("the row indices of {n} new tokens");
+        let (mut src, mut dst) = (try_with_capacity(n, what)?, try_with_capacity(n, what)?);
         for e in entries {
             let (len, reserved) = (self.len(e.seq)?, self.reserved(e.seq)?);
             if len + e.len > reserved {
@@ -198,7 +215,8 @@ pub trait KvCache: Send {
     /// on the cache's device. Positions must be written (committed or appended).
     fn gather(&self, layer: usize, seqs: &[SeqId], len: usize) -> Result<(Tensor, Tensor), KvCacheError> {
         check_readable(self, seqs, len)?;
-        let mut rows = Vec::with_capacity(seqs.len() * len);
+        let n = seqs.len().saturating_mul(len);
+        let mut rows = try_with_capacity(n, || format!("the row indices of {n} cached tokens"))?;
         for &seq in seqs {
             for pos in 0..len {
                 rows.push(self.row_of(seq, pos)?);

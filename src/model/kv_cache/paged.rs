@@ -48,11 +48,15 @@ impl PagedCache {
         if num_blocks == 0 {
             return Err(KvCacheError::Zero { what: "num_blocks" });
         }
-        let describe = || format!("{num_blocks} blocks × {block_size} tokens × {} elements", shape.row());
+        let describe = || format!("{} of {block_size} tokens", super::count(num_blocks, "block"));
         if u32::try_from(num_blocks).is_err() {
-            return Err(KvCacheError::TooLarge { what: describe() });
+            let limit = format!("block ids are 32-bit (at most {} blocks)", u32::MAX);
+            return Err(KvCacheError::TooLarge { what: format!("a paged KV cache of {}", describe()), limit });
         }
-        let rows = num_blocks.checked_mul(block_size).ok_or_else(|| KvCacheError::TooLarge { what: describe() })?;
+        let rows = num_blocks.checked_mul(block_size).ok_or_else(|| KvCacheError::TooLarge {
+            what: format!("a paged KV cache of {}", describe()),
+            limit: "more rows than a usize can count".into(),
+        })?;
         let storage = KvStorage::new(shape, rows, device, describe)?;
         // Hand out low block ids first (pop from the end of a reversed list).
         let free = (0..num_blocks as u32).rev().collect();
@@ -101,7 +105,10 @@ impl PagedCache {
             check_readable(self, &[seq], len)?;
         }
         if i32::try_from(self.num_blocks).is_err() {
-            return Err(KvCacheError::TooLarge { what: format!("{} blocks", self.num_blocks) });
+            return Err(KvCacheError::TooLarge {
+                what: format!("a pool of {} blocks", self.num_blocks),
+                limit: format!("a paged attention call takes at most {} blocks", i32::MAX),
+            });
         }
         let blocks = seqs.iter().map(|&(_, len)| len.div_ceil(self.block_size)).max().unwrap_or(0);
         Ok(PagedKv { block_size: self.block_size, num_blocks: self.num_blocks, table_width: table_width(blocks) })
@@ -116,7 +123,10 @@ impl PagedCache {
             for (slot, &block) in table[i * width..].iter_mut().zip(&blocks[..len.div_ceil(self.block_size)]) {
                 *slot = block as i32; // block ids < num_blocks, checked to fit i32 in `layout`
             }
-            lens.push(i32::try_from(len).map_err(|_| KvCacheError::TooLarge { what: format!("{len} positions") })?);
+            lens.push(i32::try_from(len).map_err(|_| KvCacheError::TooLarge {
+                what: format!("a sequence of {len} positions"),
+                limit: format!("a paged attention call takes at most {} per sequence", i32::MAX),
+            })?);
         }
         Ok((table, lens))
     }

@@ -5,6 +5,7 @@
 use super::{CacheShape, KvCacheError, KvViews};
 use crate::device::Device;
 use crate::dtype::DType;
+use crate::model::alloc::{human_bytes, try_filled, AllocError};
 use crate::model::engine::gpu::{GpuEngine, RowsAt};
 use crate::model::matrix::Columns;
 use crate::tensor::{HostData, Layout, Tensor};
@@ -19,18 +20,12 @@ pub struct KvStorage {
 
 /// `n` elements of `dtype`, all NaN (rows are always written before they are
 /// read; NaN makes a violation visible), allocated fallibly on the host.
-fn host_nan(dtype: DType, n: usize) -> Option<HostData> {
-    fn filled<T: Clone>(n: usize, x: T) -> Option<Vec<T>> {
-        let mut v = Vec::new();
-        v.try_reserve_exact(n).ok()?;
-        v.resize(n, x);
-        Some(v)
-    }
-    match dtype {
-        DType::F32 => filled(n, f32::NAN).map(HostData::F32),
-        DType::F16 => filled(n, half::f16::NAN).map(HostData::F16),
-        DType::BF16 => filled(n, half::bf16::NAN).map(HostData::BF16),
-    }
+fn host_nan(dtype: DType, n: usize, what: impl FnOnce() -> String) -> Result<HostData, AllocError> {
+    Ok(match dtype {
+        DType::F32 => HostData::F32(try_filled(n, f32::NAN, what)?),
+        DType::F16 => HostData::F16(try_filled(n, half::f16::NAN, what)?),
+        DType::BF16 => HostData::BF16(try_filled(n, half::bf16::NAN, what)?),
+    })
 }
 
 fn view_err(e: impl std::fmt::Display) -> KvCacheError {
@@ -38,7 +33,10 @@ fn view_err(e: impl std::fmt::Display) -> KvCacheError {
 }
 
 impl KvStorage {
-    /// `rows` rows per layer on `device`; `what` describes the cache for errors.
+    /// `rows` rows per layer on `device`; `what` describes the cache for
+    /// errors ("1 slot × 66 tokens"). Sizes that overflow are
+    /// [`KvCacheError::TooLarge`]; memory the host refuses is
+    /// [`KvCacheError::Alloc`], naming the tensor and the whole cache's bytes.
     pub fn new(
         shape: CacheShape,
         rows: usize,
@@ -46,25 +44,42 @@ impl KvStorage {
         what: impl Fn() -> String,
     ) -> Result<KvStorage, KvCacheError> {
         let dims = [1, rows, shape.num_kv_heads, shape.head_dim];
-        let too_large = || KvCacheError::TooLarge { what: what() };
+        let elem = shape.dtype.size_in_bytes();
+        let total = rows as u128 * shape.row() as u128 * 2 * shape.num_layers as u128 * elem as u128;
+        let describe = || {
+            format!(
+                "{} × {} elements × 2 (keys and values) × {} × {elem} bytes",
+                what(),
+                shape.row(),
+                super::count(shape.num_layers, "layer")
+            )
+        };
+        let too_large = || KvCacheError::TooLarge {
+            what: format!("a KV cache of {}", describe()),
+            limit: format!("{total} bytes, more than a usize can count"),
+        };
         let per_layer = dims.iter().try_fold(1usize, |a, &d| a.checked_mul(d)).ok_or_else(too_large)?;
-        per_layer
-            .checked_mul(2 * shape.num_layers)
-            .and_then(|n| n.checked_mul(shape.dtype.size_in_bytes()))
-            .ok_or_else(too_large)?;
-        let tensor = || -> Result<Tensor, KvCacheError> {
+        per_layer.checked_mul(2 * shape.num_layers).and_then(|n| n.checked_mul(elem)).ok_or_else(too_large)?;
+        let tensor = |layer: usize, part: &str| -> Result<Tensor, KvCacheError> {
             match device {
                 Device::Cpu => {
-                    Tensor::from_host(dims, host_nan(shape.dtype, per_layer).ok_or_else(too_large)?).map_err(view_err)
+                    let what = || {
+                        format!(
+                            "the KV cache's layer {layer} {part} (the whole cache: {} = {})",
+                            human_bytes(total),
+                            describe()
+                        )
+                    };
+                    Tensor::from_host(dims, host_nan(shape.dtype, per_layer, what)?).map_err(view_err)
                 }
                 Device::Gpu(_) => Tensor::nan(dims, shape.dtype, device).map_err(|e| KvCacheError::Gpu(e.to_string())),
             }
         };
         let mut k = Vec::with_capacity(shape.num_layers);
         let mut v = Vec::with_capacity(shape.num_layers);
-        for _ in 0..shape.num_layers {
-            k.push(tensor()?);
-            v.push(tensor()?);
+        for layer in 0..shape.num_layers {
+            k.push(tensor(layer, "keys")?);
+            v.push(tensor(layer, "values")?);
         }
         Ok(KvStorage { shape, rows, k, v })
     }
@@ -155,8 +170,9 @@ impl KvStorage {
             match self.device() {
                 Device::Cpu => {
                     let data = src.host().ok_or_else(|| view_err("host storage"))?;
-                    let mut gathered =
-                        host_nan(dtype, rows.len() * row).ok_or(KvCacheError::TooLarge { what: "a gather".into() })?;
+                    let what =
+                        || format!("keys or values gathered from the KV cache ({} rows × {row} elements)", rows.len());
+                    let mut gathered = host_nan(dtype, rows.len() * row, what)?;
                     for (i, &r) in rows.iter().enumerate() {
                         super::copy(&mut gathered, i * row, data, r * row, row);
                     }

@@ -369,3 +369,24 @@ fn appending_columns_of_wider_rows_is_appending_those_rows() {
         assert!(matches!(err, Err(KvCacheError::Rows { .. })), "{err:?}");
     }
 }
+
+#[test]
+fn overflowing_sizes_and_refused_allocations_are_told_apart() {
+    let e = ContiguousCache::new(SHAPE, usize::MAX / 4, 8).err().unwrap();
+    assert!(matches!(e, KvCacheError::TooLarge { .. }), "{e}");
+    assert!(e.to_string().ends_with("is too large: more rows than a usize can count"), "{e}");
+    // Rows fit, bytes do not.
+    let e = ContiguousCache::new(SHAPE, 1, 1 << 61).err().unwrap();
+    assert!(matches!(e, KvCacheError::TooLarge { .. }) && e.to_string().contains("more than a usize can count"), "{e}");
+    // Countable, but 2^58 bytes per tensor: the host refuses it (nothing is touched).
+    let e = ContiguousCache::new(SHAPE, 1, 1 << 53).err().unwrap();
+    let KvCacheError::Alloc(a) = &e else { panic!("not an allocation error: {e}") };
+    assert_eq!(a.bytes, 1 << 58);
+    assert_eq!(
+        e.to_string(),
+        "cannot allocate 256.0 PiB of host memory for the KV cache's layer 0 keys (the whole cache: 1.5 EiB = \
+         1 slot × 9007199254740992 tokens × 8 elements × 2 (keys and values) × 3 layers × 4 bytes)"
+    );
+    let e = PagedCache::new(SHAPE, 16, 1 << 33).err().unwrap();
+    assert!(e.to_string().contains("8589934592 blocks of 16 tokens is too large: block ids are 32-bit"), "{e}");
+}

@@ -39,6 +39,18 @@ fn greedy_is_the_argmax_and_nan_never_wins() {
     assert_eq!(greedy.pick(&[f32::NAN, f32::NAN], &mut g), Err(SamplingError::AllNaN));
     let sampled = Sampling { temperature: 1.0, ..Sampling::default() };
     assert_eq!(sampled.pick(&[f32::NAN], &mut g), Err(SamplingError::AllNaN));
+    // Nothing above -inf: no greedy token (the argmax alone would say the last id).
+    let neg = f32::NEG_INFINITY;
+    assert_eq!(greedy_token(&[f32::NAN; 96]), Err(SamplingError::AllNaN));
+    assert_eq!(greedy_token(&[neg, f32::NAN, neg]), Err(SamplingError::NoFinite { neg_inf: 2, nan: 1 }));
+    assert_eq!(greedy.pick(&[neg, neg], &mut g), Err(SamplingError::NoFinite { neg_inf: 2, nan: 0 }));
+    assert_eq!(
+        SamplingError::NoFinite { neg_inf: 2, nan: 1 }.to_string(),
+        "every logit is -inf or NaN (2 -inf, 1 NaN): no token to pick"
+    );
+    // +inf wins (the first one), as torch.argmax; one finite logit is enough.
+    assert_eq!(greedy_token(&[1.0, f32::INFINITY, f32::NAN, f32::INFINITY]), Ok(1));
+    assert_eq!(greedy_token(&[f32::NAN, neg, -1e30, neg]), Ok(2));
     // Greedy draws nothing: the generator is untouched.
     let (mut a, b) = (Pcg32::new(3, 0), Pcg32::new(3, 0));
     greedy.pick(&[1.0, 2.0], &mut a).unwrap();
