@@ -50,8 +50,9 @@ fn a_failed_command_with_json_prints_an_error_document() {
 
 #[test]
 fn explain_of_gpu_backends_shows_the_verdicts_with_or_without_a_gpu() {
-    let args = tiny(&["explain", "--backend", "flash-causal,flash-noncausal", "--json"]);
-    let o = rocmforge(&args.iter().map(String::as_str).collect::<Vec<_>>()).output().unwrap();
+    // head_dim 64 (the flash kernels' sizes), causal: flash-causal runs it on a GPU.
+    let args = ["explain", "--seq-q", "4", "--heads", "2", "--kv-heads", "1", "--head-dim", "64"];
+    let o = rocmforge(&args).args(["--backend", "flash-causal,flash-noncausal", "--json"]).output().unwrap();
     // Exactly one document: the command's own (never a second error one).
     let doc = error_document(&o);
     assert_eq!(doc["verdicts"].as_array().map(Vec::len), Some(rocmforge::Registry::global().unwrap().names().len()));
