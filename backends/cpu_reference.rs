@@ -70,10 +70,7 @@ fn zeros(len: usize) -> Result<Vec<f64>, TensorError> {
 
 /// `len` copies of `value`, or `None` where the host cannot hold them.
 fn filled<T: Clone>(len: usize, value: T) -> Option<Vec<T>> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len).ok()?;
-    v.resize(len, value);
-    Some(v)
+    crate::model::alloc::try_filled(len, value, String::new).ok()
 }
 
 /// Read access to an input of the row kernel: element `i` widened to f32

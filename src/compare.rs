@@ -249,11 +249,8 @@ impl Plan {
 /// `len` copies of `value`, allocated fallibly: `CompareError::AllocFailed`
 /// naming `what` where the host cannot hold them.
 pub fn try_filled<T: Clone>(len: usize, value: T, what: &'static str) -> Result<Vec<T>, CompareError> {
-    let mut v = Vec::new();
-    v.try_reserve_exact(len)
-        .map_err(|_| CompareError::AllocFailed { what, bytes: len.saturating_mul(std::mem::size_of::<T>()) })?;
-    v.resize(len, value);
-    Ok(v)
+    crate::model::alloc::try_filled(len, value, String::new)
+        .map_err(|e| CompareError::AllocFailed { what, bytes: usize::try_from(e.bytes).unwrap_or(usize::MAX) })
 }
 
 /// Compares `out` with the f64 reference for `p` (contiguous
